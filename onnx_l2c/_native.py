@@ -1,0 +1,171 @@
+"""ctypes binding to the native runtime (runtime/, libonnx_l2c).
+
+The same shared library is the onnxruntime custom-op library, so Python and
+every other onnxruntime binding run one decoder.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import L2CError
+
+_ERR_LEN = 1024
+MAX_DIMS = 8
+
+
+def _library_name() -> str:
+    if sys.platform == "win32":
+        return "onnx_l2c.dll"
+    if sys.platform == "darwin":
+        return "libonnx_l2c.dylib"
+    return "libonnx_l2c.so"
+
+
+def _candidates() -> list[Path]:
+    name = _library_name()
+    found: list[Path] = []
+    env = os.environ.get("ONNX_L2C_LIBRARY")
+    if env:
+        found.append(Path(env))
+    found.append(Path(__file__).absolute().parent / "lib" / name)
+    for key in ("platlib", "purelib"):
+        found.append(Path(sysconfig.get_paths()[key]) / "onnx_l2c" / "lib" / name)
+    return found
+
+
+@functools.cache
+def library_path() -> Path:
+    """Path of the native shared library (also the custom-op library)."""
+    for path in _candidates():
+        if path.is_file():
+            return path
+    tried = ", ".join(str(p) for p in _candidates())
+    raise L2CError(
+        f"native library {_library_name()} not found (tried {tried}); "
+        "install the package with `pip install .` or set ONNX_L2C_LIBRARY"
+    )
+
+
+@functools.cache
+def _lib() -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(library_path()))
+    u8p = ctypes.POINTER(ctypes.c_uint8)
+    lib.l2c_version.restype = ctypes.c_char_p
+    lib.l2c_format_version.restype = ctypes.c_int
+    lib.l2c_payload_info.argtypes = [
+        ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int32),
+        ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_uint64), ctypes.c_char_p, ctypes.c_size_t,
+    ]
+    lib.l2c_decode.argtypes = [
+        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t,
+    ]
+    lib.l2c_encode_stream.argtypes = [
+        ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32, u8p, ctypes.c_size_t,
+        ctypes.POINTER(ctypes.c_size_t), ctypes.c_char_p, ctypes.c_size_t,
+    ]
+    lib.l2c_decode_stream.argtypes = [
+        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_uint64, ctypes.POINTER(ctypes.c_size_t),
+        ctypes.c_char_p, ctypes.c_size_t,
+    ]
+    for fn in (lib.l2c_payload_info, lib.l2c_decode, lib.l2c_encode_stream, lib.l2c_decode_stream):
+        fn.restype = ctypes.c_int
+    return lib
+
+
+class NativeError(L2CError):
+    """A failure reported by the native library; `code` is its L2C_E_* value."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _check(code: int, err: ctypes.Array, what: str) -> None:
+    if code != 0:
+        raise NativeError(f"{what}: {err.value.decode('utf-8', 'replace')}", code)
+
+
+def _address(buf: np.ndarray | bytes | memoryview) -> tuple[int, int, object]:
+    """Address and size of a contiguous read-only buffer, plus a keep-alive."""
+    arr = np.frombuffer(buf, dtype=np.uint8) if not isinstance(buf, np.ndarray) else buf
+    if not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+    return arr.ctypes.data, arr.nbytes, arr
+
+
+def version() -> str:
+    return _lib().l2c_version().decode()
+
+
+@dataclass(frozen=True)
+class PayloadInfo:
+    """What a payload's header declares (after its CRC was verified)."""
+
+    dtype: int  # onnx.TensorProto data type
+    dims: tuple[int, ...]
+    nbytes: int  # size of the decoded tensor
+
+
+def payload_info(payload: np.ndarray | bytes | memoryview, what: str = "payload") -> PayloadInfo:
+    addr, size, _keep = _address(payload)
+    dtype = ctypes.c_int32()
+    ndim = ctypes.c_int32()
+    dims = (ctypes.c_int64 * MAX_DIMS)()
+    nbytes = ctypes.c_uint64()
+    err = ctypes.create_string_buffer(_ERR_LEN)
+    code = _lib().l2c_payload_info(addr, size, ctypes.byref(dtype), ctypes.byref(ndim), dims,
+                                   ctypes.byref(nbytes), err, _ERR_LEN)
+    _check(code, err, what)
+    return PayloadInfo(dtype.value, tuple(int(d) for d in dims[: ndim.value]), int(nbytes.value))
+
+
+def decode_into(payload: np.ndarray | bytes | memoryview, out: np.ndarray, what: str = "payload") -> None:
+    """Decode a whole payload into `out` (C-contiguous, exactly the decoded size).
+
+    ctypes releases the GIL for the call, so threads decode in parallel.
+    """
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise L2CError(f"{what}: output buffer must be writable and C-contiguous")
+    addr, size, _keep = _address(payload)
+    err = ctypes.create_string_buffer(_ERR_LEN)
+    code = _lib().l2c_decode(addr, size, out.ctypes.data, out.nbytes, err, _ERR_LEN)
+    _check(code, err, what)
+
+
+def encode_stream(indices: np.ndarray, alphabet: int, max_scale_bits: int = 0) -> bytes:
+    """Entropy-code indices in [0, alphabet) as one FORMAT.md Stream."""
+    idx = np.ascontiguousarray(indices, dtype=np.int32).reshape(-1)
+    err = ctypes.create_string_buffer(_ERR_LEN)
+    out_size = ctypes.c_size_t()
+    cap = 64 + 2 * idx.size + 16 * 1024
+    for _ in range(2):
+        out = (ctypes.c_uint8 * cap)()
+        code = _lib().l2c_encode_stream(idx.ctypes.data, idx.size, alphabet, max_scale_bits, out, cap,
+                                        ctypes.byref(out_size), err, _ERR_LEN)
+        if code == 0:
+            return bytes(memoryview(out)[: out_size.value])
+        if out_size.value <= cap:
+            break
+        cap = out_size.value
+    _check(code, err, "encode_stream")
+    raise AssertionError("unreachable")
+
+
+def decode_stream(data: bytes, count: int) -> tuple[np.ndarray, int]:
+    """Decode one Stream; returns (indices, bytes consumed)."""
+    addr, size, _keep = _address(data)
+    out = np.empty(count, dtype=np.int32)
+    consumed = ctypes.c_size_t()
+    err = ctypes.create_string_buffer(_ERR_LEN)
+    code = _lib().l2c_decode_stream(addr, size, out.ctypes.data, count, ctypes.byref(consumed), err, _ERR_LEN)
+    _check(code, err, "decode_stream")
+    return out, int(consumed.value)

@@ -1,0 +1,197 @@
+"""`onnx-l2c bench runtime`: the codec and the load paths, measured.
+
+For each model and preset: size and ratio; (a) entropy-coded size of the
+quantizer symbols against their order-0 entropy (tables included) for tensors
+of ≥ 64k symbols; (b) native decode throughput on one thread; (c) session
+creation time, plain vs each load path; (d) per-run latency of each load path
+against the original, median over interleaved runs. Results go to
+`OUT/runtime.json` and `OUT/runtime.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnx_l2c.passes import TensorInput
+from onnx_l2c.passes.base import entropy_bits
+from onnx_l2c.passes.uniform import Uniform
+
+from . import _native
+from .graph import find_weights, load_model, tensor_bits
+from .loader import CompressedModel, InferenceSession, custom_op_library
+from .pipeline import compress
+
+log = logging.getLogger(__name__)
+
+_BIG = 65536
+
+
+def parse_preset(text: str) -> dict[str, Any]:
+    text = text.strip()
+    if text.startswith("bits="):
+        return {"bits": int(text.split("=", 1)[1])}
+    return {"preset": text}
+
+
+def random_feeds(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs of the declared shapes (symbolic dims: batch 1, others 32)."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(seed)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds: dict[str, np.ndarray] = {}
+    for i, inp in enumerate(sess.get_inputs()):
+        shape = [d if isinstance(d, int) else (1 if j == 0 else 32) for j, d in enumerate(inp.shape)]
+        if "int" in inp.type:
+            dtype = np.int64 if "int64" in inp.type else np.int32
+            if "mask" in inp.name:
+                feeds[inp.name] = np.ones(shape, dtype=dtype)
+            else:
+                feeds[inp.name] = rng.integers(0, 100 if "type" not in inp.name else 1, size=shape).astype(dtype)
+        elif "float16" in inp.type:
+            feeds[inp.name] = rng.standard_normal(shape).astype(np.float16)
+        else:
+            feeds[inp.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+def coder_efficiency(model_path: Path, bits: int) -> dict[str, Any]:
+    """(a) coded stream size vs order-0 entropy for quantized tensors ≥ 64k symbols."""
+    model = load_model(model_path)
+    quant = Uniform(bits=bits)
+    rows = []
+    for w in find_weights(model, _BIG).weights:
+        t = TensorInput(w.name, w.dtype, w.shape, tensor_bits(w.tensor, model_path.parent), w.channel_axis)
+        if not quant.applies_to(t):
+            continue
+        q, _, _ = quant.symbols_and_params(t)
+        lo = int(q.min())
+        coded = len(_native.encode_stream((q - lo).reshape(-1), int(q.max()) - lo + 1))
+        ideal = entropy_bits(q) / 8
+        rows.append({"tensor": w.name, "symbols": int(q.size), "entropy_bytes": ideal, "coded_bytes": coded,
+                     "overhead": coded / max(ideal, 1e-9) - 1})
+    total_ideal = sum(r["entropy_bytes"] for r in rows)
+    total_coded = sum(r["coded_bytes"] for r in rows)
+    return {"bits": bits, "tensors": len(rows),
+            "overhead_total": total_coded / max(total_ideal, 1e-9) - 1 if rows else None,
+            "overhead_median": statistics.median(r["overhead"] for r in rows) if rows else None,
+            "overhead_max": max(r["overhead"] for r in rows) if rows else None, "rows": rows}
+
+
+def decode_throughput(path: Path, repeats: int = 3) -> dict[str, float]:
+    """(b) single-thread native decode speed over every payload of a compressed model."""
+    cm = CompressedModel(path)
+    try:
+        weights = sum(int(np.prod(_native.payload_info(cm.payload(e)).dims, dtype=np.int64)) for e in cm.entries)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for e in cm.entries:
+                cm.decode(e)
+            best = min(best, time.perf_counter() - start)
+    finally:
+        cm.close()
+    return {"weights": weights, "seconds": best, "weights_per_s": weights / best if best > 0 else 0.0}
+
+
+def _session(kind: str, path: Path):
+    import onnxruntime as ort
+
+    if kind == "fast":
+        return InferenceSession(path, providers=["CPUExecutionProvider"])
+    so = ort.SessionOptions()
+    if kind == "custom_op":
+        so.register_custom_ops_library(custom_op_library())
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def load_and_latency(original: Path, compressed: Path, feeds: dict[str, np.ndarray], runs: int) -> dict[str, Any]:
+    """(c) session creation and (d) per-run latency, interleaved across paths."""
+    paths = {"plain": original, "fast": compressed, "custom_op": compressed}
+    create: dict[str, list[float]] = {k: [] for k in paths}
+    sessions = {}
+    for _ in range(3):
+        for kind, p in paths.items():
+            start = time.perf_counter()
+            sessions[kind] = _session(kind, p)
+            create[kind].append(time.perf_counter() - start)
+    for sess in sessions.values():  # warm-up
+        sess.run(None, feeds)
+    lat: dict[str, list[float]] = {k: [] for k in paths}
+    for _ in range(runs):
+        for kind, sess in sessions.items():
+            start = time.perf_counter()
+            sess.run(None, feeds)
+            lat[kind].append(time.perf_counter() - start)
+    med_create = {k: statistics.median(v) for k, v in create.items()}
+    med_lat = {k: statistics.median(v) for k, v in lat.items()}
+    return {
+        "create_s": med_create,
+        "create_ratio": {k: med_create[k] / med_create["plain"] for k in paths},
+        "latency_s": med_lat,
+        "latency_ratio": {k: med_lat[k] / med_lat["plain"] for k in paths},
+    }
+
+
+def bench_model(model: Path, presets: list[str], runs: int, workdir: Path) -> dict[str, Any]:
+    feeds = random_feeds(model)
+    out: dict[str, Any] = {"model": str(model), "bytes": model.stat().st_size, "presets": {}}
+    for preset in presets:
+        opts = parse_preset(preset)
+        target = workdir / f"{model.stem}.{preset.replace('=', '')}.onnx"
+        res = compress(model, target, **opts)
+        entry: dict[str, Any] = {"ratio": res.ratio, "bytes": res.output_bytes, "compress_s": res.seconds}
+        entry["decode"] = decode_throughput(target)
+        entry["load"] = load_and_latency(model, target, feeds, runs)
+        bits = opts.get("bits") or (8 if opts.get("preset") == "int8" else None)
+        if bits:
+            entry["coder"] = coder_efficiency(model, bits)
+        out["presets"][preset] = entry
+        log.info("%s %s: ratio %.2f", model.name, preset, res.ratio)
+    return out
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    lines = ["| model | preset | ratio | size MB | coder overhead (total / median) | decode Mw/s (1 thread) |"
+             " create plain s | create fast × | create op × | latency fast × | latency op × |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        for preset, e in r["presets"].items():
+            coder = e.get("coder")
+            ovh = (f"{100 * coder['overhead_total']:.2f}% / {100 * coder['overhead_median']:.2f}%"
+                   if coder and coder["overhead_total"] is not None else "–")
+            ld = e["load"]
+            lines.append(
+                f"| {Path(r['model']).stem} | {preset} | {e['ratio']:.2f} | {e['bytes'] / 1e6:.2f} | {ovh} | "
+                f"{e['decode']['weights_per_s'] / 1e6:.0f} | {ld['create_s']['plain']:.3f} | "
+                f"{ld['create_ratio']['fast']:.2f} | {ld['create_ratio']['custom_op']:.2f} | "
+                f"{ld['latency_ratio']['fast']:.3f} | {ld['latency_ratio']['custom_op']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_runtime_bench(args: argparse.Namespace) -> int:
+    import onnxruntime as ort
+
+    presets = [p for p in args.presets.split(",") if p]
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="l2c-bench-") as tmp:
+        for model in args.models:
+            results.append(bench_model(Path(model), presets, args.runs, Path(tmp)))
+    meta = {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "native": _native.version()}
+    (out_dir / "runtime.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    table = markdown(results)
+    (out_dir / "runtime.md").write_text(table)
+    print(table)
+    return 0

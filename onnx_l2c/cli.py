@@ -1,0 +1,182 @@
+"""Command line: compress, inspect, decompress, bench.
+
+The compress flags are generated from `onnx_l2c.config.OPTIONS`, the same
+table that validates the Python API's keyword arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .config import OPTIONS, Preset
+from .errors import L2CError
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def _add_option_flags(parser: argparse.ArgumentParser) -> None:
+    for spec in OPTIONS:
+        flag = "--" + spec.name.replace("_", "-")
+        if spec.type is Preset:
+            parser.add_argument(flag, choices=[p.value for p in Preset], default=None,
+                                help=f"{spec.help} (default: {spec.default.value})")
+        else:
+            default = "none" if spec.default is None else spec.default
+            parser.add_argument(flag, type=spec.type, default=None, metavar=spec.type.__name__.upper(),
+                                help=f"{spec.help} (default: {default})")
+
+
+def _option_values(args: argparse.Namespace) -> dict[str, Any]:
+    return {spec.name: getattr(args, spec.name) for spec in OPTIONS if getattr(args, spec.name) is not None}
+
+
+class _Bar:
+    """tqdm progress bar on stderr, created on the first update."""
+
+    def __init__(self, enabled: bool, desc: str) -> None:
+        self.enabled, self.desc, self.bar = enabled, desc, None
+
+    def __call__(self, done: int, total: int, name: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.desc, unit="tensor", file=sys.stderr, leave=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from .pipeline import compress
+
+    bar = _Bar(not args.quiet and sys.stderr.isatty(), "compressing")
+    try:
+        result = compress(args.model, args.output, progress=bar, **_option_values(args))
+    finally:
+        bar.close()
+    if args.report:
+        report = {
+            "input": str(args.model), "output": str(result.output), "sidecar": str(result.sidecar),
+            "source_bytes": result.source_bytes, "graph_bytes": result.graph_bytes,
+            "sidecar_bytes": result.sidecar_bytes, "ratio": result.ratio, "seconds": result.seconds,
+            "options": result.options, "skipped_small": result.skipped_small,
+            "tensors": [asdict(t) | {"bits_per_weight": t.bits_per_weight} for t in result.tensors],
+        }
+        Path(args.report).write_text(json.dumps(report, indent=2))
+    if not args.quiet:
+        methods: dict[str, int] = {}
+        for t in result.tensors:
+            methods[t.method] = methods.get(t.method, 0) + 1
+        summary = ", ".join(f"{n} {m}" for m, n in sorted(methods.items())) or "none"
+        print(f"original:   {_human(result.source_bytes)}  ({args.model})")
+        print(f"compressed: {_human(result.output_bytes)}  ({result.output.name} {_human(result.graph_bytes)}"
+              f" + {result.sidecar.name} {_human(result.sidecar_bytes)})")
+        print(f"ratio:      {result.ratio:.2f}x")
+        print(f"time:       {result.seconds:.1f} s")
+        print(f"tensors:    {len(result.tensors)} compressed ({summary}); {result.skipped_small} small kept as is")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .loader import inspect
+
+    res = inspect(args.model)
+    if args.json:
+        print(json.dumps({"graph_bytes": res.graph_bytes, "sidecar_bytes": res.sidecar_bytes,
+                          "tensors": [asdict(r) | {"bits_per_weight": r.bits_per_weight} for r in res.rows]},
+                         indent=2))
+        return 0
+    width = max([len(r.name) for r in res.rows] + [6])
+    print(f"{'tensor':<{width}}  {'dtype':<8} {'shape':<20} {'stages':<26} {'original':>10} {'coded':>10} {'bits/w':>7}")
+    for r in res.rows:
+        shape = "x".join(map(str, r.shape)) or "scalar"
+        print(f"{r.name:<{width}}  {r.dtype:<8} {shape:<20} {'+'.join(r.stages):<26} "
+              f"{_human(r.original_bytes):>10} {_human(r.payload_bytes):>10} {r.bits_per_weight:7.2f}")
+    total = res.graph_bytes + res.sidecar_bytes
+    print(f"\n{len(res.rows)} compressed tensors: {_human(res.original_bytes)} → {_human(res.payload_bytes)}"
+          f" ({res.original_bytes / max(res.payload_bytes, 1):.2f}x)")
+    print(f"files: graph {_human(res.graph_bytes)} + sidecar {_human(res.sidecar_bytes)} = {_human(total)}")
+    return 0
+
+
+def _cmd_decompress(args: argparse.Namespace) -> int:
+    from .loader import decompress
+
+    external = {"auto": None, "always": True, "never": False}[args.external_data]
+    out = decompress(args.model, args.output, external_data=external)
+    if not args.quiet:
+        print(f"wrote {out}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_runtime_bench
+
+    return run_runtime_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="onnx-l2c", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compress", help="compress an ONNX model's weights")
+    p.add_argument("model", help="input .onnx (external data allowed)")
+    p.add_argument("output", help="output .onnx; the sidecar OUTPUT.l2c is written beside it")
+    _add_option_flags(p)
+    p.add_argument("--report", metavar="JSON", help="write a per-tensor report as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing")
+    p.set_defaults(func=_cmd_compress)
+
+    p = sub.add_parser("inspect", help="per-tensor table of a compressed model")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("decompress", help="write a plain ONNX model (no custom op needed)")
+    p.add_argument("model")
+    p.add_argument("output")
+    p.add_argument("--external-data", choices=["auto", "always", "never"], default="auto",
+                   help="store weights in OUTPUT.data (auto: only past protobuf's 2 GB limit)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_decompress)
+
+    p = sub.add_parser("bench", help="benchmarks (see `onnx-l2c bench runtime -h`)")
+    bsub = p.add_subparsers(dest="bench", required=True)
+    b = bsub.add_parser("runtime", help="entropy coder, decode throughput, session creation, latency")
+    b.add_argument("models", nargs="+", help="original .onnx models (or zoo names with --zoo)")
+    b.add_argument("--presets", default="lossless,int8,bits=4", help="comma-separated: lossless, int8, bits=N")
+    b.add_argument("--runs", type=int, default=30, help="latency runs per model and path")
+    b.add_argument("--out", default="bench-results", help="folder for the JSON and markdown results")
+    b.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except L2CError as exc:
+        print(f"onnx-l2c: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Payload format v1 (docs/FORMAT.md): recipes, serialization, reconstruction.
+
+A `Recipe` is the decode program of one tensor: a short list of stages from
+the fixed vocabulary the native decoder implements. `serialize` turns it into
+payload bytes (entropy coding through the native encoder); `reconstruct`
+computes in numpy exactly what the native decoder will produce, bit for bit,
+so optimization can measure the real reconstruction without decoding.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from . import _native
+from .errors import L2CError
+
+MAGIC = b"L2CP"
+FORMAT_VERSION = 1
+DOMAIN = "ai.onnx_l2c"
+OP_TYPE = "Decode"
+OPSET = 1
+PAYLOAD_ALIGN = 64
+
+FLOAT = onnx.TensorProto.FLOAT
+FLOAT16 = onnx.TensorProto.FLOAT16
+BFLOAT16 = onnx.TensorProto.BFLOAT16
+DTYPE_NAMES = {FLOAT: "float32", FLOAT16: "float16", BFLOAT16: "bfloat16"}
+ELEM_BYTES = {FLOAT: 4, FLOAT16: 2, BFLOAT16: 2}
+# numpy storage of each dtype's bits (bfloat16 has no numpy type: its bits are uint16)
+BITS_DTYPE = {FLOAT: np.uint32, FLOAT16: np.uint16, BFLOAT16: np.uint16}
+
+
+class StageKind(enum.IntEnum):
+    ENTROPY = 1
+    AFFINE = 2
+    CODEBOOK = 3
+    CAST = 4
+    RAW = 5
+
+
+@dataclass
+class EntropyStage:
+    """Integer symbols, rANS coded (one stream)."""
+
+    symbols: np.ndarray  # int32, flat
+
+
+@dataclass
+class AffineStage:
+    """w = (q − sign(q)·theta) · scale[c] (+ offset[c]), float32 ops in that order."""
+
+    outer: int
+    channels: int
+    inner: int
+    theta: float
+    scale: np.ndarray  # float32 [channels]
+    offset: np.ndarray | None = None  # float32 [channels]
+
+
+@dataclass
+class CodebookStage:
+    values: np.ndarray  # float32 [size]
+
+
+@dataclass
+class CastStage:
+    target: int  # FLOAT16 or BFLOAT16
+
+
+@dataclass
+class RawStage:
+    """Lossless: the exact bits, split into byte planes after a left rotation."""
+
+    bits: np.ndarray  # uint16/uint32, flat
+    rotate: int = 1
+
+
+Stage = EntropyStage | AffineStage | CodebookStage | CastStage | RawStage
+
+
+@dataclass
+class Recipe:
+    dtype: int
+    dims: tuple[int, ...]
+    stages: list[Stage] = field(default_factory=list)
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.dims, dtype=np.int64)) if self.dims else 1
+
+
+# ---------------------------------------------------------------- serialize
+
+def serialize(recipe: Recipe) -> bytes:
+    """Payload bytes of a recipe (header, stages, CRC32)."""
+    if recipe.dtype not in DTYPE_NAMES:
+        raise L2CError(f"unsupported dtype {recipe.dtype}; valid: {sorted(DTYPE_NAMES)}")
+    parts = [MAGIC, struct.pack("<HBB", FORMAT_VERSION, recipe.dtype, len(recipe.dims))]
+    parts.append(struct.pack(f"<{len(recipe.dims)}Q", *recipe.dims))
+    parts.append(struct.pack("<B3x", len(recipe.stages)))
+    for stage in recipe.stages:
+        kind, body = _stage_body(stage, recipe)
+        parts.append(struct.pack("<B3xI", kind, len(body)))
+        parts.append(body)
+    data = b"".join(parts)
+    return data + struct.pack("<I", zlib.crc32(data) & 0xFFFFFFFF)
+
+
+def _stage_body(stage: Stage, recipe: Recipe) -> tuple[int, bytes]:
+    if isinstance(stage, EntropyStage):
+        sym = np.ascontiguousarray(stage.symbols, dtype=np.int32).reshape(-1)
+        if sym.size != recipe.numel:
+            raise L2CError(f"entropy stage has {sym.size} symbols for {recipe.numel} elements")
+        lo = int(sym.min()) if sym.size else 0
+        hi = int(sym.max()) if sym.size else 0
+        alphabet = hi - lo + 1
+        if alphabet > 65536:
+            raise L2CError(f"entropy stage alphabet {alphabet} exceeds 65536 symbols")
+        stream = _native.encode_stream(sym - np.int32(lo), alphabet)
+        return StageKind.ENTROPY, struct.pack("<i", lo) + stream
+    if isinstance(stage, AffineStage):
+        has_offset = stage.offset is not None
+        body = [struct.pack("<QIQfB3x", stage.outer, stage.channels, stage.inner, stage.theta, int(has_offset))]
+        body.append(np.ascontiguousarray(stage.scale, dtype="<f4").tobytes())
+        if has_offset:
+            body.append(np.ascontiguousarray(stage.offset, dtype="<f4").tobytes())
+        return StageKind.AFFINE, b"".join(body)
+    if isinstance(stage, CodebookStage):
+        values = np.ascontiguousarray(stage.values, dtype="<f4")
+        return StageKind.CODEBOOK, struct.pack("<I", values.size) + values.tobytes()
+    if isinstance(stage, CastStage):
+        return StageKind.CAST, struct.pack("<B3x", stage.target)
+    if isinstance(stage, RawStage):
+        elem_bytes = ELEM_BYTES[recipe.dtype]
+        planes = byte_planes(stage.bits, elem_bytes, stage.rotate)
+        body = [struct.pack("<BB2x", elem_bytes, stage.rotate)]
+        body += [_native.encode_stream(plane, 256) for plane in planes]
+        return StageKind.RAW, b"".join(body)
+    raise L2CError(f"unknown stage {type(stage).__name__}")
+
+
+def byte_planes(bits: np.ndarray, elem_bytes: int, rotate: int) -> list[np.ndarray]:
+    """Split rotl(bits, rotate) into byte planes, most significant first."""
+    width = 8 * elem_bytes
+    utype = np.uint32 if elem_bytes == 4 else np.uint16
+    b = np.ascontiguousarray(bits).reshape(-1).view(utype)
+    rot = ((b << utype(rotate)) | (b >> utype(width - rotate))) if rotate else b
+    return [((rot >> utype(8 * k)) & utype(0xFF)).astype(np.uint8) for k in reversed(range(elem_bytes))]
+
+
+# ---------------------------------------------------------- reconstruction
+
+def reconstruct(recipe: Recipe) -> np.ndarray:
+    """What the native decoder produces, computed in numpy, bit for bit.
+
+    Returns float32 or float16 arrays, and uint16 bit patterns for bfloat16,
+    shaped `recipe.dims`.
+    """
+    buf: np.ndarray | None = None
+    for stage in recipe.stages:
+        if isinstance(stage, EntropyStage):
+            buf = np.asarray(stage.symbols, dtype=np.int32).reshape(-1)
+        elif isinstance(stage, AffineStage):
+            assert buf is not None and buf.dtype == np.int32
+            q = buf.astype(np.float32).reshape(stage.outer, stage.channels, stage.inner)
+            t = q - np.sign(q) * np.float32(stage.theta)
+            w = t * np.asarray(stage.scale, dtype=np.float32)[None, :, None]
+            if stage.offset is not None:
+                w = w + np.asarray(stage.offset, dtype=np.float32)[None, :, None]
+            buf = w.reshape(-1).astype(np.float32, copy=False)
+        elif isinstance(stage, CodebookStage):
+            assert buf is not None and buf.dtype == np.int32
+            buf = np.asarray(stage.values, dtype=np.float32)[buf]
+        elif isinstance(stage, CastStage):
+            assert buf is not None and buf.dtype == np.float32
+            buf = float32_to(buf, stage.target)
+        elif isinstance(stage, RawStage):
+            buf = np.asarray(stage.bits).reshape(-1).view(BITS_DTYPE[recipe.dtype])
+            if recipe.dtype == FLOAT:
+                buf = buf.view(np.float32)
+            elif recipe.dtype == FLOAT16:
+                buf = buf.view(np.float16)
+    assert buf is not None
+    return buf.reshape(recipe.dims)
+
+
+def float32_to(values: np.ndarray, dtype: int) -> np.ndarray:
+    """float32 → float16 / bfloat16 bits, rounding to nearest even."""
+    values = np.asarray(values, dtype=np.float32)
+    if dtype == FLOAT:
+        return values
+    if dtype == FLOAT16:
+        with np.errstate(over="ignore"):
+            return values.astype(np.float16)
+    if dtype == BFLOAT16:
+        bits = values.view(np.uint32)
+        rounded = ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+        nan = np.isnan(values)
+        quiet = ((bits >> np.uint32(16)) | np.uint32(0x40))
+        return np.where(nan, quiet, rounded).astype(np.uint16)
+    raise L2CError(f"cannot cast to dtype {dtype}; valid: {FLOAT16}, {BFLOAT16}")
+
+
+def bits_to_float32(bits: np.ndarray, dtype: int) -> np.ndarray:
+    """Values of float32 / float16 / bfloat16 bit patterns as float32."""
+    if dtype == FLOAT:
+        return np.asarray(bits).view(np.float32)
+    if dtype == FLOAT16:
+        return np.asarray(bits).view(np.float16).astype(np.float32)
+    if dtype == BFLOAT16:
+        return (np.asarray(bits).astype(np.uint32) << np.uint32(16)).view(np.float32)
+    raise L2CError(f"unsupported dtype {dtype}; valid: {sorted(DTYPE_NAMES)}")
+
+
+# ------------------------------------------------------------ description
+
+@dataclass(frozen=True)
+class PayloadSummary:
+    dtype: int
+    dims: tuple[int, ...]
+    stages: tuple[str, ...]
+    bits: int | None  # bits of the quantizer alphabet (entropy stage), if any
+
+
+def describe(payload: np.ndarray | bytes, what: str = "payload") -> PayloadSummary:
+    """Header and stage list of a payload (CRC checked natively first)."""
+    info = _native.payload_info(payload, what)
+    data = memoryview(np.frombuffer(payload, dtype=np.uint8) if not isinstance(payload, np.ndarray) else payload)
+    data = bytes(data)
+    pos = 8 + 8 * len(info.dims)
+    nstages = data[pos]
+    pos += 4
+    names: list[str] = []
+    bits: int | None = None
+    for _ in range(nstages):
+        kind, size = struct.unpack_from("<B3xI", data, pos)
+        pos += 8
+        names.append(StageKind(kind).name.lower())
+        if kind == StageKind.ENTROPY:
+            alphabet = struct.unpack_from("<I", data, pos + 4 + 12)[0]
+            bits = max(1, int(np.ceil(np.log2(max(alphabet, 2)))))
+        pos += size
+    return PayloadSummary(info.dtype, info.dims, tuple(names), bits)

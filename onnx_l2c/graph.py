@@ -1,0 +1,254 @@
+"""Model analysis: which tensors are weights, who consumes them, and their I/O.
+
+Tensors are loaded lazily: the model is read without its external data and a
+weight's bytes are read only when that weight is encoded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import external_data_helper, numpy_helper
+
+from .errors import L2CError
+from .format import BFLOAT16, BITS_DTYPE, DTYPE_NAMES, FLOAT, FLOAT16
+
+log = logging.getLogger(__name__)
+
+# Ops whose weight input has an output-channel axis: (op_type, input index) → axis rule.
+# Passthrough ops forward the consumer search (with Transpose permuting the axis).
+_PASSTHROUGH = {"Cast", "Identity", "Transpose"}
+_RNN_OPS = {"LSTM", "GRU", "RNN"}
+
+
+@dataclass
+class GraphRef:
+    """A graph of the model: the main graph or a subgraph (path for messages)."""
+
+    graph: onnx.GraphProto
+    path: str
+
+
+@dataclass
+class WeightRef:
+    """One weight of the model: an initializer or a Constant node's tensor."""
+
+    name: str
+    graph: GraphRef
+    tensor: onnx.TensorProto  # the initializer or the Constant's `value`
+    constant_node: onnx.NodeProto | None = None  # set for Constant-node weights
+    channel_axis: int | None = None  # output-channel axis from the consuming op
+    consumer: str | None = None  # op type of the consuming op (after passthroughs)
+
+    @property
+    def dtype(self) -> int:
+        return self.tensor.data_type
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.tensor.dims)
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * np.dtype(BITS_DTYPE[self.dtype]).itemsize
+
+
+def iter_graphs(graph: onnx.GraphProto, path: str = "main") -> Iterator[GraphRef]:
+    """The graph and, recursively, every subgraph in node attributes."""
+    yield GraphRef(graph, path)
+    for node in graph.node:
+        for attr in node.attribute:
+            label = f"{path}/{node.name or node.op_type}.{attr.name}"
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from iter_graphs(attr.g, label)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for i, sub in enumerate(attr.graphs):
+                    yield from iter_graphs(sub, f"{label}[{i}]")
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read a model's graph without its external data (read lazily later)."""
+    path = Path(path)
+    if not path.is_file():
+        raise L2CError(f"{path}: no such model file")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises several unrelated types on garbage
+        raise L2CError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
+
+
+def tensor_bits(tensor: onnx.TensorProto, base_dir: Path) -> np.ndarray:
+    """The raw bit patterns (uint32/uint16) of a floating tensor, flat.
+
+    Reads external data relative to `base_dir` (the model's folder).
+    """
+    if tensor.data_type not in DTYPE_NAMES:
+        raise L2CError(f"tensor {tensor.name!r}: dtype {tensor.data_type} is not a float weight type")
+    bits_dtype = np.dtype(BITS_DTYPE[tensor.data_type]).newbyteorder("<")
+    numel = int(np.prod(tensor.dims, dtype=np.int64)) if len(tensor.dims) else 1
+    if external_data_helper.uses_external_data(tensor):
+        raw = _read_external(tensor, base_dir)
+    elif tensor.HasField("raw_data"):
+        raw = tensor.raw_data
+    else:
+        raw = None
+    if raw is not None:
+        expected = numel * bits_dtype.itemsize
+        if len(raw) != expected:
+            raise L2CError(f"tensor {tensor.name!r}: {len(raw)} bytes of data for {expected} expected")
+        return np.frombuffer(raw, dtype=bits_dtype).astype(bits_dtype.newbyteorder("="))
+    if tensor.data_type == FLOAT:
+        out = np.asarray(tensor.float_data, dtype=np.float32).view(np.uint32)
+    else:  # float16 / bfloat16 bits are stored in int32_data
+        out = np.asarray(tensor.int32_data, dtype=np.int32).astype(np.uint16)
+    if out.size != numel:
+        raise L2CError(f"tensor {tensor.name!r}: {out.size} values for shape {list(tensor.dims)}")
+    return out
+
+
+def _read_external(tensor: onnx.TensorProto, base_dir: Path) -> bytes:
+    info = external_data_helper.ExternalDataInfo(tensor)
+    location = Path(info.location)
+    path = (base_dir / location).resolve()
+    if location.is_absolute() or not path.is_relative_to(base_dir.resolve()):
+        raise L2CError(f"tensor {tensor.name!r}: external data location {info.location!r} is outside {base_dir}")
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(info.offset or 0)
+            data = fh.read(info.length) if info.length else fh.read()
+    except OSError as exc:
+        raise L2CError(f"tensor {tensor.name!r}: cannot read external data {path}: {exc}") from exc
+    if info.length and len(data) != info.length:
+        raise L2CError(f"tensor {tensor.name!r}: external data {path} is truncated "
+                       f"({len(data)} of {info.length} bytes at offset {info.offset})")
+    return data
+
+
+def embed_external(tensor: onnx.TensorProto, base_dir: Path) -> None:
+    """Move a tensor's external data into the proto (for tensors kept as they are)."""
+    if external_data_helper.uses_external_data(tensor):
+        data = _read_external(tensor, base_dir)
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        tensor.raw_data = data
+
+
+def external_files(model: onnx.ModelProto, base_dir: Path) -> set[Path]:
+    """Every external data file a model references."""
+    files: set[Path] = set()
+    for ref in iter_graphs(model.graph):
+        tensors = list(ref.graph.initializer)
+        tensors += [a.t for n in ref.graph.node for a in n.attribute if a.type == onnx.AttributeProto.TENSOR]
+        for t in tensors:
+            if external_data_helper.uses_external_data(t):
+                files.add(base_dir / external_data_helper.ExternalDataInfo(t).location)
+    return files
+
+
+@dataclass
+class Consumer:
+    node: onnx.NodeProto
+    index: int
+
+
+@dataclass
+class WeightAnalysis:
+    weights: list[WeightRef] = field(default_factory=list)
+    skipped_small: int = 0
+
+
+def _consumers(model: onnx.ModelProto) -> dict[str, list[Consumer]]:
+    # ONNX forbids shadowing outer-scope names, so one map serves all scopes.
+    uses: dict[str, list[Consumer]] = {}
+    for ref in iter_graphs(model.graph):
+        for node in ref.graph.node:
+            for i, name in enumerate(node.input):
+                if name:
+                    uses.setdefault(name, []).append(Consumer(node, i))
+    return uses
+
+
+def _attr_int(node: onnx.NodeProto, name: str, default: int) -> int:
+    for attr in node.attribute:
+        if attr.name == name:
+            return int(attr.i)
+    return default
+
+
+def _channel_axis(name: str, rank: int, uses: dict[str, list[Consumer]], depth: int = 0) -> tuple[int | None, str | None]:
+    """Output-channel axis of `name` as seen by its first weight-consuming op.
+
+    Conv: axis 0; ConvTranspose: 1; MatMul B: last, A: second-to-last;
+    Gemm per transA/transB; Gather data: the gather axis (per row);
+    LSTM/GRU/RNN W and R: 1 (gate rows). Through Cast/Identity/Transpose.
+    """
+    if depth > 8 or rank == 0:
+        return None, None
+    for use in uses.get(name, []):
+        op, i, node = use.node.op_type, use.index, use.node
+        if use.node.domain not in ("", "ai.onnx"):
+            continue
+        axis: int | None = None
+        if op == "Conv" and i == 1:
+            axis = 0
+        elif op == "ConvTranspose" and i == 1 and rank >= 2:
+            axis = 1
+        elif op == "MatMul" and rank >= 2:
+            axis = rank - 1 if i == 1 else rank - 2
+        elif op == "Gemm" and rank == 2 and i in (0, 1):
+            trans = _attr_int(node, "transA" if i == 0 else "transB", 0)
+            axis = (0 if not trans else 1) if i == 0 else (1 if not trans else 0)
+        elif op == "Gather" and i == 0:
+            axis = _attr_int(node, "axis", 0) % rank
+        elif op in _RNN_OPS and i in (1, 2) and rank == 3:
+            axis = 1
+        elif op in _PASSTHROUGH and i == 0:
+            inner, cons = _channel_axis(node.output[0], rank, uses, depth + 1)
+            if inner is not None and op == "Transpose":
+                perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+                perm = perm or list(reversed(range(rank)))
+                inner = perm[inner] if len(perm) == rank else None
+            if inner is not None:
+                return inner, cons
+            continue
+        if axis is not None:
+            return axis, op
+    return None, None
+
+
+def find_weights(model: onnx.ModelProto, min_elements: int) -> WeightAnalysis:
+    """Floating initializers and Constant-node tensors with ≥ min_elements elements.
+
+    Each weight appears once however many nodes use it (it stays shared).
+    """
+    uses = _consumers(model)
+    out = WeightAnalysis()
+    for ref in iter_graphs(model.graph):
+        candidates: list[tuple[onnx.TensorProto, onnx.NodeProto | None, str]] = [
+            (t, None, t.name) for t in ref.graph.initializer
+        ]
+        for node in ref.graph.node:
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1:
+                for attr in node.attribute:
+                    if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                        candidates.append((attr.t, node, node.output[0]))
+        for tensor, node, name in candidates:
+            if tensor.data_type not in (FLOAT, FLOAT16, BFLOAT16):
+                continue
+            w = WeightRef(name=name, graph=ref, tensor=tensor, constant_node=node)
+            if w.numel < min_elements:
+                out.skipped_small += 1
+                continue
+            w.channel_axis, w.consumer = _channel_axis(name, len(w.shape), uses)
+            out.weights.append(w)
+    return out

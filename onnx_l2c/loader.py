@@ -1,0 +1,315 @@
+"""Loading compressed models: the zero-overhead session, decompress, inspect.
+
+`InferenceSession` rewrites the small graph in memory — every Decode node
+becomes an initializer declared as external data at a virtual location —
+decodes all payloads once, in parallel, with the native decoder, and hands
+the dense tensors to onnxruntime with `add_external_initializers`. Inference
+then runs the original graph at the original speed. (`add_initializer` is
+never used: constant folding and layout transforms would read the wrong
+bytes.)
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import external_data_helper
+
+from . import _native
+from .errors import L2CError
+from .files import AlignedWriter, AtomicOutputs
+from .format import BFLOAT16, BITS_DTYPE, DOMAIN, DTYPE_NAMES, FLOAT, FLOAT16, OP_TYPE, describe
+from .graph import GraphRef, iter_graphs, load_model
+from .pipeline import METADATA_KEY
+
+log = logging.getLogger(__name__)
+
+_PROTO_LIMIT = 2**31 - 64 * 2**20  # stay clear of protobuf's 2 GB ceiling
+_VIRTUAL_LOCATION = "onnx_l2c.virtual"
+
+
+def custom_op_library() -> str:
+    """Path of the native library to pass to `SessionOptions.register_custom_ops_library`."""
+    return str(_native.library_path())
+
+
+@dataclass
+class DecodeEntry:
+    """One Decode node of a compressed model and where its payload lives."""
+
+    name: str  # the decoded tensor
+    graph: GraphRef
+    node: onnx.NodeProto
+    payload: onnx.TensorProto
+    file: Path
+    offset: int
+    length: int
+
+
+class CompressedModel:
+    """A compressed model's graph plus access to its payloads (memory-mapped)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.model = load_model(self.path)
+        self.entries = self._entries()
+        self._maps: dict[Path, tuple[object, mmap.mmap | None]] = {}
+
+    def _entries(self) -> list[DecodeEntry]:
+        entries: list[DecodeEntry] = []
+        base = self.path.parent.resolve()
+        for ref in iter_graphs(self.model.graph):
+            inits = {t.name: t for t in ref.graph.initializer}
+            for node in ref.graph.node:
+                if node.domain != DOMAIN or node.op_type != OP_TYPE:
+                    continue
+                if len(node.input) != 1 or len(node.output) != 1 or node.input[0] not in inits:
+                    raise L2CError(f"{self.path}: node {node.name!r} is not a well-formed {DOMAIN}::{OP_TYPE} "
+                                   "(one payload initializer in, one tensor out)")
+                payload = inits[node.input[0]]
+                if not external_data_helper.uses_external_data(payload):
+                    raise L2CError(f"{self.path}: payload {payload.name!r} of tensor {node.output[0]!r} "
+                                   "is not stored as external data")
+                info = external_data_helper.ExternalDataInfo(payload)
+                location = Path(info.location)
+                file = (base / location).resolve()
+                if location.is_absolute() or not file.is_relative_to(base):
+                    raise L2CError(f"{self.path}: tensor {node.output[0]!r}: sidecar location "
+                                   f"{info.location!r} is outside the model's folder")
+                entries.append(DecodeEntry(node.output[0], ref, node, payload, file,
+                                           int(info.offset or 0), int(info.length or 0)))
+        return entries
+
+    def payload(self, entry: DecodeEntry) -> np.ndarray:
+        """The payload bytes of `entry`, read in place from the memory-mapped sidecar."""
+        if entry.file not in self._maps:
+            try:
+                with open(entry.file, "rb") as fh:
+                    size = os.fstat(fh.fileno()).st_size
+                    mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+            except FileNotFoundError:
+                raise L2CError(f"{self.path}: sidecar {entry.file} not found "
+                               f"(it holds tensor {entry.name!r})") from None
+            except OSError as exc:
+                raise L2CError(f"{self.path}: cannot read sidecar {entry.file}: {exc}") from exc
+            self._maps[entry.file] = (size, mapped)
+        size, mapped = self._maps[entry.file]
+        if entry.offset < 0 or entry.length <= 0 or entry.offset + entry.length > size:
+            raise L2CError(f"{entry.file}: tensor {entry.name!r}: payload [{entry.offset}, "
+                           f"{entry.offset + entry.length}) lies outside the {size}-byte sidecar (truncated?)")
+        return np.frombuffer(mapped, dtype=np.uint8, count=entry.length, offset=entry.offset)
+
+    def where(self, entry: DecodeEntry) -> str:
+        return f"{entry.file.name}: tensor {entry.name!r}"
+
+    def decode(self, entry: DecodeEntry) -> np.ndarray:
+        """Decode one tensor (flat storage array: float32 / float16 / uint16 bits for bfloat16)."""
+        payload = self.payload(entry)
+        info = _native.payload_info(payload, self.where(entry))
+        if info.dtype not in DTYPE_NAMES:
+            raise L2CError(f"{self.where(entry)}: unsupported dtype {info.dtype}")
+        storage = {FLOAT: np.float32, FLOAT16: np.float16, BFLOAT16: np.uint16}[info.dtype]
+        numel = info.nbytes // np.dtype(storage).itemsize
+        out = np.empty(numel, dtype=storage)
+        _native.decode_into(payload, out, self.where(entry))
+        return out.reshape(info.dims)
+
+    def decode_all(self, workers: int = 0) -> dict[str, np.ndarray]:
+        """Every tensor, decoded in parallel across tensors (the GIL is released natively)."""
+        workers = workers or os.cpu_count() or 1
+        with ThreadPoolExecutor(workers) as pool:
+            arrays = list(pool.map(self.decode, self.entries))
+        return {e.name: a for e, a in zip(self.entries, arrays)}
+
+    def close(self) -> None:
+        for _, mapped in self._maps.values():
+            if mapped is not None:
+                try:
+                    mapped.close()
+                except BufferError:
+                    pass  # numpy views still alive; the map closes when they go
+        self._maps.clear()
+
+    def strip(self, replace: dict[str, onnx.TensorProto], hoist: bool = False) -> onnx.ModelProto:
+        """The model with every Decode node replaced by the initializer `replace[name]`.
+
+        hoist: put every replacement in the main graph (subgraphs see it as an
+        outer-scope value). onnxruntime applies add_external_initializers only
+        to main-graph initializers.
+        """
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)
+        by_graph: dict[str, list[str]] = {}
+        for e in self.entries:
+            by_graph.setdefault("main" if hoist else e.graph.path, []).append(e.name)
+        decoded = {e.name for e in self.entries}
+        payload_names = {e.payload.name for e in self.entries}
+        for ref in iter_graphs(model.graph):
+            graph = ref.graph
+            nodes = [n for n in graph.node
+                     if not (n.domain == DOMAIN and n.op_type == OP_TYPE and n.output[0] in decoded)]
+            inits = [t for t in graph.initializer if t.name not in payload_names]
+            if len(nodes) != len(graph.node):
+                del graph.node[:]
+                graph.node.extend(nodes)
+            if len(inits) != len(graph.initializer):
+                del graph.initializer[:]
+                graph.initializer.extend(inits)
+            graph.initializer.extend(replace[n] for n in by_graph.get(ref.path, []))
+        keep = [op for op in model.opset_import if op.domain != DOMAIN]
+        del model.opset_import[:]
+        model.opset_import.extend(keep)
+        props = [p for p in model.metadata_props if p.key != METADATA_KEY]
+        del model.metadata_props[:]
+        model.metadata_props.extend(props)
+        return model
+
+
+def _declared(entry: DecodeEntry, array: np.ndarray, dtype: int) -> onnx.TensorProto:
+    return onnx.TensorProto(name=entry.name, data_type=dtype, dims=list(array.shape))
+
+
+def _dtype_of(array: np.ndarray) -> int:
+    return {np.dtype(np.float32): FLOAT, np.dtype(np.float16): FLOAT16, np.dtype(np.uint16): BFLOAT16}[array.dtype]
+
+
+def InferenceSession(path: str | os.PathLike, sess_options: Any = None, providers: Any = None,
+                     provider_options: Any = None, **kwargs: Any):  # noqa: N802 (mirrors onnxruntime)
+    """An `onnxruntime.InferenceSession` of a compressed model, at the original model's speed.
+
+    Decodes every payload once and hands the tensors to onnxruntime through
+    `SessionOptions.add_external_initializers` (sess_options is modified).
+    Extra keyword arguments go to `onnxruntime.InferenceSession`.
+    """
+    import onnxruntime as ort
+
+    compressed = CompressedModel(path)
+    try:
+        arrays = compressed.decode_all()
+        declared: dict[str, onnx.TensorProto] = {}
+        offset = 0
+        for entry in compressed.entries:
+            array = arrays[entry.name]
+            tensor = _declared(entry, array, _dtype_of(array))
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            # A virtual location: the file never exists, onnxruntime takes the
+            # bytes from add_external_initializers instead.
+            for key, value in (("location", _VIRTUAL_LOCATION), ("offset", str(offset)),
+                               ("length", str(array.nbytes))):
+                item = tensor.external_data.add()
+                item.key, item.value = key, value
+            offset += array.nbytes
+            declared[entry.name] = tensor
+        model = compressed.strip(declared, hoist=True)
+        so = sess_options if sess_options is not None else ort.SessionOptions()
+        if compressed.entries:
+            values = [ort.OrtValue.ortvalue_from_numpy_with_onnx_type(arrays[e.name], _dtype_of(arrays[e.name]))
+                      if arrays[e.name].dtype == np.uint16 else ort.OrtValue.ortvalue_from_numpy(arrays[e.name])
+                      for e in compressed.entries]
+            so.add_external_initializers([e.name for e in compressed.entries], values)
+        data = model.SerializeToString()
+        del model
+        return ort.InferenceSession(data, so, providers=providers, provider_options=provider_options, **kwargs)
+    finally:
+        compressed.close()
+
+
+def decompress(path: str | os.PathLike, output: str | os.PathLike, *,
+               external_data: bool | None = None) -> Path:
+    """Write a plain ONNX model (no custom op) with the decoded weights.
+
+    `external_data`: None picks external data (`output.data`) only when the
+    model would pass protobuf's 2 GB limit.
+    """
+    output = Path(output)
+    compressed = CompressedModel(path)
+    try:
+        arrays = compressed.decode_all()
+        total = compressed.model.ByteSize() + sum(a.nbytes for a in arrays.values())
+        use_external = external_data if external_data is not None else total > _PROTO_LIMIT
+        with AtomicOutputs() as outputs:
+            tensors: dict[str, onnx.TensorProto] = {}
+            data_file = output.with_name(output.name + ".data")
+            fh = open(outputs.temp_for(data_file), "wb") if use_external else None
+            try:
+                writer = AlignedWriter(fh) if fh else None
+                for entry in compressed.entries:
+                    array = arrays.pop(entry.name)
+                    tensor = _declared(entry, array, _dtype_of(array))
+                    raw = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+                    if writer is not None:
+                        offset, length = writer.add(raw)
+                        tensor.data_location = onnx.TensorProto.EXTERNAL
+                        for key, value in (("location", data_file.name), ("offset", str(offset)),
+                                           ("length", str(length))):
+                            item = tensor.external_data.add()
+                            item.key, item.value = key, value
+                    else:
+                        tensor.raw_data = raw
+                    tensors[entry.name] = tensor
+            finally:
+                if fh:
+                    fh.close()
+            model = compressed.strip(tensors)
+            outputs.temp_for(output).write_bytes(model.SerializeToString())
+            outputs.commit()
+    finally:
+        compressed.close()
+    return output
+
+
+@dataclass
+class InspectRow:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    stages: tuple[str, ...]
+    original_bytes: int
+    payload_bytes: int
+
+    @property
+    def bits_per_weight(self) -> float:
+        numel = int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        return 8.0 * self.payload_bytes / max(numel, 1)
+
+
+@dataclass
+class InspectResult:
+    path: Path
+    graph_bytes: int
+    sidecar_bytes: int
+    rows: list[InspectRow]
+
+    @property
+    def original_bytes(self) -> int:
+        return sum(r.original_bytes for r in self.rows)
+
+    @property
+    def payload_bytes(self) -> int:
+        return sum(r.payload_bytes for r in self.rows)
+
+
+def inspect(path: str | os.PathLike) -> InspectResult:
+    """Per-tensor description of a compressed model (headers are CRC-checked)."""
+    compressed = CompressedModel(path)
+    try:
+        rows = []
+        for entry in compressed.entries:
+            summary = describe(compressed.payload(entry), compressed.where(entry))
+            numel = int(np.prod(summary.dims, dtype=np.int64)) if summary.dims else 1
+            nbytes = numel * np.dtype(BITS_DTYPE[summary.dtype]).itemsize
+            rows.append(InspectRow(entry.name, DTYPE_NAMES[summary.dtype], summary.dims, summary.stages,
+                                   nbytes, entry.length))
+        sidecars = {e.file for e in compressed.entries}
+        sidecar_bytes = sum(f.stat().st_size for f in sidecars if f.is_file())
+        return InspectResult(compressed.path, compressed.path.stat().st_size, sidecar_bytes, rows)
+    finally:
+        compressed.close()

@@ -1,0 +1,246 @@
+"""Compression pipeline: load → analyse → encode each weight → write.
+
+Weights are encoded in parallel (a bounded window of tensors in flight, so
+memory stays proportional to a few tensors, not the model) and written in a
+fixed order, so the same input and options give byte-identical outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnx_l2c.passes import TensorInput, WeightTransform
+from onnx_l2c.passes.lossless import Lossless
+from onnx_l2c.passes.uniform import Uniform
+
+from .config import CompressOptions
+from .errors import L2CError
+from .files import AlignedWriter, AtomicOutputs
+from .format import (DOMAIN, DTYPE_NAMES, FORMAT_VERSION, OP_TYPE, OPSET, Recipe, bits_to_float32,
+                     reconstruct, serialize)
+from .graph import WeightRef, embed_external, external_files, find_weights, iter_graphs, load_model, tensor_bits
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+SIDECAR_SUFFIX = ".l2c"
+METADATA_KEY = "onnx_l2c.format"
+
+
+@dataclass
+class TensorReport:
+    name: str
+    method: str
+    dtype: str
+    shape: tuple[int, ...]
+    original_bytes: int
+    payload_bytes: int
+    rel_rmse: float  # ‖Ŵ − W‖ / ‖W‖ (0 for lossless)
+
+    @property
+    def bits_per_weight(self) -> float:
+        numel = int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        return 8.0 * self.payload_bytes / max(numel, 1)
+
+
+@dataclass
+class CompressResult:
+    output: Path
+    sidecar: Path
+    source_bytes: int  # the input .onnx plus every external data file it references
+    graph_bytes: int
+    sidecar_bytes: int
+    seconds: float
+    options: dict[str, Any]
+    tensors: list[TensorReport] = field(default_factory=list)
+    skipped_small: int = 0
+
+    @property
+    def output_bytes(self) -> int:
+        return self.graph_bytes + self.sidecar_bytes
+
+    @property
+    def ratio(self) -> float:
+        return self.source_bytes / max(self.output_bytes, 1)
+
+
+def sidecar_path(output: Path) -> Path:
+    return output.with_name(output.name + SIDECAR_SUFFIX)
+
+
+def _methods(opts: CompressOptions) -> tuple[WeightTransform | None, WeightTransform]:
+    bits = opts.quant_bits
+    lossy = Uniform(bits=bits, dead_zone=opts.dead_zone) if bits is not None else None
+    return lossy, Lossless()
+
+
+def _encode(w: WeightRef, base_dir: Path, lossy: WeightTransform | None,
+            lossless: WeightTransform) -> tuple[bytes, TensorReport]:
+    bits = tensor_bits(w.tensor, base_dir)
+    tensor = TensorInput(w.name, w.dtype, w.shape, bits, w.channel_axis)
+    method = lossy if lossy is not None and lossy.applies_to(tensor) else lossless
+    recipe: Recipe = method.encode(tensor)
+    payload = serialize(recipe)
+    rel = 0.0
+    if not method.lossless:
+        ref = tensor.values.astype(np.float64)
+        rec = bits_to_float32(np.asarray(reconstruct(recipe)).view(bits.dtype), w.dtype).reshape(w.shape)
+        rel = float(np.linalg.norm(rec - ref) / max(np.linalg.norm(ref), 1e-30))
+    report = TensorReport(w.name, method.name, DTYPE_NAMES[w.dtype], w.shape, w.nbytes, len(payload), rel)
+    return payload, report
+
+
+def compress(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike, *,
+             base_dir: str | os.PathLike | None = None, progress: Progress | None = None,
+             **options: Any) -> CompressResult:
+    """Compress `model` into `output` (+ its sidecar `output.l2c`).
+
+    `model` is a path or an `onnx.ModelProto` (whose external data, if any, is
+    read relative to `base_dir`). Options: see `onnx_l2c.config.OPTIONS`.
+    """
+    start = time.perf_counter()
+    opts = CompressOptions.from_kwargs(**options)
+    output = Path(output)
+    if isinstance(model, onnx.ModelProto):
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model)
+        src_dir = Path(base_dir) if base_dir is not None else Path.cwd()
+        source_bytes = proto.ByteSize()
+    else:
+        path = Path(model)
+        proto = load_model(path)
+        src_dir = path.parent
+        if output.resolve() == path.resolve():
+            raise L2CError(f"{output}: output would overwrite the input model")
+        source_bytes = path.stat().st_size
+    source_bytes += sum(f.stat().st_size for f in external_files(proto, src_dir) if f.is_file())
+    if any(op.domain == DOMAIN for op in proto.opset_import):
+        raise L2CError(f"{model}: already compressed by onnx_l2c (uses domain {DOMAIN})")
+
+    analysis = find_weights(proto, opts.min_elements)
+    weights = analysis.weights
+    lossy, lossless = _methods(opts)
+    sidecar = sidecar_path(output)
+    workers = opts.workers or os.cpu_count() or 1
+    reports: list[TensorReport] = []
+    used_names = {n for g in iter_graphs(proto.graph) for n in _names(g.graph)}
+    original_names = set(used_names)
+
+    with AtomicOutputs() as outputs:
+        sidecar_tmp = outputs.temp_for(sidecar)
+        with open(sidecar_tmp, "wb") as fh, ThreadPoolExecutor(workers) as pool:
+            writer = AlignedWriter(fh)
+            window: deque[tuple[WeightRef, Future]] = deque()
+            todo = iter(weights)
+            done = 0
+            while True:
+                while len(window) < 2 * workers:
+                    w = next(todo, None)
+                    if w is None:
+                        break
+                    window.append((w, pool.submit(_encode, w, src_dir, lossy, lossless)))
+                if not window:
+                    break
+                w, fut = window.popleft()
+                try:
+                    payload, report = fut.result()
+                except L2CError:
+                    raise
+                except Exception as exc:
+                    raise L2CError(f"tensor {w.name!r} in {w.graph.path}: encoding failed: {exc}") from exc
+                offset, length = writer.add(payload)
+                _replace_with_decode(w, offset, length, sidecar.name, used_names)
+                if w.constant_node is None:
+                    for key in ("raw_data", "float_data", "int32_data"):
+                        w.tensor.ClearField(key)  # free the bytes now; dropped below
+                reports.append(report)
+                done += 1
+                if progress is not None:
+                    progress(done, len(weights), w.name)
+        _drop_replaced_initializers(proto, {w.name for w in weights if w.constant_node is None})
+        payload_names = set(used_names) - original_names
+        for ref in iter_graphs(proto.graph):
+            for t in ref.graph.initializer:
+                if t.name not in payload_names:
+                    embed_external(t, src_dir)  # kept tensors travel inside the small graph
+        _mark(proto)
+        graph_tmp = outputs.temp_for(output)
+        data = proto.SerializeToString()
+        graph_tmp.write_bytes(data)
+        sidecar_bytes = sidecar_tmp.stat().st_size
+        outputs.commit()
+
+    return CompressResult(output=output, sidecar=sidecar, source_bytes=source_bytes, graph_bytes=len(data),
+                          sidecar_bytes=sidecar_bytes, seconds=time.perf_counter() - start,
+                          options=opts.as_dict(), tensors=reports, skipped_small=analysis.skipped_small)
+
+
+def _names(graph: onnx.GraphProto) -> set[str]:
+    names = {t.name for t in graph.initializer} | {v.name for v in graph.input} | {v.name for v in graph.output}
+    for node in graph.node:
+        names.update(node.output)
+    return names
+
+
+def _unique(base: str, used: set[str]) -> str:
+    name, k = base, 1
+    while name in used:
+        name = f"{base}_{k}"
+        k += 1
+    used.add(name)
+    return name
+
+
+def _replace_with_decode(w: WeightRef, offset: int, length: int, sidecar_name: str, used: set[str]) -> None:
+    graph = w.graph.graph
+    payload_name = _unique(w.name + SIDECAR_SUFFIX, used)
+    payload = onnx.TensorProto(name=payload_name, data_type=onnx.TensorProto.UINT8, dims=[length])
+    payload.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", sidecar_name), ("offset", str(offset)), ("length", str(length))):
+        entry = payload.external_data.add()
+        entry.key, entry.value = key, value
+    graph.initializer.append(payload)
+    node = onnx.helper.make_node(OP_TYPE, [payload_name], [w.name], name=_unique(f"l2c_decode/{w.name}", used),
+                                 domain=DOMAIN, tensor=w.name, sidecar=sidecar_name)
+    graph.value_info.append(onnx.helper.make_tensor_value_info(w.name, w.dtype, list(w.shape)))
+    if w.constant_node is not None:
+        # In place of the Constant, so the node order stays topological.
+        w.constant_node.CopyFrom(node)
+    else:
+        graph.node.insert(0, node)
+        # An initializer that is also a graph input (IR < 4 style) is now a
+        # node output; it can no longer be overridden by a feed.
+        for i, value in enumerate(graph.input):
+            if value.name == w.name:
+                del graph.input[i]
+                break
+
+
+def _drop_replaced_initializers(model: onnx.ModelProto, names: set[str]) -> None:
+    for ref in iter_graphs(model.graph):
+        graph = ref.graph
+        keep = [t for t in graph.initializer if t.name not in names]
+        if len(keep) != len(graph.initializer):
+            del graph.initializer[:]
+            graph.initializer.extend(keep)
+
+
+def _mark(model: onnx.ModelProto) -> None:
+    if not any(op.domain == DOMAIN for op in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, OPSET))
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            prop.value = str(FORMAT_VERSION)
+            return
+    model.metadata_props.add(key=METADATA_KEY, value=str(FORMAT_VERSION))

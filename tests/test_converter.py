@@ -1,0 +1,218 @@
+"""Converter behaviour on tiny models: every feature, every load path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto
+
+import builders
+import onnx_l2c
+from helpers import DATA, assert_bit_identical, run_all_paths, run_plain, save
+from onnx_l2c.format import DOMAIN, reconstruct
+from onnx_l2c.loader import CompressedModel
+from onnx_l2c.passes import TensorInput
+from onnx_l2c.passes.uniform import Uniform
+
+
+def _feeds_mlp(rng, dtype=np.float32):
+    return {"x": rng.standard_normal((5, 64)).astype(dtype)}
+
+
+CASES = {
+    "mlp_fp32": (lambda r: builders.mlp(r), lambda r: _feeds_mlp(r)),
+    "mlp_fp16": (lambda r: builders.mlp(r, TensorProto.FLOAT16), lambda r: _feeds_mlp(r, np.float16)),
+    "mlp_bf16": (lambda r: builders.mlp(r, TensorProto.BFLOAT16), lambda r: _feeds_mlp(r)),
+    "conv": (builders.conv, lambda r: {"x": r.standard_normal((1, 8, 12, 12)).astype(np.float32)}),
+    "shared": (builders.shared, lambda r: {"x": r.standard_normal((4, 32)).astype(np.float32)}),
+    "constant": (builders.constant_node, lambda r: {"x": r.standard_normal((2, 32)).astype(np.float32)}),
+    "if_true": (builders.subgraphs, lambda r: {"cond": np.array(True), "x": r.standard_normal((2, 16)).astype(np.float32)}),
+    "if_false": (builders.subgraphs, lambda r: {"cond": np.array(False), "x": r.standard_normal((2, 16)).astype(np.float32)}),
+    "embedding": (builders.embedding, lambda r: {"ids": r.integers(0, 100, (3, 5)).astype(np.int64)}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_lossless_is_bit_exact_on_every_path(case, tmp_path, rng):
+    build, feeds_fn = CASES[case]
+    src = save(build(rng), tmp_path / "model.onnx")
+    feeds = feeds_fn(rng)
+    expected = run_plain(src, feeds)
+    out = tmp_path / "small.onnx"
+    result = onnx_l2c.compress(src, out, preset="lossless", min_elements=1)
+    assert result.tensors, "no weight was compressed"
+    assert (tmp_path / "small.onnx.l2c").is_file()
+    for path, got in run_all_paths(out, tmp_path, feeds).items():
+        assert_bit_identical(expected, got, f"{case} via {path}")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("bits,tolerance", [(8, 0.02), (4, 0.2)])
+def test_quantized_outputs_stay_close(case, bits, tolerance, tmp_path, rng):
+    build, feeds_fn = CASES[case]
+    src = save(build(rng), tmp_path / "model.onnx")
+    feeds = feeds_fn(rng)
+    expected = run_plain(src, feeds)
+    out = tmp_path / "small.onnx"
+    onnx_l2c.compress(src, out, bits=bits, min_elements=1)
+    paths = run_all_paths(out, tmp_path, feeds)
+    for path, got in paths.items():
+        for a, b in zip(expected, got):
+            a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+            rel = np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-12)
+            assert rel < tolerance, f"{case} {bits} bits via {path}: relative error {rel:.4f}"
+    # The three load paths run the same decoder: identical outputs.
+    assert_bit_identical(paths["fast"], paths["custom_op"], f"{case}: fast vs custom op")
+    assert_bit_identical(paths["fast"], paths["decompressed"], f"{case}: fast vs decompressed")
+
+
+def test_python_reconstruction_equals_native_decode(tmp_path, rng):
+    model = builders.mlp(rng, TensorProto.FLOAT16)
+    src = save(model, tmp_path / "model.onnx")
+    out = tmp_path / "small.onnx"
+    onnx_l2c.compress(src, out, bits=5, min_elements=1)
+    quant = Uniform(bits=5, dead_zone=onnx_l2c.CompressOptions().dead_zone)
+    cm = CompressedModel(out)
+    try:
+        decoded = {e.name: cm.decode(e) for e in cm.entries}
+    finally:
+        cm.close()
+    checked = 0
+    for init in model.graph.initializer:
+        bits = np.frombuffer(init.raw_data, np.uint16) if init.raw_data else np.asarray(init.int32_data, np.uint16)
+        t = TensorInput(init.name, init.data_type, tuple(init.dims), bits, 1 if init.name.startswith("W") else None)
+        if not quant.applies_to(t):
+            continue
+        expected = reconstruct(quant.encode(t))
+        np.testing.assert_array_equal(expected.view(np.uint16), decoded[init.name].view(np.uint16))
+        checked += 1
+    assert checked == 2
+
+
+def test_shared_weight_is_coded_once(tmp_path, rng):
+    src = save(builders.shared(rng), tmp_path / "model.onnx")
+    out = tmp_path / "small.onnx"
+    onnx_l2c.compress(src, out, preset="lossless", min_elements=1)
+    model = onnx.load(str(out), load_external_data=False)
+    decodes = [n for n in model.graph.node if n.domain == DOMAIN]
+    assert len(decodes) == 1 and decodes[0].output[0] == "W"
+    assert sum(1 for n in model.graph.node if "W" in n.input) == 3
+    assert len(onnx_l2c.inspect(out).rows) == 1
+
+
+def test_subgraph_and_constant_weights_are_compressed(tmp_path, rng):
+    src = save(builders.subgraphs(rng), tmp_path / "model.onnx")
+    out = tmp_path / "small.onnx"
+    result = onnx_l2c.compress(src, out, preset="lossless", min_elements=1)
+    assert sorted(t.name for t in result.tensors) == ["We", "Wo", "Wt"]
+    model = onnx.load(str(out), load_external_data=False)
+    branches = {a.name: a.g for a in model.graph.node[-1].attribute}
+    assert [n.op_type for n in branches["then_branch"].node][0] == "Decode"
+    assert [n.op_type for n in branches["else_branch"].node][0] == "Decode"
+    assert not list(branches["then_branch"].initializer)[0].name == "Wt"
+
+
+def test_small_and_integer_tensors_are_kept(tmp_path, rng):
+    src = save(builders.mlp(rng), tmp_path / "model.onnx")
+    out = tmp_path / "small.onnx"
+    result = onnx_l2c.compress(src, out, preset="int8", min_elements=1000)
+    assert sorted(t.name for t in result.tensors) == ["W1", "W2"]  # b1 (128) is below the threshold
+    assert result.skipped_small == 1
+
+
+def test_external_data_input(tmp_path):
+    src = DATA / "external" / "model.onnx"
+    assert (DATA / "external" / "model.onnx.data").is_file()
+    feeds = {"x": np.linspace(-1, 1, 2 * 64, dtype=np.float32).reshape(2, 64)}
+    expected = run_plain(src, feeds)
+    out = tmp_path / "small.onnx"
+    result = onnx_l2c.compress(src, out, preset="lossless", min_elements=1)
+    assert result.source_bytes == src.stat().st_size + (DATA / "external" / "model.onnx.data").stat().st_size
+    for path, got in run_all_paths(out, tmp_path, feeds).items():
+        assert_bit_identical(expected, got, f"external data via {path}")
+
+
+def test_model_proto_input(tmp_path, rng):
+    model = builders.conv(rng)
+    out = tmp_path / "small.onnx"
+    onnx_l2c.compress(model, out, preset="int8", min_elements=1)
+    assert {r.name for r in onnx_l2c.inspect(out).rows} == {"W", "B"}
+
+
+def test_decompress_external_data(tmp_path, rng):
+    src = save(builders.mlp(rng), tmp_path / "model.onnx")
+    out = tmp_path / "small.onnx"
+    onnx_l2c.compress(src, out, preset="lossless", min_elements=1)
+    plain = tmp_path / "plain.onnx"
+    onnx_l2c.decompress(out, plain, external_data=True)
+    assert (tmp_path / "plain.onnx.data").is_file()
+    feeds = _feeds_mlp(rng)
+    assert_bit_identical(run_plain(src, feeds), run_plain(plain, feeds), "decompressed with external data")
+
+
+def test_determinism(tmp_path, rng):
+    src = save(builders.mlp(rng), tmp_path / "model.onnx")
+    outs = []
+    for k in range(2):
+        out = tmp_path / f"run{k}" / "small.onnx"
+        out.parent.mkdir()
+        onnx_l2c.compress(src, out, preset="int8", min_elements=1, workers=1 + k)
+        outs.append((out.read_bytes(), (out.parent / "small.onnx.l2c").read_bytes()))
+    assert outs[0] == outs[1]
+
+
+def test_failed_run_leaves_no_output(tmp_path, rng):
+    model = builders.mlp(rng)
+    model.graph.initializer[0].raw_data = model.graph.initializer[0].raw_data[:-4]  # corrupt W1
+    src = tmp_path / "model.onnx"
+    onnx.save(model, str(src))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with pytest.raises(onnx_l2c.L2CError, match="W1"):
+        onnx_l2c.compress(src, out_dir / "small.onnx", preset="int8", min_elements=1)
+    assert list(out_dir.iterdir()) == []
+
+
+def test_not_an_onnx_file(tmp_path):
+    bad = tmp_path / "notes.onnx"
+    bad.write_bytes(b"\x00\xffthis is not a protobuf" * 10)
+    with pytest.raises(onnx_l2c.L2CError, match="notes.onnx"):
+        onnx_l2c.compress(bad, tmp_path / "small.onnx")
+
+
+def test_option_errors_name_the_choices(tmp_path, rng):
+    src = save(builders.mlp(rng), tmp_path / "model.onnx")
+    with pytest.raises(onnx_l2c.L2CError, match="lossless, int8"):
+        onnx_l2c.compress(src, tmp_path / "s.onnx", preset="int3")
+    with pytest.raises(onnx_l2c.L2CError, match="bits"):
+        onnx_l2c.compress(src, tmp_path / "s.onnx", bits=1)
+    with pytest.raises(onnx_l2c.L2CError, match="valid options"):
+        onnx_l2c.compress(src, tmp_path / "s.onnx", bitz=4)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "onnx_l2c", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_round_trip(tmp_path, rng):
+    src = save(builders.conv(rng), tmp_path / "model.onnx")
+    out = tmp_path / "small.onnx"
+    res = _cli("compress", str(src), str(out), "--bits", "6", "--min-elements", "1", "--report", str(tmp_path / "r.json"))
+    assert res.returncode == 0, res.stderr
+    assert "ratio:" in res.stdout and "original:" in res.stdout
+    assert (tmp_path / "r.json").is_file()
+    res = _cli("compress", str(src), str(tmp_path / "q.onnx"), "--quiet")
+    assert res.returncode == 0 and res.stdout == ""
+    res = _cli("inspect", str(out))
+    assert res.returncode == 0 and "entropy+affine" in res.stdout
+    res = _cli("decompress", str(out), str(tmp_path / "plain.onnx"))
+    assert res.returncode == 0 and (tmp_path / "plain.onnx").is_file()
+    res = _cli("compress", str(src), str(tmp_path / "x.onnx"), "--preset", "fast")
+    assert res.returncode != 0 and "invalid choice" in res.stderr
+    res = _cli("compress", str(tmp_path / "missing.onnx"), str(tmp_path / "x.onnx"))
+    assert res.returncode == 1 and "missing.onnx" in res.stderr
