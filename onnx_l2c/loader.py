@@ -163,7 +163,12 @@ class CompressedModel:
             if len(inits) != len(graph.initializer):
                 del graph.initializer[:]
                 graph.initializer.extend(inits)
-            graph.initializer.extend(replace[n] for n in by_graph.get(ref.path, []))
+            restored = [replace[n] for n in by_graph.get(ref.path, [])]
+            graph.initializer.extend(restored)
+            if ref.path == "main" and model.ir_version < 4:
+                # IR < 4 requires every initializer to be listed as a graph input.
+                graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                                   for t in restored)
         keep = [op for op in model.opset_import if op.domain != DOMAIN]
         del model.opset_import[:]
         model.opset_import.extend(keep)
@@ -194,27 +199,36 @@ def InferenceSession(path: str | os.PathLike, sess_options: Any = None, provider
     compressed = CompressedModel(path)
     try:
         arrays = compressed.decode_all()
+        # onnxruntime drops initializers no node reads before it applies external
+        # ones (and then fails to find them): those few travel inline instead.
+        used = {name for ref in iter_graphs(compressed.model.graph) for n in ref.graph.node for name in n.input}
+        used |= {v.name for v in compressed.model.graph.output}
         declared: dict[str, onnx.TensorProto] = {}
+        external: list[str] = []
         offset = 0
         for entry in compressed.entries:
             array = arrays[entry.name]
             tensor = _declared(entry, array, _dtype_of(array))
-            tensor.data_location = onnx.TensorProto.EXTERNAL
-            # A virtual location: the file never exists, onnxruntime takes the
-            # bytes from add_external_initializers instead.
-            for key, value in (("location", _VIRTUAL_LOCATION), ("offset", str(offset)),
-                               ("length", str(array.nbytes))):
-                item = tensor.external_data.add()
-                item.key, item.value = key, value
-            offset += array.nbytes
+            if entry.name not in used:
+                tensor.raw_data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+            else:
+                # A virtual location: the file never exists, onnxruntime takes
+                # the bytes from add_external_initializers instead.
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+                for key, value in (("location", _VIRTUAL_LOCATION), ("offset", str(offset)),
+                                   ("length", str(array.nbytes))):
+                    item = tensor.external_data.add()
+                    item.key, item.value = key, value
+                offset += array.nbytes
+                external.append(entry.name)
             declared[entry.name] = tensor
         model = compressed.strip(declared, hoist=True)
         so = sess_options if sess_options is not None else ort.SessionOptions()
-        if compressed.entries:
-            values = [ort.OrtValue.ortvalue_from_numpy_with_onnx_type(arrays[e.name], _dtype_of(arrays[e.name]))
-                      if arrays[e.name].dtype == np.uint16 else ort.OrtValue.ortvalue_from_numpy(arrays[e.name])
-                      for e in compressed.entries]
-            so.add_external_initializers([e.name for e in compressed.entries], values)
+        if external:
+            values = [ort.OrtValue.ortvalue_from_numpy_with_onnx_type(arrays[n], BFLOAT16)
+                      if arrays[n].dtype == np.uint16 else ort.OrtValue.ortvalue_from_numpy(arrays[n])
+                      for n in external]
+            so.add_external_initializers(external, values)
         data = model.SerializeToString()
         del model
         return ort.InferenceSession(data, so, providers=providers, provider_options=provider_options, **kwargs)
