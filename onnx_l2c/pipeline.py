@@ -204,7 +204,9 @@ def _unique(base: str, used: set[str]) -> str:
 
 def _replace_with_decode(w: WeightRef, offset: int, length: int, sidecar_name: str, used: set[str]) -> None:
     graph = w.graph.graph
-    payload_name = _unique(w.name + SIDECAR_SUFFIX, used)
+    # The payload's name carries the sidecar's: onnxruntime's own errors about
+    # external data (truncated or missing file) then name both file and tensor.
+    payload_name = _unique(f"{w.name}@{sidecar_name}", used)
     payload = onnx.TensorProto(name=payload_name, data_type=onnx.TensorProto.UINT8, dims=[length])
     payload.data_location = onnx.TensorProto.EXTERNAL
     for key, value in (("location", sidecar_name), ("offset", str(offset)), ("length", str(length))):

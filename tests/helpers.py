@@ -44,6 +44,61 @@ def run_all_paths(compressed: Path, tmp_path: Path, feeds: dict[str, np.ndarray]
     }
 
 
+def decoded_by_custom_op(compressed: Path) -> dict[str, np.ndarray]:
+    """The main graph's weights as the custom op decodes them inside onnxruntime
+    (bfloat16 widened to float32).
+
+    Runs a model holding only the Decode nodes, with their outputs as graph
+    outputs, saved beside the compressed model so the sidecar resolves.
+    """
+    from onnx_l2c.format import DOMAIN
+
+    model = onnx.load(str(compressed), load_external_data=False)
+    model.ir_version = max(model.ir_version, 4)  # initializers need not be graph inputs
+    graph = model.graph
+    decodes = [n for n in graph.node if n.domain == DOMAIN]
+    payloads = [t for t in graph.initializer if t.name in {n.input[0] for n in decodes}]
+    types = {v.name: v for v in graph.value_info}
+    outputs = []
+    casts = []
+    for n in decodes:
+        info = types[n.output[0]]
+        if info.type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16:
+            # numpy has no bfloat16: widen (exactly) to float32
+            casts.append(onnx.helper.make_node("Cast", [n.output[0]], [n.output[0] + ":f32"], to=onnx.TensorProto.FLOAT))
+            outputs.append(onnx.helper.make_tensor_value_info(n.output[0] + ":f32", onnx.TensorProto.FLOAT, None))
+        else:
+            outputs.append(info)
+    for field in (graph.node, graph.input, graph.output, graph.initializer):
+        del field[:]
+    graph.node.extend(decodes + casts)
+    graph.initializer.extend(payloads)
+    graph.output.extend(outputs)
+    probe = compressed.with_name(compressed.stem + ".probe.onnx")
+    onnx.save(model, str(probe))
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(onnx_l2c.custom_op_library())
+    sess = ort.InferenceSession(str(probe), so, providers=["CPUExecutionProvider"])
+    names = [o.name.removesuffix(":f32") for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(None, {})))
+
+
+def assert_close(expected: list[np.ndarray], got: list[np.ndarray], what: str, rtol: float = 1e-4) -> None:
+    """Equal up to float summation order (the custom-op path runs other kernels:
+    onnxruntime does not prepack or re-layout weights that a custom op produces)."""
+    assert len(expected) == len(got), what
+    for i, (a, b) in enumerate(zip(expected, got)):
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.dtype == b.dtype and a.shape == b.shape, f"{what}: output {i} {a.dtype}{a.shape} vs {b.dtype}{b.shape}"
+        if a.dtype.kind != "f":
+            assert np.array_equal(a, b), f"{what}: output {i} differs"
+            continue
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        scale = max(float(np.max(np.abs(a64), initial=0.0)), 1e-30)
+        err = float(np.max(np.abs(a64 - b64), initial=0.0))
+        assert err <= rtol * scale, f"{what}: output {i} max error {err:.3g} vs scale {scale:.3g}"
+
+
 def assert_bit_identical(expected: list[np.ndarray], got: list[np.ndarray], what: str) -> None:
     assert len(expected) == len(got), what
     for i, (a, b) in enumerate(zip(expected, got)):

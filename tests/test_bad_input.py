@@ -71,7 +71,7 @@ def _payloads(model_path: Path) -> dict[str, tuple[int, int]]:
     for t in model.graph.initializer:
         if external_data_helper.uses_external_data(t):
             info = external_data_helper.ExternalDataInfo(t)
-            out[t.name[: -len(".l2c")]] = (int(info.offset), int(info.length))
+            out[t.name.split("@")[0]] = (int(info.offset), int(info.length))
     return out
 
 

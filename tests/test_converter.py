@@ -13,8 +13,8 @@ from onnx import TensorProto
 
 import builders
 import onnx_l2c
-from helpers import DATA, assert_bit_identical, run_all_paths, run_plain, save
-from onnx_l2c.format import DOMAIN, reconstruct
+from helpers import DATA, assert_bit_identical, assert_close, decoded_by_custom_op, run_all_paths, run_plain, save
+from onnx_l2c.format import DOMAIN, bits_to_float32, reconstruct
 from onnx_l2c.loader import CompressedModel
 from onnx_l2c.passes import TensorInput
 from onnx_l2c.passes.uniform import Uniform
@@ -47,8 +47,17 @@ def test_lossless_is_bit_exact_on_every_path(case, tmp_path, rng):
     result = onnx_l2c.compress(src, out, preset="lossless", min_elements=1)
     assert result.tensors, "no weight was compressed"
     assert (tmp_path / "small.onnx.l2c").is_file()
-    for path, got in run_all_paths(out, tmp_path, feeds).items():
-        assert_bit_identical(expected, got, f"{case} via {path}")
+    paths = run_all_paths(out, tmp_path, feeds)
+    assert_bit_identical(expected, paths["fast"], f"{case} via the fast loader")
+    assert_bit_identical(expected, paths["decompressed"], f"{case} decompressed")
+    assert_close(expected, paths["custom_op"], f"{case} via the custom op")
+    # The custom op itself decodes the exact bits.
+    model = onnx.load(str(src))
+    original = {t.name: t for t in model.graph.initializer}
+    original |= {n.output[0]: n.attribute[0].t for n in model.graph.node if n.op_type == "Constant"}
+    for name, array in decoded_by_custom_op(out).items():
+        expected_w = onnx.numpy_helper.to_array(original[name])
+        np.testing.assert_array_equal(array, expected_w.astype(array.dtype), err_msg=name)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -66,9 +75,18 @@ def test_quantized_outputs_stay_close(case, bits, tolerance, tmp_path, rng):
             a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
             rel = np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-12)
             assert rel < tolerance, f"{case} {bits} bits via {path}: relative error {rel:.4f}"
-    # The three load paths run the same decoder: identical outputs.
-    assert_bit_identical(paths["fast"], paths["custom_op"], f"{case}: fast vs custom op")
+    # The load paths run the same decoder: identical weights, so the fast
+    # loader and the decompressed model agree bit for bit.
     assert_bit_identical(paths["fast"], paths["decompressed"], f"{case}: fast vs decompressed")
+    assert_close(paths["fast"], paths["custom_op"], f"{case}: fast vs custom op")
+    cm = CompressedModel(out)
+    try:
+        native = {e.name: cm.decode(e) for e in cm.entries}
+    finally:
+        cm.close()
+    for name, array in decoded_by_custom_op(out).items():
+        want = native[name] if native[name].dtype != np.uint16 else bits_to_float32(native[name], TensorProto.BFLOAT16)
+        assert array.tobytes() == want.tobytes(), name
 
 
 def test_python_reconstruction_equals_native_decode(tmp_path, rng):
@@ -133,8 +151,10 @@ def test_external_data_input(tmp_path):
     out = tmp_path / "small.onnx"
     result = onnx_l2c.compress(src, out, preset="lossless", min_elements=1)
     assert result.source_bytes == src.stat().st_size + (DATA / "external" / "model.onnx.data").stat().st_size
-    for path, got in run_all_paths(out, tmp_path, feeds).items():
-        assert_bit_identical(expected, got, f"external data via {path}")
+    paths = run_all_paths(out, tmp_path, feeds)
+    assert_bit_identical(expected, paths["fast"], "external data via the fast loader")
+    assert_bit_identical(expected, paths["decompressed"], "external data decompressed")
+    assert_close(expected, paths["custom_op"], "external data via the custom op")
 
 
 def test_model_proto_input(tmp_path, rng):
