@@ -7,6 +7,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path as _Path
+
+# Installed, the methods are the subpackage onnx_l2c/passes. In a source
+# checkout they sit beside this folder (the design card's layout): let
+# `onnx_l2c.passes` resolve there too, so the checkout runs in place.
+_here = _Path(__file__).absolute().parent
+if not (_here / "passes").is_dir() and (_here.parent / "passes" / "__init__.py").is_file():
+    __path__.append(str(_here.parent))
+
 from .config import OPTIONS, CompressOptions, Preset
 from .errors import L2CError
 from .loader import InferenceSession, custom_op_library, decompress, inspect

@@ -213,8 +213,11 @@ def _replace_with_decode(w: WeightRef, offset: int, length: int, sidecar_name: s
         entry = payload.external_data.add()
         entry.key, entry.value = key, value
     graph.initializer.append(payload)
+    # Type and shape twice: value_info for every ONNX tool, and the dtype/shape
+    # attributes that the op's own type inference reads.
     node = onnx.helper.make_node(OP_TYPE, [payload_name], [w.name], name=_unique(f"l2c_decode/{w.name}", used),
-                                 domain=DOMAIN, tensor=w.name, sidecar=sidecar_name)
+                                 domain=DOMAIN, dtype=w.dtype, shape=list(w.shape), tensor=w.name,
+                                 sidecar=sidecar_name)
     graph.value_info.append(onnx.helper.make_tensor_value_info(w.name, w.dtype, list(w.shape)))
     if w.constant_node is not None:
         # In place of the Constant, so the node order stays topological.

@@ -6,6 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check torch==2.13.0
 python3 -m pip install --quiet --disable-pip-version-check ".[test]" -r models/requirements.txt
-# The `pytest` script, not `python -m pytest`: the latter would import the
-# source folder onnx_l2c/ (no native library, no passes) instead of the install.
-pytest -m "not slow" "$@"
+python3 -m pytest -m "not slow" "$@"

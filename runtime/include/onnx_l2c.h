@@ -1,0 +1,79 @@
+/* onnx_l2c native runtime: C ABI.
+ *
+ * One shared library holds the payload decoder (docs/FORMAT.md), the stream
+ * encoder used by the Python converter, and the onnxruntime custom op
+ * ai.onnx_l2c::Decode (RegisterCustomOps). Python reaches it through ctypes;
+ * other languages call the same functions.
+ *
+ * All functions are thread-safe and never read outside the given buffers.
+ * Functions returning int return 0 on success and a nonzero L2C_E* code on
+ * failure, with a NUL-terminated message written to err (truncated to
+ * err_len bytes; err may be NULL when err_len is 0).
+ */
+#ifndef ONNX_L2C_H
+#define ONNX_L2C_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define L2C_API __declspec(dllexport)
+#else
+#define L2C_API __attribute__((visibility("default")))
+#endif
+
+enum {
+  L2C_OK = 0,
+  L2C_E_CORRUPT = 1,   /* malformed, truncated or CRC mismatch */
+  L2C_E_VERSION = 2,   /* bad magic or unsupported version / stage kind */
+  L2C_E_ARGUMENT = 3,  /* caller error: output buffer size, bad parameters */
+  L2C_E_MEMORY = 4     /* allocation failed */
+};
+
+#define L2C_MAX_DIMS 8
+
+/* Library version string, e.g. "1.0.0". */
+L2C_API const char* l2c_version(void);
+
+/* Highest payload format version this library decodes (1). */
+L2C_API int l2c_format_version(void);
+
+/* Parse and validate a payload header (magic, version, CRC, dims, numel).
+ * dims must have room for L2C_MAX_DIMS entries. *out_bytes receives the
+ * size of the decoded tensor in bytes (numel * element size). */
+L2C_API int l2c_payload_info(const uint8_t* payload, size_t payload_size,
+                             int32_t* dtype, int32_t* ndim, int64_t* dims,
+                             uint64_t* out_bytes, char* err, size_t err_len);
+
+/* Decode a whole payload into out (exactly out_size bytes, which must equal
+ * the size l2c_payload_info reports). */
+L2C_API int l2c_decode(const uint8_t* payload, size_t payload_size,
+                       void* out, size_t out_size, char* err, size_t err_len);
+
+/* Encode `count` indices in [0, alphabet) as one Stream (FORMAT.md).
+ * The encoder picks the mode (constant / stored / rANS) and scale_bits that
+ * give the fewest bytes; lanes is 8 for rANS.
+ * max_scale_bits caps scale_bits (1..16; 0 = default 16).
+ * Writes at most out_cap bytes; *out_size receives the stream's size.
+ * If out_cap is too small, returns L2C_E_ARGUMENT and *out_size receives the
+ * needed size (call again with a bigger buffer). */
+L2C_API int l2c_encode_stream(const int32_t* indices, uint64_t count,
+                              uint32_t alphabet, uint32_t max_scale_bits,
+                              uint8_t* out, size_t out_cap, size_t* out_size,
+                              char* err, size_t err_len);
+
+/* Decode one Stream (for tests and tools). *consumed receives the number of
+ * bytes the stream occupies. indices must have room for `count` entries,
+ * where count must equal the stream's count. */
+L2C_API int l2c_decode_stream(const uint8_t* data, size_t size,
+                              int32_t* indices, uint64_t count,
+                              size_t* consumed, char* err, size_t err_len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* ONNX_L2C_H */

@@ -1,0 +1,100 @@
+// The C ABI of onnx_l2c.h. Exceptions never cross it.
+#include <new>
+#include <vector>
+
+#include "onnx_l2c.h"
+#include "payload.h"
+#include "stream.h"
+
+namespace {
+
+// Runs f, mapping exceptions to L2C_E_* codes and messages.
+template <class F>
+int guarded(char* err, size_t err_len, F&& f) {
+  try {
+    f();
+    l2c::set_err(err, err_len, "");
+    return L2C_OK;
+  } catch (const l2c::Error& e) {
+    l2c::set_err(err, err_len, e.what());
+    return e.code;
+  } catch (const std::bad_alloc&) {
+    l2c::set_err(err, err_len, "out of memory");
+    return L2C_E_MEMORY;
+  } catch (const std::length_error&) {
+    l2c::set_err(err, err_len, "out of memory (allocation too large)");
+    return L2C_E_MEMORY;
+  } catch (const std::exception& e) {
+    l2c::set_err(err, err_len, std::string("internal error: ") + e.what());
+    return L2C_E_CORRUPT;
+  } catch (...) {
+    l2c::set_err(err, err_len, "internal error");
+    return L2C_E_CORRUPT;
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+L2C_API const char* l2c_version(void) { return "1.0.0"; }
+
+L2C_API int l2c_format_version(void) { return 1; }
+
+L2C_API int l2c_payload_info(const uint8_t* payload, size_t payload_size, int32_t* dtype,
+                             int32_t* ndim, int64_t* dims, uint64_t* out_bytes, char* err,
+                             size_t err_len) {
+  return guarded(err, err_len, [&] {
+    l2c::Plan plan;
+    l2c::parse_payload(payload, payload_size, &plan);
+    if (dtype) *dtype = plan.dtype;
+    if (ndim) *ndim = plan.ndim;
+    if (dims)
+      for (int i = 0; i < plan.ndim; ++i) dims[i] = static_cast<int64_t>(plan.dims[i]);
+    if (out_bytes) *out_bytes = plan.out_bytes;
+  });
+}
+
+L2C_API int l2c_decode(const uint8_t* payload, size_t payload_size, void* out, size_t out_size,
+                       char* err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    l2c::Plan plan;
+    l2c::parse_payload(payload, payload_size, &plan);
+    if (out_size != plan.out_bytes)
+      l2c::fail(L2C_E_ARGUMENT, "output buffer has " + std::to_string(out_size) +
+                                    " bytes, the tensor needs " + std::to_string(plan.out_bytes));
+    if (!out && out_size) l2c::fail(L2C_E_ARGUMENT, "output buffer is NULL");
+    l2c::execute(plan, out);
+  });
+}
+
+L2C_API int l2c_encode_stream(const int32_t* indices, uint64_t count, uint32_t alphabet,
+                              uint32_t max_scale_bits, uint8_t* out, size_t out_cap,
+                              size_t* out_size, char* err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    std::vector<uint8_t> buf;
+    l2c::encode_stream(indices, count, alphabet, max_scale_bits, &buf);
+    if (out_size) *out_size = buf.size();
+    if (buf.size() > out_cap || (!out && !buf.empty()))
+      l2c::fail(L2C_E_ARGUMENT, "output buffer too small: " + std::to_string(out_cap) +
+                                    " bytes, the stream needs " + std::to_string(buf.size()));
+    std::memcpy(out, buf.data(), buf.size());
+  });
+}
+
+L2C_API int l2c_decode_stream(const uint8_t* data, size_t size, int32_t* indices, uint64_t count,
+                              size_t* consumed, char* err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    if (!data && size) l2c::fail(L2C_E_ARGUMENT, "data is NULL");
+    l2c::Reader r(data, size);
+    l2c::Stream s;
+    l2c::parse_stream(r, count, "stream", &s);
+    if (s.max_index > static_cast<uint32_t>(INT32_MAX))
+      l2c::corrupt("stream: constant index " + std::to_string(s.max_index) + " exceeds int32");
+    if (count && !indices) l2c::fail(L2C_E_ARGUMENT, "indices is NULL");
+    l2c::decode_stream(s, indices, 0, "stream");
+    if (consumed) *consumed = r.pos();
+  });
+}
+
+}  // extern "C"

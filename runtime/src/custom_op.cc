@@ -1,0 +1,389 @@
+// onnxruntime custom op ai.onnx_l2c::Decode (opset 1), plain C API.
+//
+// The library does not link onnxruntime: RegisterCustomOps receives the
+// OrtApiBase and asks it for the OrtApi of the headers' ORT_API_VERSION.
+//
+// Input 0: uint8 1-D payload. Output 0: the decoded tensor. Its element
+// type is declared UNDEFINED (any type) here, so the graph must give it,
+// either by a value_info entry for the output (elem_type and shape) or by
+// the node attributes `dtype` (int: 1, 10 or 16) together with `shape`
+// (ints), which the shape-inference function below turns into the output
+// type and shape; the converter writes both. Optional string attributes
+// `tensor` and `sidecar` name the weight in error messages. The payload is
+// decoded when the kernel is created if the input is a constant initializer
+// (session creation fails with a status naming the tensor if it is corrupt
+// or disagrees with the declared type/shape), otherwise in Compute.
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "onnxruntime_c_api.h"
+#include "payload.h"
+
+namespace {
+
+const OrtApi* g_api = nullptr;  // set once by RegisterCustomOps
+
+const char* kDomain = "ai.onnx_l2c";
+
+std::string take_message(OrtStatus* st) {
+  std::string m = g_api->GetErrorMessage(st);
+  g_api->ReleaseStatus(st);
+  return m;
+}
+
+// Optional string attribute; "" when absent.
+std::string string_attr(const OrtKernelInfo* info, const char* name) {
+  size_t size = 0;
+  OrtStatus* st = g_api->KernelInfoGetAttribute_string(info, name, nullptr, &size);
+  if (st) {
+    g_api->ReleaseStatus(st);
+    return "";
+  }
+  std::string v(size, '\0');
+  st = g_api->KernelInfoGetAttribute_string(info, name, &v[0], &size);
+  if (st) {
+    g_api->ReleaseStatus(st);
+    return "";
+  }
+  v.resize(std::strlen(v.c_str()));
+  return v;
+}
+
+std::string node_name(const OrtKernelInfo* info) {
+  size_t size = 0;
+  OrtStatus* st = g_api->KernelInfo_GetNodeName(info, nullptr, &size);
+  if (st) {
+    g_api->ReleaseStatus(st);
+    return "";
+  }
+  std::string v(size, '\0');
+  st = g_api->KernelInfo_GetNodeName(info, &v[0], &size);
+  if (st) {
+    g_api->ReleaseStatus(st);
+    return "";
+  }
+  v.resize(std::strlen(v.c_str()));
+  return v;
+}
+
+ONNXTensorElementDataType ort_type(int dtype) {
+  switch (dtype) {
+    case l2c::kFloat32: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    case l2c::kFloat16: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
+    case l2c::kBFloat16: return ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16;
+    default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  }
+}
+
+struct Kernel {
+  std::string context;  // "onnx_l2c Decode: tensor 'x' (sidecar 'y')" for messages
+  bool decoded = false;
+  int dtype = 0;
+  std::vector<int64_t> dims;
+  std::unique_ptr<uint8_t[]> data;  // not zero-filled: execute() writes every byte
+  size_t size = 0;
+
+  OrtStatus* error(OrtErrorCode code, const std::string& msg) const {
+    return g_api->CreateStatus(code, (context + ": " + msg).c_str());
+  }
+  OrtStatus* error(const l2c::Error& e) const {
+    return error(e.code == L2C_E_MEMORY ? ORT_FAIL : ORT_INVALID_GRAPH, e.what());
+  }
+};
+
+// Reads a uint8 1-D tensor value: pointer and byte count.
+OrtStatus* payload_view(const Kernel& k, const OrtValue* v, const uint8_t** data, size_t* size) {
+  OrtTensorTypeAndShapeInfo* ti = nullptr;
+  if (OrtStatus* st = g_api->GetTensorTypeAndShape(v, &ti)) return st;
+  ONNXTensorElementDataType t = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  size_t n = 0;
+  OrtStatus* st = g_api->GetTensorElementType(ti, &t);
+  if (!st) st = g_api->GetTensorShapeElementCount(ti, &n);
+  g_api->ReleaseTensorTypeAndShapeInfo(ti);
+  if (st) return st;
+  if (t != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8)
+    return k.error(ORT_INVALID_GRAPH, "payload input must be a uint8 tensor");
+  void* p = nullptr;
+  if (n) {
+    if ((st = g_api->GetTensorMutableData(const_cast<OrtValue*>(v), &p))) return st;
+  }
+  *data = static_cast<const uint8_t*>(p);
+  *size = n;
+  return nullptr;
+}
+
+// Decodes a payload straight into an output allocated from the context.
+OrtStatus* decode_into_output(const Kernel& k, OrtKernelContext* ctx, const uint8_t* data,
+                              size_t size) {
+  try {
+    l2c::Plan plan;
+    l2c::parse_payload(data, size, &plan);
+    std::vector<int64_t> dims(plan.dims, plan.dims + plan.ndim);
+    OrtValue* out = nullptr;
+    if (OrtStatus* st = g_api->KernelContext_GetOutput(ctx, 0, dims.data(), dims.size(), &out))
+      return st;
+    OrtTensorTypeAndShapeInfo* ti = nullptr;
+    if (OrtStatus* st = g_api->GetTensorTypeAndShape(out, &ti)) return st;
+    ONNXTensorElementDataType t = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+    OrtStatus* st = g_api->GetTensorElementType(ti, &t);
+    g_api->ReleaseTensorTypeAndShapeInfo(ti);
+    if (st) return st;
+    if (t != ort_type(plan.dtype))
+      return k.error(ORT_INVALID_GRAPH,
+                     std::string("the graph declares output element type ") + std::to_string(t) +
+                         " but the payload decodes to " + l2c::dtype_name(plan.dtype) + " (" +
+                         std::to_string(ort_type(plan.dtype)) + ")");
+    void* p = nullptr;
+    if (plan.out_bytes && (st = g_api->GetTensorMutableData(out, &p))) return st;
+    l2c::execute(plan, p);
+    return nullptr;
+  } catch (const l2c::Error& e) {
+    return k.error(e);
+  } catch (const std::bad_alloc&) {
+    return k.error(ORT_FAIL, "out of memory");
+  } catch (const std::exception& e) {
+    return k.error(ORT_FAIL, e.what());
+  }
+}
+
+// Checks the graph's declared output type (and static shape, when known)
+// against the decoded payload, so that a mismatch fails at session creation.
+OrtStatus* check_declared(const Kernel& k, const OrtKernelInfo* info) {
+  OrtTypeInfo* type_info = nullptr;
+  if (OrtStatus* st = g_api->KernelInfo_GetOutputTypeInfo(info, 0, &type_info)) {
+    g_api->ReleaseStatus(st);  // no declared type to compare with
+    return nullptr;
+  }
+  const OrtTensorTypeAndShapeInfo* ti = nullptr;
+  ONNXTensorElementDataType t = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  size_t rank = 0;
+  std::vector<int64_t> dims;
+  OrtStatus* st = g_api->CastTypeInfoToTensorInfo(type_info, &ti);
+  if (!st && ti) st = g_api->GetTensorElementType(ti, &t);
+  if (!st && ti) st = g_api->GetDimensionsCount(ti, &rank);
+  if (!st && ti) {
+    dims.resize(rank);
+    st = g_api->GetDimensions(ti, dims.data(), rank);
+  }
+  g_api->ReleaseTypeInfo(type_info);
+  if (st) {
+    g_api->ReleaseStatus(st);
+    return nullptr;
+  }
+  if (t != ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED && t != ort_type(k.dtype))
+    return k.error(ORT_INVALID_GRAPH,
+                   std::string("the graph declares output element type ") + std::to_string(t) +
+                       " but the payload decodes to " + l2c::dtype_name(k.dtype) + " (" +
+                       std::to_string(ort_type(k.dtype)) + ")");
+  bool static_shape = rank == k.dims.size();
+  for (size_t i = 0; static_shape && i < rank; ++i) static_shape = dims[i] >= 0;
+  if (static_shape && dims != k.dims) {
+    auto str = [](const std::vector<int64_t>& d) {
+      std::string s = "[";
+      for (size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
+      return s + "]";
+    };
+    return k.error(ORT_INVALID_GRAPH, "the graph declares output shape " + str(dims) +
+                                          " but the payload decodes to shape " + str(k.dims));
+  }
+  return nullptr;
+}
+
+// ------------------------------------------------------------ OrtCustomOp
+
+OrtStatusPtr ORT_API_CALL create_kernel(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info,
+                                        void** out) {
+  *out = nullptr;
+  std::unique_ptr<Kernel> k;
+  try {
+    k.reset(new Kernel);
+    const std::string tensor = string_attr(info, "tensor");
+    const std::string sidecar = string_attr(info, "sidecar");
+    const std::string node = node_name(info);
+    k->context = "onnx_l2c Decode";
+    if (!tensor.empty()) k->context += ": tensor '" + tensor + "'";
+    else if (!node.empty()) k->context += ": node '" + node + "'";
+    if (!sidecar.empty()) k->context += " (sidecar '" + sidecar + "')";
+  } catch (const std::bad_alloc&) {
+    return g_api->CreateStatus(ORT_FAIL, "onnx_l2c Decode: out of memory");
+  }
+  int is_const = 0;
+  const OrtValue* value = nullptr;
+  if (OrtStatus* st = g_api->KernelInfoGetConstantInput_tensor(info, 0, &is_const, &value))
+    return k->error(ORT_FAIL, take_message(st));
+  if (is_const && value) {
+    const uint8_t* data = nullptr;
+    size_t size = 0;
+    if (OrtStatus* st = payload_view(*k, value, &data, &size)) return st;
+    try {
+      l2c::Plan plan;
+      l2c::parse_payload(data, size, &plan);
+      k->dtype = plan.dtype;
+      k->dims.assign(plan.dims, plan.dims + plan.ndim);
+      if (plan.out_bytes > SIZE_MAX) throw std::bad_alloc();
+      k->size = static_cast<size_t>(plan.out_bytes);
+      k->data.reset(new uint8_t[k->size ? k->size : 1]);
+      l2c::execute(plan, k->data.get());
+      k->decoded = true;
+      if (OrtStatus* st = check_declared(*k, info)) return st;
+    } catch (const l2c::Error& e) {
+      return k->error(e);
+    } catch (const std::bad_alloc&) {
+      return k->error(ORT_FAIL, "out of memory");
+    } catch (const std::exception& e) {
+      return k->error(ORT_FAIL, e.what());
+    }
+  }
+  *out = k.release();
+  return nullptr;
+}
+
+OrtStatusPtr ORT_API_CALL compute(void* kernel, OrtKernelContext* ctx) {
+  const Kernel& k = *static_cast<const Kernel*>(kernel);
+  if (!k.decoded) {
+    const OrtValue* in = nullptr;
+    if (OrtStatus* st = g_api->KernelContext_GetInput(ctx, 0, &in)) return st;
+    const uint8_t* data = nullptr;
+    size_t size = 0;
+    if (OrtStatus* st = payload_view(k, in, &data, &size)) return st;
+    return decode_into_output(k, ctx, data, size);
+  }
+  OrtValue* out = nullptr;
+  if (OrtStatus* st = g_api->KernelContext_GetOutput(ctx, 0, k.dims.data(), k.dims.size(), &out))
+    return st;
+  OrtTensorTypeAndShapeInfo* ti = nullptr;
+  if (OrtStatus* st = g_api->GetTensorTypeAndShape(out, &ti)) return st;
+  ONNXTensorElementDataType t = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  OrtStatus* st = g_api->GetTensorElementType(ti, &t);
+  g_api->ReleaseTensorTypeAndShapeInfo(ti);
+  if (st) return st;
+  if (t != ort_type(k.dtype))
+    return k.error(ORT_INVALID_GRAPH,
+                   std::string("the graph declares output element type ") + std::to_string(t) +
+                       " but the payload decodes to " + l2c::dtype_name(k.dtype) + " (" +
+                       std::to_string(ort_type(k.dtype)) + ")");
+  if (k.size) {
+    void* p = nullptr;
+    if ((st = g_api->GetTensorMutableData(out, &p))) return st;
+    std::memcpy(p, k.data.get(), k.size);
+  }
+  return nullptr;
+}
+
+void ORT_API_CALL destroy_kernel(void* kernel) { delete static_cast<Kernel*>(kernel); }
+
+// Shape inference from the optional node attributes `dtype` (int: 1, 10 or
+// 16) and `shape` (ints). Both are needed: an OrtTensorTypeAndShapeInfo
+// cannot express "unknown rank", so with `dtype` alone nothing is inferred
+// and the output type must come from the graph's value_info.
+OrtStatusPtr ORT_API_CALL infer_output(const OrtCustomOp*, OrtShapeInferContext* ctx) {
+  const OrtOpAttr* dattr = nullptr;
+  const OrtOpAttr* sattr = nullptr;
+  OrtStatus* st = g_api->ShapeInferContext_GetAttribute(ctx, "dtype", &dattr);
+  if (st) g_api->ReleaseStatus(st);
+  if (st || !dattr) return nullptr;
+  st = g_api->ShapeInferContext_GetAttribute(ctx, "shape", &sattr);
+  if (st) g_api->ReleaseStatus(st);
+  if (st || !sattr) return nullptr;
+  int64_t dtype = 0;
+  size_t len = 0;
+  if ((st = g_api->ReadOpAttr(dattr, ORT_OP_ATTR_INT, &dtype, sizeof dtype, &len))) return st;
+  const ONNXTensorElementDataType t = ort_type(static_cast<int>(dtype));
+  if (t == ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED)
+    return g_api->CreateStatus(ORT_INVALID_GRAPH,
+                               ("onnx_l2c Decode: attribute dtype=" + std::to_string(dtype) +
+                                " is not 1 (float), 10 (float16) or 16 (bfloat16)").c_str());
+  int64_t dims[L2C_MAX_DIMS];
+  len = 0;
+  st = g_api->ReadOpAttr(sattr, ORT_OP_ATTR_INTS, dims, sizeof dims, &len);
+  if (st || len % sizeof(int64_t) != 0) {
+    if (st) g_api->ReleaseStatus(st);
+    return g_api->CreateStatus(ORT_INVALID_GRAPH,
+                               "onnx_l2c Decode: attribute shape must be at most 8 ints");
+  }
+  OrtTensorTypeAndShapeInfo* info = nullptr;
+  if ((st = g_api->CreateTensorTypeAndShapeInfo(&info))) return st;
+  st = g_api->SetTensorElementType(info, t);
+  if (!st) st = g_api->SetDimensions(info, dims, len / sizeof(int64_t));
+  if (!st) st = g_api->ShapeInferContext_SetOutputTypeShape(ctx, 0, info);
+  g_api->ReleaseTensorTypeAndShapeInfo(info);
+  return st;
+}
+
+const char* ORT_API_CALL get_name(const OrtCustomOp*) { return "Decode"; }
+const char* ORT_API_CALL get_ep(const OrtCustomOp*) { return "CPUExecutionProvider"; }
+size_t ORT_API_CALL one(const OrtCustomOp*) { return 1; }
+ONNXTensorElementDataType ORT_API_CALL input_type(const OrtCustomOp*, size_t) {
+  return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+}
+ONNXTensorElementDataType ORT_API_CALL output_type(const OrtCustomOp*, size_t) {
+  return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+}
+OrtCustomOpInputOutputCharacteristic ORT_API_CALL required(const OrtCustomOp*, size_t) {
+  return INPUT_OUTPUT_REQUIRED;
+}
+OrtMemType ORT_API_CALL mem_default(const OrtCustomOp*, size_t) { return OrtMemTypeDefault; }
+int ORT_API_CALL int_one(const OrtCustomOp*) { return 1; }
+int ORT_API_CALL int_zero(const OrtCustomOp*) { return 0; }
+
+OrtCustomOp make_op() {
+  OrtCustomOp op;
+  std::memset(&op, 0, sizeof op);
+  op.version = ORT_API_VERSION;
+  op.CreateKernel = nullptr;
+  op.GetName = get_name;
+  op.GetExecutionProviderType = get_ep;
+  op.GetInputType = input_type;
+  op.GetInputTypeCount = one;
+  op.GetOutputType = output_type;
+  op.GetOutputTypeCount = one;
+  op.KernelCompute = nullptr;
+  op.KernelDestroy = destroy_kernel;
+  op.GetInputCharacteristic = required;
+  op.GetOutputCharacteristic = required;
+  op.GetInputMemoryType = mem_default;
+  op.GetVariadicInputMinArity = int_one;
+  op.GetVariadicInputHomogeneity = int_zero;
+  op.GetVariadicOutputMinArity = int_one;
+  op.GetVariadicOutputHomogeneity = int_zero;
+  op.CreateKernelV2 = create_kernel;
+  op.KernelComputeV2 = compute;
+  op.InferOutputShapeFn = infer_output;
+  op.GetStartVersion = int_one;
+  op.GetEndVersion = int_one;
+  return op;
+}
+
+const OrtCustomOp g_op = make_op();
+
+}  // namespace
+
+extern "C" L2C_API OrtStatus* ORT_API_CALL
+RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  if (!api_base) return nullptr;  // cannot even report an error
+  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
+  if (!api) {
+    // Older onnxruntime: report through its version-1 API, which every
+    // release provides.
+    const OrtApi* v1 = api_base->GetApi(1);
+    if (!v1) return nullptr;
+    const std::string msg = std::string("onnx_l2c needs onnxruntime >= 1.21 (C API version ") +
+                            std::to_string(ORT_API_VERSION) + "), this is onnxruntime " +
+                            api_base->GetVersionString();
+    return v1->CreateStatus(ORT_NOT_IMPLEMENTED, msg.c_str());
+  }
+  g_api = api;
+  OrtCustomOpDomain* domain = nullptr;
+  if (OrtStatus* st = api->CreateCustomOpDomain(kDomain, &domain)) return st;
+  if (OrtStatus* st = api->CustomOpDomain_Add(domain, &g_op)) {
+    api->ReleaseCustomOpDomain(domain);
+    return st;
+  }
+  // The domain must outlive every session using it; it is intentionally
+  // never released (one small allocation per registration).
+  return api->AddCustomOpDomain(options, domain);
+}

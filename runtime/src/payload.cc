@@ -1,0 +1,411 @@
+// Payload parsing (header + stage state machine) and execution.
+#include "payload.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace l2c {
+namespace {
+
+constexpr uint64_t kMaxNumel = uint64_t(1) << 40;
+constexpr int kFormatVersion = 1;
+
+const char* stage_name(uint8_t kind) {
+  switch (kind) {
+    case kEntropy: return "entropy";
+    case kAffine: return "affine";
+    case kCodebook: return "codebook";
+    case kCast: return "cast";
+    case kRaw: return "raw";
+    default: return "unknown";
+  }
+}
+
+size_t elem_size(int dtype) { return dtype == kFloat32 ? 4 : 2; }
+
+std::string shape_str(const Plan& p) {
+  std::string s = "[";
+  for (int i = 0; i < p.ndim; ++i) s += (i ? ", " : "") + std::to_string(p.dims[i]);
+  return s + "]";
+}
+
+float read_f32(const uint8_t* b) {
+  uint32_t u = static_cast<uint32_t>(b[0]) | (static_cast<uint32_t>(b[1]) << 8) |
+               (static_cast<uint32_t>(b[2]) << 16) | (static_cast<uint32_t>(b[3]) << 24);
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+std::vector<float> read_finite(Reader& r, uint32_t n, const std::string& what, const char* field) {
+  const uint8_t* b = r.take(size_t(n) * 4, what.c_str());
+  std::vector<float> v(n);
+  for (uint32_t i = 0; i < n; ++i) {
+    v[i] = read_f32(b + 4 * i);
+    if (!std::isfinite(v[i]))
+      corrupt(what + ": " + field + "[" + std::to_string(i) + "] is not finite");
+  }
+  return v;
+}
+
+// Buffer type between stages (the state of FORMAT.md's decoding model).
+enum Buf { kNone, kInt32, kF32, kDtype };
+
+void parse_stage(Reader& body, uint8_t kind, const std::string& what, Plan* p, Buf* buf) {
+  const char* w = what.c_str();
+  switch (kind) {
+    case kEntropy: {
+      if (*buf != kNone) corrupt(what + ": entropy must be the first stage");
+      p->symbol_offset = static_cast<int32_t>(body.u32(w));
+      parse_stream(body, p->numel, what, &p->symbols);
+      if (static_cast<int64_t>(p->symbols.max_index) + p->symbol_offset > INT32_MAX)
+        corrupt(what + ": symbol_offset " + std::to_string(p->symbol_offset) +
+                " + index overflows int32");
+      *buf = kInt32;
+      return;
+    }
+    case kAffine: {
+      if (*buf != kInt32) corrupt(what + ": affine needs int32 symbols from an entropy stage");
+      p->outer = body.u64(w);
+      p->channels = body.u32(w);
+      p->inner = body.u64(w);
+      p->theta = body.f32(w);
+      const uint8_t has_offset = body.u8(w);
+      body.reserved(3, w);
+      uint64_t prod;
+      if (p->channels == 0 || mul_overflow(p->outer, p->channels, &prod) ||
+          mul_overflow(prod, p->inner, &prod) || prod != p->numel)
+        corrupt(what + ": outer*channels*inner = " + std::to_string(p->outer) + "*" +
+                std::to_string(p->channels) + "*" + std::to_string(p->inner) +
+                " does not match " + std::to_string(p->numel) + " elements");
+      if (!(p->theta >= 0.0f && p->theta < 1.0f))  // also rejects NaN
+        corrupt(what + ": theta must be in [0, 1)");
+      if (has_offset > 1) corrupt(what + ": has_offset must be 0 or 1");
+      p->has_offset = has_offset == 1;
+      body.need(size_t(p->channels) * 4 * (p->has_offset ? 2 : 1), w);
+      p->scale = read_finite(body, p->channels, what, "scale");
+      if (p->has_offset) p->offset = read_finite(body, p->channels, what, "offset");
+      *buf = kF32;
+      return;
+    }
+    case kCodebook: {
+      if (*buf != kInt32) corrupt(what + ": codebook needs int32 symbols from an entropy stage");
+      const uint32_t size = body.u32(w);
+      if (size < 1 || size > (1u << 20))
+        corrupt(what + ": codebook size " + std::to_string(size) + " not in 1..2^20");
+      body.need(size_t(size) * 4, w);
+      p->codebook = read_finite(body, size, what, "values");
+      *buf = kF32;
+      return;
+    }
+    case kCast: {
+      if (*buf != kF32) corrupt(what + ": cast needs a float32 buffer");
+      const uint8_t target = body.u8(w);
+      body.reserved(3, w);
+      if ((target != kFloat16 && target != kBFloat16) || target != p->dtype)
+        corrupt(what + ": cast target " + std::to_string(target) + " does not match dtype " +
+                std::to_string(p->dtype));
+      *buf = kDtype;
+      return;
+    }
+    case kRaw: {
+      if (*buf != kNone) corrupt(what + ": raw must be the only stage");
+      p->elem_bytes = body.u8(w);
+      p->rotate = body.u8(w);
+      body.reserved(2, w);
+      if (p->elem_bytes != elem_size(p->dtype))
+        corrupt(what + ": elem_bytes " + std::to_string(p->elem_bytes) + " does not match dtype " +
+                dtype_name(p->dtype));
+      if (p->rotate >= 8 * p->elem_bytes)
+        corrupt(what + ": rotate " + std::to_string(p->rotate) + " out of range");
+      for (uint32_t k = 0; k < p->elem_bytes; ++k) {
+        const std::string pw = what + " plane " + std::to_string(k);
+        parse_stream(body, p->numel, pw, &p->planes[k]);
+        if (p->planes[k].max_index > 255) corrupt(pw + ": alphabet above 256");
+      }
+      *buf = kDtype;
+      return;
+    }
+    default:
+      fail(L2C_E_VERSION, what + ": unknown stage kind " + std::to_string(kind) +
+                              " (this library knows 1..5)");
+  }
+}
+
+// ------------------------------------------------------------ conversions
+
+// float32 -> float16, round to nearest even. Branch-free so that the loop
+// vectorises: every case is computed and the right one selected.
+inline uint16_t f32_to_f16(uint32_t x) {
+  const uint32_t sign = (x >> 16) & 0x8000;
+  const uint32_t ax = x & 0x7fffffffu;
+  // Normal half: rebias the exponent (127 -> 15), round the 13 dropped bits.
+  const uint32_t normal = (ax - 0x38000000u + 0x0fffu + ((ax >> 13) & 1)) >> 13;
+  // Subnormal half (|x| < 2^-14): adding 0.5f (ulp 2^-24) makes the FPU
+  // round |x| to a multiple of 2^-24, nearest even; the low bits are the
+  // half's mantissa (0x400 = smallest normal when it rounds up).
+  float f;
+  std::memcpy(&f, &ax, 4);
+  const float g = f + 0.5f;
+  uint32_t sub;
+  std::memcpy(&sub, &g, 4);
+  sub -= 0x3f000000u;
+  uint32_t r = ax < 0x38800000u ? sub : normal;
+  r = ax >= 0x477ff000u ? 0x7c00u : r;                         // >= 65520 -> inf
+  r = ax > 0x7f800000u ? (0x7e00u | ((ax >> 13) & 0x3ffu)) : r;  // NaN stays (quiet) NaN
+  return static_cast<uint16_t>(sign | r);
+}
+
+inline uint16_t f32_to_bf16(uint32_t x) {
+  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x0040);
+  return static_cast<uint16_t>((x + 0x7fffu + ((x >> 16) & 1)) >> 16);
+}
+
+// ------------------------------------------------------------ stage kernels
+
+inline int32_t ld_i32(const uint8_t* b) {
+  int32_t v;
+  std::memcpy(&v, b, 4);
+  return v;
+}
+
+// FORMAT.md affine: t = q - sign(q)*theta; w = t*scale; w = w + offset.
+// Separate statements, compiled with -ffp-contract=off: no FMA.
+inline float dequant(int32_t s, float theta, float scale) {
+  const float q = static_cast<float>(s);
+  // sign(q) * theta, with the sign taken from the integer (same value; keeps
+  // the loop free of float compares so that it vectorises).
+  const float st = static_cast<float>((s > 0) - (s < 0)) * theta;
+  const float t = q - st;
+  const float w = t * scale;
+  return w;
+}
+
+// Affine over elements [i0, i1): src holds int32 symbols for those elements,
+// dst receives floats (src and dst may be the same memory).
+void affine_range(const Plan& p, const uint8_t* src, uint8_t* dst, uint64_t i0, uint64_t i1) {
+  const float theta = p.theta;
+  const float* scale = p.scale.data();
+  const float* off = p.has_offset ? p.offset.data() : nullptr;
+  uint64_t i = i0;
+  if (p.inner == 1) {
+    uint64_t c = i0 % p.channels;
+    while (i < i1) {
+      const uint64_t run = std::min<uint64_t>(p.channels - c, i1 - i);
+      const uint8_t* s = src + 4 * (i - i0);
+      uint8_t* d = dst + 4 * (i - i0);
+      for (uint64_t t = 0; t < run; ++t) {
+        float w = dequant(ld_i32(s + 4 * t), theta, scale[c + t]);
+        if (off) w = w + off[c + t];
+        std::memcpy(d + 4 * t, &w, 4);
+      }
+      i += run;
+      c = 0;
+    }
+    return;
+  }
+  uint64_t k = i0 % p.inner;
+  uint64_t c = (i0 / p.inner) % p.channels;
+  while (i < i1) {
+    const uint64_t run = std::min<uint64_t>(p.inner - k, i1 - i);
+    const float sc = scale[c];
+    const uint8_t* s = src + 4 * (i - i0);
+    uint8_t* d = dst + 4 * (i - i0);
+    if (off) {
+      const float o = off[c];
+      for (uint64_t t = 0; t < run; ++t) {
+        float w = dequant(ld_i32(s + 4 * t), theta, sc);
+        w = w + o;
+        std::memcpy(d + 4 * t, &w, 4);
+      }
+    } else {
+      for (uint64_t t = 0; t < run; ++t) {
+        const float w = dequant(ld_i32(s + 4 * t), theta, sc);
+        std::memcpy(d + 4 * t, &w, 4);
+      }
+    }
+    i += run;
+    k = 0;
+    if (++c == p.channels) c = 0;
+  }
+}
+
+void codebook_range(const Plan& p, const uint8_t* src, uint8_t* dst, uint64_t i0, uint64_t i1) {
+  const float* values = p.codebook.data();
+  const uint32_t size = static_cast<uint32_t>(p.codebook.size());
+  const uint64_t n = i1 - i0;
+  bool bad = false;
+  for (uint64_t t = 0; t < n; ++t) {
+    const uint32_t s = static_cast<uint32_t>(ld_i32(src + 4 * t));
+    bad |= s >= size;
+    const float w = values[s < size ? s : 0];
+    std::memcpy(dst + 4 * t, &w, 4);
+  }
+  if (bad) {
+    // Only reached on corrupt input; dst may alias src, so report generically.
+    corrupt("codebook index outside [0, " + std::to_string(size) + ") near element " +
+            std::to_string(i0));
+  }
+}
+
+void dequant_range(const Plan& p, const uint8_t* src, uint8_t* dst, uint64_t i0, uint64_t i1) {
+  if (p.kinds[1] == kAffine)
+    affine_range(p, src, dst, i0, i1);
+  else
+    codebook_range(p, src, dst, i0, i1);
+}
+
+template <class T>
+inline void store(uint8_t* out, uint64_t i, T v) {
+  std::memcpy(out + sizeof(T) * i, &v, sizeof(T));
+}
+
+constexpr uint64_t kChunk = 4096;  // elements per pass: buffers stay in L1/L2
+
+void execute_raw(const Plan& p, uint8_t* out) {
+  const uint32_t eb = p.elem_bytes, rot = p.rotate;
+  std::vector<StreamDecoder> dec;
+  dec.reserve(eb);
+  for (uint32_t k = 0; k < eb; ++k)
+    dec.emplace_back(p.planes[k], 0, "stage 1 (raw) plane " + std::to_string(k));
+  uint8_t plane[4][kChunk];
+  for (uint64_t i = 0; i < p.numel; i += kChunk) {
+    const uint64_t n = std::min(kChunk, p.numel - i);
+    for (uint32_t k = 0; k < eb; ++k) dec[k].next(plane[k], n);
+    if (eb == 4) {
+      for (uint64_t t = 0; t < n; ++t) {
+        const uint32_t v = (static_cast<uint32_t>(plane[0][t]) << 24) |
+                           (static_cast<uint32_t>(plane[1][t]) << 16) |
+                           (static_cast<uint32_t>(plane[2][t]) << 8) | plane[3][t];
+        store<uint32_t>(out, i + t, rot ? (v >> rot) | (v << (32 - rot)) : v);
+      }
+    } else {
+      for (uint64_t t = 0; t < n; ++t) {
+        const uint32_t v = (static_cast<uint32_t>(plane[0][t]) << 8) | plane[1][t];
+        store<uint16_t>(out, i + t, static_cast<uint16_t>(rot ? (v >> rot) | (v << (16 - rot)) : v));
+      }
+    }
+  }
+  for (auto& d : dec) d.finish();
+}
+
+}  // namespace
+
+const char* dtype_name(int dtype) {
+  switch (dtype) {
+    case kFloat32: return "float32";
+    case kFloat16: return "float16";
+    case kBFloat16: return "bfloat16";
+    default: return "unknown";
+  }
+}
+
+void parse_payload(const uint8_t* data, size_t size, Plan* p) {
+  if (!data && size) fail(L2C_E_ARGUMENT, "payload is NULL");
+  const bool magic_ok = size >= 4 && std::memcmp(data, "L2CP", 4) == 0;
+  if (size < 4 + 4) {
+    if (!magic_ok) fail(L2C_E_VERSION, "bad magic (not an onnx_l2c payload)");
+    corrupt("payload truncated: " + std::to_string(size) + " bytes");
+  }
+  const size_t body = size - 4;
+  const uint32_t stored = static_cast<uint32_t>(data[body]) | (static_cast<uint32_t>(data[body + 1]) << 8) |
+                          (static_cast<uint32_t>(data[body + 2]) << 16) |
+                          (static_cast<uint32_t>(data[body + 3]) << 24);
+  const uint32_t computed = crc32(data, body);
+  if (stored != computed) {
+    if (!magic_ok) fail(L2C_E_VERSION, "bad magic (not an onnx_l2c payload)");
+    corrupt("CRC mismatch (stored " + hex32(stored) + ", computed " + hex32(computed) + ")");
+  }
+  Reader r(data, body);
+  const char* hw = "header";
+  r.take(4, hw);
+  if (!magic_ok) fail(L2C_E_VERSION, "bad magic (not an onnx_l2c payload)");
+  const uint16_t version = r.u16(hw);
+  if (version != kFormatVersion)
+    fail(L2C_E_VERSION, "unsupported format version " + std::to_string(version) +
+                            " (this library reads " + std::to_string(kFormatVersion) + ")");
+  p->dtype = r.u8(hw);
+  if (p->dtype != kFloat32 && p->dtype != kFloat16 && p->dtype != kBFloat16)
+    corrupt("unsupported dtype " + std::to_string(p->dtype) + " (expected 1, 10 or 16)");
+  p->ndim = r.u8(hw);
+  if (p->ndim > L2C_MAX_DIMS) corrupt("ndim " + std::to_string(p->ndim) + " exceeds 8");
+  uint64_t numel = 1;
+  bool overflow = false;
+  for (int i = 0; i < p->ndim; ++i) {
+    p->dims[i] = r.u64(hw);
+    overflow |= p->dims[i] > kMaxNumel || mul_overflow(numel, p->dims[i], &numel);
+  }
+  if (overflow || numel > kMaxNumel)
+    corrupt("declared shape " + shape_str(*p) + " exceeds 2^40 elements");
+  p->numel = numel;
+  p->out_bytes = numel * elem_size(p->dtype);
+  const int nstages = r.u8(hw);
+  r.reserved(3, hw);
+  if (nstages < 1 || nstages > 8) corrupt("nstages " + std::to_string(nstages) + " not in 1..8");
+
+  Buf buf = kNone;
+  for (int k = 1; k <= nstages; ++k) {
+    const std::string where = "stage " + std::to_string(k);
+    const uint8_t kind = r.u8(where.c_str());
+    const std::string what = "stage " + std::to_string(k) + " (" + stage_name(kind) + ")";
+    r.reserved(3, what.c_str());
+    const uint32_t body_size = r.u32(what.c_str());
+    if (body_size > r.remaining())
+      corrupt(what + ": body truncated: needs " + std::to_string(body_size) + " bytes, " +
+              std::to_string(r.remaining()) + " remain");
+    Reader b(r.take(body_size, what.c_str()), body_size);
+    parse_stage(b, kind, what, p, &buf);
+    if (b.remaining())
+      corrupt(what + ": " + std::to_string(b.remaining()) + " unused bytes at the end of the body");
+    p->kinds.push_back(kind);
+  }
+  const bool complete = buf == kDtype || (buf == kF32 && p->dtype == kFloat32);
+  if (!complete) {
+    std::string seq;
+    for (uint8_t kd : p->kinds) seq += std::string(seq.empty() ? "" : ", ") + stage_name(kd);
+    corrupt("stage sequence [" + seq + "] does not produce a " + dtype_name(p->dtype) + " tensor");
+  }
+  if (r.remaining())
+    corrupt(std::to_string(r.remaining()) + " trailing bytes after the last stage");
+}
+
+void execute(const Plan& p, void* out_v) {
+  uint8_t* out = static_cast<uint8_t*>(out_v);
+  if (p.kinds[0] == kRaw) {
+    execute_raw(p, out);
+    return;
+  }
+  // entropy -> affine|codebook [-> cast], chunk by chunk.
+  const std::string what2 = std::string("stage 2 (") + stage_name(p.kinds[1]) + ")";
+  StreamDecoder dec(p.symbols, p.symbol_offset, "stage 1 (entropy)");
+  int32_t sym[kChunk];
+  float val[kChunk];
+  uint8_t* s8 = reinterpret_cast<uint8_t*>(sym);
+  uint8_t* v8 = reinterpret_cast<uint8_t*>(val);
+  for (uint64_t i = 0; i < p.numel; i += kChunk) {
+    const uint64_t n = std::min(kChunk, p.numel - i);
+    dec.next(sym, n);
+    uint8_t* dst = p.dtype == kFloat32 ? out + 4 * i : v8;
+    try {
+      dequant_range(p, s8, dst, i, i + n);
+    } catch (const Error& e) {
+      corrupt(what2 + ": " + e.what());
+    }
+    if (p.dtype == kFloat16) {
+      for (uint64_t t = 0; t < n; ++t) {
+        uint32_t bits;
+        std::memcpy(&bits, &val[t], 4);
+        store<uint16_t>(out, i + t, f32_to_f16(bits));
+      }
+    } else if (p.dtype == kBFloat16) {
+      for (uint64_t t = 0; t < n; ++t) {
+        uint32_t bits;
+        std::memcpy(&bits, &val[t], 4);
+        store<uint16_t>(out, i + t, f32_to_bf16(bits));
+      }
+    }
+  }
+  dec.finish();
+}
+
+}  // namespace l2c

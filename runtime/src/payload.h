@@ -1,0 +1,51 @@
+// Payload parsing and decoding (docs/FORMAT.md, "Payload").
+#ifndef ONNX_L2C_PAYLOAD_H
+#define ONNX_L2C_PAYLOAD_H
+
+#include <cstdint>
+#include <vector>
+
+#include "stream.h"
+
+namespace l2c {
+
+enum StageKind : uint8_t { kEntropy = 1, kAffine = 2, kCodebook = 3, kCast = 4, kRaw = 5 };
+enum DType : int { kFloat32 = 1, kFloat16 = 10, kBFloat16 = 16 };
+
+// A fully validated payload: everything but the data-dependent checks
+// (rANS consumption, codebook index range) is verified by parse_payload.
+struct Plan {
+  int dtype = 0;
+  int ndim = 0;
+  uint64_t dims[L2C_MAX_DIMS] = {};
+  uint64_t numel = 0;
+  uint64_t out_bytes = 0;
+  std::vector<uint8_t> kinds;
+
+  // entropy
+  int32_t symbol_offset = 0;
+  Stream symbols;
+  // affine
+  uint64_t outer = 0, inner = 0;
+  uint32_t channels = 0;
+  float theta = 0;
+  bool has_offset = false;
+  std::vector<float> scale, offset;
+  // codebook
+  std::vector<float> codebook;
+  // raw
+  uint32_t elem_bytes = 0, rotate = 0;
+  Stream planes[4];
+};
+
+// Verifies the CRC, then parses and validates header and stages.
+void parse_payload(const uint8_t* data, size_t size, Plan* plan);
+
+// Decodes a parsed payload into out (plan.out_bytes bytes).
+void execute(const Plan& plan, void* out);
+
+const char* dtype_name(int dtype);
+
+}  // namespace l2c
+
+#endif
