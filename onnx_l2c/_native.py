@@ -37,10 +37,11 @@ def _candidates() -> list[Path]:
     if env:
         found.append(Path(env))
     found.append(Path(__file__).absolute().parent / "lib" / name)
-    for key in ("platlib", "purelib"):
-        found.append(Path(sysconfig.get_paths()[key]) / "onnx_l2c" / "lib" / name)
     # a source checkout built by `pip install .` (scikit-build-core's build dir)
     found.extend(sorted(Path(__file__).absolute().parent.parent.glob(f"build/*/{name}")))
+    # the installed package, when this module runs from a source checkout
+    for key in ("platlib", "purelib"):
+        found.append(Path(sysconfig.get_paths()[key]) / "onnx_l2c" / "lib" / name)
     return found
 
 

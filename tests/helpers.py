@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import struct
 import subprocess
 import sys
 import textwrap
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +14,10 @@ import onnx
 import onnxruntime as ort
 
 import onnx_l2c
+from onnx_l2c import _native
 
 DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).absolute().parents[1]
 
 
 def run_plain(path: Path | str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -111,9 +115,49 @@ def assert_bit_identical(expected: list[np.ndarray], got: list[np.ndarray], what
 
 
 def run_isolated(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run Python code in a child process, so a crash fails the test instead of the run."""
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+    """Run Python code in a child process, so a crash fails the test instead of the run.
+
+    The child imports onnx_l2c from this checkout and these helpers, wherever pytest runs."""
+    prelude = f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]\n"
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True,
                           timeout=timeout)
+
+
+# ------------------------------------------------------------ native payloads
+
+STORAGE = {1: np.float32, 10: np.float16, 16: np.uint16}  # numpy storage per ONNX dtype (bfloat16: bits)
+
+
+def native_decode(payload: bytes | np.ndarray) -> np.ndarray:
+    """Decode a payload with the native library: float32 / float16 / uint16 bits for bfloat16."""
+    info = _native.payload_info(payload)
+    storage = np.dtype(STORAGE[info.dtype])
+    out = np.empty(info.nbytes // storage.itemsize, storage)
+    _native.decode_into(payload, out)
+    return out.reshape(info.dims)
+
+
+def with_crc(body: bytes) -> bytes:
+    """Payload bytes (without CRC) plus a valid CRC, so the checks behind the CRC are exercised."""
+    return body + struct.pack("<I", zlib.crc32(body) & 0xFFFFFFFF)
+
+
+def patched(payload: bytes, pos: int, new: bytes) -> bytes:
+    """Payload with bytes replaced at `pos` and a valid CRC."""
+    return with_crc(payload[:pos] + new + payload[pos + len(new):-4])
+
+
+def stage_offsets(payload: bytes) -> list[tuple[int, int, int]]:
+    """(kind, body offset, body size) of each stage of a well-formed payload (FORMAT.md layout)."""
+    pos = 8 + 8 * payload[7]
+    nstages = payload[pos]
+    pos += 4
+    out = []
+    for _ in range(nstages):
+        kind, size = struct.unpack_from("<B3xI", payload, pos)
+        out.append((kind, pos + 8, size))
+        pos += 8 + size
+    return out
 
 
 def save(model: onnx.ModelProto, path: Path) -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from onnx import external_data_helper
 
 import builders
 import onnx_l2c
-from helpers import run_isolated, save
+from helpers import patched, run_isolated, save
 
 CHILD = r"""
 import json, sys
@@ -84,12 +83,6 @@ def _variant(src: Path, root: Path, label: str, sidecar: bytes | None) -> tuple[
     return label, folder / src.name
 
 
-def _patched(payload: bytes, pos: int, new: bytes) -> bytes:
-    """Payload with bytes replaced and a valid CRC, so the check behind the CRC is exercised."""
-    body = payload[:pos] + new + payload[pos + len(new):-4]
-    return body + struct.pack("<I", zlib.crc32(body) & 0xFFFFFFFF)
-
-
 def test_corrupt_sidecars_fail_cleanly_everywhere(compressed: Path, tmp_path: Path):
     sidecar = (compressed.parent / (compressed.name + ".l2c")).read_bytes()
     payloads = _payloads(compressed)
@@ -115,7 +108,7 @@ def test_corrupt_sidecars_fail_cleanly_everywhere(compressed: Path, tmp_path: Pa
                             ("huge_shape", 8 + 0 * 8, struct.pack("<Q", 1 << 39))]:
         if label == "huge_shape":
             pos = 8  # first dim, right after magic, version, dtype, ndim
-        data = sidecar[:off] + _patched(payload, pos, new) + sidecar[off + length:]
+        data = sidecar[:off] + patched(payload, pos, new) + sidecar[off + length:]
         cases.append(_variant(compressed, tmp_path, label, data))
         expect_tensor[label] = first
     cases.append(_variant(compressed, tmp_path, "missing_sidecar", None))

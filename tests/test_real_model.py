@@ -1,0 +1,72 @@
+"""Real pretrained models from PyPI packages, end to end (models/ zoo).
+
+EfficientNet-Lite0 runs in CI; the larger MiniLM sweep is marked slow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zstandard
+
+import onnx_l2c
+from helpers import assert_close, run_custom_op, run_fast, run_plain
+from models.data import imagenet_photos, minilm_feeds, sentences
+from models.fidelity import cosine_stats, mean_kl, top1_agreement
+from models.zoo import zoo_path
+
+
+def _zstd19_bytes(path: Path) -> int:
+    return len(zstandard.ZstdCompressor(level=19).compress(path.read_bytes()))
+
+
+def _batched(run, path: Path, images: np.ndarray, batch: int = 25) -> np.ndarray:
+    return np.concatenate([run(path, {"input": images[i:i + batch]})[0] for i in range(0, len(images), batch)])
+
+
+@pytest.fixture(scope="module")
+def effnet() -> Path:
+    return zoo_path("efficientnet_lite0")
+
+
+def test_efficientnet_lossless_beats_zstd_and_is_exact(effnet: Path, tmp_path: Path):
+    out = tmp_path / "lossless.onnx"
+    result = onnx_l2c.compress(effnet, out, preset="lossless")
+    assert result.output_bytes < _zstd19_bytes(effnet)
+    images = imagenet_photos("evaluation")[:8]
+    ref = run_plain(effnet, {"input": images})[0]
+    assert np.array_equal(ref, run_fast(out, {"input": images})[0])
+
+
+def test_efficientnet_int8_keeps_predictions(effnet: Path, tmp_path: Path):
+    out = tmp_path / "int8.onnx"
+    result = onnx_l2c.compress(effnet, out, preset="int8")
+    assert result.ratio > 4.0
+    images = imagenet_photos("evaluation")
+    ref = _batched(run_plain, effnet, images)
+    fast = _batched(run_fast, out, images)
+    # Measured on this split: 92% top-1 agreement, mean KL 0.013 (uniform 8-bit,
+    # no calibration); the bars below catch regressions, not the project's goal.
+    assert top1_agreement(ref, fast) >= 0.88
+    assert mean_kl(ref, fast) <= 0.05
+    assert_close([fast[:25]], [run_custom_op(out, {"input": images[:25]})[0]], "custom op vs fast loader")
+    plain = tmp_path / "plain.onnx"
+    onnx_l2c.decompress(out, plain)
+    assert np.array_equal(fast[:25], run_plain(plain, {"input": images[:25]})[0])
+
+
+@pytest.mark.slow
+def test_minilm_lossless_and_int8(tmp_path: Path):
+    model = zoo_path("minilm")
+    out = tmp_path / "lossless.onnx"
+    result = onnx_l2c.compress(model, out, preset="lossless")
+    assert result.output_bytes < _zstd19_bytes(model)
+    feeds = minilm_feeds(sentences("evaluation")[:64])
+    ref = run_plain(model, feeds)[0]
+    assert np.array_equal(ref, run_fast(out, feeds)[0])
+    out8 = tmp_path / "int8.onnx"
+    onnx_l2c.compress(model, out8, preset="int8")
+    mean_cos, min_cos = cosine_stats(ref, run_fast(out8, feeds)[0])
+    assert mean_cos >= 0.999 and min_cos >= 0.995
