@@ -143,9 +143,21 @@ def load_and_latency(original: Path, compressed: Path, feeds: dict[str, np.ndarr
     }
 
 
-def bench_model(model: Path, presets: list[str], runs: int, workdir: Path) -> dict[str, Any]:
+def zstd19_bytes(model: Path) -> int | None:
+    """Size of `zstd -19` of the model file (the lossless baseline), if zstandard is installed."""
+    try:
+        import zstandard
+    except ImportError:
+        return None
+    return len(zstandard.ZstdCompressor(level=19).compress(model.read_bytes()))
+
+
+def bench_model(model: Path, presets: list[str], runs: int, workdir: Path, zstd: bool) -> dict[str, Any]:
     feeds = random_feeds(model)
     out: dict[str, Any] = {"model": str(model), "bytes": model.stat().st_size, "presets": {}}
+    if zstd:
+        size = zstd19_bytes(model)
+        out["zstd19"] = {"bytes": size, "ratio": model.stat().st_size / size} if size else None
     for preset in presets:
         opts = parse_preset(preset)
         target = workdir / f"{model.stem}.{preset.replace('=', '')}.onnx"
@@ -166,6 +178,10 @@ def markdown(results: list[dict[str, Any]]) -> str:
              " create plain s | create fast × | create op × | latency fast × | latency op × |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
+        if r.get("zstd19"):
+            z = r["zstd19"]
+            lines.append(f"| {Path(r['model']).stem} | zstd -19 (file) | {z['ratio']:.2f} | {z['bytes'] / 1e6:.2f} |"
+                         " – | – | – | – | – | – | – |")
         for preset, e in r["presets"].items():
             coder = e.get("coder")
             ovh = (f"{100 * coder['overhead_total']:.2f}% / {100 * coder['overhead_median']:.2f}%"
@@ -188,7 +204,7 @@ def run_runtime_bench(args: argparse.Namespace) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="l2c-bench-") as tmp:
         for model in args.models:
-            results.append(bench_model(Path(model), presets, args.runs, Path(tmp)))
+            results.append(bench_model(Path(model), presets, args.runs, Path(tmp), args.zstd))
     meta = {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "native": _native.version()}
     (out_dir / "runtime.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     table = markdown(results)

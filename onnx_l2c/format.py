@@ -95,12 +95,66 @@ class Recipe:
         return int(np.prod(self.dims, dtype=np.int64)) if self.dims else 1
 
 
-# ---------------------------------------------------------------- serialize
+# --------------------------------------------------------------- validate
 
-def serialize(recipe: Recipe) -> bytes:
-    """Payload bytes of a recipe (header, stages, CRC32)."""
+MAX_CODEBOOK = 65536  # a stream codes at most 65536 distinct indices
+
+
+def validate(recipe: Recipe) -> None:
+    """Reject what the native decoder would reject, before writing or reconstructing."""
     if recipe.dtype not in DTYPE_NAMES:
         raise L2CError(f"unsupported dtype {recipe.dtype}; valid: {sorted(DTYPE_NAMES)}")
+    if len(recipe.dims) > 8 or any(d < 0 for d in recipe.dims):
+        raise L2CError(f"invalid shape {list(recipe.dims)} (at most 8 non-negative dims)")
+    kinds = [type(stage) for stage in recipe.stages]
+    cast = [CastStage] if recipe.dtype != FLOAT else []
+    valid = (kinds == [RawStage] or kinds == [EntropyStage, AffineStage, *cast]
+             or kinds == [EntropyStage, CodebookStage, *cast])
+    if not valid:
+        names = "+".join(k.__name__ for k in kinds) or "none"
+        raise L2CError(f"invalid stage sequence {names} for {DTYPE_NAMES[recipe.dtype]}; valid: raw, "
+                       f"entropy+affine|codebook{'+cast' if cast else ''}")
+    numel = recipe.numel
+    for stage in recipe.stages:
+        if isinstance(stage, RawStage):
+            if np.asarray(stage.bits).size != numel:
+                raise L2CError(f"raw stage has {np.asarray(stage.bits).size} values for {numel} elements")
+            if not 0 <= stage.rotate < 8 * ELEM_BYTES[recipe.dtype]:
+                raise L2CError(f"raw stage rotate {stage.rotate} outside [0, {8 * ELEM_BYTES[recipe.dtype]})")
+        elif isinstance(stage, EntropyStage):
+            if np.asarray(stage.symbols).size != numel:
+                raise L2CError(f"entropy stage has {np.asarray(stage.symbols).size} symbols for {numel} elements")
+        elif isinstance(stage, AffineStage):
+            if stage.outer * stage.channels * stage.inner != numel:
+                raise L2CError(f"affine stage layout {stage.outer}x{stage.channels}x{stage.inner} "
+                               f"does not cover {numel} elements")
+            arrays = [("scale", stage.scale)] + ([("offset", stage.offset)] if stage.offset is not None else [])
+            for label, values in arrays:
+                values = np.asarray(values)
+                if values.size != stage.channels or not np.isfinite(values).all():
+                    raise L2CError(f"affine {label} needs {stage.channels} finite values, got {values.size}")
+            if not (np.isfinite(stage.theta) and 0.0 <= stage.theta < 1.0):
+                raise L2CError(f"affine theta {stage.theta} outside [0, 1)")
+        elif isinstance(stage, CodebookStage):
+            values = np.asarray(stage.values)
+            if not 1 <= values.size <= MAX_CODEBOOK or not np.isfinite(values).all():
+                raise L2CError(f"codebook needs 1..{MAX_CODEBOOK} finite values, got {values.size}")
+            symbols = np.asarray(recipe.stages[0].symbols)
+            if symbols.size and (symbols.min() < 0 or symbols.max() >= values.size):
+                raise L2CError(f"codebook symbols must lie in [0, {values.size})")
+        elif isinstance(stage, CastStage) and stage.target != recipe.dtype:
+            raise L2CError(f"cast target {stage.target} differs from the tensor dtype {recipe.dtype}")
+
+
+# ---------------------------------------------------------------- serialize
+
+def serialize(recipe: Recipe, check: bool = True) -> bytes:
+    """Payload bytes of a recipe (header, stages, CRC32).
+
+    check=False skips `validate` (tests use it to build malformed payloads).
+    """
+    if check:
+        validate(recipe)
     parts = [MAGIC, struct.pack("<HBB", FORMAT_VERSION, recipe.dtype, len(recipe.dims))]
     parts.append(struct.pack(f"<{len(recipe.dims)}Q", *recipe.dims))
     parts.append(struct.pack("<B3x", len(recipe.stages)))
@@ -162,6 +216,7 @@ def reconstruct(recipe: Recipe) -> np.ndarray:
     Returns float32 or float16 arrays, and uint16 bit patterns for bfloat16,
     shaped `recipe.dims`.
     """
+    validate(recipe)
     buf: np.ndarray | None = None
     for stage in recipe.stages:
         if isinstance(stage, EntropyStage):

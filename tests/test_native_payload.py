@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from helpers import assert_bit_identical, native_decode, patched, run_isolated, stage_offsets, with_crc
-from onnx_l2c import _native
+from onnx_l2c import L2CError, _native
 from onnx_l2c.format import (BFLOAT16, FLOAT, FLOAT16, AffineStage, CastStage, CodebookStage, EntropyStage,
                              RawStage, Recipe, reconstruct, serialize)
 
@@ -93,7 +93,7 @@ def test_codebook():
     sym = np.random.default_rng(0).integers(0, 4, (3, 3, 3))
     out = check(Recipe(FLOAT, sym.shape, [EntropyStage(sym.reshape(-1)), CodebookStage(vals)]))
     np.testing.assert_array_equal(out, vals[sym])
-    bad = serialize(Recipe(FLOAT, (5,), [EntropyStage(np.arange(5)), CodebookStage(vals)]))
+    bad = serialize(Recipe(FLOAT, (5,), [EntropyStage(np.arange(5)), CodebookStage(vals)]), check=False)
     expect(bad, "codebook index outside")
 
 
@@ -135,7 +135,7 @@ def expect(payload: bytes, pattern: str, code: int = 1) -> None:
 
 def _huge_stored() -> bytes:
     """A stored stream declaring 10^9 one-byte indices with no body, in a [1000000, 1000] tensor."""
-    p = serialize(Recipe(FLOAT, (1, 1), [EntropyStage(np.zeros(1))]))  # constant stream: no body
+    p = serialize(Recipe(FLOAT, (1, 1), [EntropyStage(np.zeros(1))]), check=False)  # constant stream: no body
     (_, body, _), = stage_offsets(p)
     p = patched(p, 8, struct.pack("<2Q", 1000000, 1000))
     return patched(p, body + 4, struct.pack("<BBBxQI", 1, 0, 0, 10**9, 256))
@@ -145,8 +145,8 @@ def _payload_cases():
     good = serialize(affine_recipe())
     crc_flip = bytearray(good)
     crc_flip[40] ^= 1
-    cast = serialize(Recipe(FLOAT, (3,), [CastStage(FLOAT16)]))
-    one = serialize(Recipe(FLOAT, (1, 1), [EntropyStage(np.zeros(1))]))
+    cast = serialize(Recipe(FLOAT, (3,), [CastStage(FLOAT16)]), check=False)
+    one = serialize(Recipe(FLOAT, (1, 1), [EntropyStage(np.zeros(1))]), check=False)
     return [
         ("crc", bytes(crc_flip), r"CRC mismatch \(stored 0x[0-9a-f]{8}, computed 0x[0-9a-f]{8}\)", 1),
         ("magic", b"PK\x03\x04" + bytes(40), "bad magic", 2),
@@ -156,11 +156,11 @@ def _payload_cases():
         ("huge_stored", _huge_stored(), r"1000000000 stored 1-byte indices need .* only 0 remain", 1),
         ("huge_shape", patched(one, 8, struct.pack("<2Q", 2**21, 2**21)),
          r"declared shape \[2097152, 2097152\] exceeds 2\^40", 1),
-        ("entropy_only", serialize(Recipe(FLOAT, (3,), [EntropyStage(np.arange(3))])),
+        ("entropy_only", serialize(Recipe(FLOAT, (3,), [EntropyStage(np.arange(3))]), check=False),
          r"stage sequence \[entropy\] does not produce a float32", 1),
         ("unknown_kind", patched(cast, stage_offsets(cast)[0][1] - 8, b"\x09"), r"stage 1 \(unknown\): unknown stage kind 9",
          2),
-        ("no_cast", serialize(Recipe(FLOAT16, (3,), [EntropyStage(np.arange(3)), CodebookStage(np.ones(3))])),
+        ("no_cast", serialize(Recipe(FLOAT16, (3,), [EntropyStage(np.arange(3)), CodebookStage(np.ones(3))]), check=False),
          "does not produce a float16", 1),
     ]
 
@@ -212,3 +212,19 @@ def test_truncations_and_flips_never_crash(tmp_path):
     proc = run_isolated(FUZZ % str(path))
     assert proc.returncode == 0, f"child crashed (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
     assert proc.stdout.strip().splitlines()[-1] == "BAD []"
+
+
+@pytest.mark.parametrize("recipe,pattern", [
+    (Recipe(FLOAT, (3,), [EntropyStage(np.arange(3))]), "invalid stage sequence"),
+    (Recipe(FLOAT16, (3,), [EntropyStage(np.arange(3)), CodebookStage(np.ones(3))]), "invalid stage sequence"),
+    (Recipe(FLOAT, (5,), [EntropyStage(np.arange(5)), CodebookStage(np.ones(4))]), r"codebook symbols must lie"),
+    (Recipe(FLOAT, (6,), [EntropyStage(np.arange(6)), AffineStage(1, 3, 2, 0.0, np.ones(1))]), "affine scale"),
+    (Recipe(FLOAT, (6,), [EntropyStage(np.arange(6)), AffineStage(1, 4, 2, 0.0, np.ones(4))]), "does not cover"),
+    (Recipe(FLOAT, (6,), [EntropyStage(np.arange(6)), AffineStage(1, 1, 6, 1.5, np.ones(1))]), "theta"),
+    (Recipe(FLOAT, (6,), [EntropyStage(np.arange(6)), AffineStage(1, 1, 6, 0.0, np.array([np.inf]))]), "finite"),
+])
+def test_python_side_rejects_what_the_decoder_rejects(recipe, pattern):
+    with pytest.raises(L2CError, match=pattern):
+        serialize(recipe)
+    with pytest.raises(L2CError, match=pattern):
+        reconstruct(recipe)

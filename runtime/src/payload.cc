@@ -91,8 +91,8 @@ void parse_stage(Reader& body, uint8_t kind, const std::string& what, Plan* p, B
     case kCodebook: {
       if (*buf != kInt32) corrupt(what + ": codebook needs int32 symbols from an entropy stage");
       const uint32_t size = body.u32(w);
-      if (size < 1 || size > (1u << 20))
-        corrupt(what + ": codebook size " + std::to_string(size) + " not in 1..2^20");
+      if (size < 1 || size > (1u << 16))
+        corrupt(what + ": codebook size " + std::to_string(size) + " not in 1..65536");
       body.need(size_t(size) * 4, w);
       p->codebook = read_finite(body, size, what, "values");
       *buf = kF32;

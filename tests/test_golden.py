@@ -1,0 +1,165 @@
+"""Golden bitstreams: the exact payload bytes of one tiny recipe per stage kind and stream mode,
+and the exact bytes they decode to.
+
+Each recipe is built from integer formulas (no RNG, no transcendental functions), so it is the
+same on every platform and numpy version. The tests check that
+  * serialize(recipe) produces the committed tests/data/golden/NAME.bin byte for byte,
+  * the native decoder turns the committed bytes into the pinned output (sha256 in expected.json),
+  * format.reconstruct(recipe) computes that same output.
+
+Regenerate with `python tests/test_golden.py --regenerate`. Regenerating IS A FORMAT CHANGE (or an
+encoder change): payloads written before it must still decode to the pinned outputs, so only do
+it together with a format version bump or a deliberate encoder change, and say so in the commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+if __name__ == "__main__":  # run as a script from anywhere
+    sys.path[:0] = [str(Path(__file__).absolute().parents[1]), str(Path(__file__).absolute().parent)]
+
+from helpers import native_decode, stage_offsets
+from onnx_l2c.format import (BFLOAT16, DTYPE_NAMES, FLOAT, FLOAT16, AffineStage, CastStage, CodebookStage,
+                             EntropyStage, RawStage, Recipe, reconstruct, serialize)
+
+GOLDEN = Path(__file__).absolute().parent / "data" / "golden"
+EXPECTED = GOLDEN / "expected.json"
+MODE_CONSTANT, MODE_STORED, MODE_RANS = 0, 1, 2
+
+
+def hashed(n: int, salt: int) -> np.ndarray:
+    """n pseudo-random 32-bit values from a multiplicative hash (uint64 arithmetic, exact)."""
+    i = np.arange(n, dtype=np.uint64)
+    return (i * np.uint64(2654435761) + np.uint64(salt * 40503 + 12345)) % np.uint64(2**32)
+
+
+def skewed(n: int, bits: int, salt: int) -> np.ndarray:
+    """Symbols in (-2^(bits-1), 2^(bits-1)) concentrated near 0 (product of two uniform bytes)."""
+    h = hashed(n, salt)
+    mag = (((h >> np.uint64(16)) & np.uint64(0xFF)) * ((h >> np.uint64(24)) & np.uint64(0xFF))) >> np.uint64(17 - bits)
+    return np.where((h >> np.uint64(3)) & np.uint64(1), -mag.astype(np.int64), mag.astype(np.int64)).astype(np.int32)
+
+
+def f32(numerator, denominator) -> np.ndarray:
+    """float32 of an exact ratio (one correctly rounded float64 division, then one rounding)."""
+    return (np.asarray(numerator, np.float64) / denominator).astype(np.float32)
+
+
+def floats(n: int, salt: int) -> np.ndarray:
+    """float32 values with full mantissas plus special values: the raw stage's input."""
+    x = f32(skewed(n, 12, salt).astype(np.int64) * 7919 + np.arange(n), 1_000_003)
+    x[:8] = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-40, 3.4028235e38, -65504.0], np.float32)
+    return x
+
+
+def affine(dims, axis, q, theta, scale, offset=None, cast=None) -> Recipe:
+    outer, inner = int(np.prod(dims[:axis])), int(np.prod(dims[axis + 1:]))
+    stages = [EntropyStage(q), AffineStage(outer, dims[axis], inner, theta, scale, offset)]
+    if cast is not None:
+        stages.append(CastStage(cast))
+    return Recipe(cast or FLOAT, dims, stages)
+
+
+def recipes() -> dict[str, Recipe]:
+    c6 = np.arange(6)
+    big = f32(np.array([1, 3, 8192 * 4096, 5, 1, 7], np.int64), 4096)  # channel 2 overflows float16
+    big[4] = np.float32(2.0**-20)  # channel 4 lands in float16 subnormals
+    with np.errstate(over="ignore"):
+        bits_f16 = floats(200, 5).astype(np.float16).view(np.uint16)
+    bits_bf16 = (floats(200, 6).view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+    return {
+        "affine_theta_offset": affine((4, 6, 8), 1, skewed(192, 5, 1), 0.25, f32(c6 + 1, 128), f32(c6 - 3, 1000)),
+        "codebook": Recipe(FLOAT, (10, 25), [EntropyStage((hashed(250, 2) >> np.uint64(28)).astype(np.int32)),
+                                             CodebookStage(f32(np.arange(16) - 7, 7))]),
+        "affine_cast_float16": affine((6, 30), 0, skewed(180, 5, 3), 0.125, big, cast=FLOAT16),
+        "affine_cast_bfloat16": affine((3, 100), 0, skewed(300, 6, 4), 0.375, f32([1, 2, 5], 3),
+                                       f32([1, -2, 3], 77), cast=BFLOAT16),
+        "raw_float32": Recipe(FLOAT, (16, 16), [RawStage(floats(256, 7).view(np.uint32))]),
+        "raw_float16": Recipe(FLOAT16, (200,), [RawStage(bits_f16)]),
+        "raw_bfloat16": Recipe(BFLOAT16, (8, 25), [RawStage(bits_bf16)]),
+        "stream_constant": Recipe(FLOAT, (7, 9), [EntropyStage(np.full(63, 5, np.int32)),
+                                                  CodebookStage(f32(np.arange(8), 3))]),
+        "stream_stored": affine((3, 100), 0, (hashed(300, 8) >> np.uint64(24)).astype(np.int32) - 128, 0.0,
+                                f32([1, 2, 3], 256)),
+        "stream_rans": affine((20, 20), 1, skewed(400, 5, 9), 0.45, f32(np.arange(20) + 10, 1024)),
+    }
+
+
+# the entropy stream mode each case is meant to pin (the encoder picks the mode)
+STREAM_MODES = {"stream_constant": MODE_CONSTANT, "stream_stored": MODE_STORED, "stream_rans": MODE_RANS}
+
+
+def output_bytes(array: np.ndarray) -> bytes:
+    return np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def digest(array: np.ndarray) -> dict:
+    return {"dtype": str(array.dtype), "shape": list(array.shape),
+            "sha256": hashlib.sha256(output_bytes(array)).hexdigest()}
+
+
+def regenerate() -> None:
+    GOLDEN.mkdir(parents=True, exist_ok=True)
+    expected = {}
+    for name, recipe in recipes().items():
+        payload = serialize(recipe)
+        assert len(payload) < 4096, f"{name}: {len(payload)} bytes"
+        (GOLDEN / f"{name}.bin").write_bytes(payload)
+        expected[name] = digest(native_decode(payload))
+        assert expected[name] == digest(reconstruct(recipe)), name
+        print(f"{name}: {len(payload)} bytes, output {expected[name]['sha256'][:16]}…")
+    EXPECTED.write_text("{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in sorted(expected.items()))
+                        + "\n}\n")
+
+
+# ------------------------------------------------------------------- tests
+
+NAMES = sorted(recipes())
+
+
+@pytest.fixture(scope="module")
+def expected() -> dict:
+    return json.loads(EXPECTED.read_text())
+
+
+def test_golden_set_is_complete(expected):
+    assert sorted(expected) == NAMES
+    assert sorted(p.stem for p in GOLDEN.glob("*.bin")) == NAMES
+    kinds = {(r.dtype, tuple(type(s).__name__ for s in r.stages)) for r in recipes().values()}
+    for dtype in DTYPE_NAMES:
+        assert (dtype, ("RawStage",)) in kinds
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_serialize_is_golden(name):
+    assert serialize(recipes()[name]) == (GOLDEN / f"{name}.bin").read_bytes()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_native_decodes_golden(name, expected):
+    assert digest(native_decode((GOLDEN / f"{name}.bin").read_bytes())) == expected[name]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reconstruct_is_golden(name, expected):
+    assert digest(reconstruct(recipes()[name])) == expected[name]
+
+
+@pytest.mark.parametrize("name", sorted(STREAM_MODES))
+def test_stream_modes(name):
+    payload = (GOLDEN / f"{name}.bin").read_bytes()
+    kind, body, _ = stage_offsets(payload)[0]
+    assert kind == 1 and payload[body + 4] == STREAM_MODES[name]  # after the i32 symbol offset
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--regenerate"]:
+        sys.exit(f"usage: python {sys.argv[0]} --regenerate   (rewrites {GOLDEN}; this is a format change)")
+    regenerate()
