@@ -280,25 +280,18 @@ class PayloadSummary:
     dtype: int
     dims: tuple[int, ...]
     stages: tuple[str, ...]
-    bits: int | None  # bits of the quantizer alphabet (entropy stage), if any
 
 
 def describe(payload: np.ndarray | bytes, what: str = "payload") -> PayloadSummary:
-    """Header and stage list of a payload (CRC checked natively first)."""
+    """Header and stage names of a payload (fully validated natively first)."""
     info = _native.payload_info(payload, what)
-    data = memoryview(np.frombuffer(payload, dtype=np.uint8) if not isinstance(payload, np.ndarray) else payload)
-    data = bytes(data)
+    data = payload.tobytes() if isinstance(payload, np.ndarray) else bytes(payload)
     pos = 8 + 8 * len(info.dims)
     nstages = data[pos]
     pos += 4
     names: list[str] = []
-    bits: int | None = None
     for _ in range(nstages):
         kind, size = struct.unpack_from("<B3xI", data, pos)
-        pos += 8
         names.append(StageKind(kind).name.lower())
-        if kind == StageKind.ENTROPY:
-            alphabet = struct.unpack_from("<I", data, pos + 4 + 12)[0]
-            bits = max(1, int(np.ceil(np.log2(max(alphabet, 2)))))
-        pos += size
-    return PayloadSummary(info.dtype, info.dims, tuple(names), bits)
+        pos += 8 + size
+    return PayloadSummary(info.dtype, info.dims, tuple(names))

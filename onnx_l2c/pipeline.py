@@ -157,8 +157,9 @@ def compress(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
                     payload, report = fut.result()
                 except L2CError:
                     raise
-                except Exception as exc:
-                    raise L2CError(f"tensor {w.name!r} in {w.graph.path}: encoding failed: {exc}") from exc
+                except (ValueError, TypeError, MemoryError, OverflowError) as exc:
+                    raise L2CError(f"tensor {w.name!r} in {w.graph.path}: encoding failed: "
+                                   f"{type(exc).__name__}: {exc}") from exc
                 offset, length = writer.add(payload)
                 _replace_with_decode(w, offset, length, sidecar.name, used_names)
                 if w.constant_node is None:

@@ -236,3 +236,10 @@ def test_cli_round_trip(tmp_path, rng):
     assert res.returncode != 0 and "invalid choice" in res.stderr
     res = _cli("compress", str(tmp_path / "missing.onnx"), str(tmp_path / "x.onnx"))
     assert res.returncode == 1 and "missing.onnx" in res.stderr
+
+
+def test_cli_bench_runtime_runs(tmp_path, rng):
+    src = save(builders.conv(rng), tmp_path / "model.onnx")
+    res = _cli("bench", "runtime", str(src), "--presets", "lossless,bits=4", "--runs", "2", "--out", str(tmp_path / "b"))
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "b" / "runtime.json").is_file() and "| model |" in res.stdout
