@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,16 +112,31 @@ class CompressedModel:
         return f"{entry.file.name}: tensor {entry.name!r}"
 
     def decode(self, entry: DecodeEntry) -> np.ndarray:
-        """Decode one tensor (flat storage array: float32 / float16 / uint16 bits for bfloat16)."""
+        """Decode one tensor (float32 / float16 / uint16 bits for bfloat16), shaped."""
         payload = self.payload(entry)
-        info = _native.payload_info(payload, self.where(entry))
-        if info.dtype not in DTYPE_NAMES:
-            raise L2CError(f"{self.where(entry)}: unsupported dtype {info.dtype}")
-        storage = {FLOAT: np.float32, FLOAT16: np.float16, BFLOAT16: np.uint16}[info.dtype]
-        numel = info.nbytes // np.dtype(storage).itemsize
-        out = np.empty(numel, dtype=storage)
-        _native.decode_into(payload, out, self.where(entry))
-        return out.reshape(info.dims)
+        where = self.where(entry)
+        declared = _declared_type(entry.node)
+        if declared is None:  # no dtype/shape attributes: ask the payload (a second validating pass)
+            info = _native.payload_info(payload, where)
+            declared = (info.dtype, info.dims)
+        dtype, dims = declared
+        if dtype not in DTYPE_NAMES:
+            raise L2CError(f"{where}: unsupported dtype {dtype}; valid: {sorted(DTYPE_NAMES)}")
+        storage = {FLOAT: np.float32, FLOAT16: np.float16, BFLOAT16: np.uint16}[dtype]
+        try:
+            out = np.empty(dims, dtype=storage)
+        except (ValueError, MemoryError) as exc:
+            raise L2CError(f"{where}: cannot allocate the declared shape {list(dims)}: {exc}") from exc
+        # The native decoder verifies the CRC and that the payload decodes to
+        # exactly out.nbytes; the header (now known intact) must agree on the rest.
+        _native.decode_into(payload, out, where)
+        head = bytes(payload[:8])
+        ndim = head[7]
+        got = (head[6], struct.unpack_from(f"<{ndim}Q", bytes(payload[8:8 + 8 * ndim])) if ndim else ())
+        if got != (dtype, tuple(dims)):
+            raise L2CError(f"{where}: the graph declares {DTYPE_NAMES.get(dtype, dtype)} {list(dims)} but the "
+                           f"payload holds {DTYPE_NAMES.get(got[0], got[0])} {list(got[1])}")
+        return out
 
     def decode_all(self, workers: int = 0) -> dict[str, np.ndarray]:
         """Every tensor, decoded in parallel across tensors (the GIL is released natively)."""
@@ -176,6 +192,14 @@ class CompressedModel:
         del model.metadata_props[:]
         model.metadata_props.extend(props)
         return model
+
+
+def _declared_type(node: onnx.NodeProto) -> tuple[int, tuple[int, ...]] | None:
+    """The (dtype, shape) a Decode node's attributes declare, if it has both."""
+    attrs = {a.name: a for a in node.attribute}
+    if "dtype" not in attrs or "shape" not in attrs:
+        return None
+    return int(attrs["dtype"].i), tuple(int(d) for d in attrs["shape"].ints)
 
 
 def _declared(entry: DecodeEntry, array: np.ndarray, dtype: int) -> onnx.TensorProto:

@@ -148,3 +148,16 @@ def test_every_single_byte_flip_is_detected(compressed: Path):
             _native.decode_into(bytes(payload), out)
         payload[pos] ^= 0x01
     _native.decode_into(bytes(payload), out)  # the intact payload still decodes
+
+
+def test_graph_and_payload_disagree_on_shape(compressed: Path, tmp_path: Path):
+    """A Decode node whose declared shape differs from its payload's (same size) is refused."""
+    model = onnx.load(str(compressed), load_external_data=False)
+    node = next(n for n in model.graph.node if n.op_type == "Decode")
+    shape = next(a for a in node.attribute if a.name == "shape")
+    shape.ints[:] = list(reversed(shape.ints))
+    target = tmp_path / compressed.name
+    onnx.save(model, str(target))
+    shutil.copy(compressed.parent / (compressed.name + ".l2c"), tmp_path)
+    with pytest.raises(onnx_l2c.L2CError, match=f"{node.output[0]}.*declares"):
+        onnx_l2c.decompress(target, tmp_path / "plain.onnx")
