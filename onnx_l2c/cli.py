@@ -166,10 +166,38 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="bench-results", help="folder for the JSON and markdown results")
     b.add_argument("--zstd", action="store_true", help="also measure zstd -19 of each file (lossless baseline)")
     b.set_defaults(func=_cmd_bench)
+    bsub.add_parser("compare", help="our presets beside the peers on the real-model zoo (see `bench compare -h`)")
+    sub.add_parser("eval", help="fidelity of a candidate against the original on a zoo task (see `eval -h`)")
+    z = sub.add_parser("zoo", help="the real-model zoo")
+    z.add_subparsers(dest="zoo", required=True).add_parser("build", help="build zoo models into the cache")
     return parser
 
 
+# Commands implemented by the zoo package (models/, installed as onnx_l2c.models),
+# which owns their arguments: (command words) → module.
+_ZOO_COMMANDS = {("eval",): "evaluate", ("bench", "compare"): "compare", ("zoo", "build"): "zoo"}
+
+
+def _zoo_command(argv: list[str]) -> int | None:
+    import importlib
+
+    for words, module in _ZOO_COMMANDS.items():
+        if tuple(argv[: len(words)]) == words:
+            mod = importlib.import_module(f"onnx_l2c.models.{module}")
+            logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+            return mod.main(argv[len(words):])
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = _zoo_command(argv)
+    except L2CError as exc:
+        print(f"onnx-l2c: error: {exc}", file=sys.stderr)
+        return 1
+    if code is not None:
+        return code
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:

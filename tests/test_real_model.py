@@ -70,3 +70,18 @@ def test_minilm_lossless_and_int8(tmp_path: Path):
     onnx_l2c.compress(model, out8, preset="int8")
     mean_cos, min_cos = cosine_stats(ref, run_fast(out8, feeds)[0])
     assert mean_cos >= 0.999 and min_cos >= 0.995
+
+
+def test_eval_command_scores_a_compressed_model(effnet: Path, tmp_path: Path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "int8.onnx"
+    onnx_l2c.compress(effnet, out, preset="int8")
+    res = subprocess.run([sys.executable, "-m", "onnx_l2c", "eval", str(effnet), str(out), "--model",
+                          "efficientnet_lite0", "--json"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["load"] == "fast" and 4.0 < report["ratio"] < 5.0
+    assert 0.88 <= report["metrics"]["top1_agreement"] < 1.0 and report["headline"] == "top1_agreement"

@@ -1,0 +1,211 @@
+"""Side-by-side benchmark: onnx_l2c's presets beside the tools users pick today.
+
+    onnx-l2c bench compare [--models efficientnet_lite0,minilm] [--quick]
+    python -m models.compare ...
+
+For every zoo model, in one run: this project's presets and bit widths and the
+peers of models/peers.py (zstd, fp16, onnxruntime int8/int4, NNCodec). For each
+result: size ratio, the task's fidelity metrics on the evaluation split,
+conversion seconds, session-creation seconds and per-run latency against the
+original. Tool failures are results with the exact error. Writes
+OUT/compare.json, OUT/compare.md and OUT/<model>.png (size ratio on x, the
+headline fidelity metric on y, one line per method).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .evaluate import evaluate, model_size, open_session, reference_results
+from .tasks import TASKS
+from .zoo import zoo_path
+
+log = logging.getLogger(__name__)
+
+OUR_SETTINGS: list[tuple[str, dict[str, Any]]] = [
+    ("onnx_l2c lossless", {"preset": "lossless"}),
+    ("onnx_l2c uniform", {"preset": "int8"}),
+    ("onnx_l2c uniform", {"bits": 6}),
+    ("onnx_l2c uniform", {"bits": 5}),
+    ("onnx_l2c uniform", {"bits": 4}),
+]
+QUICK_SETTINGS = [OUR_SETTINGS[0], OUR_SETTINGS[1], OUR_SETTINGS[4]]
+
+
+@dataclass
+class Row:
+    model: str
+    method: str
+    params: dict[str, Any]
+    ratio: float | None = None
+    size_bytes: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    passes: bool | None = None
+    convert_s: float | None = None
+    create_s: float | None = None
+    latency_ratio: float | None = None
+    error: str | None = None
+
+
+def _timings(original: Path, candidate: Path, feeds: dict, runs: int) -> tuple[float, float]:
+    """(median session-creation seconds of the candidate, its median latency / the original's)."""
+    create = []
+    for _ in range(3):
+        start = time.perf_counter()
+        sess = open_session(candidate)
+        create.append(time.perf_counter() - start)
+    base = open_session(original, "plain")
+    sess.run(None, feeds)
+    base.run(None, feeds)
+    lat_c, lat_o = [], []
+    for _ in range(runs):
+        for s, acc in ((base, lat_o), (sess, lat_c)):
+            start = time.perf_counter()
+            s.run(None, feeds)
+            acc.append(time.perf_counter() - start)
+    return statistics.median(create), statistics.median(lat_c) / statistics.median(lat_o)
+
+
+def _measure(row: Row, name: str, original: Path, candidate: Path, ref: Any, feeds: dict, runs: int) -> Row:
+    try:
+        res = evaluate(name, original, candidate, reference=ref)
+        row.size_bytes, row.ratio, row.metrics, row.passes = res.size_bytes, res.ratio, res.metrics, res.passes
+        row.create_s, row.latency_ratio = _timings(original, candidate, feeds, runs)
+    except Exception as exc:  # a peer's model that does not load or run is a finding
+        row.error = f"{type(exc).__name__}: {exc}"
+    return row
+
+
+def compare_model(name: str, workdir: Path, quick: bool, runs: int, peers: list[str] | None) -> list[Row]:
+    import onnx_l2c
+    from onnx_l2c.bench import random_feeds
+
+    original = zoo_path(name)
+    ref = reference_results(TASKS[name], original)
+    feeds = random_feeds(original)
+    rows: list[Row] = []
+    for method, opts in (QUICK_SETTINGS if quick else OUR_SETTINGS):
+        target = workdir / name / f"l2c_{'_'.join(f'{k}{v}' for k, v in opts.items())}.onnx"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        row = Row(name, method, dict(opts))
+        start = time.perf_counter()
+        onnx_l2c.compress(original, target, **opts)
+        row.convert_s = time.perf_counter() - start
+        rows.append(_measure(row, name, original, target, ref, feeds, runs))
+        log.info("%s %s %s: ratio %.2f %s", name, method, opts, row.ratio or 0, row.metrics)
+    try:
+        from .peers import run_peers
+    except ImportError as exc:
+        rows.append(Row(name, "peers", {}, error=f"models.peers unavailable: {exc}"))
+        return rows
+    for peer in run_peers(original, workdir / name / "peers", peers):
+        row = Row(name, peer.method, dict(peer.params), convert_s=peer.seconds, error=peer.error)
+        if peer.error is None and peer.path is None:  # size-only baseline (zstd)
+            row.size_bytes = peer.size_bytes
+            row.ratio = model_size(original) / peer.size_bytes if peer.size_bytes else None
+        elif peer.error is None:
+            row = _measure(row, name, original, peer.path, ref, feeds, runs)
+            if peer.size_bytes:  # the peer's own notion of stored size (e.g. NNC bitstream + graph)
+                row.size_bytes = peer.size_bytes
+                row.ratio = model_size(original) / peer.size_bytes
+        rows.append(row)
+        log.info("%s %s %s: ratio %s error %s", name, peer.method, peer.params, row.ratio, row.error)
+    return rows
+
+
+def best_at_bar(rows: list[Row], ours: bool) -> Row | None:
+    ok = [r for r in rows if r.passes and r.ratio and r.method.startswith("onnx_l2c") == ours]
+    return max(ok, key=lambda r: r.ratio) if ok else None
+
+
+def markdown(rows: list[Row]) -> str:
+    out = []
+    for name in dict.fromkeys(r.model for r in rows):
+        task = TASKS[name]
+        sub = [r for r in rows if r.model == name]
+        out.append(f"### {name} (bar: {task.headline} ≥ {task.bar})\n")
+        keys = list(dict.fromkeys(k for r in sub for k in r.metrics))
+        out.append("| method | params | ratio | MB | " + " | ".join(keys) +
+                   " | passes | convert s | create s | latency × | error |")
+        out.append("|---|---|---:|---:|" + "---:|" * len(keys) + "---|---:|---:|---:|---|")
+        for r in sub:
+            vals = " | ".join(f"{r.metrics[k]:.4g}" if k in r.metrics else "" for k in keys)
+            fmt = lambda v, f: (f.format(v) if v is not None else "")  # noqa: E731
+            err = (r.error or "").replace("|", "/").replace("\n", " ")[:160]
+            out.append(f"| {r.method} | {json.dumps(r.params)} | {fmt(r.ratio, '{:.2f}')} | "
+                       f"{fmt(r.size_bytes and r.size_bytes / 1e6, '{:.2f}')} | {vals} | "
+                       f"{'yes' if r.passes else ('no' if r.passes is False else '')} | {fmt(r.convert_s, '{:.1f}')} | "
+                       f"{fmt(r.create_s, '{:.3f}')} | {fmt(r.latency_ratio, '{:.2f}')} | {err} |")
+        ours, peer = best_at_bar(sub, True), best_at_bar(sub, False)
+        out.append("")
+        out.append(f"Best ratio at the bar: onnx_l2c {f'{ours.ratio:.2f}x ({ours.params})' if ours else 'none'}; "
+                   f"best peer {f'{peer.ratio:.2f}x ({peer.method} {peer.params})' if peer else 'none'}.\n")
+    return "\n".join(out)
+
+
+def plot(rows: list[Row], out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for name in dict.fromkeys(r.model for r in rows):
+        task = TASKS[name]
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        sub = [r for r in rows if r.model == name and r.ratio and task.headline in r.metrics]
+        for method in dict.fromkeys(r.method for r in sub):
+            pts = sorted((r.ratio, r.metrics[task.headline]) for r in sub if r.method == method)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+        ax.axhline(task.bar, color="gray", linestyle="--", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("size ratio (original / compressed)")
+        ax.set_ylabel(task.headline)
+        ax.set_title(f"{name}: fidelity vs size")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / f"{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="onnx-l2c bench compare", description=__doc__.splitlines()[0])
+    p.add_argument("--models", default=",".join(TASKS), help=f"comma-separated zoo models (default: {','.join(TASKS)})")
+    p.add_argument("--peers", default=None, help="comma-separated peer methods (default: all)")
+    p.add_argument("--quick", action="store_true", help="fewer settings of our own")
+    p.add_argument("--runs", type=int, default=20, help="latency runs per result")
+    p.add_argument("--out", type=Path, default=Path("bench-results"))
+    args = p.parse_args(argv)
+    names = [n for n in args.models.split(",") if n]
+    unknown = [n for n in names if n not in TASKS]
+    if unknown:
+        p.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="l2c-compare-") as tmp:
+        for name in names:
+            rows += compare_model(name, Path(tmp), args.quick, args.runs,
+                                  args.peers.split(",") if args.peers else None)
+    (args.out / "compare.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    table = markdown(rows)
+    (args.out / "compare.md").write_text(table)
+    plot(rows, args.out)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    sys.exit(main())

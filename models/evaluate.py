@@ -1,0 +1,150 @@
+"""Fidelity evaluator: a candidate model against the original on a task's
+evaluation split.
+
+    onnx-l2c eval ORIGINAL.onnx CANDIDATE.onnx --model NAME
+    python -m models.evaluate ORIGINAL.onnx CANDIDATE.onnx --model NAME
+
+The candidate loads through onnx_l2c's fast loader or custom op when it is an
+onnx_l2c model, else as plain ONNX (peers). The original's results are cached
+per file hash and split. Size = the .onnx plus every file it references.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import pickle
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from .tasks import TASKS, Task
+from .zoo import cache_root
+
+log = logging.getLogger(__name__)
+
+LOAD_MODES = ("auto", "fast", "custom_op", "plain")
+
+
+def model_size(path: Path) -> int:
+    """Bytes a user stores: the .onnx plus every external data file it references."""
+    from onnx_l2c.graph import external_files, load_model
+
+    files = external_files(load_model(path), path.parent)
+    return path.stat().st_size + sum(f.stat().st_size for f in files if f.is_file())
+
+
+def is_l2c_model(path: Path) -> bool:
+    from onnx_l2c.format import DOMAIN
+
+    model = onnx.load(str(path), load_external_data=False)
+    return any(op.domain == DOMAIN for op in model.opset_import)
+
+
+def open_session(path: Path, how: str = "auto"):
+    """An onnxruntime session of `path`: fast loader, custom op or plain."""
+    import onnxruntime as ort
+
+    import onnx_l2c
+
+    if how not in LOAD_MODES:
+        raise ValueError(f"unknown load mode {how!r}; valid: {', '.join(LOAD_MODES)}")
+    if how == "auto":
+        how = "fast" if is_l2c_model(path) else "plain"
+    providers = ["CPUExecutionProvider"]
+    if how == "fast":
+        return onnx_l2c.InferenceSession(path, providers=providers)
+    so = ort.SessionOptions()
+    if how == "custom_op":
+        so.register_custom_ops_library(onnx_l2c.custom_op_library())
+    return ort.InferenceSession(str(path), so, providers=providers)
+
+
+def _sha16(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def reference_results(task: Task, original: Path, split: str = "evaluation") -> Any:
+    """The original model's results on `split`, cached by file hash."""
+    cache = cache_root() / "refs" / f"{task.name}-{_sha16(original)}-{split}.pkl"
+    if cache.is_file():
+        with open(cache, "rb") as fh:
+            return pickle.load(fh)
+    results = task.run(open_session(original, "plain"), split)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    with open(tmp, "wb") as fh:
+        pickle.dump(results, fh)
+    tmp.replace(cache)
+    return results
+
+
+@dataclass
+class EvalResult:
+    model: str
+    candidate: str
+    load: str
+    size_bytes: int
+    original_bytes: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    headline: str = ""
+    bar: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def ratio(self) -> float:
+        return self.original_bytes / max(self.size_bytes, 1)
+
+    @property
+    def passes(self) -> bool:
+        return self.metrics.get(self.headline, float("-inf")) >= self.bar
+
+
+def evaluate(name: str, original: Path, candidate: Path, how: str = "auto", split: str = "evaluation",
+             reference: Any = None) -> EvalResult:
+    if name not in TASKS:
+        raise KeyError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+    task = TASKS[name]
+    start = time.perf_counter()
+    ref = reference if reference is not None else reference_results(task, original, split)
+    load = how if how != "auto" else ("fast" if is_l2c_model(candidate) else "plain")
+    cand = task.run(open_session(candidate, load), split)
+    metrics = {k: float(v) for k, v in task.metrics(ref, cand).items()}
+    return EvalResult(name, str(candidate), load, model_size(candidate), model_size(original), metrics,
+                      task.headline, task.bar, time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="onnx-l2c eval", description="Fidelity of CANDIDATE against ORIGINAL.")
+    p.add_argument("original", type=Path)
+    p.add_argument("candidate", type=Path)
+    p.add_argument("--model", required=True, choices=sorted(TASKS), help="which task's inputs and metrics")
+    p.add_argument("--load", default="auto", choices=LOAD_MODES)
+    p.add_argument("--split", default="evaluation", choices=["evaluation", "calibration"])
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    res = evaluate(args.model, args.original, args.candidate, args.load, args.split)
+    if args.json:
+        print(json.dumps(asdict(res) | {"ratio": res.ratio, "passes": res.passes}, indent=2))
+    else:
+        print(f"{res.model}: {res.candidate} via {res.load}: size {res.size_bytes / 1e6:.2f} MB "
+              f"(ratio {res.ratio:.2f}x)")
+        for key, value in res.metrics.items():
+            mark = f"  (bar {res.bar}: {'pass' if res.passes else 'FAIL'})" if key == res.headline else ""
+            print(f"  {key:<20} {value:.5g}{mark}")
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    sys.exit(main())
