@@ -116,29 +116,38 @@ OrtStatus* payload_view(const Kernel& k, const OrtValue* v, const uint8_t** data
   return nullptr;
 }
 
+// Allocates output 0 with `dims`, checks that the graph gave it the element
+// type of `dtype`, and returns its data pointer (null for empty tensors).
+OrtStatus* typed_output(const Kernel& k, OrtKernelContext* ctx, int dtype, const int64_t* dims,
+                        size_t ndim, size_t bytes, void** data) {
+  OrtValue* out = nullptr;
+  if (OrtStatus* st = g_api->KernelContext_GetOutput(ctx, 0, dims, ndim, &out)) return st;
+  OrtTensorTypeAndShapeInfo* ti = nullptr;
+  if (OrtStatus* st = g_api->GetTensorTypeAndShape(out, &ti)) return st;
+  ONNXTensorElementDataType t = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  OrtStatus* st = g_api->GetTensorElementType(ti, &t);
+  g_api->ReleaseTensorTypeAndShapeInfo(ti);
+  if (st) return st;
+  if (t != ort_type(dtype))
+    return k.error(ORT_INVALID_GRAPH,
+                   std::string("the graph declares output element type ") + std::to_string(t) +
+                       " but the payload decodes to " + l2c::dtype_name(dtype) + " (" +
+                       std::to_string(ort_type(dtype)) + ")");
+  *data = nullptr;
+  if (bytes) return g_api->GetTensorMutableData(out, data);
+  return nullptr;
+}
+
 // Decodes a payload straight into an output allocated from the context.
 OrtStatus* decode_into_output(const Kernel& k, OrtKernelContext* ctx, const uint8_t* data,
                               size_t size) {
   try {
     l2c::Plan plan;
     l2c::parse_payload(data, size, &plan);
-    std::vector<int64_t> dims(plan.dims, plan.dims + plan.ndim);
-    OrtValue* out = nullptr;
-    if (OrtStatus* st = g_api->KernelContext_GetOutput(ctx, 0, dims.data(), dims.size(), &out))
-      return st;
-    OrtTensorTypeAndShapeInfo* ti = nullptr;
-    if (OrtStatus* st = g_api->GetTensorTypeAndShape(out, &ti)) return st;
-    ONNXTensorElementDataType t = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-    OrtStatus* st = g_api->GetTensorElementType(ti, &t);
-    g_api->ReleaseTensorTypeAndShapeInfo(ti);
-    if (st) return st;
-    if (t != ort_type(plan.dtype))
-      return k.error(ORT_INVALID_GRAPH,
-                     std::string("the graph declares output element type ") + std::to_string(t) +
-                         " but the payload decodes to " + l2c::dtype_name(plan.dtype) + " (" +
-                         std::to_string(ort_type(plan.dtype)) + ")");
+    const std::vector<int64_t> dims(plan.dims, plan.dims + plan.ndim);  // bounded by parse_payload
     void* p = nullptr;
-    if (plan.out_bytes && (st = g_api->GetTensorMutableData(out, &p))) return st;
+    if (OrtStatus* st = typed_output(k, ctx, plan.dtype, dims.data(), dims.size(), plan.out_bytes, &p))
+      return st;
     l2c::execute(plan, p);
     return nullptr;
   } catch (const l2c::Error& e) {
@@ -252,23 +261,9 @@ OrtStatusPtr ORT_API_CALL compute(void* kernel, OrtKernelContext* ctx) {
     if (OrtStatus* st = payload_view(k, in, &data, &size)) return st;
     return decode_into_output(k, ctx, data, size);
   }
-  OrtValue* out = nullptr;
-  if (OrtStatus* st = g_api->KernelContext_GetOutput(ctx, 0, k.dims.data(), k.dims.size(), &out))
-    return st;
-  OrtTensorTypeAndShapeInfo* ti = nullptr;
-  if (OrtStatus* st = g_api->GetTensorTypeAndShape(out, &ti)) return st;
-  ONNXTensorElementDataType t = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-  OrtStatus* st = g_api->GetTensorElementType(ti, &t);
-  g_api->ReleaseTensorTypeAndShapeInfo(ti);
-  if (st) return st;
-  if (t != ort_type(k.dtype))
-    return k.error(ORT_INVALID_GRAPH,
-                   std::string("the graph declares output element type ") + std::to_string(t) +
-                       " but the payload decodes to " + l2c::dtype_name(k.dtype) + " (" +
-                       std::to_string(ort_type(k.dtype)) + ")");
+  void* p = nullptr;
+  if (OrtStatus* st = typed_output(k, ctx, k.dtype, k.dims.data(), k.dims.size(), k.size, &p)) return st;
   if (k.size) {
-    void* p = nullptr;
-    if ((st = g_api->GetTensorMutableData(out, &p))) return st;
     std::memcpy(p, k.data.get(), k.size);
   }
   return nullptr;
