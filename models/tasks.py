@@ -68,3 +68,127 @@ TASKS: dict[str, Task] = {
     "efficientnet_lite0": Task("efficientnet_lite0", _effnet_run, _classifier_metrics, "top1_agreement", 0.99),
     "minilm": Task("minilm", _minilm_run, _embedding_metrics, "mean_cosine", 0.99),
 }
+
+
+# --------------------------------------------------------------------------- models shipped as ONNX on PyPI
+# magika (content type from file bytes), ocr_det / ocr_rec (RapidOCR PP-OCRv4),
+# silero_vad (voice activity, stateful). Inputs: models/data_files.py,
+# models/data_ocr.py, models/data_audio.py.
+
+def _magika_run(sess: Session, split: str) -> dict[str, Any]:
+    from .data_files import magika_inputs
+
+    x, exts, _ = magika_inputs(split)
+    scores = np.concatenate([sess.run(None, {"bytes": x[i:i + 256]})[0] for i in range(0, len(x), 256)])
+    return {"scores": scores, "exts": exts}
+
+
+def _magika_metrics(ref: dict[str, Any], cand: dict[str, Any]) -> dict[str, float]:
+    from .data_files import expected_labels, magika_labels, magika_output_labels
+
+    labels = np.array(magika_labels())
+    r, c = np.asarray(ref["scores"], np.float64), np.asarray(cand["scores"], np.float64)
+    lr, lc = labels[r.argmax(1)], labels[c.argmax(1)]
+    want = expected_labels(ref["exts"])
+
+    def accuracy(pred: np.ndarray) -> float:
+        return float(np.mean([p in w for p, w in zip(pred, want)]))
+
+    pr, pc = np.clip(r, 1e-12, 1), np.clip(c, 1e-12, 1)
+    return {
+        "label_agreement": float(np.mean(lr == lc)),
+        "output_label_agreement": float(np.mean(np.array(magika_output_labels(r)) == np.array(magika_output_labels(c)))),
+        "accuracy_ref": accuracy(lr),
+        "accuracy_cand": accuracy(lc),
+        "mean_kl": float(np.mean(np.maximum((pr * (np.log(pr) - np.log(pc))).sum(1), 0.0))),
+        "max_abs_score_diff": float(np.max(np.abs(r - c))),
+    }
+
+
+def _ocr_det_run(sess: Session, split: str) -> list[tuple[np.ndarray, tuple[int, int]]]:
+    """Per image: the text mask (probability > 0.3, as DBPostProcess), bit-packed, and its shape."""
+    from .data_ocr import DET_THRESH, ocr_det_inputs
+
+    out = []
+    for x in ocr_det_inputs(split):
+        mask = sess.run(None, {"x": x})[0][0, 0] > DET_THRESH
+        out.append((np.packbits(mask), mask.shape))
+    return out
+
+
+def _ocr_det_metrics(ref: list, cand: list) -> dict[str, float]:
+    ious, agree, frac_r, frac_c = [], [], [], []
+    for (pr, shape_r), (pc, shape_c) in zip(ref, cand, strict=True):
+        if tuple(shape_r) != tuple(shape_c):
+            raise ValueError(f"detector output shapes differ: {shape_r} vs {shape_c}")
+        n = int(np.prod(shape_r))
+        mr = np.unpackbits(pr, count=n).astype(bool)
+        mc = np.unpackbits(pc, count=n).astype(bool)
+        union = int(np.count_nonzero(mr | mc))
+        ious.append(1.0 if union == 0 else np.count_nonzero(mr & mc) / union)
+        agree.append(float(np.mean(mr == mc)))
+        frac_r.append(float(mr.mean()))
+        frac_c.append(float(mc.mean()))
+    return {"mean_iou": float(np.mean(ious)), "min_iou": float(np.min(ious)),
+            "pixel_agreement": float(np.mean(agree)),
+            "text_fraction_ref": float(np.mean(frac_r)), "text_fraction_cand": float(np.mean(frac_c))}
+
+
+def _ocr_rec_run(sess: Session, split: str) -> list[tuple[str, float]]:
+    """Per text crop (in crop order): RapidOCR's CTC-decoded (text, mean confidence)."""
+    from .data_ocr import ctc_decode, ocr_rec_batches
+
+    batches, order = ocr_rec_batches(split)
+    out: list[tuple[str, float]] = [("", 0.0)] * len(order)
+    pos = 0
+    for x in batches:
+        for text_conf in ctc_decode(sess.run(None, {"x": x})[0]):
+            out[int(order[pos])] = (text_conf[0], float(text_conf[1]))
+            pos += 1
+    return out
+
+
+def _edit_distance(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def _ocr_rec_metrics(ref: list[tuple[str, float]], cand: list[tuple[str, float]]) -> dict[str, float]:
+    if len(ref) != len(cand):
+        raise ValueError(f"result count mismatch: {len(ref)} vs {len(cand)}")
+    edits = sum(_edit_distance(r[0], c[0]) for r, c in zip(ref, cand))
+    chars = sum(len(r[0]) for r in ref)
+    return {"string_agreement": float(np.mean([r[0] == c[0] for r, c in zip(ref, cand)])),
+            "cer": edits / max(chars, 1),
+            "mean_confidence_ref": float(np.mean([r[1] for r in ref])),
+            "mean_confidence_cand": float(np.mean([c[1] for c in cand]))}
+
+
+def _vad_run(sess: Session, split: str) -> np.ndarray:
+    """Speech probability per 512-sample chunk [N clips, 128], state/context carried across chunks."""
+    from .data_audio import run_silero, vad_clips
+
+    return run_silero(sess, vad_clips(split))
+
+
+def _vad_metrics(ref: np.ndarray, cand: np.ndarray) -> dict[str, float]:
+    r, c = np.asarray(ref, np.float64), np.asarray(cand, np.float64)
+    if r.shape != c.shape:
+        raise ValueError(f"shape mismatch: {r.shape} vs {c.shape}")
+    d = np.abs(r - c)
+    return {"decision_agreement": float(np.mean((r > 0.5) == (c > 0.5))),
+            "mean_abs_prob_diff": float(d.mean()), "max_abs_prob_diff": float(d.max()),
+            "speech_fraction_ref": float(np.mean(r > 0.5)), "speech_fraction_cand": float(np.mean(c > 0.5))}
+
+
+TASKS.update({
+    "magika": Task("magika", _magika_run, _magika_metrics, "label_agreement", 0.99),
+    "ocr_det": Task("ocr_det", _ocr_det_run, _ocr_det_metrics, "mean_iou", 0.95),
+    "ocr_rec": Task("ocr_rec", _ocr_rec_run, _ocr_rec_metrics, "string_agreement", 0.98),
+    "silero_vad": Task("silero_vad", _vad_run, _vad_metrics, "decision_agreement", 0.99),
+})

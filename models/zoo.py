@@ -29,7 +29,7 @@ import onnx
 log = logging.getLogger(__name__)
 
 OPSET = 17
-MODEL_NAMES = ("efficientnet_lite0", "minilm")
+MODEL_NAMES = ("efficientnet_lite0", "minilm", "magika", "ocr_det", "ocr_rec", "silero_vad")
 
 # Tolerances for ONNX Runtime vs torch on the check inputs.
 _EFFNET_ATOL = 1e-3  # logits are O(10)
@@ -233,11 +233,140 @@ def build_minilm(out_dir: Path) -> Path:
     return dest
 
 
+# ------------------------------------------------------------------ ONNX files shipped on PyPI
+#
+# magika, ocr_det/ocr_rec (rapidocr-onnxruntime) and silero_vad ship ready ONNX
+# files inside their wheels; the zoo copies those bytes verbatim (so the cached
+# file is byte-identical to the package's on every run) after checking that
+# onnxruntime loads and runs it and that it behaves like the package's own code.
+
+def _copy_shipped(src: Path, dest: Path, check: Callable[[Path], None]) -> Path:
+    """Copy ``src`` to ``dest`` atomically after ``check(tmp_copy)`` passes."""
+    data = Path(src).read_bytes()
+    onnx.checker.check_model(onnx.load_from_string(data))
+    with _staged(dest) as tmp:
+        tmp.write_bytes(data)
+        check(tmp)
+    return dest
+
+
+def _ort_session(path: Path):  # noqa: ANN202 - onnxruntime.InferenceSession
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def build_magika(out_dir: Path) -> Path:
+    """magika 1.0.3's content-type model (standard_v3_3): ``bytes`` int32 [N, 2048] ->
+    ``target_label`` [N, 214] scores. Checked against ``Magika.identify_bytes``."""
+    import io
+    import json
+
+    from magika import Magika
+    from magika.types import Seekable
+
+    from .data_files import magika_labels, magika_model_path
+
+    samples = [
+        b"#!/usr/bin/env python3\nimport sys\n\ndef main():\n    print(sys.argv)\n" * 8,
+        json.dumps({"name": "onnx_l2c", "values": list(range(200))}, indent=2).encode(),
+        b"<!DOCTYPE html>\n<html><head><title>t</title></head><body><p>hello</p></body></html>\n" * 5,
+        bytes(range(256)) * 20,
+    ]
+    m = Magika()
+
+    def check(path: Path) -> None:
+        feats = []
+        for content in samples:
+            _, f = m._get_result_or_features_from_seekable(Seekable(io.BytesIO(content)))
+            feats.append(f.beg[:1024] + f.end[-1024:])
+        scores = _ort_session(path).run(["target_label"], {"bytes": np.array(feats, np.int32)})[0]
+        got = [magika_labels()[k] for k in scores.argmax(1)]
+        want = [str(m.identify_bytes(c).prediction.dl.label) for c in samples]
+        log.info("magika: check labels %s", got)
+        if got != want:
+            raise ExportCheckError(f"magika: ONNX labels {got} != magika API labels {want}")
+
+    return _copy_shipped(magika_model_path(), Path(out_dir) / "magika.onnx", check)
+
+
+def build_ocr_det(out_dir: Path) -> Path:
+    """RapidOCR's PP-OCRv4 text detector (rapidocr-onnxruntime 1.4.4): ``x`` float32
+    [N, 3, H, W] (H, W multiples of 32) -> ``sigmoid_0.tmp_0`` [N, 1, H, W] text probability."""
+    from .data_ocr import DET_THRESH, det_input, det_model_path, render_page
+
+    def check(path: Path) -> None:
+        x = det_input(render_page("calibration", 0))  # a rendered page
+        prob = _ort_session(path).run(None, {"x": x})[0]
+        frac = float(np.mean(prob > DET_THRESH))
+        log.info("ocr_det: output %s, text fraction %.3f", prob.shape, frac)
+        if prob.shape != (1, 1, *x.shape[2:]) or not 0.005 < frac < 0.8:
+            raise ExportCheckError(f"ocr_det: unexpected output {prob.shape}, text fraction {frac:.3f}")
+
+    return _copy_shipped(det_model_path(), Path(out_dir) / "ocr_det.onnx", check)
+
+
+def build_ocr_rec(out_dir: Path) -> Path:
+    """RapidOCR's PP-OCRv4 text recognizer: ``x`` float32 [N, 3, 48, W] -> ``softmax_11.tmp_0``
+    [N, W/8, 6625] CTC character probabilities (dictionary in the model's metadata)."""
+    from .data_ocr import ctc_decode, rec_model_path, render_text_line
+
+    text = "Weights 1.23 compressed 4x"
+
+    def check(path: Path) -> None:
+        x = render_text_line(text)
+        got = ctc_decode(_ort_session(path).run(None, {"x": x})[0])[0][0]
+        log.info("ocr_rec: rendered %r read as %r", text, got)
+        if got.replace(" ", "") != text.replace(" ", ""):
+            raise ExportCheckError(f"ocr_rec: read {got!r} from a rendered {text!r}")
+
+    return _copy_shipped(rec_model_path(), Path(out_dir) / "ocr_rec.onnx", check)
+
+
+def build_silero_vad(out_dir: Path) -> Path:
+    """silero-vad 6.2.3's ``silero_vad.onnx`` (what ``load_silero_vad(onnx=True)`` loads):
+    inputs ``input`` float32 [N, 64 + 512] (context + chunk at 16 kHz), ``state`` [2, N, 128],
+    ``sr`` int64 scalar; outputs ``output`` [N, 1] speech probability, ``stateN``. The 8 kHz
+    and 16 kHz networks are the two branches of an ``If`` on ``sr``; the zoo uses 16 kHz."""
+    from .data_audio import run_silero, silero_model_path
+
+    def check(path: Path) -> None:
+        import torch
+
+        threads = torch.get_num_threads()
+        from silero_vad import load_silero_vad  # its import calls torch.set_num_threads(1)
+
+        torch.set_num_threads(threads)
+        t = np.arange(512 * 24) / 16000.0
+        rng = np.random.default_rng(0)
+        clips = np.stack([0.3 * np.sin(2 * np.pi * (150 + 400 * t) * t) * (1 + np.sin(2 * np.pi * 4 * t)),
+                          0.05 * rng.standard_normal(t.size), np.zeros(t.size)]).astype(np.float32)
+        got = run_silero(_ort_session(path), clips)
+        wrapper = load_silero_vad(onnx=True)  # silero-vad's own OnnxWrapper
+        diffs = []
+        for i, clip in enumerate(clips):
+            wrapper.reset_states()
+            ref = [float(wrapper(torch.from_numpy(clip[t * 512:(t + 1) * 512].copy()), 16000))
+                   for t in range(24)]
+            diffs.append(float(np.max(np.abs(np.array(ref) - got[i]))))
+        log.info("silero_vad: max |p - OnnxWrapper p| = %.3g", max(diffs))
+        if max(diffs) > 1e-5:
+            raise ExportCheckError(f"silero_vad: differs from silero-vad's OnnxWrapper by {max(diffs):.3g}")
+
+    return _copy_shipped(silero_model_path(), Path(out_dir) / "silero_vad.onnx", check)
+
+
 # ------------------------------------------------------------------ cache
 
 BUILDERS: dict[str, Callable[[Path], Path]] = {
     "efficientnet_lite0": build_efficientnet_lite0,
     "minilm": build_minilm,
+    "magika": build_magika,
+    "ocr_det": build_ocr_det,
+    "ocr_rec": build_ocr_rec,
+    "silero_vad": build_silero_vad,
 }
 
 
