@@ -1,0 +1,46 @@
+"""The zoo beyond EfficientNet: a real model whose weights live in Constant
+nodes inside nested If subgraphs (silero VAD), and the side-by-side benchmark
+end to end on a small real model (magika)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+import onnx_l2c
+from helpers import assert_close, run_custom_op, run_fast, run_plain
+from models.compare import main as compare_main
+from models.data_audio import run_silero
+from models.evaluate import open_session
+from models.zoo import zoo_path
+
+
+def test_silero_vad_constant_nodes_in_subgraphs_round_trip(tmp_path: Path):
+    original = zoo_path("silero_vad")
+    out = tmp_path / "vad.onnx"
+    result = onnx_l2c.compress(original, out, preset="lossless")
+    assert len(result.tensors) >= 10  # weights are Constant nodes inside If branches
+    # Real-shaped input: 2 clips of noise-like audio, run with the state carried over chunks.
+    audio = np.random.default_rng(0).standard_normal((2, 16000)).astype(np.float32) * 0.1
+    expected = run_silero(open_session(original, "plain"), audio)
+    assert np.array_equal(expected, run_silero(open_session(out, "fast"), audio))
+    plain = tmp_path / "plain.onnx"
+    onnx_l2c.decompress(out, plain)
+    assert np.array_equal(expected, run_silero(open_session(plain, "plain"), audio))
+    assert_close([expected], [run_silero(open_session(out, "custom_op"), audio)], "silero via the custom op")
+
+
+def test_bench_compare_quick_on_magika(tmp_path: Path):
+    out = tmp_path / "results"
+    code = compare_main(["--models", "magika", "--quick", "--peers", "zstd-19,fp16,ort-int8-per-channel",
+                         "--runs", "2", "--out", str(out)])
+    assert code == 0
+    rows = json.loads((out / "compare.json").read_text())
+    by_method = {(r["method"], json.dumps(r["params"], sort_keys=True)): r for r in rows}
+    lossless = by_method[("onnx_l2c lossless", json.dumps({"preset": "lossless"}))]
+    assert lossless["passes"] and lossless["metrics"]["label_agreement"] == 1.0 and lossless["ratio"] > 1.0
+    assert {"zstd-19", "fp16", "ort-int8-per-channel"} <= {r["method"] for r in rows}
+    assert all(r["ratio"] or r["error"] for r in rows)
+    assert (out / "magika.png").is_file() and "Best ratio at the bar" in (out / "compare.md").read_text()
