@@ -393,11 +393,31 @@ def zoo_path(name: str, cache_dir: Path | None = None) -> Path:
     return built
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
+def manifest_entry(path: Path) -> dict[str, object]:
+    """File size, sha256, parameter count and where the weights live (initializers vs Constant nodes)."""
     import hashlib
 
-    p = argparse.ArgumentParser(description="Build the onnx_l2c model zoo into the cache.")
+    from onnx_l2c.graph import find_weights, load_model
+
+    model = load_model(path)
+    weights = find_weights(model, 1).weights
+    return {
+        "file": path.name,
+        "bytes": path.stat().st_size,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "parameters": int(sum(w.numel for w in weights)),
+        "float_initializers": sum(1 for w in weights if w.constant_node is None),
+        "float_constant_nodes": sum(1 for w in weights if w.constant_node is not None),
+        "opsets": {op.domain or "ai.onnx": op.version for op in model.opset_import},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="onnx-l2c zoo build",
+                                description="Build the onnx_l2c model zoo into the cache (with manifest.json).")
     p.add_argument("names", nargs="*", help=f"models to build (default: all of {', '.join(MODEL_NAMES)})")
     p.add_argument("--cache-dir", type=Path, default=None)
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
@@ -408,15 +428,23 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for logger in ("models", "__main__"):
         logging.getLogger(logger).setLevel(logging.INFO)
+    manifest_path = cache_root(a.cache_dir) / "zoo" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     for name in a.names or MODEL_NAMES:
         path = cache_root(a.cache_dir) / "zoo" / f"{name}.onnx"
         if a.force:
             path.unlink(missing_ok=True)
         t0 = time.perf_counter()
         path = zoo_path(name, a.cache_dir)
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-        print(f"{name}: {path} {path.stat().st_size} bytes sha256:{digest} "
-              f"({time.perf_counter() - t0:.1f} s)")
+        manifest[name] = manifest_entry(path)
+        entry = manifest[name]
+        print(f"{name}: {path} {entry['bytes']} bytes, {entry['parameters']} parameters in "
+              f"{entry['float_initializers']} initializers + {entry['float_constant_nodes']} Constant nodes, "
+              f"sha256:{str(entry['sha256'])[:16]} ({time.perf_counter() - t0:.1f} s)")
+    tmp = manifest_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    tmp.replace(manifest_path)
+    print(f"manifest: {manifest_path}")
     return 0
 
 
