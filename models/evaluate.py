@@ -34,10 +34,9 @@ LOAD_MODES = ("auto", "fast", "custom_op", "plain")
 
 def model_size(path: Path) -> int:
     """Bytes a user stores: the .onnx plus every external data file it references."""
-    from onnx_l2c.graph import external_files, load_model
+    from onnx_l2c.graph import model_bytes
 
-    files = external_files(load_model(path), path.parent)
-    return path.stat().st_size + sum(f.stat().st_size for f in files if f.is_file())
+    return model_bytes(path)
 
 
 def is_l2c_model(path: Path) -> bool:

@@ -155,6 +155,12 @@ def external_files(model: onnx.ModelProto, base_dir: Path) -> set[Path]:
     return files
 
 
+def model_bytes(path: Path, model: onnx.ModelProto | None = None) -> int:
+    """What a user stores: the .onnx file plus every external data file it references."""
+    model = model if model is not None else load_model(path)
+    return path.stat().st_size + sum(f.stat().st_size for f in external_files(model, path.parent) if f.is_file())
+
+
 @dataclass
 class Consumer:
     node: onnx.NodeProto

@@ -29,7 +29,8 @@ from .errors import L2CError
 from .files import AlignedWriter, AtomicOutputs
 from .format import (DOMAIN, DTYPE_NAMES, FORMAT_VERSION, OP_TYPE, OPSET, Recipe, bits_to_float32,
                      reconstruct, serialize)
-from .graph import WeightRef, embed_external, external_files, find_weights, iter_graphs, load_model, tensor_bits
+from .graph import (WeightRef, embed_external, external_files, find_weights, iter_graphs, load_model, model_bytes,
+                    tensor_bits)
 
 log = logging.getLogger(__name__)
 
@@ -116,15 +117,14 @@ def compress(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         proto = onnx.ModelProto()
         proto.CopyFrom(model)
         src_dir = Path(base_dir) if base_dir is not None else Path.cwd()
-        source_bytes = proto.ByteSize()
+        source_bytes = proto.ByteSize() + sum(f.stat().st_size for f in external_files(proto, src_dir) if f.is_file())
     else:
         path = Path(model)
         proto = load_model(path)
         src_dir = path.parent
         if output.resolve() == path.resolve():
             raise L2CError(f"{output}: output would overwrite the input model")
-        source_bytes = path.stat().st_size
-    source_bytes += sum(f.stat().st_size for f in external_files(proto, src_dir) if f.is_file())
+        source_bytes = model_bytes(path, proto)
     if any(op.domain == DOMAIN for op in proto.opset_import):
         raise L2CError(f"{model}: already compressed by onnx_l2c (uses domain {DOMAIN})")
 
