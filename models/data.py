@@ -49,6 +49,21 @@ _VARIANTS: tuple[tuple[float, float, float, bool], ...] = (
     (0.75, 0.5, 0.5, True),
     (0.45, 0.5, 0.5, False),
     (0.6, 0.3, 0.5, True),
+    # more views of each photo, so each split has ~250 inputs
+    (0.5, 0.25, 0.25, True),
+    (0.5, 0.25, 0.75, False),
+    (0.5, 0.75, 0.25, True),
+    (0.5, 0.75, 0.75, False),
+    (0.7, 0.35, 0.65, False),
+    (0.7, 0.65, 0.35, True),
+    (0.8, 0.4, 0.4, False),
+    (0.8, 0.6, 0.6, True),
+    (0.55, 0.5, 0.15, False),
+    (0.55, 0.5, 0.85, True),
+    (0.55, 0.15, 0.5, True),
+    (0.55, 0.85, 0.5, False),
+    (0.95, 0.5, 0.5, True),
+    (0.4, 0.45, 0.55, False),
 )
 
 
@@ -166,8 +181,8 @@ def _photos_cached(split: str, per_photo: int) -> np.ndarray:
 def imagenet_photos(split: str, per_photo: int = len(_VARIANTS)) -> np.ndarray:
     """Float32 [N,3,224,224] EfficientNet-Lite inputs from real photos.
 
-    ``per_photo`` (1..10) variants of each source photo, photo-major order; with
-    the default, calibration has 110 images and evaluation 100.
+    ``per_photo`` (1..24) variants of each source photo, photo-major order; with
+    the default, calibration has 264 images and evaluation 240.
     """
     _check_split(split)
     if not 1 <= per_photo <= len(_VARIANTS):
@@ -217,7 +232,7 @@ def _sentence_pool() -> tuple[str, ...]:
     return tuple(sorted(seen, key=lambda s: hashlib.sha1(s.encode()).hexdigest()))
 
 
-def sentences(split: str, n: int = 200) -> list[str]:
+def sentences(split: str, n: int = 250) -> list[str]:
     """``n`` real English sentences (5-40 words) from Python's bundled docs.
 
     Calibration takes the even positions, evaluation the odd positions of a

@@ -75,7 +75,7 @@ def _sha16(path: Path) -> str:
 
 def reference_results(task: Task, original: Path, split: str = "evaluation") -> Any:
     """The original model's results on `split`, cached by file hash."""
-    cache = cache_root() / "refs" / f"{task.name}-{_sha16(original)}-{split}.pkl"
+    cache = cache_root() / "refs" / f"{task.name}-v{task.data_version}-{_sha16(original)}-{split}.pkl"
     if cache.is_file():
         with open(cache, "rb") as fh:
             return pickle.load(fh)

@@ -27,6 +27,7 @@ class Task:
     metrics: Callable[[Any, Any], dict[str, float]]  # (original results, candidate results) -> metrics
     headline: str  # metric key the fidelity bar applies to
     bar: float  # candidate passes when metrics[headline] >= bar
+    data_version: str = "1"  # bump when the task's inputs change: cached reference results are keyed by it
 
 
 def _batched(sess: Session, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
@@ -65,8 +66,8 @@ def _embedding_metrics(ref: np.ndarray, cand: np.ndarray) -> dict[str, float]:
 
 
 TASKS: dict[str, Task] = {
-    "efficientnet_lite0": Task("efficientnet_lite0", _effnet_run, _classifier_metrics, "top1_agreement", 0.99),
-    "minilm": Task("minilm", _minilm_run, _embedding_metrics, "mean_cosine", 0.99),
+    "efficientnet_lite0": Task("efficientnet_lite0", _effnet_run, _classifier_metrics, "top1_agreement", 0.99, "2"),
+    "minilm": Task("minilm", _minilm_run, _embedding_metrics, "mean_cosine", 0.99, "2"),
 }
 
 
