@@ -125,6 +125,8 @@ def compare_model(name: str, workdir: Path, quick: bool, runs: int, peers: list[
             if peer.size_bytes:  # the peer's own notion of stored size (e.g. NNC bitstream + graph)
                 row.size_bytes = peer.size_bytes
                 row.ratio = model_size(original) / peer.size_bytes
+        if row.error:  # exact error text, without this run's temporary folder
+            row.error = row.error.replace(str(workdir), "$WORKDIR")
         rows.append(row)
         log.info("%s %s %s: ratio %s error %s", name, peer.method, peer.params, row.ratio, row.error)
     return rows

@@ -159,7 +159,8 @@ def zstd19_bytes(model: Path) -> int | None:
 
 def bench_model(model: Path, presets: list[str], runs: int, workdir: Path, zstd: bool) -> dict[str, Any]:
     feeds = random_feeds(model)
-    out: dict[str, Any] = {"model": str(model), "bytes": model.stat().st_size, "presets": {}}
+    # the file name only: results are shared, the machine's paths are not
+    out: dict[str, Any] = {"model": model.name, "bytes": model.stat().st_size, "presets": {}}
     if zstd:
         size = zstd19_bytes(model)
         out["zstd19"] = {"bytes": size, "ratio": model.stat().st_size / size} if size else None
