@@ -56,9 +56,9 @@ class Row:
     error: str | None = None
 
 
-def _timings(original: Path, candidate: Path, feeds: dict | None, runs: int) -> tuple[float, float | None]:
-    """(median session-creation seconds of the candidate, its median latency / the original's;
-    None without feeds)."""
+def _timings(base: Any, candidate: Path, feeds: dict | None, runs: int) -> tuple[float, float | None]:
+    """(median session-creation seconds of the candidate, its median latency / the original's
+    session `base`; None without feeds)."""
     create = []
     for _ in range(3):
         start = time.perf_counter()
@@ -66,9 +66,7 @@ def _timings(original: Path, candidate: Path, feeds: dict | None, runs: int) -> 
         create.append(time.perf_counter() - start)
     if feeds is None:
         return statistics.median(create), None
-    base = open_session(original, "plain")
     sess.run(None, feeds)
-    base.run(None, feeds)
     lat_c, lat_o = [], []
     for _ in range(runs):
         for s, acc in ((base, lat_o), (sess, lat_c)):
@@ -78,11 +76,12 @@ def _timings(original: Path, candidate: Path, feeds: dict | None, runs: int) -> 
     return statistics.median(create), statistics.median(lat_c) / statistics.median(lat_o)
 
 
-def _measure(row: Row, name: str, original: Path, candidate: Path, ref: Any, feeds: dict, runs: int) -> Row:
+def _measure(row: Row, name: str, original: Path, candidate: Path, ref: Any, base: Any, feeds: dict | None,
+             runs: int) -> Row:
     try:
         res = evaluate(name, original, candidate, reference=ref)
         row.size_bytes, row.ratio, row.metrics, row.passes = res.size_bytes, res.ratio, res.metrics, res.passes
-        row.create_s, row.latency_ratio = _timings(original, candidate, feeds, runs)
+        row.create_s, row.latency_ratio = _timings(base, candidate, feeds, runs)
     except Exception as exc:  # a peer's model that does not load or run is a finding
         row.error = f"{type(exc).__name__}: {exc}"
     return row
@@ -95,8 +94,9 @@ def compare_model(name: str, workdir: Path, quick: bool, runs: int, peers: list[
     original = zoo_path(name)
     ref = reference_results(TASKS[name], original)
     feeds: dict | None = random_feeds(original)
+    base = open_session(original, "plain")  # the latency reference, opened once per model
     try:
-        open_session(original, "plain").run(None, feeds)
+        base.run(None, feeds)
     except Exception as exc:  # e.g. audio shorter than the model's window: no latency column
         log.warning("%s: no latency measurement, the original does not run on a synthetic input: %s", name, exc)
         feeds = None
@@ -108,7 +108,7 @@ def compare_model(name: str, workdir: Path, quick: bool, runs: int, peers: list[
         start = time.perf_counter()
         onnx_l2c.compress(original, target, **opts)
         row.convert_s = time.perf_counter() - start
-        rows.append(_measure(row, name, original, target, ref, feeds, runs))
+        rows.append(_measure(row, name, original, target, ref, base, feeds, runs))
         log.info("%s %s %s: ratio %.2f %s", name, method, opts, row.ratio or 0, row.metrics)
     try:
         from .peers import run_peers
@@ -121,7 +121,7 @@ def compare_model(name: str, workdir: Path, quick: bool, runs: int, peers: list[
             row.size_bytes = peer.size_bytes
             row.ratio = model_size(original) / peer.size_bytes if peer.size_bytes else None
         elif peer.error is None:
-            row = _measure(row, name, original, peer.path, ref, feeds, runs)
+            row = _measure(row, name, original, peer.path, ref, base, feeds, runs)
             if peer.size_bytes:  # the peer's own notion of stored size (e.g. NNC bitstream + graph)
                 row.size_bytes = peer.size_bytes
                 row.ratio = model_size(original) / peer.size_bytes
