@@ -1,4 +1,4 @@
-"""Payload format v1 (docs/FORMAT.md): recipes, serialization, reconstruction.
+"""Payload format v1/v2 (docs/FORMAT.md): recipes, serialization, reconstruction.
 
 A `Recipe` is the decode program of one tensor: a short list of stages from
 the fixed vocabulary the native decoder implements. `serialize` turns it into
@@ -21,7 +21,11 @@ from . import _native
 from .errors import L2CError
 
 MAGIC = b"L2CP"
+# FORMAT_VERSION is also the model metadata value `onnx_l2c.format`. Payloads
+# are written with the lowest version that holds their stages, so every
+# payload without a transform stage stays version 1, byte for byte.
 FORMAT_VERSION = 1
+FORMAT_VERSION_TRANSFORM = 2  # the first version with the transform stage
 DOMAIN = "ai.onnx_l2c"
 OP_TYPE = "Decode"
 OPSET = 1
@@ -42,6 +46,7 @@ class StageKind(enum.IntEnum):
     CODEBOOK = 3
     CAST = 4
     RAW = 5
+    TRANSFORM = 6
 
 
 @dataclass
@@ -81,7 +86,27 @@ class RawStage:
     rotate: int = 1
 
 
-Stage = EntropyStage | AffineStage | CodebookStage | CastStage | RawStage
+@dataclass
+class TransformStage:
+    """Inverse decorrelating transform: tensor = C · basis (+ mean), in float32.
+
+    C is the affine stage's output read as a rows × k matrix; basis is k × cols.
+    Output element (r, j) lands at flat index r*cols + j (layout 0) or
+    j*rows + r (layout 1). Per element: acc = 0; acc = acc + C[r, i]·basis[i, j]
+    for i = 0..k-1 (separately rounded float32 operations, in that order);
+    then acc = acc + mean[j].
+    """
+
+    rows: int
+    k: int
+    cols: int
+    basis: np.ndarray  # float32 values, k*cols (row-major k × cols)
+    layout: int = 0  # 0: (r, j) -> r*cols + j; 1: (r, j) -> j*rows + r
+    basis_dtype: int = FLOAT  # stored as FLOAT or FLOAT16 (then the values must be exact in float16)
+    mean: np.ndarray | None = None  # float32 [cols]
+
+
+Stage = EntropyStage | AffineStage | CodebookStage | CastStage | RawStage | TransformStage
 
 
 @dataclass
@@ -94,10 +119,28 @@ class Recipe:
     def numel(self) -> int:
         return int(np.prod(self.dims, dtype=np.int64)) if self.dims else 1
 
+    @property
+    def coded(self) -> int:
+        """Element count of the entropy and affine stages: rows*k under a transform, else numel."""
+        for stage in self.stages:
+            if isinstance(stage, TransformStage):
+                return stage.rows * stage.k
+        return self.numel
+
+
+def payload_version(recipe: Recipe) -> int:
+    """Format version a recipe's payload is written with (the lowest that holds its stages)."""
+    if any(isinstance(stage, TransformStage) for stage in recipe.stages):
+        return FORMAT_VERSION_TRANSFORM
+    return FORMAT_VERSION
+
 
 # --------------------------------------------------------------- validate
 
 MAX_CODEBOOK = 65536  # a stream codes at most 65536 distinct indices
+MAX_TRANSFORM_BASIS = 1 << 24  # k*cols: bounds the decoder's basis memory (64 MiB as float32)
+TRANSFORM_LAYOUTS = (0, 1)
+TRANSFORM_BASIS_DTYPES = (FLOAT, FLOAT16)
 
 
 def validate(recipe: Recipe) -> None:
@@ -109,12 +152,19 @@ def validate(recipe: Recipe) -> None:
     kinds = [type(stage) for stage in recipe.stages]
     cast = [CastStage] if recipe.dtype != FLOAT else []
     valid = (kinds == [RawStage] or kinds == [EntropyStage, AffineStage, *cast]
-             or kinds == [EntropyStage, CodebookStage, *cast])
+             or kinds == [EntropyStage, CodebookStage, *cast]
+             or kinds == [EntropyStage, AffineStage, TransformStage, *cast])
     if not valid:
         names = "+".join(k.__name__ for k in kinds) or "none"
+        tail = "+cast" if cast else ""
         raise L2CError(f"invalid stage sequence {names} for {DTYPE_NAMES[recipe.dtype]}; valid: raw, "
-                       f"entropy+affine|codebook{'+cast' if cast else ''}")
-    numel = recipe.numel
+                       f"entropy+affine|codebook{tail}, entropy+affine+transform{tail}")
+    # A transform stage runs after the affine one: entropy and affine then
+    # cover the rows*k coefficients, not the tensor's numel elements.
+    for stage in recipe.stages:
+        if isinstance(stage, TransformStage):
+            _validate_transform(stage, recipe.numel)
+    numel = recipe.coded
     for stage in recipe.stages:
         if isinstance(stage, RawStage):
             if np.asarray(stage.bits).size != numel:
@@ -146,6 +196,43 @@ def validate(recipe: Recipe) -> None:
             raise L2CError(f"cast target {stage.target} differs from the tensor dtype {recipe.dtype}")
 
 
+def _validate_transform(stage: TransformStage, numel: int) -> None:
+    rows, k, cols = stage.rows, stage.k, stage.cols
+    if not all(isinstance(v, (int, np.integer)) for v in (rows, k, cols)):
+        raise L2CError(f"transform stage rows, k, cols must be integers, got {rows!r}, {k!r}, {cols!r}")
+    if not 1 <= k <= cols:
+        raise L2CError(f"transform stage k = {k} must be in 1..cols ({cols})")
+    if k * cols > MAX_TRANSFORM_BASIS:
+        raise L2CError(f"transform stage basis k*cols = {k}*{cols} exceeds {MAX_TRANSFORM_BASIS} values")
+    if rows < 0 or rows * cols != numel:
+        raise L2CError(f"transform stage rows*cols = {rows}*{cols} does not match {numel} elements")
+    if stage.layout not in TRANSFORM_LAYOUTS:
+        raise L2CError(f"transform stage layout {stage.layout} not in {TRANSFORM_LAYOUTS}")
+    if stage.basis_dtype not in TRANSFORM_BASIS_DTYPES:
+        raise L2CError(f"transform stage basis_dtype {stage.basis_dtype}; valid: {FLOAT} (float32), "
+                       f"{FLOAT16} (float16)")
+    # Finite as float32, the type the decoder computes in (a float64 input may overflow it).
+    basis = _basis_float32(stage)
+    if basis.size != k * cols or not np.isfinite(basis).all():
+        raise L2CError(f"transform stage basis needs {k}*{cols} finite values, got {basis.size}")
+    if stage.basis_dtype == FLOAT16:
+        with np.errstate(over="ignore"):
+            half = basis.astype(np.float16).astype(np.float32)
+        if not np.array_equal(half.view(np.uint32), basis.view(np.uint32)):
+            raise L2CError("transform stage basis_dtype float16 needs basis values exactly representable in float16")
+    if stage.mean is not None:
+        with np.errstate(over="ignore"):
+            mean = np.asarray(stage.mean, dtype=np.float32).reshape(-1)
+        if mean.size != cols or not np.isfinite(mean).all():
+            raise L2CError(f"transform stage mean needs {cols} finite values, got {mean.size}")
+
+
+def _basis_float32(stage: TransformStage) -> np.ndarray:
+    """The basis as the decoder uses it: float32, flat row-major k × cols."""
+    with np.errstate(over="ignore"):
+        return np.ascontiguousarray(stage.basis, dtype=np.float32).reshape(-1)
+
+
 # ---------------------------------------------------------------- serialize
 
 def serialize(recipe: Recipe, check: bool = True) -> bytes:
@@ -155,7 +242,7 @@ def serialize(recipe: Recipe, check: bool = True) -> bytes:
     """
     if check:
         validate(recipe)
-    parts = [MAGIC, struct.pack("<HBB", FORMAT_VERSION, recipe.dtype, len(recipe.dims))]
+    parts = [MAGIC, struct.pack("<HBB", payload_version(recipe), recipe.dtype, len(recipe.dims))]
     parts.append(struct.pack(f"<{len(recipe.dims)}Q", *recipe.dims))
     parts.append(struct.pack("<B3x", len(recipe.stages)))
     for stage in recipe.stages:
@@ -169,8 +256,8 @@ def serialize(recipe: Recipe, check: bool = True) -> bytes:
 def _stage_body(stage: Stage, recipe: Recipe) -> tuple[int, bytes]:
     if isinstance(stage, EntropyStage):
         sym = np.ascontiguousarray(stage.symbols, dtype=np.int32).reshape(-1)
-        if sym.size != recipe.numel:
-            raise L2CError(f"entropy stage has {sym.size} symbols for {recipe.numel} elements")
+        if sym.size != recipe.coded:
+            raise L2CError(f"entropy stage has {sym.size} symbols for {recipe.coded} elements")
         lo = int(sym.min()) if sym.size else 0
         hi = int(sym.max()) if sym.size else 0
         alphabet = hi - lo + 1
@@ -196,6 +283,18 @@ def _stage_body(stage: Stage, recipe: Recipe) -> tuple[int, bytes]:
         body = [struct.pack("<BB2x", elem_bytes, stage.rotate)]
         body += [_native.encode_stream(plane, 256) for plane in planes]
         return StageKind.RAW, b"".join(body)
+    if isinstance(stage, TransformStage):
+        has_mean = stage.mean is not None
+        body = [struct.pack("<QIIBBBx", stage.rows, stage.k, stage.cols, stage.layout, stage.basis_dtype,
+                            int(has_mean))]
+        basis = _basis_float32(stage)
+        # validate() checked that float16 holds these values exactly
+        with np.errstate(over="ignore"):
+            stored = basis.astype("<f2") if stage.basis_dtype == FLOAT16 else basis.astype("<f4")
+        body.append(stored.tobytes())
+        if has_mean:
+            body.append(np.ascontiguousarray(stage.mean, dtype="<f4").tobytes())
+        return StageKind.TRANSFORM, b"".join(body)
     raise L2CError(f"unknown stage {type(stage).__name__}")
 
 
@@ -232,6 +331,9 @@ def reconstruct(recipe: Recipe) -> np.ndarray:
         elif isinstance(stage, CodebookStage):
             assert buf is not None and buf.dtype == np.int32
             buf = np.asarray(stage.values, dtype=np.float32)[buf]
+        elif isinstance(stage, TransformStage):
+            assert buf is not None and buf.dtype == np.float32
+            buf = _inverse_transform(buf, stage)
         elif isinstance(stage, CastStage):
             assert buf is not None and buf.dtype == np.float32
             buf = float32_to(buf, stage.target)
@@ -243,6 +345,29 @@ def reconstruct(recipe: Recipe) -> np.ndarray:
                 buf = buf.view(np.float16)
     assert buf is not None
     return buf.reshape(recipe.dims)
+
+
+def _inverse_transform(coefficients: np.ndarray, stage: TransformStage) -> np.ndarray:
+    """FORMAT.md transform, vectorised over (r, j) but in the decoder's per-element order:
+    acc = 0; acc = acc + C[r, i]·B[i, j] for increasing i; acc = acc + mean[j].
+
+    Each numpy float32 elementwise operation is one IEEE binary32 operation
+    rounded to nearest even, as in the native loop, so the bits match; overflow
+    to inf and inf − inf = NaN are the format's defined results, not errors.
+    """
+    c = coefficients.reshape(stage.rows, stage.k)
+    b = _basis_float32(stage).reshape(stage.k, stage.cols)
+    acc = np.zeros((stage.rows, stage.cols), np.float32)
+    product = np.empty_like(acc)
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        for i in range(stage.k):
+            np.multiply(c[:, i:i + 1], b[i:i + 1, :], out=product)
+            np.add(acc, product, out=acc)
+        if stage.mean is not None:
+            np.add(acc, np.asarray(stage.mean, dtype=np.float32).reshape(1, -1), out=acc)
+    if stage.layout == 1:
+        acc = acc.T  # (r, j) lands at j*rows + r
+    return np.ascontiguousarray(acc).reshape(-1)
 
 
 def float32_to(values: np.ndarray, dtype: int) -> np.ndarray:

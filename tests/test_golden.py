@@ -27,7 +27,7 @@ if __name__ == "__main__":  # run as a script from anywhere
 
 from helpers import native_decode, stage_offsets
 from onnx_l2c.format import (BFLOAT16, DTYPE_NAMES, FLOAT, FLOAT16, AffineStage, CastStage, CodebookStage,
-                             EntropyStage, RawStage, Recipe, reconstruct, serialize)
+                             EntropyStage, RawStage, Recipe, TransformStage, reconstruct, serialize)
 
 GOLDEN = Path(__file__).absolute().parent / "data" / "golden"
 EXPECTED = GOLDEN / "expected.json"
@@ -67,6 +67,19 @@ def affine(dims, axis, q, theta, scale, offset=None, cast=None) -> Recipe:
     return Recipe(cast or FLOAT, dims, stages)
 
 
+def transform(rows: int, k: int, cols: int, salt: int, basis: np.ndarray, layout: int = 0,
+              basis_dtype: int = FLOAT, mean=None, cast=None) -> Recipe:
+    """entropy + affine (one scale per coefficient column) + transform [+ cast] of a rows x cols matrix."""
+    q = skewed(rows * k, 6, salt)
+    scale = f32(np.arange(k) + 3, 256)
+    stages = [EntropyStage(q), AffineStage(rows, k, 1, 0.25, scale),
+              TransformStage(rows, k, cols, basis, layout, basis_dtype, mean)]
+    if cast is not None:
+        stages.append(CastStage(cast))
+    dims = (rows, cols) if layout == 0 else (cols, rows)
+    return Recipe(cast or FLOAT, dims, stages)
+
+
 def recipes() -> dict[str, Recipe]:
     c6 = np.arange(6)
     big = f32(np.array([1, 3, 8192 * 4096, 5, 1, 7], np.int64), 4096)  # channel 2 overflows float16
@@ -74,6 +87,8 @@ def recipes() -> dict[str, Recipe]:
     with np.errstate(over="ignore"):
         bits_f16 = floats(200, 5).astype(np.float16).view(np.uint16)
     bits_bf16 = (floats(200, 6).view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+    basis_f32 = f32((hashed(30, 10) % np.uint64(20001)).astype(np.int64) - 10000, 4099)  # full mantissas
+    basis_f16 = f32((hashed(64, 11) % np.uint64(2049)).astype(np.int64) - 1024, 1024)  # exact in float16
     return {
         "affine_theta_offset": affine((4, 6, 8), 1, skewed(192, 5, 1), 0.25, f32(c6 + 1, 128), f32(c6 - 3, 1000)),
         "codebook": Recipe(FLOAT, (10, 25), [EntropyStage((hashed(250, 2) >> np.uint64(28)).astype(np.int32)),
@@ -89,6 +104,9 @@ def recipes() -> dict[str, Recipe]:
         "stream_stored": affine((3, 100), 0, (hashed(300, 8) >> np.uint64(24)).astype(np.int32) - 128, 0.0,
                                 f32([1, 2, 3], 256)),
         "stream_rans": affine((20, 20), 1, skewed(400, 5, 9), 0.45, f32(np.arange(20) + 10, 1024)),
+        "transform_mean": transform(12, 3, 10, 12, basis_f32, mean=f32(np.arange(10) - 5, 7)),
+        "transform_float16_layout1_cast": transform(9, 4, 16, 13, basis_f16, layout=1, basis_dtype=FLOAT16,
+                                                    cast=FLOAT16),
     }
 
 
@@ -150,6 +168,15 @@ def test_native_decodes_golden(name, expected):
 @pytest.mark.parametrize("name", NAMES)
 def test_reconstruct_is_golden(name, expected):
     assert digest(reconstruct(recipes()[name])) == expected[name]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_payload_version(name):
+    """Version 2 exactly for payloads with a transform stage (FORMAT.md, Versions)."""
+    payload = (GOLDEN / f"{name}.bin").read_bytes()
+    has_transform = any(kind == 6 for kind, _, _ in stage_offsets(payload))
+    assert int.from_bytes(payload[4:6], "little") == (2 if has_transform else 1)
+    assert has_transform == name.startswith("transform")
 
 
 @pytest.mark.parametrize("name", sorted(STREAM_MODES))

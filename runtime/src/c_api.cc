@@ -39,7 +39,7 @@ extern "C" {
 
 L2C_API const char* l2c_version(void) { return "1.0.0"; }
 
-L2C_API int l2c_format_version(void) { return 1; }
+L2C_API int l2c_format_version(void) { return l2c::kMaxFormatVersion; }
 
 L2C_API int l2c_payload_info(const uint8_t* payload, size_t payload_size, int32_t* dtype,
                              int32_t* ndim, int64_t* dims, uint64_t* out_bytes, char* err,

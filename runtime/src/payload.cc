@@ -8,7 +8,6 @@ namespace l2c {
 namespace {
 
 constexpr uint64_t kMaxNumel = uint64_t(1) << 40;
-constexpr int kFormatVersion = 1;
 
 const char* stage_name(uint8_t kind) {
   switch (kind) {
@@ -17,6 +16,7 @@ const char* stage_name(uint8_t kind) {
     case kCodebook: return "codebook";
     case kCast: return "cast";
     case kRaw: return "raw";
+    case kTransform: return "transform";
     default: return "unknown";
   }
 }
@@ -48,6 +48,88 @@ std::vector<float> read_finite(Reader& r, uint32_t n, const std::string& what, c
   return v;
 }
 
+// float16 bits -> float32, exactly (every float16 value is a float32 value).
+float f16_to_f32(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1fu;
+  const uint32_t man = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (man << 13);  // inf / NaN
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112) << 23) | (man << 13);  // rebias 15 -> 127
+  } else if (man == 0) {
+    bits = sign;  // ±0
+  } else {
+    // Subnormal half, man * 2^-24: a normal float32. Normalised with integer
+    // operations only, so a host with flush-to-zero / denormals-are-zero set
+    // still gets the exact value.
+    // After s shifts m has bit 10 set and the value is (m / 2^10) * 2^(-14 - s).
+    uint32_t e = 127 - 14;  // float32 biased exponent, one less per shift
+    uint32_t m = man;
+    while (!(m & 0x400u)) {
+      m <<= 1;
+      --e;
+    }
+    bits = sign | (e << 23) | ((m & 0x3ffu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+std::vector<float> read_finite_f16(Reader& r, uint32_t n, const std::string& what, const char* field) {
+  const uint8_t* b = r.take(size_t(n) * 2, what.c_str());
+  std::vector<float> v(n);
+  for (uint32_t i = 0; i < n; ++i) {
+    v[i] = f16_to_f32(static_cast<uint16_t>(b[2 * i] | (b[2 * i + 1] << 8)));
+    if (!std::isfinite(v[i]))
+      corrupt(what + ": " + field + "[" + std::to_string(i) + "] is not finite");
+  }
+  return v;
+}
+
+// The transform body (FORMAT.md "transform"), everything that does not
+// depend on the stage's place in the sequence. Sets p->coded = rows*k.
+void parse_transform(Reader& body, const std::string& what, Plan* p) {
+  const char* w = what.c_str();
+  p->rows = body.u64(w);
+  p->k = body.u32(w);
+  p->cols = body.u32(w);
+  const uint8_t layout = body.u8(w);
+  const uint8_t basis_dtype = body.u8(w);
+  const uint8_t has_mean = body.u8(w);
+  body.reserved(1, w);
+  if (p->k < 1 || p->k > p->cols)
+    corrupt(what + ": k = " + std::to_string(p->k) + " must be in 1..cols (" +
+            std::to_string(p->cols) + ")");
+  const uint64_t nbasis = uint64_t(p->k) * p->cols;  // both < 2^32: no overflow
+  if (nbasis > kMaxTransformBasis)
+    corrupt(what + ": basis k*cols = " + std::to_string(p->k) + "*" + std::to_string(p->cols) +
+            " exceeds 2^24 values");
+  uint64_t prod;
+  if (mul_overflow(p->rows, p->cols, &prod) || prod != p->numel)
+    corrupt(what + ": rows*cols = " + std::to_string(p->rows) + "*" + std::to_string(p->cols) +
+            " does not match " + std::to_string(p->numel) + " elements");
+  if (layout > 1) corrupt(what + ": layout " + std::to_string(layout) + " is not 0 or 1");
+  if (basis_dtype != kFloat32 && basis_dtype != kFloat16)
+    corrupt(what + ": basis_dtype " + std::to_string(basis_dtype) +
+            " is not 1 (float32) or 10 (float16)");
+  if (has_mean > 1) corrupt(what + ": has_mean must be 0 or 1");
+  p->layout = layout;
+  p->has_mean = has_mean == 1;
+  // Size check before allocating: a hostile header cannot make us reserve
+  // memory that the body does not back.
+  const size_t esize = basis_dtype == kFloat32 ? 4 : 2;
+  body.need(size_t(nbasis) * esize + (p->has_mean ? size_t(p->cols) * 4 : 0), w);
+  const uint32_t n = static_cast<uint32_t>(nbasis);
+  p->basis = basis_dtype == kFloat32 ? read_finite(body, n, what, "basis")
+                                     : read_finite_f16(body, n, what, "basis");
+  if (p->has_mean) p->mean = read_finite(body, p->cols, what, "mean");
+  p->coded = p->rows * p->k;  // <= rows*cols = numel, as k <= cols
+  p->has_transform = true;
+}
+
 // Buffer type between stages (the state of FORMAT.md's decoding model).
 enum Buf { kNone, kInt32, kF32, kDtype };
 
@@ -57,7 +139,7 @@ void parse_stage(Reader& body, uint8_t kind, const std::string& what, Plan* p, B
     case kEntropy: {
       if (*buf != kNone) corrupt(what + ": entropy must be the first stage");
       p->symbol_offset = static_cast<int32_t>(body.u32(w));
-      parse_stream(body, p->numel, what, &p->symbols);
+      parse_stream(body, p->coded, what, &p->symbols);
       if (static_cast<int64_t>(p->symbols.max_index) + p->symbol_offset > INT32_MAX)
         corrupt(what + ": symbol_offset " + std::to_string(p->symbol_offset) +
                 " + index overflows int32");
@@ -74,10 +156,10 @@ void parse_stage(Reader& body, uint8_t kind, const std::string& what, Plan* p, B
       body.reserved(3, w);
       uint64_t prod;
       if (p->channels == 0 || mul_overflow(p->outer, p->channels, &prod) ||
-          mul_overflow(prod, p->inner, &prod) || prod != p->numel)
+          mul_overflow(prod, p->inner, &prod) || prod != p->coded)
         corrupt(what + ": outer*channels*inner = " + std::to_string(p->outer) + "*" +
                 std::to_string(p->channels) + "*" + std::to_string(p->inner) +
-                " does not match " + std::to_string(p->numel) + " elements");
+                " does not match " + std::to_string(p->coded) + " elements");
       if (!(p->theta >= 0.0f && p->theta < 1.0f))  // also rejects NaN
         corrupt(what + ": theta must be in [0, 1)");
       if (has_offset > 1) corrupt(what + ": has_offset must be 0 or 1");
@@ -126,9 +208,16 @@ void parse_stage(Reader& body, uint8_t kind, const std::string& what, Plan* p, B
       *buf = kDtype;
       return;
     }
+    case kTransform: {
+      // The body was parsed up front (parse_transform); only its place is checked here.
+      if (*buf != kF32 || p->kinds.empty() || p->kinds.back() != kAffine)
+        corrupt(what + ": transform needs float32 coefficients from an affine stage");
+      body.take(body.remaining(), w);
+      return;
+    }
     default:
       fail(L2C_E_VERSION, what + ": unknown stage kind " + std::to_string(kind) +
-                              " (this library knows 1..5)");
+                              " (this library knows 1..6)");
   }
 }
 
@@ -289,6 +378,79 @@ void execute_raw(const Plan& p, uint8_t* out) {
   for (auto& d : dec) d.finish();
 }
 
+// ------------------------------------------------------------ transform
+
+constexpr uint64_t kCoefBlock = 1 << 14;  // coefficients decoded per block (rows of C)
+constexpr uint32_t kColTile = 256;        // output columns per accumulator tile (1 KiB)
+
+// Stores acc[0..n) as output elements (r, j0..j0+n) in the plan's layout and dtype.
+void emit_tile(const Plan& p, uint8_t* out, uint64_t r, uint32_t j0, uint32_t n, const float* acc) {
+  // layout 0: (r, j) -> r*cols + j; layout 1: (r, j) -> j*rows + r. Both < numel.
+  const uint64_t first = p.layout == 0 ? r * p.cols + j0 : uint64_t(j0) * p.rows + r;
+  const uint64_t stride = p.layout == 0 ? 1 : p.rows;
+  uint32_t bits;
+  for (uint32_t t = 0; t < n; ++t) {
+    const uint64_t at = first + t * stride;
+    std::memcpy(&bits, &acc[t], 4);
+    if (p.dtype == kFloat32)
+      store<uint32_t>(out, at, bits);
+    else if (p.dtype == kFloat16)
+      store<uint16_t>(out, at, f32_to_f16(bits));
+    else
+      store<uint16_t>(out, at, f32_to_bf16(bits));
+  }
+}
+
+// entropy -> affine -> transform [-> cast]. Coefficient rows are decoded a
+// block at a time; each output element is computed exactly as FORMAT.md says:
+// acc = 0; acc = acc + C[r,i]*B[i,j] for i = 0..k-1 (product and sum rounded
+// separately: the library is built with -ffp-contract=off); acc = acc + mean[j].
+// The loops run row block, column tile, row, i, j: the per-element order is
+// unchanged and the innermost loop over j vectorises without reassociating.
+void execute_transform(const Plan& p, uint8_t* out) {
+  const uint32_t k = p.k, cols = p.cols;
+  const uint64_t block_rows = std::max<uint64_t>(1, kCoefBlock / k);
+  const uint64_t block = std::min<uint64_t>(block_rows, p.rows) * k;
+  std::vector<int32_t> sym(block);
+  std::vector<float> coef(block);
+  const float* basis = p.basis.data();
+  const float* mean = p.has_mean ? p.mean.data() : nullptr;
+  alignas(64) float acc[kColTile];
+  StreamDecoder dec(p.symbols, p.symbol_offset, "stage 1 (entropy)");
+  for (uint64_t r0 = 0; r0 < p.rows; r0 += block_rows) {
+    const uint64_t nr = std::min(block_rows, p.rows - r0);
+    const uint64_t n = nr * k;
+    dec.next(sym.data(), n);
+    try {
+      affine_range(p, reinterpret_cast<const uint8_t*>(sym.data()),
+                   reinterpret_cast<uint8_t*>(coef.data()), r0 * k, r0 * k + n);
+    } catch (const Error& e) {
+      corrupt(std::string("stage 2 (affine): ") + e.what());
+    }
+    // Column tile outside the block's rows: the basis columns of one tile
+    // (k x kColTile floats) stay in cache for every row of the block.
+    for (uint32_t j0 = 0; j0 < cols; j0 += kColTile) {
+      const uint32_t nj = std::min(kColTile, cols - j0);
+      for (uint64_t r = 0; r < nr; ++r) {
+        const float* c = coef.data() + r * k;
+        for (uint32_t t = 0; t < nj; ++t) acc[t] = 0.0f;
+        for (uint32_t i = 0; i < k; ++i) {
+          const float ci = c[i];
+          const float* b = basis + size_t(i) * cols + j0;
+          for (uint32_t t = 0; t < nj; ++t) {
+            const float prod = ci * b[t];
+            acc[t] = acc[t] + prod;
+          }
+        }
+        if (mean)
+          for (uint32_t t = 0; t < nj; ++t) acc[t] = acc[t] + mean[j0 + t];
+        emit_tile(p, out, r0 + r, j0, nj, acc);
+      }
+    }
+  }
+  dec.finish();
+}
+
 }  // namespace
 
 const char* dtype_name(int dtype) {
@@ -321,9 +483,10 @@ void parse_payload(const uint8_t* data, size_t size, Plan* p) {
   r.take(4, hw);
   if (!magic_ok) fail(L2C_E_VERSION, "bad magic (not an onnx_l2c payload)");
   const uint16_t version = r.u16(hw);
-  if (version != kFormatVersion)
+  if (version < kMinFormatVersion || version > kMaxFormatVersion)
     fail(L2C_E_VERSION, "unsupported format version " + std::to_string(version) +
-                            " (this library reads " + std::to_string(kFormatVersion) + ")");
+                            " (this library reads 1 and 2)");
+  p->version = version;
   p->dtype = r.u8(hw);
   if (p->dtype != kFloat32 && p->dtype != kFloat16 && p->dtype != kBFloat16)
     corrupt("unsupported dtype " + std::to_string(p->dtype) + " (expected 1, 10 or 16)");
@@ -338,12 +501,22 @@ void parse_payload(const uint8_t* data, size_t size, Plan* p) {
   if (overflow || numel > kMaxNumel)
     corrupt("declared shape " + shape_str(*p) + " exceeds 2^40 elements");
   p->numel = numel;
+  p->coded = numel;
   p->out_bytes = numel * elem_size(p->dtype);
   const int nstages = r.u8(hw);
   r.reserved(3, hw);
   if (nstages < 1 || nstages > 8) corrupt("nstages " + std::to_string(nstages) + " not in 1..8");
 
-  Buf buf = kNone;
+  // Frame every stage first: a transform stage fixes the element count of
+  // the stages before it (rows*k instead of numel), so its body is parsed
+  // before theirs.
+  struct Framed {
+    uint8_t kind;
+    const uint8_t* body;
+    uint32_t size;
+    std::string what;
+  };
+  std::vector<Framed> stages;
   for (int k = 1; k <= nstages; ++k) {
     const std::string where = "stage " + std::to_string(k);
     const uint8_t kind = r.u8(where.c_str());
@@ -353,11 +526,27 @@ void parse_payload(const uint8_t* data, size_t size, Plan* p) {
     if (body_size > r.remaining())
       corrupt(what + ": body truncated: needs " + std::to_string(body_size) + " bytes, " +
               std::to_string(r.remaining()) + " remain");
-    Reader b(r.take(body_size, what.c_str()), body_size);
-    parse_stage(b, kind, what, p, &buf);
+    stages.push_back({kind, r.take(body_size, what.c_str()), body_size, what});
+  }
+  for (const Framed& st : stages) {
+    if (st.kind != kTransform) continue;
+    if (p->version < kTransformFormatVersion)
+      fail(L2C_E_VERSION, st.what + ": the transform stage needs format version " +
+                              std::to_string(kTransformFormatVersion) + ", the payload is version " +
+                              std::to_string(p->version));
+    if (p->has_transform) corrupt(st.what + ": more than one transform stage");
+    Reader b(st.body, st.size);
+    parse_transform(b, st.what, p);
     if (b.remaining())
-      corrupt(what + ": " + std::to_string(b.remaining()) + " unused bytes at the end of the body");
-    p->kinds.push_back(kind);
+      corrupt(st.what + ": " + std::to_string(b.remaining()) + " unused bytes at the end of the body");
+  }
+  Buf buf = kNone;
+  for (const Framed& st : stages) {
+    Reader b(st.body, st.size);
+    parse_stage(b, st.kind, st.what, p, &buf);
+    if (b.remaining())
+      corrupt(st.what + ": " + std::to_string(b.remaining()) + " unused bytes at the end of the body");
+    p->kinds.push_back(st.kind);
   }
   const bool complete = buf == kDtype || (buf == kF32 && p->dtype == kFloat32);
   if (!complete) {
@@ -373,6 +562,10 @@ void execute(const Plan& p, void* out_v) {
   uint8_t* out = static_cast<uint8_t*>(out_v);
   if (p.kinds[0] == kRaw) {
     execute_raw(p, out);
+    return;
+  }
+  if (p.has_transform) {
+    execute_transform(p, out);
     return;
   }
   // entropy -> affine|codebook [-> cast], chunk by chunk.

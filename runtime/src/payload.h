@@ -9,17 +9,28 @@
 
 namespace l2c {
 
-enum StageKind : uint8_t { kEntropy = 1, kAffine = 2, kCodebook = 3, kCast = 4, kRaw = 5 };
+enum StageKind : uint8_t { kEntropy = 1, kAffine = 2, kCodebook = 3, kCast = 4, kRaw = 5, kTransform = 6 };
 enum DType : int { kFloat32 = 1, kFloat16 = 10, kBFloat16 = 16 };
+
+// Payload format versions this library reads: 1, and 2 (adds the transform stage).
+constexpr int kMinFormatVersion = 1;
+constexpr int kMaxFormatVersion = 2;
+constexpr int kTransformFormatVersion = 2;
+// Largest transform basis (k*cols values): bounds its memory to 64 MiB.
+constexpr uint64_t kMaxTransformBasis = uint64_t(1) << 24;
 
 // A fully validated payload: everything but the data-dependent checks
 // (rANS consumption, codebook index range) is verified by parse_payload.
 struct Plan {
+  int version = 0;
   int dtype = 0;
   int ndim = 0;
   uint64_t dims[L2C_MAX_DIMS] = {};
   uint64_t numel = 0;
   uint64_t out_bytes = 0;
+  // Element count of the entropy and affine/codebook stages: numel, or
+  // rows*k when a transform stage follows them.
+  uint64_t coded = 0;
   std::vector<uint8_t> kinds;
 
   // entropy
@@ -36,6 +47,13 @@ struct Plan {
   // raw
   uint32_t elem_bytes = 0, rotate = 0;
   Stream planes[4];
+  // transform: out(r, j) = sum_i C[r*k + i] * basis[i*cols + j] (+ mean[j])
+  bool has_transform = false;
+  uint64_t rows = 0;
+  uint32_t k = 0, cols = 0;
+  uint8_t layout = 0;  // 0: (r, j) -> r*cols + j; 1: (r, j) -> j*rows + r
+  bool has_mean = false;
+  std::vector<float> basis, mean;  // basis: k*cols, row-major; mean: cols
 };
 
 // Verifies the CRC, then parses and validates header and stages.
