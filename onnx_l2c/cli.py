@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .config import OPTIONS, Preset
+from .config import OPTIONS, Preset, Search
 from .errors import L2CError
 
 
@@ -28,18 +28,27 @@ def _human(n: float) -> str:
 
 def _add_option_flags(parser: argparse.ArgumentParser) -> None:
     for spec in OPTIONS:
-        flag = "--" + spec.name.replace("_", "-")
-        if spec.type is Preset:
-            parser.add_argument(flag, choices=[p.value for p in Preset], default=None,
+        if not spec.cli:
+            continue
+        flag = spec.flag or "--" + spec.name.replace("_", "-")
+        if spec.type in (Preset, Search):
+            parser.add_argument(flag, dest=spec.name, choices=[p.value for p in spec.type], default=None,
                                 help=f"{spec.help} (default: {spec.default.value})")
+        elif spec.type in (tuple, Path, object):
+            default = ",".join(spec.default) if spec.type is tuple else "none"
+            parser.add_argument(flag, dest=spec.name, type=str, default=None,
+                                metavar="LIST" if spec.type is tuple else "PATH",
+                                help=f"{spec.help} (default: {default})")
         else:
             default = "none" if spec.default is None else spec.default
-            parser.add_argument(flag, type=spec.type, default=None, metavar=spec.type.__name__.upper(),
+            parser.add_argument(flag, dest=spec.name, type=spec.type, default=None,
+                                metavar=spec.type.__name__.upper(),
                                 help=f"{spec.help} (default: {default})")
 
 
 def _option_values(args: argparse.Namespace) -> dict[str, Any]:
-    return {spec.name: getattr(args, spec.name) for spec in OPTIONS if getattr(args, spec.name) is not None}
+    return {spec.name: getattr(args, spec.name) for spec in OPTIONS
+            if spec.cli and getattr(args, spec.name) is not None}
 
 
 class _Bar:
@@ -70,15 +79,6 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         result = compress(args.model, args.output, progress=bar, **_option_values(args))
     finally:
         bar.close()
-    if args.report:
-        report = {
-            "input": str(args.model), "output": str(result.output), "sidecar": str(result.sidecar),
-            "source_bytes": result.source_bytes, "graph_bytes": result.graph_bytes,
-            "sidecar_bytes": result.sidecar_bytes, "ratio": result.ratio, "seconds": result.seconds,
-            "options": result.options, "skipped_small": result.skipped_small,
-            "tensors": [asdict(t) | {"bits_per_weight": t.bits_per_weight} for t in result.tensors],
-        }
-        Path(args.report).write_text(json.dumps(report, indent=2))
     if not args.quiet:
         methods: dict[str, int] = {}
         for t in result.tensors:
@@ -140,7 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="input .onnx (external data allowed)")
     p.add_argument("output", help="output .onnx; the sidecar OUTPUT.l2c is written beside it")
     _add_option_flags(p)
-    p.add_argument("--report", metavar="JSON", help="write a per-tensor report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing")
     p.set_defaults(func=_cmd_compress)
 

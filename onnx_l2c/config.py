@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .errors import L2CError
@@ -32,6 +33,37 @@ class Preset(str, enum.Enum):
             raise L2CError(f"unknown preset {value!r}; valid presets: {choices}") from None
 
 
+class Search(str, enum.Enum):
+    """How the global allocator searches (see onnx_l2c/allocate.py)."""
+
+    LAGRANGE = "lagrange"  # one Lagrange multiplier across all tensors
+    PATH = "path"  # FITCompress's greedy path through compression space
+
+    @classmethod
+    def parse(cls, value: "Search | str") -> "Search":
+        if isinstance(value, Search):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            choices = ", ".join(p.value for p in cls)
+            raise L2CError(f"unknown search {value!r}; valid searches: {choices}") from None
+
+
+# Methods `--methods` can select (each a registered pass in passes/).
+METHODS = ("uniform", "rounding", "mixed")
+DEFAULT_METHODS = ("rounding", "mixed")
+
+
+def parse_methods(value: "str | tuple[str, ...] | list[str]") -> tuple[str, ...]:
+    names = [n.strip() for n in value.split(",")] if isinstance(value, str) else [str(n) for n in value]
+    names = [n for n in names if n]
+    bad = [n for n in names if n not in METHODS]
+    if bad or not names:
+        raise L2CError(f"unknown method(s) {bad or names!r}; valid methods: {', '.join(METHODS)}")
+    return tuple(dict.fromkeys(names))
+
+
 @dataclass(frozen=True)
 class OptionSpec:
     """One option: its name, type, default, bounds and help text."""
@@ -42,6 +74,8 @@ class OptionSpec:
     help: str
     minimum: float | None = None
     maximum: float | None = None
+    flag: str | None = None  # CLI flag when it differs from --name
+    cli: bool = True  # False: API only
 
 
 OPTIONS: tuple[OptionSpec, ...] = (
@@ -59,6 +93,25 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("workers", int, 0,
                "threads for encoding (0 = one per CPU core)",
                minimum=0),
+    OptionSpec("target_ratio", float, None,
+               "compress to this ratio (original bytes / output bytes, measured on the written files)",
+               minimum=1.0),
+    OptionSpec("target_size", int, None,
+               "compress to this many bytes (graph + sidecar)",
+               minimum=1),
+    OptionSpec("calibration_data", object, None,
+               "calibration samples: an .npz (one array per graph input, leading sample axis) or a folder "
+               "of per-sample .npz files; the API also takes any iterable of {input: array} dicts or a "
+               "CalibrationDataReader", flag="--calibration"),
+    OptionSpec("calibration_samples", int, 128,
+               "calibration samples to use", minimum=1),
+    OptionSpec("methods", tuple, DEFAULT_METHODS,
+               f"comma-separated methods for a size target: {', '.join(METHODS)}"),
+    OptionSpec("search", Search, Search.LAGRANGE,
+               "global allocation search: lagrange (one multiplier) or path (FITCompress greedy path)"),
+    OptionSpec("report", Path, None,
+               "write a JSON report (per-tensor method, parameters, bits, sparsity, shares) and a PNG "
+               "of the allocation beside it"),
 )
 
 
@@ -71,6 +124,21 @@ class CompressOptions:
     dead_zone: float = 0.15
     min_elements: int = 1024
     workers: int = 0
+    target_ratio: float | None = None
+    target_size: int | None = None
+    calibration_data: Any = None
+    calibration_samples: int = 128
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    search: Search = Search.LAGRANGE
+    report: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.target_ratio is not None and self.target_size is not None:
+            raise L2CError("give target_ratio or target_size, not both")
+
+    @property
+    def has_target(self) -> bool:
+        return self.target_ratio is not None or self.target_size is not None
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "CompressOptions":
@@ -96,14 +164,30 @@ class CompressOptions:
         return None
 
     def as_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["preset"] = self.preset.value
+        out["search"] = self.search.value
+        out["methods"] = list(self.methods)
+        out["report"] = str(self.report) if self.report is not None else None
+        data = self.calibration_data
+        out["calibration_data"] = (None if data is None else str(data) if isinstance(data, (str, Path))
+                                   else type(data).__name__)
         return out
 
 
 def _coerce(spec: OptionSpec, value: Any) -> Any:
     if spec.type is Preset:
         return Preset.parse(value)
+    if spec.type is Search:
+        return Search.parse(value)
+    if spec.type is tuple:
+        return parse_methods(value)
+    if spec.type is Path:
+        if not isinstance(value, (str, Path)):
+            raise L2CError(f"option {spec.name!r} must be a path, got {value!r}")
+        return Path(value)
+    if spec.type is object:
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise L2CError(f"option {spec.name!r} must be a number, got {value!r}")
     if spec.type is int and int(value) != value:

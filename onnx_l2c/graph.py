@@ -45,6 +45,9 @@ class WeightRef:
     constant_node: onnx.NodeProto | None = None  # set for Constant-node weights
     channel_axis: int | None = None  # output-channel axis from the consuming op
     consumer: str | None = None  # op type of the consuming op (after passthroughs)
+    consumer_node: onnx.NodeProto | None = None  # that op (for calibration statistics)
+    consumer_input: int = -1  # which of its inputs the weight is
+    transposed: bool = False  # reaches the consumer through a Transpose
 
     @property
     def dtype(self) -> int:
@@ -191,7 +194,16 @@ def _attr_int(node: onnx.NodeProto, name: str, default: int) -> int:
     return default
 
 
-def _channel_axis(name: str, rank: int, uses: dict[str, list[Consumer]], depth: int = 0) -> tuple[int | None, str | None]:
+@dataclass
+class ConsumerInfo:
+    axis: int | None = None
+    op: str | None = None
+    node: onnx.NodeProto | None = None
+    index: int = -1
+    transposed: bool = False
+
+
+def _channel_axis(name: str, rank: int, uses: dict[str, list[Consumer]], depth: int = 0) -> ConsumerInfo:
     """Output-channel axis of `name` as seen by its first weight-consuming op.
 
     Conv: axis 0; ConvTranspose: 1; MatMul B: last, A: second-to-last;
@@ -199,7 +211,7 @@ def _channel_axis(name: str, rank: int, uses: dict[str, list[Consumer]], depth: 
     LSTM/GRU/RNN W and R: 1 (gate rows). Through Cast/Identity/Transpose.
     """
     if depth > 8 or rank == 0:
-        return None, None
+        return ConsumerInfo()
     for use in uses.get(name, []):
         op, i, node = use.node.op_type, use.index, use.node
         if use.node.domain not in ("", "ai.onnx"):
@@ -219,17 +231,18 @@ def _channel_axis(name: str, rank: int, uses: dict[str, list[Consumer]], depth: 
         elif op in _RNN_OPS and i in (1, 2) and rank == 3:
             axis = 1
         elif op in _PASSTHROUGH and i == 0:
-            inner, cons = _channel_axis(node.output[0], rank, uses, depth + 1)
-            if inner is not None and op == "Transpose":
+            info = _channel_axis(node.output[0], rank, uses, depth + 1)
+            if info.axis is not None and op == "Transpose":
                 perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
                 perm = perm or list(reversed(range(rank)))
-                inner = perm[inner] if len(perm) == rank else None
-            if inner is not None:
-                return inner, cons
+                info.axis = perm[info.axis] if len(perm) == rank else None
+                info.transposed = True
+            if info.axis is not None:
+                return info
             continue
         if axis is not None:
-            return axis, op
-    return None, None
+            return ConsumerInfo(axis, op, node, i)
+    return ConsumerInfo()
 
 
 def find_weights(model: onnx.ModelProto, min_elements: int) -> WeightAnalysis:
@@ -255,6 +268,8 @@ def find_weights(model: onnx.ModelProto, min_elements: int) -> WeightAnalysis:
             if w.numel < min_elements:
                 out.skipped_small += 1
                 continue
-            w.channel_axis, w.consumer = _channel_axis(name, len(w.shape), uses)
+            info = _channel_axis(name, len(w.shape), uses)
+            w.channel_axis, w.consumer = info.axis, info.op
+            w.consumer_node, w.consumer_input, w.transposed = info.node, info.index, info.transposed
             out.weights.append(w)
     return out

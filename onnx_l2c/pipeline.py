@@ -22,6 +22,7 @@ import onnx
 
 from onnx_l2c.passes import TensorInput, WeightTransform
 from onnx_l2c.passes.lossless import Lossless
+from onnx_l2c.passes.mixed import MixedPrecision
 from onnx_l2c.passes.uniform import Uniform
 
 from .config import CompressOptions
@@ -48,6 +49,8 @@ class TensorReport:
     original_bytes: int
     payload_bytes: int
     rel_rmse: float  # ‖Ŵ − W‖ / ‖W‖ (0 for lossless)
+    sparsity: float = 0.0  # fraction of weights decoded as exactly zero
+    params: dict[str, Any] | None = None  # the method's parameters, when planned
 
     @property
     def bits_per_weight(self) -> float:
@@ -66,6 +69,7 @@ class CompressResult:
     options: dict[str, Any]
     tensors: list[TensorReport] = field(default_factory=list)
     skipped_small: int = 0
+    plan: dict[str, Any] | None = None  # size-target planning summary (see onnx_l2c/report.py)
 
     @property
     def output_bytes(self) -> int:
@@ -87,18 +91,24 @@ def _methods(opts: CompressOptions) -> tuple[WeightTransform | None, WeightTrans
 
 
 def _encode(w: WeightRef, base_dir: Path, lossy: WeightTransform | None,
-            lossless: WeightTransform) -> tuple[bytes, TensorReport]:
+            lossless: WeightTransform, planned: WeightTransform | None = None) -> tuple[bytes, TensorReport]:
     bits = tensor_bits(w.tensor, base_dir)
     tensor = TensorInput(w.name, w.dtype, w.shape, bits, w.channel_axis)
-    method = lossy if lossy is not None and lossy.applies_to(tensor) else lossless
+    if planned is not None:
+        method = planned
+    else:
+        method = lossy if lossy is not None and lossy.applies_to(tensor) else lossless
     recipe: Recipe = method.encode(tensor)
     payload = serialize(recipe)
-    rel = 0.0
+    rel, sparsity = 0.0, 0.0
     if not method.lossless:
         ref = tensor.values.astype(np.float64)
         rec = bits_to_float32(np.asarray(reconstruct(recipe)).view(bits.dtype), w.dtype).reshape(w.shape)
         rel = float(np.linalg.norm(rec - ref) / max(np.linalg.norm(ref), 1e-30))
-    report = TensorReport(w.name, method.name, DTYPE_NAMES[w.dtype], w.shape, w.nbytes, len(payload), rel)
+        sparsity = float((rec == 0).mean())
+    params = method.params.describe() if isinstance(method, MixedPrecision) else None
+    report = TensorReport(w.name, method.name, DTYPE_NAMES[w.dtype], w.shape, w.nbytes, len(payload), rel,
+                          sparsity, params)
     return payload, report
 
 
@@ -129,10 +139,55 @@ def compress(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         raise L2CError(f"{model}: already compressed by onnx_l2c (uses domain {DOMAIN})")
 
     analysis = find_weights(proto, opts.min_elements)
+    workers = opts.workers or os.cpu_count() or 1
+    if not opts.has_target:
+        result = _write(proto, analysis, src_dir, output, opts, source_bytes, workers, progress, start, None)
+        if opts.report is not None:
+            from .report import write_report
+
+            write_report(result, None, None, opts.report)
+        return result
+
+    from . import plan as planning
+    from .report import plan_summary, write_report
+
+    ctx = planning.build_context(proto, src_dir, analysis.weights, opts, workers)
+    budget = planning.budget_for(opts, source_bytes)
+    pristine = onnx.ModelProto()
+    pristine.CopyFrom(proto)
+    result: CompressResult | None = None
+    for attempt in range(3):
+        allocation = ctx.allocate(budget, opts.search.value)
+        methods = {name: ctx.method_for(name, option) for name, option in allocation.chosen.items()}
+        work = onnx.ModelProto()
+        work.CopyFrom(pristine)
+        work_analysis = find_weights(work, opts.min_elements)
+        result = _write(work, work_analysis, src_dir, output, opts, source_bytes, workers, progress, start,
+                        methods)
+        # The payload sizes are exact; the graph's size was estimated. Correct
+        # the estimate by what the written files show and re-allocate if the
+        # output misses the budget by more than 1%.
+        miss = result.output_bytes - budget
+        if abs(miss) <= 0.01 * budget or allocation.total_bytes == 0:
+            break
+        predicted = allocation.total_bytes + ctx.fixed_bytes
+        ctx.fixed_bytes += result.output_bytes - predicted
+        log.info("output %d bytes for a budget of %d; re-allocating (attempt %d)", result.output_bytes, budget,
+                 attempt + 2)
+    assert result is not None
+    result.plan = plan_summary(ctx, allocation, opts, budget, source_bytes)
+    result.seconds = time.perf_counter() - start
+    if opts.report is not None:
+        write_report(result, ctx, allocation, opts.report)
+    return result
+
+
+def _write(proto: onnx.ModelProto, analysis: Any, src_dir: Path, output: Path, opts: CompressOptions,
+           source_bytes: int, workers: int, progress: Progress | None, start: float,
+           planned: dict[str, WeightTransform] | None) -> CompressResult:
     weights = analysis.weights
     lossy, lossless = _methods(opts)
     sidecar = sidecar_path(output)
-    workers = opts.workers or os.cpu_count() or 1
     reports: list[TensorReport] = []
     used_names = {n for g in iter_graphs(proto.graph) for n in _names(g.graph)}
     original_names = set(used_names)
@@ -149,7 +204,8 @@ def compress(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
                     w = next(todo, None)
                     if w is None:
                         break
-                    window.append((w, pool.submit(_encode, w, src_dir, lossy, lossless)))
+                    method = planned.get(w.name) if planned is not None else None
+                    window.append((w, pool.submit(_encode, w, src_dir, lossy, lossless, method)))
                 if not window:
                     break
                 w, fut = window.popleft()

@@ -1,0 +1,191 @@
+"""Planning a size target: calibrate → statistics → sensitivity → candidates
+per tensor → global allocation. The pipeline then encodes each weight with
+the method the plan chose for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnx_l2c.passes import TensorInput, WeightTransform
+from onnx_l2c.passes import mixed
+from onnx_l2c.passes.lossless import Lossless
+
+from . import allocate
+from .allocate import Allocation, Option, TensorChoices
+from .calibration import graph_inputs, iter_samples
+from .config import CompressOptions
+from .errors import L2CError
+from .format import serialize
+from .graph import WeightRef, tensor_bits
+from .sensitivity import NOISE_REL, Sensitivity, measure_sensitivity, unit_error
+from .statistics import LayerStats, collect_statistics
+
+log = logging.getLogger(__name__)
+
+PAYLOAD_OVERHEAD = 32  # average alignment padding per payload in the sidecar
+
+
+@dataclass
+class TensorPlan:
+    name: str
+    shape: tuple[int, ...]
+    numel: int
+    scale: float
+    sensitivity_measured: bool
+    statistics: str  # "full", "diagonal", "rows", "none"
+    choices: TensorChoices
+
+
+@dataclass
+class PlanContext:
+    """Everything measured once; `allocate` can then be run for any budget."""
+
+    tensors: dict[str, TensorPlan] = field(default_factory=dict)
+    stats: dict[str, LayerStats] = field(default_factory=dict)
+    sensitivity: Sensitivity | None = None
+    data_free: bool = True
+    calibration_samples: int = 0
+    notes: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    fixed_bytes: int = 0  # graph estimate + padding: what the budget does not buy
+
+    def allocate(self, budget: int, search: str) -> Allocation:
+        choices = [t.choices for t in self.tensors.values()]
+        return allocate.SEARCHES[search](choices, max(budget - self.fixed_bytes, 0))
+
+    def method_for(self, name: str, option: Option) -> WeightTransform:
+        if option.params is None:
+            return Lossless()
+        return mixed.MixedPrecision(option.params, self.stats.get(name))
+
+
+def _tensor_input(w: WeightRef, base_dir: Path) -> TensorInput:
+    return TensorInput(w.name, w.dtype, w.shape, tensor_bits(w.tensor, base_dir), w.channel_axis)
+
+
+def _options(tensor: TensorInput, stats: LayerStats | None, methods: tuple[str, ...]) -> list[Option]:
+    lossless = len(serialize(Lossless().encode(tensor)))
+    options = [Option(lossless, 0.0, None)]
+    if not np.isfinite(tensor.values).all():
+        return options
+    damping = mixed.output_aware_damping(tensor, stats) if "rounding" in methods else None
+    if "mixed" in methods:
+        per_channel = (True, False) if tensor.channel_axis is not None else (False,)
+        families = [(pc, dz) for pc in per_channel for dz in mixed.DEAD_ZONES]
+    else:
+        families = [(tensor.channel_axis is not None, 0.0)]
+    numel = max(int(np.prod(tensor.shape, dtype=np.int64)), 1)
+    try:
+        for pc, dz in families:
+            for k in mixed.ALPHA_EXPONENTS:
+                params = mixed.QuantParams(2.0 ** (k / 2), pc, dz, damping)
+                q = mixed.quantize(tensor, params, stats)
+                size = len(q.payload)
+                if size >= lossless:
+                    continue
+                options.append(Option(size, q.error, params, q.sparsity, grid=k))
+                if 8 * size / numel < mixed.STOP_BITS:
+                    break
+    finally:
+        if stats is not None:
+            mixed.release(stats)
+    return options
+
+
+def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRef], opts: CompressOptions,
+                  workers: int, progress: Any = None) -> PlanContext:
+    ctx = PlanContext()
+    t0 = time.perf_counter()
+    if opts.calibration_data is not None:
+        inputs = graph_inputs(model)
+        samples = list(iter_samples(opts.calibration_data, inputs, opts.calibration_samples))
+        ctx.calibration_samples = len(samples)
+        ctx.stats = collect_statistics(model, base_dir, weights, samples, inputs)
+        ctx.seconds["statistics"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        ctx.sensitivity = measure_sensitivity(model, base_dir, weights, ctx.stats, samples, inputs)
+        ctx.seconds["sensitivity"] = time.perf_counter() - t1
+        ctx.data_free = False
+        del samples
+    else:
+        ctx.notes.append("data-free: no calibration data, so distortion is the relative weight error of each "
+                         "tensor (all tensors equally important) and rounding is to nearest")
+    t2 = time.perf_counter()
+    methods = opts.methods if not ctx.data_free else tuple(m for m in opts.methods if m != "rounding")
+
+    def work(w: WeightRef) -> tuple[WeightRef, list[Option]]:
+        return w, _options(_tensor_input(w, base_dir), ctx.stats.get(w.name), methods)
+
+    results: list[tuple[WeightRef, list[Option]]] = []
+    with ThreadPoolExecutor(workers) as pool:
+        for i, item in enumerate(pool.map(work, weights)):
+            results.append(item)
+            if progress is not None:
+                progress(i + 1, len(weights), item[0].name)
+    ctx.seconds["candidates"] = time.perf_counter() - t2
+
+    measured = ctx.sensitivity.scale if ctx.sensitivity is not None else {}
+    # Tensors without a measurement (in subgraphs, bfloat16) get the median
+    # divergence per unit of *relative* noise of the measured ones.
+    rel = []
+    for w, _ in results:
+        if w.name in measured:
+            rms2 = _rms2(w, base_dir)
+            rel.append(measured[w.name] * rms2 * unit_error(w, ctx.stats.get(w.name)))
+    fallback_rel = float(np.median(rel)) if rel else 1.0
+    for w, options in results:
+        stats = ctx.stats.get(w.name)
+        if w.name in measured:
+            scale, is_measured = measured[w.name], True
+        else:
+            scale = fallback_rel / max(_rms2(w, base_dir) * unit_error(w, stats), 1e-300)
+            is_measured = False
+        kind = ("none" if stats is None else "full" if stats.hessian is not None
+                else "diagonal" if stats.diagonal is not None else "rows")
+        ctx.tensors[w.name] = TensorPlan(w.name, w.shape, w.numel, scale, is_measured, kind,
+                                         TensorChoices(w.name, scale, options))
+    if not ctx.data_free and len(rel) < len(results):
+        ctx.notes.append(f"{len(results) - len(rel)} tensors without a measured sensitivity use the median "
+                         "of the measured ones")
+    ctx.fixed_bytes = _graph_estimate(model, weights) + PAYLOAD_OVERHEAD * len(weights)
+    return ctx
+
+
+def _rms2(w: WeightRef, base_dir: Path) -> float:
+    from .format import bits_to_float32
+
+    v = bits_to_float32(tensor_bits(w.tensor, base_dir), w.dtype).astype(np.float64)
+    v = v[np.isfinite(v)]
+    return float((v ** 2).mean()) if v.size else 1.0
+
+
+def _graph_estimate(model: onnx.ModelProto, weights: list[WeightRef]) -> int:
+    """Bytes of the output graph: the model without its weights' data, plus a
+    Decode node, payload initializer and value_info per weight."""
+    size = model.ByteSize()
+    for w in weights:
+        t = w.tensor
+        size -= len(t.raw_data) + 4 * len(t.float_data) + 4 * len(t.int32_data)
+        size += 4 * len(w.name) + 160
+    return max(size, 0)
+
+
+def budget_for(opts: CompressOptions, source_bytes: int) -> int:
+    if opts.target_size is not None:
+        return int(opts.target_size)
+    assert opts.target_ratio is not None
+    return int(source_bytes / opts.target_ratio)
+
+
+def noise_note() -> str:
+    return f"sensitivity: output divergence under Gaussian noise of {NOISE_REL:.0%} of each tensor's rms"

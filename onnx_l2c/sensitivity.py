@@ -1,0 +1,165 @@
+"""Per-tensor sensitivity of the model's outputs, without labels.
+
+The Fisher information of the model's own output distribution is the Hessian
+of KL(original ‖ perturbed). For each weight alone we add Gaussian noise of a
+known variance, run onnxruntime on calibration samples and read the output
+divergence; divided by the expected layer-local error of that noise, it turns
+a tensor's layer-local error tr(ΔW·H·ΔWᵀ) (or ‖ΔW‖²) into an estimate of the
+output divergence it causes. Softmax-like outputs use KL of the softmax;
+other outputs (embeddings, maps, scores) the relative squared error.
+
+Weights are fed as inputs of the same session (initializers listed as graph
+inputs are overridable in onnxruntime), so one session serves every tensor.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .calibration import Feeds, InputSpec, ScratchModel, batches, make_session
+from .errors import L2CError
+from .format import bits_to_float32
+from .graph import WeightRef, tensor_bits
+from .statistics import LayerStats
+
+log = logging.getLogger(__name__)
+
+NOISE_REL = 0.05  # noise std relative to the tensor's rms
+TIME_BUDGET_S = 60.0  # for all perturbation runs together (decides how many samples)
+MIN_SAMPLES, MAX_SAMPLES = 4, 32
+
+
+@dataclass
+class Sensitivity:
+    """scale[name]: output divergence per unit of layer-local error."""
+
+    scale: dict[str, float] = field(default_factory=dict)
+    measured: set[str] = field(default_factory=set)  # the rest use a fallback
+    divergences: dict[str, str] = field(default_factory=dict)  # output → divergence used
+    samples: int = 0
+    seconds: float = 0.0
+
+
+def unit_error(w: WeightRef, stats: LayerStats | None) -> float:
+    """Expected layer-local error of iid unit-variance noise on the tensor."""
+    return stats.noise_error() if stats is not None else float(w.numel)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _divergence_kind(y: np.ndarray) -> str:
+    if y.ndim == 2 and y.shape[-1] >= 2 and np.issubdtype(y.dtype, np.floating):
+        if (y >= 0).all() and np.allclose(y.sum(axis=-1), 1.0, atol=1e-3):
+            return "kl_probabilities"
+        return "kl_softmax"
+    return "relative_mse"
+
+
+def _divergence(kind: str, ref: np.ndarray, out: np.ndarray) -> float:
+    ref = ref.astype(np.float64)
+    out = out.astype(np.float64)
+    if kind.startswith("kl"):
+        p = ref if kind == "kl_probabilities" else _softmax(ref)
+        q = out if kind == "kl_probabilities" else _softmax(out)
+        q = np.maximum(q, 1e-12)
+        return float((p * (np.log(np.maximum(p, 1e-12)) - np.log(q))).sum(axis=-1).mean())
+    return float(((out - ref) ** 2).sum() / max((ref ** 2).sum(), 1e-30))
+
+
+def measure_sensitivity(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRef],
+                        stats: dict[str, LayerStats], samples: Sequence[Feeds],
+                        inputs: list[InputSpec]) -> Sensitivity:
+    start = time.perf_counter()
+    result = Sensitivity()
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model)
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    declared = {v.name for v in graph.input}
+    probe: list[WeightRef] = []
+    for w in weights:
+        if w.graph.path != "main":
+            continue
+        if w.constant_node is None:
+            if w.name not in inits:
+                continue
+        else:
+            # A main-graph Constant becomes an initializer so it can be fed.
+            node = next((n for n in graph.node if n.output and n.output[0] == w.name
+                         and n.op_type == "Constant"), None)
+            if node is None:
+                continue
+            t = onnx.TensorProto()
+            t.CopyFrom(w.tensor)
+            t.name = w.name
+            graph.node.remove(node)
+            graph.initializer.append(t)
+        if w.name not in declared:
+            graph.input.append(onnx.helper.make_tensor_value_info(w.name, w.dtype, list(w.shape)))
+        probe.append(w)
+    if not probe or not samples:
+        return result
+    with ScratchModel(proto, base_dir) as scratch:
+        session = make_session(scratch.path)
+        out_names = [o.name for o in session.get_outputs()]
+
+        def run(feeds_list: list[Feeds], extra: dict[str, np.ndarray]) -> list[list[np.ndarray]]:
+            try:
+                return [session.run(None, {**f, **extra}) for f in feeds_list]
+            except Exception as exc:  # onnxruntime raises its own exception types
+                raise L2CError(f"sensitivity: onnxruntime failed: {exc}") from exc
+
+        # Size the sample subset so all perturbation runs fit the time budget.
+        t0 = time.perf_counter()
+        first = [f for f, _ in batches(samples[:MIN_SAMPLES], inputs, MIN_SAMPLES)]
+        run(first, {})
+        per_sample = (time.perf_counter() - t0) / MIN_SAMPLES
+        n = int(np.clip(TIME_BUDGET_S / max(per_sample * len(probe), 1e-9), MIN_SAMPLES, MAX_SAMPLES))
+        n = min(n, len(samples))
+        feeds_list = [f for f, _ in batches(samples[:n], inputs, 16)]
+        reference = run(feeds_list, {})
+        kinds = {}
+        for k, name in enumerate(out_names):
+            y = np.asarray(reference[0][k])
+            if np.issubdtype(y.dtype, np.floating):
+                kinds[k] = _divergence_kind(y)
+                result.divergences[name] = kinds[k]
+        for w in probe:
+            bits = tensor_bits(w.tensor, base_dir)
+            values = bits_to_float32(bits, w.dtype).reshape(w.shape).astype(np.float64)
+            if not np.isfinite(values).all():
+                continue
+            rms = float(np.sqrt((values ** 2).mean()))
+            if rms == 0.0:
+                continue
+            if w.dtype == onnx.TensorProto.BFLOAT16:
+                continue  # numpy cannot feed bfloat16; it gets the fallback
+            rng = np.random.default_rng(zlib.crc32(w.name.encode()))
+            sigma = NOISE_REL * rms
+            noisy = values + rng.standard_normal(values.shape) * sigma
+            feed = noisy.astype(onnx.helper.tensor_dtype_to_np_dtype(w.dtype))
+            outs = run(feeds_list, {w.name: feed})
+            div = 0.0
+            for ref_run, out_run in zip(reference, outs):
+                for k, kind in kinds.items():
+                    div += _divergence(kind, np.asarray(ref_run[k]), np.asarray(out_run[k]))
+            div /= max(len(reference), 1)
+            result.scale[w.name] = div / (sigma ** 2 * unit_error(w, stats.get(w.name)))
+            result.measured.add(w.name)
+        result.samples = n
+    result.seconds = time.perf_counter() - start
+    log.info("sensitivity of %d tensors from %d samples in %.1f s", len(result.measured), result.samples,
+             result.seconds)
+    return result

@@ -1,0 +1,395 @@
+"""Layer-local calibration statistics: the second moment of each weight's input.
+
+For a weight W seen by its consumer as G groups of matrices W_g (rows × d),
+the consumer's output error from a perturbation ΔW is ΔW_g·x_g for every input
+vector x_g (an im2col patch for Conv, a row of A for MatMul/Gemm). Its mean
+squared size is tr(ΔW_g · H_g · ΔW_gᵀ) with H_g = E[x_g x_gᵀ]: the
+GPTQ/OBQ proxy of how much a weight error matters *through the data*.
+
+Statistics are streamed: onnxruntime runs the model with the consumers'
+inputs exposed as outputs, one batch at a time, and only the running H_g are
+kept. Spatial positions are subsampled (an unbiased estimate of the mean) so
+large feature maps cost a bounded amount of work.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .calibration import Feeds, InputSpec, ScratchModel, batches, make_session
+from .errors import L2CError
+from .graph import WeightRef
+
+log = logging.getLogger(__name__)
+
+MAX_FULL_DIM = 4096  # above this a full H (d×d float64) costs too much; keep its diagonal
+POSITIONS_PER_SAMPLE = 512  # im2col positions (or MatMul rows) drawn per sample and layer
+ACTIVATION_BUDGET = 256 << 20  # bytes of exposed activations per batch
+
+
+@dataclass
+class LayerView:
+    """How a weight acts in its consumer: as `groups` matrices (rows × cols)."""
+
+    kind: str  # "conv", "conv_transpose", "matmul", "gemm_kn", "gemm_nk", "gather"
+    groups: int
+    rows: int  # per group
+    cols: int  # per group (the input dimension d)
+    shape: tuple[int, ...]
+    activation: str  # name of the consumer's input the statistics come from
+    node: onnx.NodeProto
+    trans_a: bool = False
+
+    def to_matrix(self, w: np.ndarray) -> np.ndarray:
+        """Tensor → (groups, rows, cols)."""
+        w = w.reshape(self.shape)
+        if self.kind == "conv":
+            return w.reshape(self.groups, self.rows, self.cols)
+        if self.kind == "conv_transpose":
+            ci = self.shape[0] // self.groups
+            m = w.reshape(self.groups, ci, self.rows, -1).transpose(0, 2, 1, 3)
+            return m.reshape(self.groups, self.rows, self.cols)
+        if self.kind in ("matmul", "gemm_kn"):
+            return w.T.reshape(1, self.rows, self.cols)
+        return w.reshape(1, self.rows, self.cols)  # gemm_nk, gather
+
+    def from_matrix(self, m: np.ndarray) -> np.ndarray:
+        """(groups, rows, cols) → tensor layout."""
+        if self.kind == "conv":
+            return m.reshape(self.shape)
+        if self.kind == "conv_transpose":
+            ci = self.shape[0] // self.groups
+            kk = self.cols // ci
+            return m.reshape(self.groups, self.rows, ci, kk).transpose(0, 2, 1, 3).reshape(self.shape)
+        if self.kind in ("matmul", "gemm_kn"):
+            return m.reshape(self.rows, self.cols).T.reshape(self.shape)
+        return m.reshape(self.shape)
+
+    def row_channels(self, channel_axis: int) -> np.ndarray:
+        """Index along the tensor's channel axis of every matrix row (groups·rows)."""
+        if self.kind == "conv_transpose":
+            return np.tile(np.arange(self.rows), self.groups)
+        if self.kind == "gather":
+            return np.arange(self.rows)
+        return np.arange(self.groups * self.rows)
+
+
+@dataclass
+class LayerStats:
+    """Mean second moment of a weight's input vectors."""
+
+    view: LayerView
+    hessian: np.ndarray | None = None  # (groups, cols, cols), float64
+    diagonal: np.ndarray | None = None  # (groups, cols) when only the diagonal is kept
+    row_weight: np.ndarray | None = None  # (rows,) usage frequency of Gather rows
+    vectors: int = 0
+    halves: tuple[np.ndarray, np.ndarray] | None = None  # H of the first / second half of the samples
+
+    def weighted_error(self, delta: np.ndarray) -> float:
+        """tr(ΔW·H·ΔWᵀ) summed over groups (or the row-weighted squared error)."""
+        m = self.view.to_matrix(delta).astype(np.float64)
+        if self.hessian is not None:
+            return float(np.einsum("grc,gcd,grd->", m, self.hessian, m, optimize=True))
+        if self.diagonal is not None:
+            return float(np.einsum("grc,gc->", m * m, self.diagonal))
+        assert self.row_weight is not None
+        return float((self.row_weight[:, None] * m[0] ** 2).sum())
+
+    def noise_error(self) -> float:
+        """E[weighted_error] of iid unit-variance noise: rows · tr(H) (or Σ row weights · cols)."""
+        v = self.view
+        if self.hessian is not None:
+            return float(v.rows * np.trace(self.hessian, axis1=1, axis2=2).sum())
+        if self.diagonal is not None:
+            return float(v.rows * self.diagonal.sum())
+        assert self.row_weight is not None
+        return float(self.row_weight.sum() * v.cols)
+
+
+@dataclass
+class _Accumulator:
+    weight: str
+    stats: LayerStats
+    # Two halves of the samples, kept apart so a method can fit on one half
+    # and check on the other (see passes/rounding.py).
+    totals: list[np.ndarray | None] = field(default_factory=lambda: [None, None])
+    counts: list[int] = field(default_factory=lambda: [0, 0])
+    half: int = 0
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+
+
+def _ints(node: onnx.NodeProto, name: str, default: list[int]) -> list[int]:
+    for a in node.attribute:
+        if a.name == name:
+            return list(a.ints)
+    return default
+
+
+def _str(node: onnx.NodeProto, name: str, default: str) -> str:
+    for a in node.attribute:
+        if a.name == name:
+            return a.s.decode()
+    return default
+
+
+def _int(node: onnx.NodeProto, name: str, default: int) -> int:
+    for a in node.attribute:
+        if a.name == name:
+            return int(a.i)
+    return default
+
+
+def layer_view(w: WeightRef) -> LayerView | None:
+    """The matrix view of a weight in its consumer, or None if it has none we model."""
+    node, idx, shape = w.consumer_node, w.consumer_input, w.shape
+    if node is None or w.transposed or w.graph.path != "main":
+        return None
+    op = node.op_type
+    if op == "Conv" and idx == 1 and 3 <= len(shape) <= 4:
+        g = _int(node, "group", 1)
+        if shape[0] % g:
+            return None
+        d = int(np.prod(shape[1:]))
+        return LayerView("conv", g, shape[0] // g, d, shape, node.input[0], node)
+    if op == "ConvTranspose" and idx == 1 and 3 <= len(shape) <= 4:
+        g = _int(node, "group", 1)
+        if shape[0] % g:
+            return None
+        kk = int(np.prod(shape[2:]))
+        return LayerView("conv_transpose", g, shape[1], shape[0] // g * kk, shape, node.input[0], node)
+    if op == "MatMul" and idx == 1 and len(shape) == 2:
+        return LayerView("matmul", 1, shape[1], shape[0], shape, node.input[0], node)
+    if op == "Gemm" and idx == 1 and len(shape) == 2:
+        trans_a = bool(_int(node, "transA", 0))
+        if _int(node, "transB", 0):
+            return LayerView("gemm_nk", 1, shape[0], shape[1], shape, node.input[0], node, trans_a)
+        return LayerView("gemm_kn", 1, shape[1], shape[0], shape, node.input[0], node, trans_a)
+    if op == "Gather" and idx == 0 and len(shape) == 2 and _int(node, "axis", 0) == 0:
+        return LayerView("gather", 1, shape[0], shape[1], shape, node.input[1], node)
+    return None
+
+
+def _conv_patches(x: np.ndarray, view: LayerView, rng: np.random.Generator) -> np.ndarray:
+    """Sampled im2col patches of a Conv input: (positions, groups, cols)."""
+    node = view.node
+    kernel = list(view.shape[2:])
+    nsp = len(kernel)
+    if x.ndim != nsp + 2:
+        raise L2CError(f"Conv input {view.activation!r} has rank {x.ndim}, expected {nsp + 2}")
+    if nsp == 1:  # treat 1-D as 2-D with height 1
+        x = x[:, :, None, :]
+    strides = _ints(node, "strides", [1] * nsp)
+    dil = _ints(node, "dilations", [1] * nsp)
+    pads = _ints(node, "pads", [0] * (2 * nsp))
+    auto = _str(node, "auto_pad", "NOTSET")
+    spatial = list(x.shape[2:])
+    if nsp == 1:
+        kernel, strides, dil = [1] + kernel, [1] + strides, [1] + dil
+        pads = [0, pads[0], 0, pads[1]]
+    begin, end = [pads[0], pads[1]], [pads[2], pads[3]]
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        for a in range(2):
+            out = -(-spatial[a] // strides[a])
+            total = max(0, (out - 1) * strides[a] + (kernel[a] - 1) * dil[a] + 1 - spatial[a])
+            small, big = total // 2, total - total // 2
+            begin[a], end[a] = (small, big) if auto == "SAME_UPPER" else (big, small)
+    elif auto == "VALID":
+        begin, end = [0, 0], [0, 0]
+    # Channels-last, so each gathered patch column is one contiguous C-vector.
+    xp = np.pad(x, ((0, 0), (0, 0), (begin[0], end[0]), (begin[1], end[1]))).transpose(0, 2, 3, 1)
+    xp = np.ascontiguousarray(xp, dtype=np.float32)
+    outs = [(xp.shape[1 + a] - (kernel[a] - 1) * dil[a] - 1) // strides[a] + 1 for a in range(2)]
+    n = x.shape[0]
+    total = n * outs[0] * outs[1]
+    c = xp.shape[3]
+    kk = kernel[0] * kernel[1]
+    d = (c // view.groups) * kk
+    # Enough vectors for a d×d estimate (≫ d over all samples), no more.
+    take = min(total, int(np.clip(4 * d, 64, POSITIONS_PER_SAMPLE)) * n)
+    flat = np.sort(rng.choice(total, size=take, replace=False)) if take < total else np.arange(total)
+    ni, rem = np.divmod(flat, outs[0] * outs[1])
+    oy, ox = np.divmod(rem, outs[1])
+    g = view.groups
+    if c % g:
+        raise L2CError(f"Conv input {view.activation!r} has {c} channels, not a multiple of group {g}")
+    # Kernel-position-major (contiguous writes); _finish permutes H back to the
+    # weight's (channel, position) column order.
+    patches = np.empty((take, kk, g, c // g), dtype=np.float32)
+    k = 0
+    for ky in range(kernel[0]):
+        for kx in range(kernel[1]):
+            patches[:, k] = xp[ni, oy * strides[0] + ky * dil[0], ox * strides[1] + kx * dil[1]].reshape(take, g, -1)
+            k += 1
+    if g == 1:
+        return patches.reshape(take, 1, d)
+    return patches.transpose(0, 2, 1, 3).reshape(take, g, d)
+
+
+def conv_column_order(view: LayerView) -> np.ndarray:
+    """perm with H_weight = H_patch[perm][:, perm]: weight column c·kk + k is
+    patch column k·cg + c."""
+    kk = int(np.prod(view.shape[2:]))
+    cg = view.cols // kk
+    c, k = np.divmod(np.arange(view.cols), kk)
+    return k * cg + c
+
+
+def _input_vectors(x: np.ndarray, acc: _Accumulator) -> np.ndarray | None:
+    """The consumer's input vectors of one batch: (vectors, groups, cols)."""
+    view = acc.stats.view
+    if view.kind == "conv":
+        return _conv_patches(x.astype(np.float32, copy=False), view, acc.rng)
+    if view.kind in ("matmul", "gemm_kn", "gemm_nk"):
+        a = x.T if view.trans_a else x
+        rows = a.reshape(-1, a.shape[-1])
+        if rows.shape[1] != view.cols:
+            raise L2CError(f"{view.node.op_type} input {view.activation!r} has {rows.shape[1]} features, "
+                           f"the weight expects {view.cols}")
+        if rows.shape[0] > POSITIONS_PER_SAMPLE * 4:
+            rows = rows[acc.rng.choice(rows.shape[0], POSITIONS_PER_SAMPLE * 4, replace=False)]
+        return rows[:, None, :]
+    return None
+
+
+def _accumulate(acc: _Accumulator, x: np.ndarray) -> None:
+    stats, view = acc.stats, acc.stats.view
+    if view.kind == "gather":
+        idx = x.astype(np.int64).reshape(-1)
+        idx = np.where(idx < 0, idx + view.rows, idx)
+        idx = idx[(idx >= 0) & (idx < view.rows)]
+        counts = np.bincount(idx, minlength=view.rows).astype(np.float64)
+        _add(acc, counts, idx.size)
+        return
+    if view.kind == "conv_transpose":
+        # Per-input-channel power, spread over the kernel positions (the
+        # positions of a transposed conv overlap; their cross terms are dropped).
+        xc = x.reshape(x.shape[0], x.shape[1], -1).astype(np.float64)
+        power = (xc ** 2).mean(axis=(0, 2)).reshape(view.groups, -1)
+        kk = view.cols // power.shape[1]
+        diag = np.repeat(power, kk, axis=1) * x.shape[0]
+        _add(acc, diag, x.shape[0])
+        return
+    vecs = _input_vectors(x, acc)
+    if vecs is None:
+        return
+    # float32 products (BLAS), float64 running sums: the batch sums are
+    # accurate to ~1e-6 relative, plenty for a second-moment estimate.
+    v = np.ascontiguousarray(vecs, dtype=np.float32)
+    if view.cols > MAX_FULL_DIM:
+        part = (v * v).sum(axis=0, dtype=np.float64)
+    elif view.groups == 1:
+        part = (v[:, 0, :].T @ v[:, 0, :])[None].astype(np.float64)
+    else:
+        vg = v.transpose(1, 2, 0)  # (groups, cols, vectors)
+        part = np.matmul(vg, vg.transpose(0, 2, 1)).astype(np.float64)
+    _add(acc, part, v.shape[0])
+
+
+def _add(acc: _Accumulator, part: np.ndarray, count: int) -> None:
+    h = acc.half
+    acc.totals[h] = part if acc.totals[h] is None else acc.totals[h] + part
+    acc.counts[h] += count
+
+
+def _finish(acc: _Accumulator) -> LayerStats | None:
+    stats, view = acc.stats, acc.stats.view
+    parts = [(t, c) for t, c in zip(acc.totals, acc.counts) if t is not None and c > 0]
+    if not parts:
+        return None
+    mean = sum(t for t, _ in parts) / sum(c for _, c in parts)
+    stats.vectors = sum(c for _, c in parts)
+    if view.kind == "gather":
+        stats.row_weight = mean
+    elif view.kind == "conv_transpose" or view.cols > MAX_FULL_DIM:
+        stats.diagonal = mean
+    else:
+        stats.hessian = mean
+        if len(parts) == 2:
+            stats.halves = (parts[0][0] / parts[0][1], parts[1][0] / parts[1][1])
+    if view.kind == "conv":
+        perm = conv_column_order(view)
+        if stats.hessian is not None:
+            stats.hessian = np.ascontiguousarray(stats.hessian[:, perm][:, :, perm])
+        if stats.halves is not None:
+            stats.halves = tuple(np.ascontiguousarray(h[:, perm][:, :, perm]) for h in stats.halves)
+        if stats.diagonal is not None:
+            stats.diagonal = np.ascontiguousarray(stats.diagonal[:, perm])
+    return stats
+
+
+def collect_statistics(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRef],
+                       samples: Sequence[Feeds], inputs: list[InputSpec]) -> dict[str, LayerStats]:
+    """H = E[x xᵀ] for every weight whose consumer we model, from the samples
+    (and separately from their first and second halves)."""
+    accs: dict[str, list[_Accumulator]] = {}
+    for w in weights:
+        view = layer_view(w)
+        if view is None:
+            continue
+        seed = int.from_bytes(w.name.encode()[-8:].rjust(8, b"\0"), "little") % (2 ** 32)
+        accs.setdefault(view.activation, []).append(
+            _Accumulator(w.name, LayerStats(view), rng=np.random.default_rng(seed)))
+    if not accs:
+        return {}
+    feed_names = {s.name for s in inputs}
+    exposed = [name for name in accs if name not in feed_names]
+    scratch_proto = onnx.ModelProto()
+    scratch_proto.CopyFrom(model)
+    present = {o.name for o in scratch_proto.graph.output}
+    for name in exposed:
+        if name not in present:
+            scratch_proto.graph.output.append(onnx.ValueInfoProto(name=name))
+    start = time.perf_counter()
+    n_samples = 0
+    with ScratchModel(scratch_proto, base_dir) as scratch:
+        session = make_session(scratch.path)
+        out_names = [o.name for o in session.get_outputs()]
+        if not samples:
+            return {}
+        # One sample first, to size the batches by their activation memory.
+        per_sample = _run_and_accumulate(session, samples[0], out_names, accs)
+        max_batch = max(1, min(32, ACTIVATION_BUDGET // max(per_sample, 1)))
+        mid = (len(samples) + 1) // 2
+        for half, part in ((0, samples[1:mid]), (1, samples[mid:])):
+            for group in accs.values():
+                for acc in group:
+                    acc.half = half
+            for feeds, _ in batches(part, inputs, max_batch):
+                _run_and_accumulate(session, feeds, out_names, accs)
+        n_samples = len(samples)
+    result: dict[str, LayerStats] = {}
+    for group in accs.values():
+        for acc in group:
+            stats = _finish(acc)
+            if stats is not None:
+                result[acc.weight] = stats
+    log.info("calibration statistics for %d weights from %d samples in %.1f s",
+             len(result), n_samples, time.perf_counter() - start)
+    return result
+
+
+def _run_and_accumulate(session: object, feeds: Feeds, out_names: list[str],
+                        accs: dict[str, list[_Accumulator]]) -> int:
+    try:
+        values = session.run(None, feeds)  # type: ignore[attr-defined]
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise L2CError(f"calibration: onnxruntime failed on a sample: {exc}") from exc
+    tensors = dict(zip(out_names, values))
+    tensors.update(feeds)
+    total = 0
+    for name, group in accs.items():
+        x = tensors.get(name)
+        if x is None:
+            continue
+        x = np.asarray(x)
+        total += x.nbytes
+        for acc in group:
+            _accumulate(acc, x)
+    return total

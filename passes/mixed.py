@@ -1,0 +1,168 @@
+"""Mixed precision + pruning: a family of quantizers per tensor, each with its
+real coded size and its layer-local error, for the global allocator
+(`onnx_l2c.allocate`) to choose from (the FITCompress / L2C formulation).
+
+A candidate is a step size (relative to the tensor's or each channel's rms,
+on a geometric grid: the "bit depth" of an entropy-coded quantizer), a dead
+zone (zeroes the weights within it: magnitude pruning at that threshold) and
+the rounding: nearest, or output-aware (GPTQ, passes/rounding.py) when the
+layer has calibration statistics and that generalizes to held-out samples.
+Symbols go through the `entropy` + `affine` stages; sizes are those of the
+serialized payloads, not estimates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnx_l2c.errors import L2CError
+from onnx_l2c.format import FLOAT, AffineStage, CastStage, EntropyStage, Recipe, bits_to_float32, reconstruct, serialize
+from onnx_l2c.statistics import LayerStats
+
+from . import rounding
+from .base import TensorInput, WeightTransform, entropy_bits, register
+from .uniform import channel_view
+
+MAX_THETA = 0.45
+DEAD_ZONES = (0.0, 0.3)
+ALPHA_EXPONENTS = tuple(range(-14, 4))  # α = 2^(k/2) · rms: from ~9 to ~1 bits per weight
+STOP_BITS = 0.25  # coarser candidates than this many bits per weight are not tried
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """One quantizer of a tensor."""
+
+    alpha: float  # step = alpha · rms (of the tensor, or of each channel)
+    per_channel: bool
+    dead_zone: float
+    damping: float | None = None  # GPTQ damping; None = round to nearest
+
+    def describe(self) -> dict[str, float | bool | None]:
+        return {"alpha": self.alpha, "per_channel": self.per_channel, "dead_zone": self.dead_zone,
+                "output_aware": self.damping is not None, "damping": self.damping}
+
+
+@dataclass
+class Quantized:
+    recipe: Recipe
+    payload: bytes
+    error: float  # layer-local: tr(ΔW·H·ΔWᵀ) with statistics, else ‖ΔW‖²
+    sparsity: float
+
+
+def layer_error(delta: np.ndarray, stats: LayerStats | None) -> float:
+    if stats is not None:
+        return stats.weighted_error(delta)
+    return float((delta.astype(np.float64) ** 2).sum())
+
+
+def _steps(v: np.ndarray, params: QuantParams) -> np.ndarray:
+    """Per-channel steps (float32, > 0) for the (outer, C, inner) view v."""
+    total_rms = float(np.sqrt((v.astype(np.float64) ** 2).mean())) or 1.0
+    if params.per_channel:
+        rms = np.sqrt((v.astype(np.float64) ** 2).mean(axis=(0, 2)))
+        rms = np.where(rms > 0, rms, total_rms)
+    else:
+        rms = np.full(v.shape[1], total_rms)
+    step = (params.alpha * rms).astype(np.float32)
+    return np.maximum(step, np.float32(np.finfo(np.float32).tiny))
+
+
+def _theta(v: np.ndarray, q: np.ndarray, step: np.ndarray) -> float:
+    """MSE-optimal shrink of nonzero levels toward zero (as in passes/uniform.py)."""
+    nz = q != 0
+    if not nz.any():
+        return 0.0
+    s = np.broadcast_to(step[None, :, None].astype(np.float64), q.shape)[nz]
+    num = (s * s * (np.abs(q[nz]) - np.abs(v[nz]) / s)).sum()
+    return float(np.float32(np.clip(num / (s * s).sum(), 0.0, MAX_THETA)))
+
+
+def quantize(tensor: TensorInput, params: QuantParams, stats: LayerStats | None) -> Quantized:
+    """Symbols, payload, exact reconstruction error of one candidate."""
+    values = tensor.values.astype(np.float64)
+    v = channel_view(values, tensor.channel_axis)
+    step = _steps(v, params)
+    s3 = step.astype(np.float64)[None, :, None]
+    q = rounding.quantize_nearest(v, s3, params.dead_zone)
+    theta = _theta(v, q, step)
+    if params.damping is not None and stats is not None and stats.hessian is not None:
+        view = stats.view
+        m = view.to_matrix(values)
+        rows = step.astype(np.float64)[view.row_channels(tensor.channel_axis)].reshape(m.shape[:2])
+        qm = rounding.gptq(m, stats.hessian, rows, theta, params.dead_zone,
+                           prepared=_prepared(stats, params.damping), damping=params.damping)
+        q = view.from_matrix(qm).reshape(v.shape)
+    outer, channels, inner = v.shape
+    stages = [EntropyStage(q.reshape(-1)), AffineStage(outer, channels, inner, theta, step)]
+    if tensor.dtype != FLOAT:
+        stages.append(CastStage(tensor.dtype))
+    recipe = Recipe(tensor.dtype, tensor.shape, stages)
+    payload = serialize(recipe)
+    rec = np.asarray(reconstruct(recipe))
+    rec_values = bits_to_float32(rec.view(tensor.bits.dtype) if tensor.dtype != FLOAT else rec, tensor.dtype)
+    delta = rec_values.reshape(tensor.shape).astype(np.float64) - values
+    return Quantized(recipe, payload, layer_error(delta, stats), float((q == 0).mean()))
+
+
+_PREPARED: dict[tuple[int, float], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+def _prepared(stats: LayerStats, damping: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The inverse-Hessian factorization, computed once per layer and damping."""
+    key = (id(stats), damping)
+    if key not in _PREPARED:
+        _PREPARED[key] = rounding.prepare(stats.hessian, damping)
+    return _PREPARED[key]
+
+
+def release(stats: LayerStats) -> None:
+    for key in [k for k in _PREPARED if k[0] == id(stats)]:
+        del _PREPARED[key]
+
+
+def output_aware_damping(tensor: TensorInput, stats: LayerStats | None) -> float | None:
+    """GPTQ damping validated on held-out samples, or None (round to nearest)."""
+    if stats is None or stats.hessian is None or stats.halves is None:
+        return None
+    values = tensor.values.astype(np.float64)
+    v = channel_view(values, tensor.channel_axis)
+    params = QuantParams(2 ** -1.5, True, 0.0)
+    step = _steps(v, params)
+    q = rounding.quantize_nearest(v, step.astype(np.float64)[None, :, None], 0.0)
+    theta = _theta(v, q, step)
+    view = stats.view
+    m = view.to_matrix(values)
+    rows = step.astype(np.float64)[view.row_channels(tensor.channel_axis)].reshape(m.shape[:2])
+    return rounding.choose_damping(m, stats.halves, rows, theta, 0.0)
+
+
+@register
+class MixedPrecision(WeightTransform):
+    """One fixed quantizer (the allocator picks `params` per tensor)."""
+
+    name = "mixed"
+
+    def __init__(self, params: QuantParams | None = None, stats: LayerStats | None = None) -> None:
+        self.params = params or QuantParams(2 ** -3.5, True, 0.0)
+        self.stats = stats
+
+    def applies_to(self, tensor: TensorInput) -> bool:
+        return bool(np.isfinite(tensor.values).all())
+
+    def encode(self, tensor: TensorInput) -> Recipe:
+        if not self.applies_to(tensor):
+            raise L2CError(f"tensor {tensor.name!r}: non-finite values cannot be quantized")
+        try:
+            return quantize(tensor, self.params, self.stats).recipe
+        finally:
+            if self.stats is not None:
+                release(self.stats)
+
+    def rate_bits(self, tensor: TensorInput) -> float:
+        q = quantize(tensor, self.params, self.stats).recipe.stages[0]
+        assert isinstance(q, EntropyStage)
+        return entropy_bits(q.symbols)
