@@ -131,9 +131,11 @@ def uniform(tensors: list[TensorChoices], budget: int) -> Allocation:
     for g in positions:  # finest first: the first that fits is the answer
         chosen = {}
         for t in tensors:
-            at = [o for o in t.options if o.grid == g]
-            fallback = [o for o in t.options if o.grid is None] or t.options
-            chosen[t.name] = at[0] if at else min(fallback, key=lambda o: o.bytes)
+            graded = [o for o in t.options if o.grid is not None]
+            if graded:  # the shared position, or the nearest this tensor has
+                chosen[t.name] = min(graded, key=lambda o: (abs(o.grid - g), -o.grid))
+            else:
+                chosen[t.name] = min(t.options, key=lambda o: o.bytes)
         best = chosen
         if sum(o.bytes for o in chosen.values()) <= budget:
             break

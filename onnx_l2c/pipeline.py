@@ -156,8 +156,12 @@ def compress(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     pristine = onnx.ModelProto()
     pristine.CopyFrom(proto)
     result: CompressResult | None = None
+    previous: dict | None = None
     for attempt in range(3):
         allocation = ctx.allocate(budget, opts.search.value)
+        if previous is not None and allocation.chosen == previous:
+            break  # the candidates cannot get closer to the budget
+        previous = allocation.chosen
         methods = {name: ctx.method_for(name, option) for name, option in allocation.chosen.items()}
         work = onnx.ModelProto()
         work.CopyFrom(pristine)

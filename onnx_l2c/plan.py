@@ -5,8 +5,8 @@ the method the plan chose for it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -58,10 +58,83 @@ class PlanContext:
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     fixed_bytes: int = 0  # graph estimate + padding: what the budget does not buy
+    weights: dict[str, WeightRef] = field(default_factory=dict)
+    base_dir: Path = Path(".")
+    mixed: bool = True  # per-tensor choices; without it one shared step grid position
 
     def allocate(self, budget: int, search: str) -> Allocation:
+        if not self.mixed:
+            search = "uniform"
         choices = [t.choices for t in self.tensors.values()]
-        return allocate.SEARCHES[search](choices, max(budget - self.fixed_bytes, 0))
+        available = max(budget - self.fixed_bytes, 0)
+        return self._fill(allocate.SEARCHES[search](choices, available), available)
+
+    def _fill(self, alloc: Allocation, available: int) -> Allocation:
+        """Spend what the discrete step grid leaves over: refine the step of the
+        largest tensors continuously (bisection in log α between their chosen
+        step and the next finer one) so the output lands on the budget."""
+        if alloc.search == "uniform":
+            return self._fill_shared(alloc, available)
+        by_size = sorted((n for n, o in alloc.chosen.items() if o.params is not None),
+                         key=lambda n: -alloc.chosen[n].bytes)
+        for name in by_size[:8]:
+            leftover = available - alloc.total_bytes
+            if leftover <= 0.005 * available:
+                break
+            chosen = alloc.chosen[name]
+            p = chosen.params
+            finer = [o.params.alpha for o in self.tensors[name].choices.options
+                     if o.params is not None and o.params.alpha < p.alpha
+                     and (o.params.per_channel, o.params.dead_zone) == (p.per_channel, p.dead_zone)]
+            lo_alpha, hi_alpha = p.alpha, max(finer) if finer else p.alpha / 2
+            tensor = _tensor_input(self.weights[name], self.base_dir)
+            stats = self.stats.get(name)
+            best = chosen
+            try:
+                for _ in range(7):
+                    mid = float(np.sqrt(lo_alpha * hi_alpha))
+                    params = dataclasses.replace(p, alpha=mid)
+                    q = mixed.quantize(tensor, params, stats, held_out=True)
+                    if alloc.total_bytes - chosen.bytes + len(q.payload) <= available:
+                        lo_alpha, best = mid, Option(len(q.payload), q.error, params, q.sparsity, chosen.grid)
+                    else:
+                        hi_alpha = mid
+            finally:
+                if stats is not None:
+                    mixed.release(stats)
+            if best is not chosen:
+                scale = self.tensors[name].scale
+                alloc.chosen[name] = best
+                alloc.total_bytes += best.bytes - chosen.bytes
+                alloc.distortion += scale * (best.error - chosen.error)
+        return alloc
+
+    def _fill_shared(self, alloc: Allocation, available: int) -> Allocation:
+        """Uniform mode: refine one step factor shared by every quantized tensor."""
+        names = [n for n, o in alloc.chosen.items() if o.params is not None]
+        if not names or available - alloc.total_bytes <= 0.005 * available:
+            return alloc
+        lo, hi, best = 1.0, 2 ** -0.5, None
+        for _ in range(6):
+            mid = float(np.sqrt(lo * hi))
+            trial = dict(alloc.chosen)
+            for name in names:
+                o = trial[name]
+                params = dataclasses.replace(o.params, alpha=o.params.alpha * mid)
+                stats = self.stats.get(name)
+                q = mixed.quantize(_tensor_input(self.weights[name], self.base_dir), params, stats, held_out=True)
+                if stats is not None:
+                    mixed.release(stats)
+                trial[name] = Option(len(q.payload), q.error, params, q.sparsity, o.grid)
+            if sum(o.bytes for o in trial.values()) <= available:
+                lo, best = mid, trial
+            else:
+                hi = mid
+        if best is None:
+            return alloc
+        total = sum(o.bytes for o in best.values())
+        dist = sum(self.tensors[n].scale * o.error for n, o in best.items())
+        return Allocation(best, total, dist, alloc.search, alloc.multiplier)
 
     def method_for(self, name: str, option: Option) -> WeightTransform:
         if option.params is None:
@@ -89,7 +162,7 @@ def _options(tensor: TensorInput, stats: LayerStats | None, methods: tuple[str, 
         for pc, dz in families:
             for k in mixed.ALPHA_EXPONENTS:
                 params = mixed.QuantParams(2.0 ** (k / 2), pc, dz, damping)
-                q = mixed.quantize(tensor, params, stats)
+                q = mixed.quantize(tensor, params, stats, held_out=True)
                 size = len(q.payload)
                 if size >= lossless:
                     continue
@@ -104,7 +177,7 @@ def _options(tensor: TensorInput, stats: LayerStats | None, methods: tuple[str, 
 
 def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRef], opts: CompressOptions,
                   workers: int, progress: Any = None) -> PlanContext:
-    ctx = PlanContext()
+    ctx = PlanContext(weights={w.name: w for w in weights}, base_dir=base_dir, mixed="mixed" in opts.methods)
     t0 = time.perf_counter()
     if opts.calibration_data is not None:
         inputs = graph_inputs(model)

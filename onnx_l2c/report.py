@@ -37,7 +37,7 @@ def plan_summary(ctx: "PlanContext", allocation: "Allocation", opts: "CompressOp
 
     # Both searches on the same candidates and budget: which predicts less divergence.
     searches = {}
-    for name in ("lagrange", "path"):
+    for name in (("lagrange", "path") if ctx.mixed else ("uniform",)):
         alt = ctx.allocate(budget, name)
         searches[name] = {"predicted_divergence": alt.distortion, "payload_bytes": alt.total_bytes}
     del allocate

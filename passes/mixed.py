@@ -27,7 +27,7 @@ from .uniform import channel_view
 
 MAX_THETA = 0.45
 DEAD_ZONES = (0.0, 0.3)
-ALPHA_EXPONENTS = tuple(range(-14, 4))  # α = 2^(k/2) · rms: from ~9 to ~1 bits per weight
+ALPHA_EXPONENTS = tuple(range(-18, 4))  # α = 2^(k/2) · rms: from ~11 to ~1 bits per weight
 STOP_BITS = 0.25  # coarser candidates than this many bits per weight are not tried
 
 
@@ -81,21 +81,33 @@ def _theta(v: np.ndarray, q: np.ndarray, step: np.ndarray) -> float:
     return float(np.float32(np.clip(num / (s * s).sum(), 0.0, MAX_THETA)))
 
 
-def quantize(tensor: TensorInput, params: QuantParams, stats: LayerStats | None) -> Quantized:
-    """Symbols, payload, exact reconstruction error of one candidate."""
+def quantize(tensor: TensorInput, params: QuantParams, stats: LayerStats | None, held_out: bool = False) -> Quantized:
+    """Symbols, payload, exact reconstruction error of one candidate.
+
+    held_out=True scores output-aware rounding honestly: it is fitted on the
+    first half of the calibration samples and its error measured on the
+    second (fitting and scoring on the same samples flatters it several-fold
+    on layers with few input vectors per dimension). The final encode fits on
+    all samples.
+    """
     values = tensor.values.astype(np.float64)
     v = channel_view(values, tensor.channel_axis)
     step = _steps(v, params)
     s3 = step.astype(np.float64)[None, :, None]
     q = rounding.quantize_nearest(v, s3, params.dead_zone)
     theta = _theta(v, q, step)
+    score_stats = stats
     if params.damping is not None and stats is not None and stats.hessian is not None:
         view = stats.view
         m = view.to_matrix(values)
         rows = step.astype(np.float64)[view.row_channels(tensor.channel_axis)].reshape(m.shape[:2])
-        qm = rounding.gptq(m, stats.hessian, rows, theta, params.dead_zone,
-                           prepared=_prepared(stats, params.damping), damping=params.damping)
+        split = held_out and stats.halves is not None
+        fit = 0 if split else None
+        qm = rounding.gptq(m, stats.halves[0] if split else stats.hessian, rows, theta, params.dead_zone,
+                           prepared=_prepared(stats, params.damping, fit), damping=params.damping)
         q = view.from_matrix(qm).reshape(v.shape)
+        if split:
+            score_stats = LayerStats(view, hessian=stats.halves[1])
     outer, channels, inner = v.shape
     stages = [EntropyStage(q.reshape(-1)), AffineStage(outer, channels, inner, theta, step)]
     if tensor.dtype != FLOAT:
@@ -105,17 +117,18 @@ def quantize(tensor: TensorInput, params: QuantParams, stats: LayerStats | None)
     rec = np.asarray(reconstruct(recipe))
     rec_values = bits_to_float32(rec.view(tensor.bits.dtype) if tensor.dtype != FLOAT else rec, tensor.dtype)
     delta = rec_values.reshape(tensor.shape).astype(np.float64) - values
-    return Quantized(recipe, payload, layer_error(delta, stats), float((q == 0).mean()))
+    return Quantized(recipe, payload, layer_error(delta, score_stats), float((q == 0).mean()))
 
 
-_PREPARED: dict[tuple[int, float], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+_PREPARED: dict[tuple[int, float, int | None], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
 
-def _prepared(stats: LayerStats, damping: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The inverse-Hessian factorization, computed once per layer and damping."""
-    key = (id(stats), damping)
+def _prepared(stats: LayerStats, damping: float, half: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The inverse-Hessian factorization, computed once per layer, damping and half."""
+    key = (id(stats), damping, half)
     if key not in _PREPARED:
-        _PREPARED[key] = rounding.prepare(stats.hessian, damping)
+        h = stats.hessian if half is None else stats.halves[half]
+        _PREPARED[key] = rounding.prepare(h, damping)
     return _PREPARED[key]
 
 

@@ -85,3 +85,20 @@ def test_eval_command_scores_a_compressed_model(effnet: Path, tmp_path: Path):
     report = json.loads(res.stdout)
     assert report["load"] == "fast" and 4.0 < report["ratio"] < 5.0
     assert 0.88 <= report["metrics"]["top1_agreement"] < 1.0 and report["headline"] == "top1_agreement"
+
+
+def test_efficientnet_size_target_with_calibration(effnet: Path, tmp_path: Path):
+    """A zoo model end to end at one target: calibration split in, the ratio
+    measured on the written files, fidelity on the disjoint evaluation split."""
+    calib = imagenet_photos("calibration")
+    samples = [{"input": calib[i:i + 1]} for i in range(0, len(calib), 8)]  # 33 views of 11 photos
+    out, report = tmp_path / "target.onnx", tmp_path / "target.json"
+    result = onnx_l2c.compress(effnet, out, target_ratio=6, calibration_data=samples, calibration_samples=32,
+                               report=report)
+    assert abs(result.ratio / 6 - 1) <= 0.03
+    assert not result.plan["data_free"] and result.plan["divergences"] == {"logits": "kl_softmax"}
+    images = imagenet_photos("evaluation")
+    ref = _batched(run_plain, effnet, images)
+    got = _batched(run_fast, out, images)
+    assert top1_agreement(ref, got) >= 0.75
+    assert mean_kl(ref, got) <= 0.15

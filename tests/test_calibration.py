@@ -1,0 +1,162 @@
+"""Calibration input readers, layer statistics against onnxruntime, and
+output-aware rounding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from builders import _model, mlp, tensor
+from helpers import save
+from onnx_l2c.calibration import graph_inputs, iter_samples
+from onnx_l2c.errors import L2CError
+from onnx_l2c.graph import find_weights
+from onnx_l2c.statistics import collect_statistics
+from passes import rounding
+
+
+def _inputs(model: onnx.ModelProto):
+    return graph_inputs(model)
+
+
+def test_npz_with_leading_sample_axis(tmp_path: Path, rng):
+    model = mlp(rng)
+    x = rng.standard_normal((5, 64)).astype(np.float32)  # rank of the input: the sample axis is the batch axis
+    np.savez(tmp_path / "s.npz", x=x)
+    got = list(iter_samples(tmp_path / "s.npz", _inputs(model)))
+    assert len(got) == 5 and got[2]["x"].shape == (1, 64)
+    np.testing.assert_array_equal(got[2]["x"][0], x[2])
+    np.savez(tmp_path / "extra.npz", x=x[:, None, :])  # one more dimension: dropped per sample
+    got = list(iter_samples(tmp_path / "extra.npz", _inputs(model), limit=3))
+    assert len(got) == 3 and got[0]["x"].shape == (1, 64)
+
+
+def test_folder_iterable_and_reader(tmp_path: Path, rng):
+    model = mlp(rng)
+    feeds = [{"x": rng.standard_normal((2, 64)).astype(np.float32)} for _ in range(4)]
+    for i, f in enumerate(feeds):
+        np.savez(tmp_path / f"{i:03d}.npz", **f)
+    from_folder = list(iter_samples(tmp_path, _inputs(model)))
+    assert [f["x"].tolist() for f in from_folder] == [f["x"].tolist() for f in feeds]
+    assert len(list(iter_samples(iter(feeds), _inputs(model)))) == 4
+
+    class Reader:  # the shape of onnxruntime.quantization.CalibrationDataReader
+        def __init__(self) -> None:
+            self.items = iter(feeds)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    assert len(list(iter_samples(Reader(), _inputs(model), limit=3))) == 3
+
+
+def test_onnxruntime_calibration_data_reader(rng):
+    quantization = pytest.importorskip("onnxruntime.quantization")
+    model = mlp(rng)
+    feeds = [{"x": rng.standard_normal((1, 64)).astype(np.float32)} for _ in range(3)]
+
+    class Reader(quantization.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(feeds)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    assert len(list(iter_samples(Reader(), _inputs(model)))) == 3
+
+
+@pytest.mark.parametrize("data, message", [
+    ([{"y": np.zeros((1, 64), np.float32)}], "missing graph input"),
+    ([], "holds no samples"),
+    ({"x": np.zeros((1, 64), np.float32)}, "single dict"),
+    (42, "not a path"),
+    ([np.zeros(3)], "not a dict"),
+    ("/nonexistent/samples.npz", "no such file"),
+])
+def test_bad_calibration_input(data, message, rng):
+    with pytest.raises(L2CError, match=message):
+        list(iter_samples(data, _inputs(mlp(rng))))
+
+
+def test_bad_npz(tmp_path: Path, rng):
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(L2CError, match="not a readable .npz"):
+        list(iter_samples(tmp_path / "bad.npz", _inputs(mlp(rng))))
+    np.savez(tmp_path / "other.npz", z=np.zeros((2, 64)))
+    with pytest.raises(L2CError, match="no array named after a graph input"):
+        list(iter_samples(tmp_path / "other.npz", _inputs(mlp(rng))))
+
+
+def _conv_model(w: np.ndarray, group: int, strides, pads, dilations) -> onnx.ModelProto:
+    c_in = w.shape[1] * group
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "W"], ["y"], group=group, strides=strides, pads=pads,
+                          dilations=dilations)], "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c_in, 9, 9])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [tensor("W", w)])
+    return _model(graph)
+
+
+@pytest.mark.parametrize("group, strides, pads, dilations", [
+    (1, [1, 1], [1, 1, 1, 1], [1, 1]),
+    (2, [2, 2], [1, 0, 2, 1], [1, 1]),
+    (6, [1, 1], [1, 1, 1, 1], [2, 2]),  # depthwise, dilated (49 positions: none subsampled)
+])
+def test_conv_statistics_match_onnxruntime(tmp_path: Path, rng, group, strides, pads, dilations):
+    """tr(ΔW·H·ΔWᵀ) from the streamed im2col statistics equals the mean
+    squared output change that onnxruntime computes for the perturbation."""
+    import onnxruntime as ort
+
+    w = rng.standard_normal((6, 6 // group, 3, 3)).astype(np.float32)
+    delta = rng.standard_normal(w.shape).astype(np.float32)
+    model = _conv_model(w, group, strides, pads, dilations)
+    samples = [{"x": rng.standard_normal((1, 6, 9, 9)).astype(np.float32)} for _ in range(6)]
+    weights = find_weights(model, 1).weights
+    stats = collect_statistics(model, tmp_path, weights, samples, graph_inputs(model))["W"]
+    sess = ort.InferenceSession(_conv_model(delta, group, strides, pads, dilations).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    dy = np.concatenate([sess.run(None, s)[0] for s in samples]).astype(np.float64)
+    expected = float((dy ** 2).sum(axis=1).mean())  # Σ over output channels, mean over samples·positions
+    assert stats.weighted_error(delta) == pytest.approx(expected, rel=1e-4)
+
+
+def test_matmul_and_gemm_statistics(tmp_path: Path, rng):
+    model = mlp(rng)
+    samples = [{"x": rng.standard_normal((3, 64)).astype(np.float32)} for _ in range(4)]
+    weights = find_weights(model, 1).weights
+    stats = collect_statistics(model, tmp_path, weights, samples, graph_inputs(model))
+    x = np.concatenate([s["x"] for s in samples]).astype(np.float64)
+    np.testing.assert_allclose(stats["W1"].hessian[0], x.T @ x / len(x), rtol=1e-5, atol=1e-7)
+    assert stats["W2"].hessian.shape == (1, 128, 128)  # the input of W2 is an intermediate tensor
+    assert "b1" not in stats  # an Add operand has no matrix view
+
+
+def test_gptq_beats_rounding_on_its_statistics(rng):
+    d, rows = 48, 32
+    mix = rng.standard_normal((d, d))
+    x = rng.standard_normal((2000, d)) @ mix  # strongly correlated inputs
+    h = (x.T @ x / len(x))[None]
+    w = rng.standard_normal((1, rows, d))
+    step = np.full((1, rows), 0.5)
+
+    def err(q):
+        delta = rounding.dequantize(q, step[:, :, None], 0.0) - w
+        return float(np.einsum("grc,gcd,grd->", delta, h, delta))
+
+    q_near = rounding.quantize_nearest(w, step[:, :, None], 0.0)
+    q_gptq = rounding.gptq(w, h, step, 0.0, 0.0)
+    assert err(q_gptq) < 0.5 * err(q_near)
+    assert np.abs(q_gptq - q_near).max() <= 3  # compensation moves symbols a few steps, not arbitrarily
+
+
+def test_choose_damping_rejects_rounding_that_does_not_generalize(rng):
+    d, rows = 64, 16
+    fit = rng.standard_normal((20, d))  # fewer vectors than dimensions: H of the first half is rank 20
+    check = rng.standard_normal((2000, d))
+    halves = ((fit.T @ fit / 20)[None], (check.T @ check / 2000)[None])
+    w = rng.standard_normal((1, rows, d))
+    assert rounding.choose_damping(w, halves, np.full((1, rows), 0.7), 0.0, 0.0) in (None, 1.0)

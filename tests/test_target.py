@@ -1,0 +1,155 @@
+"""Size targets: the global allocator, data-free and calibrated planning, the report."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from builders import _model, tensor
+from helpers import run_fast, run_plain, save
+import onnx_l2c
+from onnx_l2c.allocate import Option, TensorChoices, lagrange, path, uniform
+from onnx_l2c.errors import L2CError
+
+
+def _deep_mlp(rng: np.random.Generator) -> onnx.ModelProto:
+    """x[N,128] → 3 MatMul+Relu layers (~330k weights) → logits[N,10]; layers of different sensitivity."""
+    dims = [128, 512, 384, 10]
+    nodes, inits, prev = [], [], "x"
+    for i in range(3):
+        w = rng.standard_normal((dims[i], dims[i + 1])).astype(np.float32) / np.sqrt(dims[i])
+        w *= 1.0 + np.linspace(0, 3, dims[i + 1], dtype=np.float32)  # channels of different scale
+        inits.append(tensor(f"W{i}", w))
+        nodes.append(helper.make_node("MatMul", [prev, f"W{i}"], [f"h{i}"]))
+        prev = f"h{i}"
+        if i < 2:
+            nodes.append(helper.make_node("Relu", [prev], [f"r{i}"]))
+            prev = f"r{i}"
+    nodes.append(helper.make_node("Identity", [prev], ["logits"]))
+    graph = helper.make_graph(nodes, "deep", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 128])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], inits)
+    return _model(graph)
+
+
+@pytest.fixture()
+def deep(tmp_path: Path, rng) -> Path:
+    return save(_deep_mlp(rng), tmp_path / "deep.onnx")
+
+
+def _samples(rng, n=24):
+    return [{"x": rng.standard_normal((2, 128)).astype(np.float32)} for _ in range(n)]
+
+
+@pytest.mark.parametrize("ratio", [4.0, 7.0, 10.0])
+def test_data_free_target_ratio_is_met_on_the_written_files(deep: Path, tmp_path: Path, ratio: float):
+    out = tmp_path / "small.onnx"
+    result = onnx_l2c.compress(deep, out, target_ratio=ratio)
+    on_disk = out.stat().st_size + result.sidecar.stat().st_size
+    assert on_disk == result.output_bytes
+    assert abs(result.ratio / ratio - 1) <= 0.03
+    assert result.plan["data_free"] and "data-free" in " ".join(result.plan["notes"])
+
+
+def test_calibrated_target_with_report(deep: Path, tmp_path: Path, rng):
+    out, report = tmp_path / "small.onnx", tmp_path / "report.json"
+    samples = _samples(rng)
+    result = onnx_l2c.compress(deep, out, target_ratio=8, calibration_data=samples, report=report)
+    assert abs(result.ratio / 8 - 1) <= 0.03
+    doc = json.loads(report.read_text())
+    assert report.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plan = doc["plan"]
+    assert not plan["data_free"] and plan["calibration_samples"] == 24
+    assert plan["divergences"] == {"logits": "kl_softmax"}
+    assert set(plan["searches"]) == {"lagrange", "path"}
+    rows = {t["name"]: t for t in doc["tensors"]}
+    assert set(rows) == {"W0", "W1", "W2"}
+    assert sum(t["size_share"] for t in rows.values()) == pytest.approx(1.0)
+    assert sum(t["distortion_share"] for t in rows.values()) == pytest.approx(1.0)
+    for t in rows.values():
+        assert t["sensitivity_measured"] and t["statistics"] == "full"
+        assert t["params"]["alpha"] > 0 and 0 <= t["sparsity"] < 1
+    # The calibrated plan keeps the model's decisions on held-out inputs.
+    held_out = {"x": rng.standard_normal((200, 128)).astype(np.float32)}
+    ref, got = run_plain(deep, held_out)[0], run_fast(out, held_out)[0]
+    assert (ref.argmax(1) == got.argmax(1)).mean() >= 0.9
+
+
+def test_calibration_beats_data_free_at_equal_size(deep: Path, tmp_path: Path, rng):
+    samples = _samples(rng, 32)
+    held_out = {"x": rng.standard_normal((300, 128)).astype(np.float32)}
+    ref = run_plain(deep, held_out)[0]
+    errors = {}
+    for label, data in (("free", None), ("calibrated", samples)):
+        out = tmp_path / f"{label}.onnx"
+        onnx_l2c.compress(deep, out, target_ratio=10, calibration_data=data)
+        errors[label] = float(((run_fast(out, held_out)[0] - ref) ** 2).mean())
+    assert errors["calibrated"] < errors["free"]
+
+
+def test_uniform_method_uses_one_step_grid_for_all(deep: Path, tmp_path: Path):
+    out, report = tmp_path / "u.onnx", tmp_path / "u.json"
+    onnx_l2c.compress(deep, out, target_ratio=6, methods="uniform", report=report)
+    alphas = {t["params"]["alpha"] for t in json.loads(report.read_text())["tensors"] if t["params"]}
+    assert len(alphas) == 1
+
+
+def test_path_search_and_target_size(deep: Path, tmp_path: Path):
+    out = tmp_path / "p.onnx"
+    result = onnx_l2c.compress(deep, out, target_size=200_000, search="path")
+    assert abs(result.output_bytes / 200_000 - 1) <= 0.03
+    assert result.plan["search"] == "path"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"target_ratio": 8, "target_size": 1000}, "not both"),
+    ({"target_ratio": 0.5}, "must be ≥ 1.0"),
+    ({"target_ratio": 8, "methods": "uniform,telepathy"}, "valid methods"),
+    ({"target_ratio": 8, "search": "random"}, "valid searches"),
+    ({"target_ratio": 8, "report": 3}, "must be a path"),
+])
+def test_bad_target_options(deep: Path, tmp_path: Path, kwargs, message):
+    with pytest.raises(L2CError, match=message):
+        onnx_l2c.compress(deep, tmp_path / "x.onnx", **kwargs)
+
+
+def test_cli_target_with_npz_calibration(deep: Path, tmp_path: Path, rng):
+    np.savez(tmp_path / "samples.npz", x=rng.standard_normal((16, 128)).astype(np.float32))
+    out, report = tmp_path / "cli.onnx", tmp_path / "cli.json"
+    proc = subprocess.run([sys.executable, "-m", "onnx_l2c", "compress", str(deep), str(out), "--target-ratio", "6",
+                           "--calibration", str(tmp_path / "samples.npz"), "--methods", "rounding,mixed",
+                           "--report", str(report)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(report.read_text())
+    assert abs(doc["ratio"] / 6 - 1) <= 0.03 and doc["plan"]["calibration_samples"] == 16
+
+
+def _random_choices(rng, n_tensors=4, n_options=5) -> list[TensorChoices]:
+    out = []
+    for i in range(n_tensors):
+        sizes = np.sort(rng.integers(10, 1000, n_options))[::-1]
+        errors = np.sort(rng.random(n_options))  # bigger = more precise: a convex-ish trade-off
+        options = [Option(int(s), float(e), ("q", j), grid=j) for j, (s, e) in enumerate(zip(sizes, errors))]
+        out.append(TensorChoices(f"t{i}", float(rng.random() + 0.1), options))
+    return out
+
+
+def test_allocators_respect_the_budget_and_lagrange_is_near_optimal(rng):
+    for trial in range(20):
+        tensors = _random_choices(rng)
+        budget = int(sum(min(o.bytes for o in t.options) for t in tensors) * 1.5)
+        best = min((sum(t.distortion(o) for t, o in zip(tensors, combo)), combo)
+                   for combo in itertools.product(*(t.options for t in tensors))
+                   if sum(o.bytes for o in combo) <= budget)
+        for search in (lagrange, path, uniform):
+            alloc = search(tensors, budget)
+            assert alloc.total_bytes <= budget or search is uniform
+        # λ search is optimal on the convex hull; allow the hull gap.
+        assert lagrange(tensors, budget).distortion <= best[0] * 1.0 + max(t.scale for t in tensors) + 1e-12
