@@ -40,6 +40,19 @@ OUR_SETTINGS: list[tuple[str, dict[str, Any]]] = [
 ]
 QUICK_SETTINGS = [OUR_SETTINGS[0], OUR_SETTINGS[1], OUR_SETTINGS[4]]
 
+# Size targets (calibrated on the task's calibration split), as an ablation:
+# each row adds one method to the one before, at the same target ratios.
+TARGET_RATIOS = (4.0, 6.0, 8.0, 10.0, 12.0)
+QUICK_TARGET_RATIOS = (6.0,)
+ABLATION: list[tuple[str, str, str]] = [  # (label, methods, search)
+    ("onnx_l2c target: uniform", "uniform", "lagrange"),
+    ("onnx_l2c target: +rounding", "uniform,rounding", "lagrange"),
+    ("onnx_l2c target: +mixed", "rounding,mixed", "lagrange"),
+    ("onnx_l2c target: +mixed, path search", "rounding,mixed", "path"),
+]
+QUICK_ABLATION = [ABLATION[2]]
+CALIBRATION_SAMPLES = 128
+
 
 @dataclass
 class Row:
@@ -110,6 +123,7 @@ def compare_model(name: str, workdir: Path, quick: bool, runs: int, peers: list[
         row.convert_s = time.perf_counter() - start
         rows.append(_measure(row, name, original, target, ref, base, feeds, runs))
         log.info("%s %s %s: ratio %.2f %s", name, method, opts, row.ratio or 0, row.metrics)
+    rows += _target_rows(name, original, workdir, quick, ref, base, feeds, runs)
     try:
         from .peers import run_peers
     except ImportError as exc:
@@ -129,6 +143,56 @@ def compare_model(name: str, workdir: Path, quick: bool, runs: int, peers: list[
             row.error = row.error.replace(str(workdir), "$WORKDIR")
         rows.append(row)
         log.info("%s %s %s: ratio %s error %s", name, peer.method, peer.params, row.ratio, row.error)
+    return rows
+
+
+def _target_rows(name: str, original: Path, workdir: Path, quick: bool, ref: Any, base: Any, feeds: dict | None,
+                 runs: int) -> list[Row]:
+    """The size-target ablation: one planner per method set (calibration
+    statistics and sensitivities measured once per model), several ratios."""
+    import onnx_l2c
+
+    task = TASKS[name]
+    if task.calibration is None:
+        return []
+    rows: list[Row] = []
+    start = time.perf_counter()
+    samples = task.calibration(CALIBRATION_SAMPLES)
+    planners: dict[str, Any] = {}
+    measure_s = 0.0
+    for label, methods, search in (QUICK_ABLATION if quick else ABLATION):
+        try:
+            if methods not in planners:
+                t0 = time.perf_counter()
+                first = next(iter(planners.values()), None)
+                planners[methods] = (first.with_methods(methods) if first is not None else
+                                     onnx_l2c.Planner(original, calibration_data=samples,
+                                                      calibration_samples=CALIBRATION_SAMPLES, methods=methods))
+                if first is None:
+                    measure_s = time.perf_counter() - start
+            planner = planners[methods]
+        except Exception as exc:  # a model our planner cannot handle is a finding, like a peer's failure
+            rows.append(Row(name, label, {"methods": methods}, error=f"{type(exc).__name__}: {exc}"))
+            continue
+        fit_s = planner.context.seconds.get("candidates", 0.0)
+        for ratio in (QUICK_TARGET_RATIOS if quick else TARGET_RATIOS):
+            params = {"target_ratio": ratio, "methods": methods, "search": search}
+            row = Row(name, label, params)
+            target = workdir / name / f"l2c_target{ratio:g}_{methods.replace(',', '+')}_{search}.onnx"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            t0 = time.perf_counter()
+            try:
+                result = planner.compress(target, target_ratio=ratio, search=search)
+            except Exception as exc:
+                row.error = f"{type(exc).__name__}: {exc}"
+                rows.append(row)
+                continue
+            # conversion time as a user would see it for this one target:
+            # calibration + sensitivity + candidate fitting + allocation and write
+            row.convert_s = measure_s + fit_s + (time.perf_counter() - t0)
+            row.params["peak_memory_mb"] = round(result.plan["peak_memory_bytes"] / 1e6)
+            rows.append(_measure(row, name, original, target, ref, base, feeds, runs))
+            log.info("%s %s %s: ratio %.2f %s", name, label, params, row.ratio or 0, row.metrics)
     return rows
 
 

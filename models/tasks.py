@@ -28,6 +28,71 @@ class Task:
     headline: str  # metric key the fidelity bar applies to
     bar: float  # candidate passes when metrics[headline] >= bar
     data_version: str = "1"  # bump when the task's inputs change: cached reference results are keyed by it
+    # calibration(n): up to n feed dicts from the calibration split (disjoint from evaluation)
+    calibration: Callable[[int], list[dict[str, np.ndarray]]] | None = None
+
+
+def _spread(items: list, n: int) -> list:
+    """n items spread evenly over the list (so every source photo/file/clip is represented)."""
+    if len(items) <= n:
+        return list(items)
+    return [items[int(i)] for i in np.linspace(0, len(items) - 1, n)]
+
+
+def _effnet_calibration(n: int) -> list[dict[str, np.ndarray]]:
+    from .data import imagenet_photos
+
+    images = imagenet_photos("calibration")
+    return _spread([{"input": images[i:i + 1]} for i in range(len(images))], n)
+
+
+def _minilm_calibration(n: int) -> list[dict[str, np.ndarray]]:
+    from .data import minilm_feeds, sentences
+
+    return [minilm_feeds([s]) for s in _spread(sentences("calibration"), n)]
+
+
+def _magika_calibration(n: int) -> list[dict[str, np.ndarray]]:
+    from .data_files import magika_inputs
+
+    x, _, _ = magika_inputs("calibration")
+    return _spread([{"bytes": x[i:i + 1]} for i in range(len(x))], n)
+
+
+def _ocr_det_calibration(n: int) -> list[dict[str, np.ndarray]]:
+    from .data_ocr import ocr_det_inputs
+
+    return _spread([{"x": x} for x in ocr_det_inputs("calibration")], n)
+
+
+def _ocr_rec_calibration(n: int) -> list[dict[str, np.ndarray]]:
+    from .data_ocr import ocr_rec_batches
+
+    batches, _ = ocr_rec_batches("calibration")
+    return _spread([{"x": x[i:i + 1]} for x in batches for i in range(len(x))], n)
+
+
+def _vad_calibration(n: int) -> list[dict[str, np.ndarray]]:
+    """Recorded steps of the stateful loop (input chunk with context, state) over calibration clips."""
+    import onnxruntime as ort
+
+    from .data_audio import CHUNK, CONTEXT, SAMPLE_RATE, vad_clips
+    from .zoo import zoo_path
+
+    sess = ort.InferenceSession(str(zoo_path("silero_vad")), providers=["CPUExecutionProvider"])
+    clips = np.ascontiguousarray(vad_clips("calibration"), dtype=np.float32)
+    clips = clips[np.linspace(0, len(clips) - 1, min(8, len(clips))).astype(int)]
+    steps = clips.shape[1] // CHUNK
+    sr = np.array(SAMPLE_RATE, dtype=np.int64)
+    state = np.zeros((2, len(clips), 128), np.float32)
+    context = np.zeros((len(clips), CONTEXT), np.float32)
+    feeds = []
+    for t in range(steps):
+        inp = np.concatenate([context, clips[:, t * CHUNK:(t + 1) * CHUNK]], axis=1)
+        feeds.append({"input": inp, "state": state, "sr": sr})
+        _, state = sess.run(["output", "stateN"], {"input": inp, "state": state, "sr": sr})
+        context = inp[:, -CONTEXT:]
+    return _spread(feeds, n)
 
 
 def _batched(sess: Session, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
@@ -66,8 +131,9 @@ def _embedding_metrics(ref: np.ndarray, cand: np.ndarray) -> dict[str, float]:
 
 
 TASKS: dict[str, Task] = {
-    "efficientnet_lite0": Task("efficientnet_lite0", _effnet_run, _classifier_metrics, "top1_agreement", 0.99, "2"),
-    "minilm": Task("minilm", _minilm_run, _embedding_metrics, "mean_cosine", 0.99, "2"),
+    "efficientnet_lite0": Task("efficientnet_lite0", _effnet_run, _classifier_metrics, "top1_agreement", 0.99, "2",
+                               _effnet_calibration),
+    "minilm": Task("minilm", _minilm_run, _embedding_metrics, "mean_cosine", 0.99, "2", _minilm_calibration),
 }
 
 
@@ -188,8 +254,10 @@ def _vad_metrics(ref: np.ndarray, cand: np.ndarray) -> dict[str, float]:
 
 
 TASKS.update({
-    "magika": Task("magika", _magika_run, _magika_metrics, "label_agreement", 0.99),
-    "ocr_det": Task("ocr_det", _ocr_det_run, _ocr_det_metrics, "mean_iou", 0.95),
-    "ocr_rec": Task("ocr_rec", _ocr_rec_run, _ocr_rec_metrics, "string_agreement", 0.98),
-    "silero_vad": Task("silero_vad", _vad_run, _vad_metrics, "decision_agreement", 0.99),
+    "magika": Task("magika", _magika_run, _magika_metrics, "label_agreement", 0.99, calibration=_magika_calibration),
+    "ocr_det": Task("ocr_det", _ocr_det_run, _ocr_det_metrics, "mean_iou", 0.95, calibration=_ocr_det_calibration),
+    "ocr_rec": Task("ocr_rec", _ocr_rec_run, _ocr_rec_metrics, "string_agreement", 0.98,
+                    calibration=_ocr_rec_calibration),
+    "silero_vad": Task("silero_vad", _vad_run, _vad_metrics, "decision_agreement", 0.99,
+                       calibration=_vad_calibration),
 })

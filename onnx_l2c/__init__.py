@@ -19,11 +19,11 @@ if not (_here / "passes").is_dir() and (_here.parent / "passes" / "__init__.py")
 from .config import OPTIONS, CompressOptions, Preset
 from .errors import L2CError
 from .loader import InferenceSession, custom_op_library, decompress, inspect
-from .pipeline import CompressResult, TensorReport, compress
+from .pipeline import CompressResult, Planner, TensorReport, compress
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "OPTIONS", "CompressOptions", "CompressResult", "InferenceSession", "L2CError", "Preset", "TensorReport",
+    "OPTIONS", "CompressOptions", "CompressResult", "InferenceSession", "L2CError", "Planner", "Preset", "TensorReport",
     "compress", "custom_op_library", "decompress", "inspect",
 ]

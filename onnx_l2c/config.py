@@ -163,6 +163,10 @@ class CompressOptions:
             return 8
         return None
 
+    def as_options(self) -> dict[str, Any]:
+        """Keyword arguments that rebuild these options."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
     def as_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["preset"] = self.preset.value

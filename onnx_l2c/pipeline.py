@@ -112,6 +112,35 @@ def _encode(w: WeightRef, base_dir: Path, lossy: WeightTransform | None,
     return payload, report
 
 
+@dataclass
+class _Source:
+    proto: onnx.ModelProto
+    src_dir: Path
+    source_bytes: int
+    path: Path | None
+
+
+def _load_source(model: str | os.PathLike | onnx.ModelProto, base_dir: str | os.PathLike | None) -> _Source:
+    if isinstance(model, onnx.ModelProto):
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model)
+        src_dir = Path(base_dir) if base_dir is not None else Path.cwd()
+        source_bytes = proto.ByteSize() + sum(f.stat().st_size for f in external_files(proto, src_dir) if f.is_file())
+        source = _Source(proto, src_dir, source_bytes, None)
+    else:
+        path = Path(model)
+        proto = load_model(path)
+        source = _Source(proto, path.parent, model_bytes(path, proto), path)
+    if any(op.domain == DOMAIN for op in proto.opset_import):
+        raise L2CError(f"{model}: already compressed by onnx_l2c (uses domain {DOMAIN})")
+    return source
+
+
+def _check_output(source: _Source, output: Path) -> None:
+    if source.path is not None and output.resolve() == source.path.resolve():
+        raise L2CError(f"{output}: output would overwrite the input model")
+
+
 def compress(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike, *,
              base_dir: str | os.PathLike | None = None, progress: Progress | None = None,
              **options: Any) -> CompressResult:
@@ -119,71 +148,109 @@ def compress(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
 
     `model` is a path or an `onnx.ModelProto` (whose external data, if any, is
     read relative to `base_dir`). Options: see `onnx_l2c.config.OPTIONS`.
+    With `target_ratio` / `target_size` the model is calibrated and planned
+    first (see `Planner`, which reuses that work across several targets).
     """
     start = time.perf_counter()
     opts = CompressOptions.from_kwargs(**options)
     output = Path(output)
-    if isinstance(model, onnx.ModelProto):
-        proto = onnx.ModelProto()
-        proto.CopyFrom(model)
-        src_dir = Path(base_dir) if base_dir is not None else Path.cwd()
-        source_bytes = proto.ByteSize() + sum(f.stat().st_size for f in external_files(proto, src_dir) if f.is_file())
-    else:
-        path = Path(model)
-        proto = load_model(path)
-        src_dir = path.parent
-        if output.resolve() == path.resolve():
-            raise L2CError(f"{output}: output would overwrite the input model")
-        source_bytes = model_bytes(path, proto)
-    if any(op.domain == DOMAIN for op in proto.opset_import):
-        raise L2CError(f"{model}: already compressed by onnx_l2c (uses domain {DOMAIN})")
-
-    analysis = find_weights(proto, opts.min_elements)
+    if opts.has_target:
+        planner = Planner(model, base_dir=base_dir, progress=progress, _options=opts)
+        return planner.compress(output, target_ratio=opts.target_ratio, target_size=opts.target_size,
+                                search=opts.search.value, report=opts.report, _start=start)
+    source = _load_source(model, base_dir)
+    _check_output(source, output)
+    analysis = find_weights(source.proto, opts.min_elements)
     workers = opts.workers or os.cpu_count() or 1
-    if not opts.has_target:
-        result = _write(proto, analysis, src_dir, output, opts, source_bytes, workers, progress, start, None)
-        if opts.report is not None:
-            from .report import write_report
-
-            write_report(result, None, None, opts.report)
-        return result
-
-    from . import plan as planning
-    from .report import plan_summary, write_report
-
-    ctx = planning.build_context(proto, src_dir, analysis.weights, opts, workers)
-    budget = planning.budget_for(opts, source_bytes)
-    pristine = onnx.ModelProto()
-    pristine.CopyFrom(proto)
-    result: CompressResult | None = None
-    previous: dict | None = None
-    for attempt in range(3):
-        allocation = ctx.allocate(budget, opts.search.value)
-        if previous is not None and allocation.chosen == previous:
-            break  # the candidates cannot get closer to the budget
-        previous = allocation.chosen
-        methods = {name: ctx.method_for(name, option) for name, option in allocation.chosen.items()}
-        work = onnx.ModelProto()
-        work.CopyFrom(pristine)
-        work_analysis = find_weights(work, opts.min_elements)
-        result = _write(work, work_analysis, src_dir, output, opts, source_bytes, workers, progress, start,
-                        methods)
-        # The payload sizes are exact; the graph's size was estimated. Correct
-        # the estimate by what the written files show and re-allocate if the
-        # output misses the budget by more than 1%.
-        miss = result.output_bytes - budget
-        if abs(miss) <= 0.01 * budget or allocation.total_bytes == 0:
-            break
-        predicted = allocation.total_bytes + ctx.fixed_bytes
-        ctx.fixed_bytes += result.output_bytes - predicted
-        log.info("output %d bytes for a budget of %d; re-allocating (attempt %d)", result.output_bytes, budget,
-                 attempt + 2)
-    assert result is not None
-    result.plan = plan_summary(ctx, allocation, opts, budget, source_bytes)
-    result.seconds = time.perf_counter() - start
+    result = _write(source.proto, analysis, source.src_dir, output, opts, source.source_bytes, workers, progress,
+                    start, None)
     if opts.report is not None:
-        write_report(result, ctx, allocation, opts.report)
+        from .report import write_report
+
+        write_report(result, None, None, opts.report)
     return result
+
+
+class Planner:
+    """Calibrate, measure sensitivities and fit every tensor's candidates once;
+    then write the model at any number of size targets.
+
+        planner = onnx_l2c.Planner("model.onnx", calibration_data=reader)
+        for r in (6, 8, 10):
+            planner.compress(f"small{r}.onnx", target_ratio=r)
+
+    Options as for `compress` (targets, search and report are per call).
+    """
+
+    def __init__(self, model: str | os.PathLike | onnx.ModelProto, *, base_dir: str | os.PathLike | None = None,
+                 progress: Progress | None = None, _options: CompressOptions | None = None,
+                 _reuse: "Planner | None" = None, **options: Any) -> None:
+        from . import plan as planning
+
+        self.options = _options if _options is not None else CompressOptions.from_kwargs(**options)
+        self.progress = progress
+        self.source = _reuse.source if _reuse is not None else _load_source(model, base_dir)
+        self.workers = self.options.workers or os.cpu_count() or 1
+        analysis = find_weights(self.source.proto, self.options.min_elements)
+        self.context = planning.build_context(self.source.proto, self.source.src_dir, analysis.weights,
+                                              self.options, self.workers,
+                                              measured=_reuse.context if _reuse is not None else None)
+
+    def with_methods(self, methods: str | tuple[str, ...]) -> "Planner":
+        """Another planner for the same model and calibration measurements,
+        with other methods (only the candidates are fitted again)."""
+        opts = CompressOptions.from_kwargs(**(self.options.as_options() | {"methods": methods}))
+        return Planner(None, progress=self.progress, _options=opts, _reuse=self)  # type: ignore[arg-type]
+
+    def compress(self, output: str | os.PathLike, *, target_ratio: float | None = None,
+                 target_size: int | None = None, search: str | None = None,
+                 report: str | os.PathLike | None = None, _start: float | None = None) -> CompressResult:
+        from . import plan as planning
+        from .report import plan_summary, write_report
+
+        start = _start if _start is not None else time.perf_counter()
+        updates: dict[str, Any] = {"target_ratio": target_ratio, "target_size": target_size, "report": report}
+        if search is not None:
+            updates["search"] = search
+        opts = CompressOptions.from_kwargs(**(self.options.as_options() | updates))
+        if not opts.has_target:
+            raise L2CError("Planner.compress needs target_ratio or target_size")
+        output = Path(output)
+        _check_output(self.source, output)
+        ctx = self.context
+        budget = planning.budget_for(opts, self.source.source_bytes)
+        result: CompressResult | None = None
+        previous: dict | None = None
+        fixed = ctx.fixed_bytes
+        try:
+            for attempt in range(3):
+                allocation = ctx.allocate(budget, opts.search.value)
+                if previous is not None and allocation.chosen == previous:
+                    break  # the candidates cannot get closer to the budget
+                previous = dict(allocation.chosen)
+                methods = {name: ctx.method_for(name, option) for name, option in allocation.chosen.items()}
+                work = onnx.ModelProto()
+                work.CopyFrom(self.source.proto)
+                work_analysis = find_weights(work, opts.min_elements)
+                result = _write(work, work_analysis, self.source.src_dir, output, opts, self.source.source_bytes,
+                                self.workers, self.progress, start, methods)
+                # The payload sizes are exact; the graph's size was estimated.
+                # Correct the estimate by what the written files show and
+                # re-allocate if the output misses the budget by more than 1%.
+                if abs(result.output_bytes - budget) <= 0.01 * budget or allocation.total_bytes == 0:
+                    break
+                predicted = allocation.total_bytes + ctx.fixed_bytes
+                ctx.fixed_bytes += result.output_bytes - predicted
+                log.info("output %d bytes for a budget of %d; re-allocating (attempt %d)", result.output_bytes,
+                         budget, attempt + 2)
+            assert result is not None
+            result.plan = plan_summary(ctx, allocation, opts, budget, self.source.source_bytes)
+        finally:
+            ctx.fixed_bytes = fixed  # the correction is specific to this output's names
+        result.seconds = time.perf_counter() - start
+        if opts.report is not None:
+            write_report(result, ctx, allocation, opts.report)
+        return result
 
 
 def _write(proto: onnx.ModelProto, analysis: Any, src_dir: Path, output: Path, opts: CompressOptions,

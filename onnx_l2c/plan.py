@@ -176,10 +176,16 @@ def _options(tensor: TensorInput, stats: LayerStats | None, methods: tuple[str, 
 
 
 def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRef], opts: CompressOptions,
-                  workers: int, progress: Any = None) -> PlanContext:
+                  workers: int, progress: Any = None, measured: PlanContext | None = None) -> PlanContext:
+    """Measure (or reuse `measured`'s statistics and sensitivities) and fit candidates."""
     ctx = PlanContext(weights={w.name: w for w in weights}, base_dir=base_dir, mixed="mixed" in opts.methods)
     t0 = time.perf_counter()
-    if opts.calibration_data is not None:
+    if measured is not None:
+        ctx.stats, ctx.sensitivity, ctx.data_free = measured.stats, measured.sensitivity, measured.data_free
+        ctx.calibration_samples = measured.calibration_samples
+        ctx.seconds = {k: v for k, v in measured.seconds.items() if k != "candidates"}
+        ctx.notes = [n for n in measured.notes if n.startswith("data-free")]
+    elif opts.calibration_data is not None:
         inputs = graph_inputs(model)
         samples = list(iter_samples(opts.calibration_data, inputs, opts.calibration_samples))
         ctx.calibration_samples = len(samples)
@@ -190,7 +196,7 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
         ctx.seconds["sensitivity"] = time.perf_counter() - t1
         ctx.data_free = False
         del samples
-    else:
+    if measured is None and opts.calibration_data is None:
         ctx.notes.append("data-free: no calibration data, so distortion is the relative weight error of each "
                          "tensor (all tensors equally important) and rounding is to nearest")
     t2 = time.perf_counter()

@@ -153,3 +153,26 @@ def test_allocators_respect_the_budget_and_lagrange_is_near_optimal(rng):
             assert alloc.total_bytes <= budget or search is uniform
         # λ search is optimal on the convex hull; allow the hull gap.
         assert lagrange(tensors, budget).distortion <= best[0] * 1.0 + max(t.scale for t in tensors) + 1e-12
+
+
+def test_planner_reuses_calibration_across_targets(deep: Path, tmp_path: Path, rng):
+    planner = onnx_l2c.Planner(deep, calibration_data=_samples(rng, 16))
+    sizes = []
+    for ratio in (5.0, 9.0):
+        result = planner.compress(tmp_path / f"r{ratio}.onnx", target_ratio=ratio)
+        assert abs(result.ratio / ratio - 1) <= 0.03
+        sizes.append(result.output_bytes)
+    assert sizes[0] > sizes[1]
+    with pytest.raises(L2CError, match="needs target_ratio or target_size"):
+        planner.compress(tmp_path / "none.onnx")
+    with pytest.raises(L2CError, match="overwrite the input"):
+        planner.compress(deep, target_ratio=4)
+
+
+def test_planner_with_other_methods_reuses_measurements(deep: Path, tmp_path: Path, rng):
+    planner = onnx_l2c.Planner(deep, calibration_data=_samples(rng, 16))
+    uniform_planner = planner.with_methods("uniform")
+    assert uniform_planner.context.stats is planner.context.stats
+    result = uniform_planner.compress(tmp_path / "u.onnx", target_ratio=6)
+    assert abs(result.ratio / 6 - 1) <= 0.03 and result.plan["methods"] == ["uniform"]
+    assert not result.plan["data_free"]
