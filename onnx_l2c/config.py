@@ -51,7 +51,7 @@ class Search(str, enum.Enum):
 
 
 # Methods `--methods` can select (each a registered pass in passes/).
-METHODS = ("uniform", "rounding", "mixed")
+METHODS = ("uniform", "rounding", "mixed", "decorrelate")
 DEFAULT_METHODS = ("rounding", "mixed")
 
 

@@ -22,14 +22,13 @@ import onnx
 
 from onnx_l2c.passes import TensorInput, WeightTransform
 from onnx_l2c.passes.lossless import Lossless
-from onnx_l2c.passes.mixed import MixedPrecision
 from onnx_l2c.passes.uniform import Uniform
 
 from .config import CompressOptions
 from .errors import L2CError
 from .files import AlignedWriter, AtomicOutputs
 from .format import (DOMAIN, DTYPE_NAMES, FORMAT_VERSION, OP_TYPE, OPSET, Recipe, bits_to_float32,
-                     reconstruct, serialize)
+                     decode_native, serialize)
 from .graph import (WeightRef, embed_external, external_files, find_weights, iter_graphs, load_model, model_bytes,
                     tensor_bits)
 
@@ -103,10 +102,10 @@ def _encode(w: WeightRef, base_dir: Path, lossy: WeightTransform | None,
     rel, sparsity = 0.0, 0.0
     if not method.lossless:
         ref = tensor.values.astype(np.float64)
-        rec = bits_to_float32(np.asarray(reconstruct(recipe)).view(bits.dtype), w.dtype).reshape(w.shape)
+        rec = bits_to_float32(decode_native(payload, recipe).view(bits.dtype), w.dtype).reshape(w.shape)
         rel = float(np.linalg.norm(rec - ref) / max(np.linalg.norm(ref), 1e-30))
         sparsity = float((rec == 0).mean())
-    params = method.params.describe() if isinstance(method, MixedPrecision) else None
+    params = method.params.describe() if hasattr(getattr(method, "params", None), "describe") else None
     report = TensorReport(w.name, method.name, DTYPE_NAMES[w.dtype], w.shape, w.nbytes, len(payload), rel,
                           sparsity, params)
     return payload, report

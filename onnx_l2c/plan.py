@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from onnx_l2c.passes import TensorInput, WeightTransform
-from onnx_l2c.passes import mixed
+from onnx_l2c.passes import decorrelate, mixed
 from onnx_l2c.passes.lossless import Lossless
 
 from . import allocate
@@ -28,7 +28,7 @@ from .errors import L2CError
 from .format import serialize
 from .graph import WeightRef, tensor_bits
 from .sensitivity import NOISE_REL, Sensitivity, measure_sensitivity, unit_error
-from .statistics import LayerStats, collect_statistics
+from .statistics import LayerStats, LayerView, collect_statistics, layer_view
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,22 @@ class PlanContext:
     weights: dict[str, WeightRef] = field(default_factory=dict)
     base_dir: Path = Path(".")
     mixed: bool = True  # per-tensor choices; without it one shared step grid position
+    views: dict[str, LayerView | None] = field(default_factory=dict)
+
+    def quantize(self, name: str, params: Any) -> mixed.Quantized:
+        """One candidate of one tensor (the same code the final encode runs)."""
+        tensor = _tensor_input(self.weights[name], self.base_dir)
+        stats = self.stats.get(name)
+        if isinstance(params, decorrelate.TransformParams):
+            view = self.views[name]
+            assert view is not None
+            fitted = decorrelate.fit_basis(tensor, stats, view, params.whitened)
+            return decorrelate.quantize_transform(tensor, params, stats, fitted)
+        try:
+            return mixed.quantize(tensor, params, stats, held_out=True)
+        finally:
+            if stats is not None:
+                mixed.release(stats)
 
     def allocate(self, budget: int, search: str) -> Allocation:
         if not self.mixed:
@@ -84,24 +100,17 @@ class PlanContext:
             chosen = alloc.chosen[name]
             p = chosen.params
             finer = [o.params.alpha for o in self.tensors[name].choices.options
-                     if o.params is not None and o.params.alpha < p.alpha
-                     and (o.params.per_channel, o.params.dead_zone) == (p.per_channel, p.dead_zone)]
+                     if o.params is not None and o.params.alpha < p.alpha and o.params.family == p.family]
             lo_alpha, hi_alpha = p.alpha, max(finer) if finer else p.alpha / 2
-            tensor = _tensor_input(self.weights[name], self.base_dir)
-            stats = self.stats.get(name)
             best = chosen
-            try:
-                for _ in range(7):
-                    mid = float(np.sqrt(lo_alpha * hi_alpha))
-                    params = dataclasses.replace(p, alpha=mid)
-                    q = mixed.quantize(tensor, params, stats, held_out=True)
-                    if alloc.total_bytes - chosen.bytes + len(q.payload) <= available:
-                        lo_alpha, best = mid, Option(len(q.payload), q.error, params, q.sparsity, chosen.grid)
-                    else:
-                        hi_alpha = mid
-            finally:
-                if stats is not None:
-                    mixed.release(stats)
+            for _ in range(7):
+                mid = float(np.sqrt(lo_alpha * hi_alpha))
+                params = dataclasses.replace(p, alpha=mid)
+                q = self.quantize(name, params)
+                if alloc.total_bytes - chosen.bytes + len(q.payload) <= available:
+                    lo_alpha, best = mid, Option(len(q.payload), q.error, params, q.sparsity, chosen.grid)
+                else:
+                    hi_alpha = mid
             if best is not chosen:
                 scale = self.tensors[name].scale
                 alloc.chosen[name] = best
@@ -121,10 +130,7 @@ class PlanContext:
             for name in names:
                 o = trial[name]
                 params = dataclasses.replace(o.params, alpha=o.params.alpha * mid)
-                stats = self.stats.get(name)
-                q = mixed.quantize(_tensor_input(self.weights[name], self.base_dir), params, stats, held_out=True)
-                if stats is not None:
-                    mixed.release(stats)
+                q = self.quantize(name, params)
                 trial[name] = Option(len(q.payload), q.error, params, q.sparsity, o.grid)
             if sum(o.bytes for o in trial.values()) <= available:
                 lo, best = mid, trial
@@ -139,6 +145,10 @@ class PlanContext:
     def method_for(self, name: str, option: Option) -> WeightTransform:
         if option.params is None:
             return Lossless()
+        if isinstance(option.params, decorrelate.TransformParams):
+            view = self.views[name]
+            assert view is not None
+            return decorrelate.Decorrelate(option.params, self.stats.get(name), view)
         return mixed.MixedPrecision(option.params, self.stats.get(name))
 
 
@@ -146,7 +156,32 @@ def _tensor_input(w: WeightRef, base_dir: Path) -> TensorInput:
     return TensorInput(w.name, w.dtype, w.shape, tensor_bits(w.tensor, base_dir), w.channel_axis)
 
 
-def _options(tensor: TensorInput, stats: LayerStats | None, methods: tuple[str, ...]) -> list[Option]:
+def _transform_options(tensor: TensorInput, stats: LayerStats | None, view: LayerView | None,
+                       lossless: int) -> list[Option]:
+    """Decorrelated candidates: plain KLT, and whitened in the output-error
+    metric when the layer has full statistics."""
+    if not decorrelate.applies(tensor, stats, view):
+        return []
+    assert view is not None
+    out = []
+    numel = max(int(np.prod(tensor.shape, dtype=np.int64)), 1)
+    kinds = [False] + ([True] if stats is not None and stats.hessian is not None else [])
+    for whitened in kinds:
+        fitted = decorrelate.fit_basis(tensor, stats, view, whitened)
+        for k in mixed.ALPHA_EXPONENTS:
+            params = decorrelate.TransformParams(2.0 ** (k / 2), whitened)
+            q = decorrelate.quantize_transform(tensor, params, stats, fitted)
+            size = len(q.payload)
+            if size >= lossless:
+                continue
+            out.append(Option(size, q.error, params, q.sparsity))
+            if 8 * size / numel < mixed.STOP_BITS:
+                break
+    return out
+
+
+def _options(tensor: TensorInput, stats: LayerStats | None, methods: tuple[str, ...],
+             view: LayerView | None = None) -> list[Option]:
     lossless = len(serialize(Lossless().encode(tensor)))
     options = [Option(lossless, 0.0, None)]
     if not np.isfinite(tensor.values).all():
@@ -172,6 +207,8 @@ def _options(tensor: TensorInput, stats: LayerStats | None, methods: tuple[str, 
     finally:
         if stats is not None:
             mixed.release(stats)
+    if "decorrelate" in methods:
+        options += _transform_options(tensor, stats, view, lossless)
     return options
 
 
@@ -202,8 +239,10 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
     t2 = time.perf_counter()
     methods = opts.methods if not ctx.data_free else tuple(m for m in opts.methods if m != "rounding")
 
+    ctx.views = {w.name: layer_view(w) for w in weights}
+
     def work(w: WeightRef) -> tuple[WeightRef, list[Option]]:
-        return w, _options(_tensor_input(w, base_dir), ctx.stats.get(w.name), methods)
+        return w, _options(_tensor_input(w, base_dir), ctx.stats.get(w.name), methods, ctx.views[w.name])
 
     results: list[tuple[WeightRef, list[Option]]] = []
     with ThreadPoolExecutor(workers) as pool:

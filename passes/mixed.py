@@ -40,6 +40,10 @@ class QuantParams:
     dead_zone: float
     damping: float | None = None  # GPTQ damping; None = round to nearest
 
+    @property
+    def family(self) -> tuple:
+        return ("quantize", self.per_channel, self.dead_zone, self.damping)
+
     def describe(self) -> dict[str, float | bool | None]:
         return {"alpha": self.alpha, "per_channel": self.per_channel, "dead_zone": self.dead_zone,
                 "output_aware": self.damping is not None, "damping": self.damping}
