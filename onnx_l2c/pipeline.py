@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from onnx_l2c.passes import TensorInput, WeightTransform
 from onnx_l2c.passes.lossless import Lossless
@@ -228,8 +229,14 @@ class Planner:
                     break  # the candidates cannot get closer to the budget
                 previous = dict(allocation.chosen)
                 methods = {name: ctx.method_for(name, option) for name, option in allocation.chosen.items()}
+                new_bias, recipes = planning.bias_corrections(ctx, allocation.chosen)
+                for name, recipe in recipes.items():
+                    methods[name] = planning.Precomputed(recipe, methods[name])
                 work = onnx.ModelProto()
                 work.CopyFrom(self.source.proto)
+                for t in work.graph.initializer:
+                    if t.name in new_bias:
+                        t.CopyFrom(numpy_helper.from_array(new_bias[t.name], t.name))
                 work_analysis = find_weights(work, opts.min_elements)
                 result = _write(work, work_analysis, self.source.src_dir, output, opts, self.source.source_bytes,
                                 self.workers, self.progress, start, methods)

@@ -62,11 +62,15 @@ class PlanContext:
     base_dir: Path = Path(".")
     mixed: bool = True  # per-tensor choices; without it one shared step grid position
     views: dict[str, LayerView | None] = field(default_factory=dict)
+    # Bias correction: weight → the bias its consumer adds; for those weights
+    # the quantizers see the centered statistics (see LayerStats.centered).
+    bias_of: dict[str, str] = field(default_factory=dict)
+    fit_stats: dict[str, LayerStats] = field(default_factory=dict)
 
     def quantize(self, name: str, params: Any) -> mixed.Quantized:
         """One candidate of one tensor (the same code the final encode runs)."""
         tensor = _tensor_input(self.weights[name], self.base_dir)
-        stats = self.stats.get(name)
+        stats = self.fit_stats.get(name)
         if isinstance(params, decorrelate.TransformParams):
             view = self.views[name]
             assert view is not None
@@ -148,8 +152,8 @@ class PlanContext:
         if isinstance(option.params, decorrelate.TransformParams):
             view = self.views[name]
             assert view is not None
-            return decorrelate.Decorrelate(option.params, self.stats.get(name), view)
-        return mixed.MixedPrecision(option.params, self.stats.get(name))
+            return decorrelate.Decorrelate(option.params, self.fit_stats.get(name), view)
+        return mixed.MixedPrecision(option.params, self.fit_stats.get(name))
 
 
 def _tensor_input(w: WeightRef, base_dir: Path) -> TensorInput:
@@ -188,15 +192,18 @@ def _options(tensor: TensorInput, stats: LayerStats | None, methods: tuple[str, 
         return options
     damping = mixed.output_aware_damping(tensor, stats) if "rounding" in methods else None
     if "mixed" in methods:
-        per_channel = (True, False) if tensor.channel_axis is not None else (False,)
-        families = [(pc, dz) for pc in per_channel for dz in mixed.DEAD_ZONES]
+        # Per-tensor or per-channel steps, both with the chosen rounding; a
+        # dead zone (pruning) with plain rounding, where it is cheap to try.
+        per_channel = (False, True) if tensor.channel_axis is not None else (False,)
+        families = [(pc, 0.0, damping) for pc in per_channel]
+        families += [(False, dz, None) for dz in mixed.DEAD_ZONES if dz > 0]
     else:
-        families = [(tensor.channel_axis is not None, 0.0)]
+        families = [(tensor.channel_axis is not None, 0.0, damping)]
     numel = max(int(np.prod(tensor.shape, dtype=np.int64)), 1)
     try:
-        for pc, dz in families:
+        for pc, dz, damp in families:
             for k in mixed.ALPHA_EXPONENTS:
-                params = mixed.QuantParams(2.0 ** (k / 2), pc, dz, damping)
+                params = mixed.QuantParams(2.0 ** (k / 2), pc, dz, damp)
                 q = mixed.quantize(tensor, params, stats, held_out=True)
                 size = len(q.payload)
                 if size >= lossless:
@@ -240,9 +247,18 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
     methods = opts.methods if not ctx.data_free else tuple(m for m in opts.methods if m != "rounding")
 
     ctx.views = {w.name: layer_view(w) for w in weights}
+    ctx.fit_stats = dict(ctx.stats)
+    if ctx.stats:
+        ctx.bias_of = find_biases(model, weights, ctx.stats)
+        for name in ctx.bias_of:
+            ctx.fit_stats[name] = ctx.stats[name].centered()
+    biases = set(ctx.bias_of.values())
 
     def work(w: WeightRef) -> tuple[WeightRef, list[Option]]:
-        return w, _options(_tensor_input(w, base_dir), ctx.stats.get(w.name), methods, ctx.views[w.name])
+        tensor = _tensor_input(w, base_dir)
+        if w.name in biases:  # corrected after quantization: kept exact
+            return w, [Option(len(serialize(Lossless().encode(tensor))), 0.0, None)]
+        return w, _options(tensor, ctx.fit_stats.get(w.name), methods, ctx.views[w.name])
 
     results: list[tuple[WeightRef, list[Option]]] = []
     with ThreadPoolExecutor(workers) as pool:
@@ -277,6 +293,98 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
                          "of the measured ones")
     ctx.fixed_bytes = _graph_estimate(model, weights) + PAYLOAD_OVERHEAD * len(weights)
     return ctx
+
+
+class Precomputed(WeightTransform):
+    """A recipe already computed (for bias correction), reported as its method."""
+
+    name = "precomputed"
+
+    def __init__(self, recipe: Any, method: WeightTransform) -> None:
+        self.recipe, self.name, self.lossless = recipe, method.name, method.lossless  # type: ignore[misc]
+        self.params = getattr(method, "params", None)
+
+    def applies_to(self, tensor: TensorInput) -> bool:
+        return True
+
+    def encode(self, tensor: TensorInput) -> Any:
+        return self.recipe
+
+    def rate_bits(self, tensor: TensorInput) -> float:
+        return 8.0 * len(serialize(self.recipe))
+
+
+def find_biases(model: onnx.ModelProto, weights: list[WeightRef], stats: dict[str, LayerStats]) -> dict[str, str]:
+    """Weights whose consumer adds a float32 bias initializer of one value per
+    output row, used by nothing else: Conv's B, Gemm's C (alpha = beta = 1),
+    or the Add right after a MatMul."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    uses: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses.setdefault(name, []).append(node)
+    for value in graph.output:
+        uses.setdefault(value.name, []).append(onnx.NodeProto())  # a graph output counts as a use
+
+    def bias_ok(name: str, rows: int) -> bool:
+        t = inits.get(name)
+        return (t is not None and t.data_type == onnx.TensorProto.FLOAT and len(uses.get(name, [])) == 1
+                and int(np.prod(t.dims, dtype=np.int64)) == rows and (len(t.dims) == 1 or max(t.dims) == rows))
+
+    out: dict[str, str] = {}
+    for w in weights:
+        st = stats.get(w.name)
+        node = w.consumer_node
+        if (st is None or st.mean is None or node is None or w.graph.path != "main" or w.transposed
+                or len(uses.get(w.name, [])) != 1 or node.input[w.consumer_input] != w.name):
+            continue
+        rows = st.view.groups * st.view.rows
+        attrs = {a.name: a for a in node.attribute}
+        bias = None
+        if node.op_type == "Conv" and len(node.input) > 2 and node.input[2]:
+            bias = node.input[2]
+        elif node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
+            if all(attrs[k].f == 1.0 for k in ("alpha", "beta") if k in attrs):
+                bias = node.input[2]
+        elif node.op_type == "MatMul":
+            after = uses.get(node.output[0], [])
+            if len(after) == 1 and after[0].op_type == "Add":
+                others = [n for n in after[0].input if n != node.output[0]]
+                bias = others[0] if len(others) == 1 else None
+        if bias is not None and bias_ok(bias, rows) and bias not in out.values():
+            out[w.name] = bias
+    return out
+
+
+def bias_corrections(ctx: PlanContext, chosen: dict[str, Option]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """New bias values (b − ΔW·E[x]) for every corrected weight, and the final
+    recipes of those weights (so they are not encoded twice)."""
+    from onnx import numpy_helper
+
+    from .format import bits_to_float32, decode_native
+
+    new_bias: dict[str, np.ndarray] = {}
+    recipes: dict[str, Any] = {}
+    for name, bias_name in ctx.bias_of.items():
+        option = chosen.get(name)
+        if option is None or option.params is None:
+            continue
+        w = ctx.weights[name]
+        tensor = _tensor_input(w, ctx.base_dir)
+        recipe = ctx.method_for(name, option).encode(tensor)
+        payload = serialize(recipe)
+        decoded = decode_native(payload, recipe)
+        values = bits_to_float32(decoded.view(tensor.bits.dtype) if w.dtype != onnx.TensorProto.FLOAT else decoded,
+                                 w.dtype).reshape(w.shape).astype(np.float64)
+        stats = ctx.stats[name]
+        delta = stats.view.to_matrix(values - tensor.values.astype(np.float64))
+        shift = np.einsum("grd,gd->gr", delta, stats.mean).reshape(-1)
+        bias = next(t for t in w.graph.graph.initializer if t.name == bias_name)
+        b = numpy_helper.to_array(bias, base_dir=str(ctx.base_dir)).astype(np.float64)
+        new_bias[bias_name] = (b.reshape(-1) - shift).astype(np.float32).reshape(b.shape)
+        recipes[name] = recipe
+    return new_bias, recipes
 
 
 def _rms2(w: WeightRef, base_dir: Path) -> float:

@@ -54,6 +54,8 @@ def plan_summary(ctx: "PlanContext", allocation: "Allocation", opts: "CompressOp
         "sensitivity_samples": ctx.sensitivity.samples if ctx.sensitivity is not None else 0,
         "divergences": ctx.sensitivity.divergences if ctx.sensitivity is not None else {},
         "notes": ctx.notes,
+        "bias_corrected": sorted(n for n in ctx.bias_of if (o := allocation.chosen.get(n)) is not None
+                                 and o.params is not None),
         "seconds": ctx.seconds,
         "peak_memory_bytes": peak_memory_bytes(),
     }
@@ -78,6 +80,7 @@ def write_report(result: "CompressResult", ctx: "PlanContext | None", allocation
             "sensitivity": tp.scale if tp else None,
             "sensitivity_measured": tp.sensitivity_measured if tp else False,
             "statistics": tp.statistics if tp else "none",
+            "bias_corrected": bool(ctx is not None and t.name in ctx.bias_of and t.params is not None),
         })
     doc = {
         "output": result.output.name, "sidecar": result.sidecar.name,

@@ -91,6 +91,24 @@ class LayerStats:
     row_weight: np.ndarray | None = None  # (rows,) usage frequency of Gather rows
     vectors: int = 0
     halves: tuple[np.ndarray, np.ndarray] | None = None  # H of the first / second half of the samples
+    mean: np.ndarray | None = None  # (groups, cols): E[x], with a full H
+    halves_mean: tuple[np.ndarray, np.ndarray] | None = None
+
+    def centered(self) -> "LayerStats":
+        """Statistics of the error that remains after bias correction: the
+        mean output shift ΔW·E[x] is folded into the bias, so H becomes the
+        covariance E[x xᵀ] − E[x]E[x]ᵀ."""
+        if self.hessian is None or self.mean is None:
+            return self
+
+        def cov(h: np.ndarray, mu: np.ndarray) -> np.ndarray:
+            return h - np.einsum("gi,gj->gij", mu, mu)
+
+        halves = None
+        if self.halves is not None and self.halves_mean is not None:
+            halves = (cov(self.halves[0], self.halves_mean[0]), cov(self.halves[1], self.halves_mean[1]))
+        return LayerStats(self.view, hessian=cov(self.hessian, self.mean), vectors=self.vectors, halves=halves,
+                          mean=np.zeros_like(self.mean))
 
     def weighted_error(self, delta: np.ndarray) -> float:
         """tr(ΔW·H·ΔWᵀ) summed over groups (or the row-weighted squared error)."""
@@ -120,6 +138,7 @@ class _Accumulator:
     # Two halves of the samples, kept apart so a method can fit on one half
     # and check on the other (see passes/rounding.py).
     totals: list[np.ndarray | None] = field(default_factory=lambda: [None, None])
+    sums: list[np.ndarray | None] = field(default_factory=lambda: [None, None])  # Σ x (full H only)
     counts: list[int] = field(default_factory=lambda: [0, 0])
     half: int = 0
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
@@ -289,6 +308,9 @@ def _accumulate(acc: _Accumulator, x: np.ndarray) -> None:
     else:
         vg = v.transpose(1, 2, 0)  # (groups, cols, vectors)
         part = np.matmul(vg, vg.transpose(0, 2, 1)).astype(np.float64)
+    h = acc.half
+    first = v.sum(axis=0, dtype=np.float64)
+    acc.sums[h] = first if acc.sums[h] is None else acc.sums[h] + first
     _add(acc, part, v.shape[0])
 
 
@@ -311,8 +333,13 @@ def _finish(acc: _Accumulator) -> LayerStats | None:
         stats.diagonal = mean
     else:
         stats.hessian = mean
+        sums = [(t, c) for t, c in zip(acc.sums, acc.counts) if t is not None and c > 0]
+        if len(sums) == len(parts):
+            stats.mean = sum(t for t, _ in sums) / sum(c for _, c in sums)
         if len(parts) == 2:
             stats.halves = (parts[0][0] / parts[0][1], parts[1][0] / parts[1][1])
+            if len(sums) == 2:
+                stats.halves_mean = (sums[0][0] / sums[0][1], sums[1][0] / sums[1][1])
     if view.kind == "conv":
         perm = conv_column_order(view)
         if stats.hessian is not None:
@@ -321,6 +348,10 @@ def _finish(acc: _Accumulator) -> LayerStats | None:
             stats.halves = tuple(np.ascontiguousarray(h[:, perm][:, :, perm]) for h in stats.halves)
         if stats.diagonal is not None:
             stats.diagonal = np.ascontiguousarray(stats.diagonal[:, perm])
+        if stats.mean is not None:
+            stats.mean = np.ascontiguousarray(stats.mean[:, perm])
+        if stats.halves_mean is not None:
+            stats.halves_mean = tuple(np.ascontiguousarray(m[:, perm]) for m in stats.halves_mean)
     return stats
 
 

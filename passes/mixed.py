@@ -27,7 +27,9 @@ from .uniform import channel_view
 
 MAX_THETA = 0.45
 DEAD_ZONES = (0.0, 0.3)
-ALPHA_EXPONENTS = tuple(range(-18, 4))  # α = 2^(k/2) · rms: from ~11 to ~1 bits per weight
+# α = 2^(k/2) · rms: from ~11 to ~1 bits per weight; whole-octave steps at the
+# fine end (rarely chosen, and the allocator refines the chosen step anyway).
+ALPHA_EXPONENTS = (-18, -16, -14, -12, -10, -8) + tuple(range(-7, 4))
 STOP_BITS = 0.25  # coarser candidates than this many bits per weight are not tried
 
 

@@ -176,3 +176,38 @@ def test_planner_with_other_methods_reuses_measurements(deep: Path, tmp_path: Pa
     result = uniform_planner.compress(tmp_path / "u.onnx", target_ratio=6)
     assert abs(result.ratio / 6 - 1) <= 0.03 and result.plan["methods"] == ["uniform"]
     assert not result.plan["data_free"]
+
+
+def _relu_linear(rng) -> onnx.ModelProto:
+    """x → Relu (inputs with a large mean) → MatMul W → Add b → y."""
+    w = rng.standard_normal((96, 512)).astype(np.float32) * 0.1
+    b = rng.standard_normal(512).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("MatMul", ["r", "W"], ["h"]),
+         helper.make_node("Add", ["h", "b"], ["y"])], "rl",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 96])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 512])], [tensor("W", w), tensor("b", b)])
+    return _model(graph)
+
+
+def test_bias_correction_removes_the_mean_output_shift(tmp_path: Path, rng):
+    from onnx_l2c.loader import decompress
+    from onnx import numpy_helper
+
+    path = save(_relu_linear(rng), tmp_path / "rl.onnx")
+    samples = [{"x": (rng.standard_normal((4, 96)) + 1.0).astype(np.float32)} for _ in range(32)]
+    out, report = tmp_path / "small.onnx", tmp_path / "r.json"
+    result = onnx_l2c.compress(path, out, target_ratio=10, calibration_data=samples, report=report)
+    assert result.plan["bias_corrected"] == ["W"]
+    assert json.loads(report.read_text())["tensors"][0]["bias_corrected"] is True
+    plain = tmp_path / "plain.onnx"
+    decompress(out, plain)
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(plain).graph.initializer}
+    orig = {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
+    x = np.maximum(np.concatenate([s["x"] for s in samples]).astype(np.float64), 0)
+    mu = x.mean(axis=0)
+    shift = (inits["W"] - orig["W"]).T.astype(np.float64) @ mu
+    np.testing.assert_allclose(inits["b"], orig["b"] - shift, rtol=1e-5, atol=1e-6)
+    held_out = {"x": (rng.standard_normal((4000, 96)) + 1.0).astype(np.float32)}
+    err = run_fast(out, held_out)[0].astype(np.float64) - run_plain(path, held_out)[0]
+    assert np.abs(err.mean(axis=0)).mean() < 0.25 * np.abs(shift).mean()
