@@ -42,13 +42,13 @@ QUICK_SETTINGS = [OUR_SETTINGS[0], OUR_SETTINGS[1], OUR_SETTINGS[4]]
 
 # Size targets (calibrated on the task's calibration split), as an ablation:
 # each row adds one method to the one before, at the same target ratios.
-TARGET_RATIOS = (4.0, 6.0, 8.0, 10.0, 12.0)
 QUICK_TARGET_RATIOS = (6.0,)
-ABLATION: list[tuple[str, str, str]] = [  # (label, methods, search)
-    ("onnx_l2c target: uniform", "uniform", "lagrange"),
-    ("onnx_l2c target: +rounding", "uniform,rounding", "lagrange"),
-    ("onnx_l2c target: +mixed", "rounding,mixed", "lagrange"),
-    ("onnx_l2c target: +mixed, path search", "rounding,mixed", "path"),
+ABLATION: list[tuple[str, str, str, tuple[float, ...]]] = [  # (label, methods, search, target ratios)
+    ("onnx_l2c target: uniform", "uniform", "lagrange", (4.0, 6.0, 8.0)),
+    ("onnx_l2c target: +rounding", "uniform,rounding", "lagrange", (4.0, 6.0, 8.0, 10.0)),
+    ("onnx_l2c target: +mixed", "rounding,mixed", "lagrange", (4.0, 6.0, 8.0, 9.0, 10.0, 12.0, 16.0)),
+    ("onnx_l2c target: +mixed, path search", "rounding,mixed", "path", (6.0, 10.0)),
+    ("onnx_l2c target: +decorrelate", "rounding,mixed,decorrelate", "lagrange", (6.0, 10.0)),
 ]
 QUICK_ABLATION = [ABLATION[2]]
 CALIBRATION_SAMPLES = 128
@@ -160,7 +160,7 @@ def _target_rows(name: str, original: Path, workdir: Path, quick: bool, ref: Any
     samples = task.calibration(CALIBRATION_SAMPLES)
     planners: dict[str, Any] = {}
     measure_s = 0.0
-    for label, methods, search in (QUICK_ABLATION if quick else ABLATION):
+    for label, methods, search, ratios in (QUICK_ABLATION if quick else ABLATION):
         try:
             if methods not in planners:
                 t0 = time.perf_counter()
@@ -175,7 +175,7 @@ def _target_rows(name: str, original: Path, workdir: Path, quick: bool, ref: Any
             rows.append(Row(name, label, {"methods": methods}, error=f"{type(exc).__name__}: {exc}"))
             continue
         fit_s = planner.context.seconds.get("candidates", 0.0)
-        for ratio in (QUICK_TARGET_RATIOS if quick else TARGET_RATIOS):
+        for ratio in (QUICK_TARGET_RATIOS if quick else ratios):
             params = {"target_ratio": ratio, "methods": methods, "search": search}
             row = Row(name, label, params)
             target = workdir / name / f"l2c_target{ratio:g}_{methods.replace(',', '+')}_{search}.onnx"
@@ -220,6 +220,15 @@ def markdown(rows: list[Row]) -> str:
                        f"{'yes' if r.passes else ('no' if r.passes is False else '')} | {fmt(r.convert_s, '{:.1f}')} | "
                        f"{fmt(r.create_s, '{:.3f}')} | {fmt(r.latency_ratio, '{:.2f}')} | {err} |")
         ours, peer = best_at_bar(sub, True), best_at_bar(sub, False)
+        out.append("")
+        out.append("Largest ratio meeting the bar, per method (the ablation at equal fidelity):\n")
+        out.append("| method | ratio at the bar | " + task.headline + " there |")
+        out.append("|---|---:|---:|")
+        for method in dict.fromkeys(r.method for r in sub):
+            ok = [r for r in sub if r.method == method and r.passes and r.ratio]
+            best = max(ok, key=lambda r: r.ratio) if ok else None
+            out.append(f"| {method} | {f'{best.ratio:.2f}' if best else 'none'} | "
+                       f"{f'{best.metrics[task.headline]:.4g}' if best else ''} |")
         out.append("")
         out.append(f"Best ratio at the bar: onnx_l2c {f'{ours.ratio:.2f}x ({ours.params})' if ours else 'none'}; "
                    f"best peer {f'{peer.ratio:.2f}x ({peer.method} {peer.params})' if peer else 'none'}.\n")
@@ -272,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             rows += compare_model(name, Path(tmp), args.quick, args.runs,
                                   args.peers.split(",") if args.peers else None)
-    (args.out / "compare.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
+            # after every model, so a long run's finished models are never lost
+            (args.out / "compare.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
     table = markdown(rows)
     (args.out / "compare.md").write_text(table)
     plot(rows, args.out)

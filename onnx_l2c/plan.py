@@ -195,15 +195,17 @@ def _options(tensor: TensorInput, stats: LayerStats | None, methods: tuple[str, 
         # Per-tensor or per-channel steps, both with the chosen rounding; a
         # dead zone (pruning) with plain rounding, where it is cheap to try.
         per_channel = (False, True) if tensor.channel_axis is not None else (False,)
-        families = [(pc, 0.0, damping) for pc in per_channel]
-        families += [(False, dz, None) for dz in mixed.DEAD_ZONES if dz > 0]
+        families = [(pc, 0.0, damping, False) for pc in per_channel]
+        families += [(False, dz, None, False) for dz in mixed.DEAD_ZONES if dz > 0]
+        if damping is None and len(tensor.shape) == 2 and tensor.channel_axis == 0:
+            families.append((True, 0.0, None, True))  # tables (Gather, Gemm transB): per-column steps
     else:
-        families = [(tensor.channel_axis is not None, 0.0, damping)]
+        families = [(tensor.channel_axis is not None, 0.0, damping, False)]
     numel = max(int(np.prod(tensor.shape, dtype=np.int64)), 1)
     try:
-        for pc, dz, damp in families:
+        for pc, dz, damp, per_column in families:
             for k in mixed.ALPHA_EXPONENTS:
-                params = mixed.QuantParams(2.0 ** (k / 2), pc, dz, damp)
+                params = mixed.QuantParams(2.0 ** (k / 2), pc, dz, damp, per_column)
                 q = mixed.quantize(tensor, params, stats, held_out=True)
                 size = len(q.payload)
                 if size >= lossless:
@@ -248,7 +250,7 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
 
     ctx.views = {w.name: layer_view(w) for w in weights}
     ctx.fit_stats = dict(ctx.stats)
-    if ctx.stats:
+    if ctx.stats and "rounding" in methods:  # bias correction is part of output-aware rounding
         ctx.bias_of = find_biases(model, weights, ctx.stats)
         for name in ctx.bias_of:
             ctx.fit_stats[name] = ctx.stats[name].centered()

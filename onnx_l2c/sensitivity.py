@@ -5,8 +5,9 @@ of KL(original ‖ perturbed). For each weight alone we add Gaussian noise of a
 known variance, run onnxruntime on calibration samples and read the output
 divergence; divided by the expected layer-local error of that noise, it turns
 a tensor's layer-local error tr(ΔW·H·ΔWᵀ) (or ‖ΔW‖²) into an estimate of the
-output divergence it causes. Softmax-like outputs use KL of the softmax;
-other outputs (embeddings, maps, scores) the relative squared error.
+output divergence it causes: KL for class distributions (probabilities, or
+outputs named like logits), 1 − cosine for unit-norm embeddings, relative
+squared error for everything else (maps, scores, states).
 
 Weights are fed as inputs of the same session (initializers listed as graph
 inputs are overridable in onnxruntime), so one session serves every tensor.
@@ -59,11 +60,23 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _divergence_kind(y: np.ndarray) -> str:
-    if y.ndim == 2 and y.shape[-1] >= 2 and np.issubdtype(y.dtype, np.floating):
-        if (y >= 0).all() and np.allclose(y.sum(axis=-1), 1.0, atol=1e-3):
-            return "kl_probabilities"
+_LOGIT_NAMES = ("logit", "class", "score")
+
+
+def _divergence_kind(name: str, y: np.ndarray) -> str:
+    """The divergence that fits an output: KL for class distributions
+    (probabilities, or outputs named like logits), 1 − cosine for unit-norm
+    embeddings, relative squared error for everything else."""
+    if not np.issubdtype(y.dtype, np.floating) or y.ndim < 2 or y.shape[-1] < 2:
+        return "relative_mse"
+    rows = y.reshape(-1, y.shape[-1]).astype(np.float64)
+    if (rows >= 0).all() and np.allclose(rows.sum(axis=-1), 1.0, atol=1e-3):
+        return "kl_probabilities"
+    if any(key in name.lower() for key in _LOGIT_NAMES):
         return "kl_softmax"
+    norms = np.linalg.norm(rows, axis=-1)
+    if np.allclose(norms, 1.0, atol=1e-3) or "embed" in name.lower():
+        return "cosine"
     return "relative_mse"
 
 
@@ -71,10 +84,16 @@ def _divergence(kind: str, ref: np.ndarray, out: np.ndarray) -> float:
     ref = ref.astype(np.float64)
     out = out.astype(np.float64)
     if kind.startswith("kl"):
+        ref, out = ref.reshape(-1, ref.shape[-1]), out.reshape(-1, out.shape[-1])
         p = ref if kind == "kl_probabilities" else _softmax(ref)
         q = out if kind == "kl_probabilities" else _softmax(out)
         q = np.maximum(q, 1e-12)
         return float((p * (np.log(np.maximum(p, 1e-12)) - np.log(q))).sum(axis=-1).mean())
+    if kind == "cosine":
+        ref, out = ref.reshape(-1, ref.shape[-1]), out.reshape(-1, out.shape[-1])
+        dot = (ref * out).sum(axis=-1)
+        norm = np.linalg.norm(ref, axis=-1) * np.linalg.norm(out, axis=-1)
+        return float((1.0 - dot / np.maximum(norm, 1e-30)).mean())
     return float(((out - ref) ** 2).sum() / max((ref ** 2).sum(), 1e-30))
 
 
@@ -134,7 +153,7 @@ def measure_sensitivity(model: onnx.ModelProto, base_dir: Path, weights: list[We
         for k, name in enumerate(out_names):
             y = np.asarray(reference[0][k])
             if np.issubdtype(y.dtype, np.floating):
-                kinds[k] = _divergence_kind(y)
+                kinds[k] = _divergence_kind(name, y)
                 result.divergences[name] = kinds[k]
         for w in probe:
             bits = tensor_bits(w.tensor, base_dir)

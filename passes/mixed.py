@@ -41,13 +41,20 @@ class QuantParams:
     per_channel: bool
     dead_zone: float
     damping: float | None = None  # GPTQ damping; None = round to nearest
+    # Steps per input column instead of per output channel (per_channel=True):
+    # for tables whose dimensions differ in scale, e.g. embeddings' outlier dims.
+    per_column: bool = False
 
     @property
     def family(self) -> tuple:
-        return ("quantize", self.per_channel, self.dead_zone, self.damping)
+        return ("quantize", self.per_channel, self.dead_zone, self.damping, self.per_column)
+
+    def step_axis(self, tensor: TensorInput) -> int | None:
+        return len(tensor.shape) - 1 if self.per_column else tensor.channel_axis
 
     def describe(self) -> dict[str, float | bool | None]:
-        return {"alpha": self.alpha, "per_channel": self.per_channel, "dead_zone": self.dead_zone,
+        return {"alpha": self.alpha, "per_channel": self.per_channel, "per_column": self.per_column,
+                "dead_zone": self.dead_zone,
                 "output_aware": self.damping is not None, "damping": self.damping}
 
 
@@ -97,12 +104,14 @@ def quantize(tensor: TensorInput, params: QuantParams, stats: LayerStats | None,
     all samples.
     """
     values = tensor.values.astype(np.float64)
-    v = channel_view(values, tensor.channel_axis)
+    v = channel_view(values, params.step_axis(tensor))
     step = _steps(v, params)
     s3 = step.astype(np.float64)[None, :, None]
     q = rounding.quantize_nearest(v, s3, params.dead_zone)
     theta = _theta(v, q, step)
     score_stats = stats
+    if params.per_column and params.damping is not None:
+        raise L2CError(f"tensor {tensor.name!r}: per-column steps use round-to-nearest")
     if params.damping is not None and stats is not None and stats.hessian is not None:
         view = stats.view
         m = view.to_matrix(values)
