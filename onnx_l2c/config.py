@@ -16,38 +16,33 @@ from typing import Any
 from .errors import L2CError
 
 
-class Preset(str, enum.Enum):
+class _Choice(str, enum.Enum):
+    """A named choice; `parse` accepts the member or its value and names the valid ones."""
+
+    @classmethod
+    def parse(cls, value: "_Choice | str") -> "_Choice":
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            label = cls.__name__.lower()
+            choices = ", ".join(p.value for p in cls)
+            raise L2CError(f"unknown {label} {value!r}; valid {label} values: {choices}") from None
+
+
+class Preset(_Choice):
     """Named starting points; explicit options override them."""
 
     LOSSLESS = "lossless"  # bit-exact: every weight coded by the `raw` stage
     INT8 = "int8"  # per-output-channel 8-bit, dead zone, entropy coded
 
-    @classmethod
-    def parse(cls, value: "Preset | str") -> "Preset":
-        if isinstance(value, Preset):
-            return value
-        try:
-            return cls(value)
-        except ValueError:
-            choices = ", ".join(p.value for p in cls)
-            raise L2CError(f"unknown preset {value!r}; valid presets: {choices}") from None
 
-
-class Search(str, enum.Enum):
+class Search(_Choice):
     """How the global allocator searches (see onnx_l2c/allocate.py)."""
 
     LAGRANGE = "lagrange"  # one Lagrange multiplier across all tensors
     PATH = "path"  # FITCompress's greedy path through compression space
-
-    @classmethod
-    def parse(cls, value: "Search | str") -> "Search":
-        if isinstance(value, Search):
-            return value
-        try:
-            return cls(value)
-        except ValueError:
-            choices = ", ".join(p.value for p in cls)
-            raise L2CError(f"unknown search {value!r}; valid searches: {choices}") from None
 
 
 # Methods `--methods` can select (each a registered pass in passes/).

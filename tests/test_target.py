@@ -112,7 +112,7 @@ def test_path_search_and_target_size(deep: Path, tmp_path: Path):
     ({"target_ratio": 8, "target_size": 1000}, "not both"),
     ({"target_ratio": 0.5}, "must be ≥ 1.0"),
     ({"target_ratio": 8, "methods": "uniform,telepathy"}, "valid methods"),
-    ({"target_ratio": 8, "search": "random"}, "valid searches"),
+    ({"target_ratio": 8, "search": "random"}, "valid search values"),
     ({"target_ratio": 8, "report": 3}, "must be a path"),
 ])
 def test_bad_target_options(deep: Path, tmp_path: Path, kwargs, message):
