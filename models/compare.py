@@ -270,7 +270,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer settings of our own")
     p.add_argument("--runs", type=int, default=20, help="latency runs per result")
     p.add_argument("--out", type=Path, default=Path("bench-results"))
+    p.add_argument("--render", type=Path, default=None, metavar="JSON",
+                   help="only re-render compare.md and the plots from a saved compare.json (e.g. a partial run)")
     args = p.parse_args(argv)
+    if args.render is not None:
+        rows = [Row(**r) for r in json.loads(args.render.read_text())]
+        args.out.mkdir(parents=True, exist_ok=True)
+        table = markdown(rows)
+        (args.out / "compare.md").write_text(table)
+        plot(rows, args.out)
+        print(table)
+        return 0
     names = [n for n in args.models.split(",") if n]
     unknown = [n for n in names if n not in TASKS]
     if unknown:

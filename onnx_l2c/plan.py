@@ -127,7 +127,7 @@ class PlanContext:
         names = [n for n, o in alloc.chosen.items() if o.params is not None]
         if not names or available - alloc.total_bytes <= 0.005 * available:
             return alloc
-        lo, hi, best = 1.0, 2 ** -0.5, None
+        lo, hi, best = 1.0, 0.5, None  # the grid is a whole octave apart at its fine end
         for _ in range(6):
             mid = float(np.sqrt(lo * hi))
             trial = dict(alloc.chosen)
