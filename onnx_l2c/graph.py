@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -187,10 +188,12 @@ def _consumers(model: onnx.ModelProto) -> dict[str, list[Consumer]]:
     return uses
 
 
-def _attr_int(node: onnx.NodeProto, name: str, default: int) -> int:
+def node_attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
+    """An attribute's value (ints, int, string decoded), or `default` when absent."""
     for attr in node.attribute:
         if attr.name == name:
-            return int(attr.i)
+            value = onnx.helper.get_attribute_value(attr)
+            return value.decode() if isinstance(value, bytes) else value
     return default
 
 
@@ -224,10 +227,10 @@ def _channel_axis(name: str, rank: int, uses: dict[str, list[Consumer]], depth: 
         elif op == "MatMul" and rank >= 2:
             axis = rank - 1 if i == 1 else rank - 2
         elif op == "Gemm" and rank == 2 and i in (0, 1):
-            trans = _attr_int(node, "transA" if i == 0 else "transB", 0)
+            trans = node_attr(node, "transA" if i == 0 else "transB", 0)
             axis = (0 if not trans else 1) if i == 0 else (1 if not trans else 0)
         elif op == "Gather" and i == 0:
-            axis = _attr_int(node, "axis", 0) % rank
+            axis = node_attr(node, "axis", 0) % rank
         elif op in _RNN_OPS and i in (1, 2) and rank == 3:
             axis = 1
         elif op in _PASSTHROUGH and i == 0:

@@ -273,18 +273,16 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
     measured = ctx.sensitivity.scale if ctx.sensitivity is not None else {}
     # Tensors without a measurement (in subgraphs, bfloat16) get the median
     # divergence per unit of *relative* noise of the measured ones.
-    rel = []
-    for w, _ in results:
-        if w.name in measured:
-            rms2 = _rms2(w, base_dir)
-            rel.append(measured[w.name] * rms2 * unit_error(w, ctx.stats.get(w.name)))
+    rms2 = {w.name: _rms2(w, base_dir) for w, _ in results}  # one read of each weight
+    rel = [measured[w.name] * rms2[w.name] * unit_error(w, ctx.stats.get(w.name))
+           for w, _ in results if w.name in measured]
     fallback_rel = float(np.median(rel)) if rel else 1.0
     for w, options in results:
         stats = ctx.stats.get(w.name)
         if w.name in measured:
             scale, is_measured = measured[w.name], True
         else:
-            scale = fallback_rel / max(_rms2(w, base_dir) * unit_error(w, stats), 1e-300)
+            scale = fallback_rel / max(rms2[w.name] * unit_error(w, stats), 1e-300)
             is_measured = False
         kind = ("none" if stats is None else "full" if stats.hessian is not None
                 else "diagonal" if stats.diagonal is not None else "rows")

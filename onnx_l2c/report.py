@@ -33,14 +33,11 @@ def peak_memory_bytes() -> int:
 
 def plan_summary(ctx: "PlanContext", allocation: "Allocation", opts: "CompressOptions", budget: int,
                  source_bytes: int) -> dict[str, Any]:
-    from . import allocate
-
     # Both searches on the same candidates and budget: which predicts less divergence.
     searches = {}
     for name in (("lagrange", "path") if ctx.mixed else ("uniform",)):
         alt = ctx.allocate(budget, name)
         searches[name] = {"predicted_divergence": alt.distortion, "payload_bytes": alt.total_bytes}
-    del allocate
     return {
         "target_bytes": budget,
         "target_ratio": source_bytes / budget,

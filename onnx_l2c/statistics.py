@@ -25,7 +25,7 @@ import onnx
 
 from .calibration import Feeds, InputSpec, ScratchModel, batches, make_session
 from .errors import L2CError
-from .graph import WeightRef
+from .graph import WeightRef, node_attr
 
 log = logging.getLogger(__name__)
 
@@ -144,27 +144,6 @@ class _Accumulator:
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
 
 
-def _ints(node: onnx.NodeProto, name: str, default: list[int]) -> list[int]:
-    for a in node.attribute:
-        if a.name == name:
-            return list(a.ints)
-    return default
-
-
-def _str(node: onnx.NodeProto, name: str, default: str) -> str:
-    for a in node.attribute:
-        if a.name == name:
-            return a.s.decode()
-    return default
-
-
-def _int(node: onnx.NodeProto, name: str, default: int) -> int:
-    for a in node.attribute:
-        if a.name == name:
-            return int(a.i)
-    return default
-
-
 def layer_view(w: WeightRef) -> LayerView | None:
     """The matrix view of a weight in its consumer, or None if it has none we model."""
     node, idx, shape = w.consumer_node, w.consumer_input, w.shape
@@ -172,13 +151,13 @@ def layer_view(w: WeightRef) -> LayerView | None:
         return None
     op = node.op_type
     if op == "Conv" and idx == 1 and 3 <= len(shape) <= 4:
-        g = _int(node, "group", 1)
+        g = node_attr(node, "group", 1)
         if shape[0] % g:
             return None
         d = int(np.prod(shape[1:]))
         return LayerView("conv", g, shape[0] // g, d, shape, node.input[0], node)
     if op == "ConvTranspose" and idx == 1 and 3 <= len(shape) <= 4:
-        g = _int(node, "group", 1)
+        g = node_attr(node, "group", 1)
         if shape[0] % g:
             return None
         kk = int(np.prod(shape[2:]))
@@ -186,11 +165,11 @@ def layer_view(w: WeightRef) -> LayerView | None:
     if op == "MatMul" and idx == 1 and len(shape) == 2:
         return LayerView("matmul", 1, shape[1], shape[0], shape, node.input[0], node)
     if op == "Gemm" and idx == 1 and len(shape) == 2:
-        trans_a = bool(_int(node, "transA", 0))
-        if _int(node, "transB", 0):
+        trans_a = bool(node_attr(node, "transA", 0))
+        if node_attr(node, "transB", 0):
             return LayerView("gemm_nk", 1, shape[0], shape[1], shape, node.input[0], node, trans_a)
         return LayerView("gemm_kn", 1, shape[1], shape[0], shape, node.input[0], node, trans_a)
-    if op == "Gather" and idx == 0 and len(shape) == 2 and _int(node, "axis", 0) == 0:
+    if op == "Gather" and idx == 0 and len(shape) == 2 and node_attr(node, "axis", 0) == 0:
         return LayerView("gather", 1, shape[0], shape[1], shape, node.input[1], node)
     return None
 
@@ -204,10 +183,10 @@ def _conv_patches(x: np.ndarray, view: LayerView, rng: np.random.Generator) -> n
         raise L2CError(f"Conv input {view.activation!r} has rank {x.ndim}, expected {nsp + 2}")
     if nsp == 1:  # treat 1-D as 2-D with height 1
         x = x[:, :, None, :]
-    strides = _ints(node, "strides", [1] * nsp)
-    dil = _ints(node, "dilations", [1] * nsp)
-    pads = _ints(node, "pads", [0] * (2 * nsp))
-    auto = _str(node, "auto_pad", "NOTSET")
+    strides = node_attr(node, "strides", [1] * nsp)
+    dil = node_attr(node, "dilations", [1] * nsp)
+    pads = node_attr(node, "pads", [0] * (2 * nsp))
+    auto = node_attr(node, "auto_pad", "NOTSET")
     spatial = list(x.shape[2:])
     if nsp == 1:
         kernel, strides, dil = [1] + kernel, [1] + strides, [1] + dil
