@@ -1,4 +1,4 @@
-"""Payload format v1/v2 (docs/FORMAT.md): recipes, serialization, reconstruction.
+"""Payload format v1/v2/v3 (docs/FORMAT.md): recipes, serialization, reconstruction.
 
 A `Recipe` is the decode program of one tensor: a short list of stages from
 the fixed vocabulary the native decoder implements. `serialize` turns it into
@@ -26,6 +26,7 @@ MAGIC = b"L2CP"
 # payload without a transform stage stays version 1, byte for byte.
 FORMAT_VERSION = 1
 FORMAT_VERSION_TRANSFORM = 2  # the first version with the transform stage
+FORMAT_VERSION_EXPONENT = 3  # the first version with the exponent stage
 DOMAIN = "ai.onnx_l2c"
 OP_TYPE = "Decode"
 OPSET = 1
@@ -47,6 +48,7 @@ class StageKind(enum.IntEnum):
     CAST = 4
     RAW = 5
     TRANSFORM = 6
+    EXPONENT = 7
 
 
 @dataclass
@@ -106,7 +108,24 @@ class TransformStage:
     mean: np.ndarray | None = None  # float32 [cols]
 
 
-Stage = EntropyStage | AffineStage | CodebookStage | CastStage | RawStage | TransformStage
+@dataclass
+class ExponentStage:
+    """w = w · 2^(−e[g]) for the elements of group g of an (outer, groups, inner) layout.
+
+    Per-group power-of-two refinement of the affine steps, e.g. finer steps for
+    the often-used rows of an embedding table, at the cost of a few bits per
+    group (the exponents are one entropy-coded stream). Multiplying by a power
+    of two is one correctly rounded float32 operation (exact unless the
+    result is subnormal).
+    """
+
+    outer: int
+    groups: int
+    inner: int
+    exponents: np.ndarray  # integers in [0, MAX_EXPONENT], [groups]
+
+
+Stage = EntropyStage | AffineStage | CodebookStage | CastStage | RawStage | TransformStage | ExponentStage
 
 
 @dataclass
@@ -130,6 +149,8 @@ class Recipe:
 
 def payload_version(recipe: Recipe) -> int:
     """Format version a recipe's payload is written with (the lowest that holds its stages)."""
+    if any(isinstance(stage, ExponentStage) for stage in recipe.stages):
+        return FORMAT_VERSION_EXPONENT
     if any(isinstance(stage, TransformStage) for stage in recipe.stages):
         return FORMAT_VERSION_TRANSFORM
     return FORMAT_VERSION
@@ -141,6 +162,8 @@ MAX_CODEBOOK = 65536  # a stream codes at most 65536 distinct indices
 MAX_TRANSFORM_BASIS = 1 << 24  # k*cols: bounds the decoder's basis memory (64 MiB as float32)
 TRANSFORM_LAYOUTS = (0, 1)
 TRANSFORM_BASIS_DTYPES = (FLOAT, FLOAT16)
+MAX_EXPONENT = 31  # 2^-31 is a normal float32: every multiplier is exact
+MAX_EXPONENT_GROUPS = 1 << 24  # bounds the decoder's exponent table (16 MiB)
 
 
 def validate(recipe: Recipe) -> None:
@@ -151,14 +174,15 @@ def validate(recipe: Recipe) -> None:
         raise L2CError(f"invalid shape {list(recipe.dims)} (at most 8 non-negative dims)")
     kinds = [type(stage) for stage in recipe.stages]
     cast = [CastStage] if recipe.dtype != FLOAT else []
-    valid = (kinds == [RawStage] or kinds == [EntropyStage, AffineStage, *cast]
+    exponent = [ExponentStage] if ExponentStage in kinds else []
+    valid = (kinds == [RawStage] or kinds == [EntropyStage, AffineStage, *exponent, *cast]
              or kinds == [EntropyStage, CodebookStage, *cast]
-             or kinds == [EntropyStage, AffineStage, TransformStage, *cast])
+             or kinds == [EntropyStage, AffineStage, *exponent, TransformStage, *cast])
     if not valid:
         names = "+".join(k.__name__ for k in kinds) or "none"
         tail = "+cast" if cast else ""
         raise L2CError(f"invalid stage sequence {names} for {DTYPE_NAMES[recipe.dtype]}; valid: raw, "
-                       f"entropy+affine|codebook{tail}, entropy+affine+transform{tail}")
+                       f"entropy+codebook{tail}, entropy+affine[+exponent][+transform]{tail}")
     # A transform stage runs after the affine one: entropy and affine then
     # cover the rows*k coefficients, not the tensor's numel elements.
     for stage in recipe.stages:
@@ -192,6 +216,8 @@ def validate(recipe: Recipe) -> None:
             symbols = np.asarray(recipe.stages[0].symbols)
             if symbols.size and (symbols.min() < 0 or symbols.max() >= values.size):
                 raise L2CError(f"codebook symbols must lie in [0, {values.size})")
+        elif isinstance(stage, ExponentStage):
+            _validate_exponent(stage, numel)
         elif isinstance(stage, CastStage) and stage.target != recipe.dtype:
             raise L2CError(f"cast target {stage.target} differs from the tensor dtype {recipe.dtype}")
 
@@ -225,6 +251,26 @@ def _validate_transform(stage: TransformStage, numel: int) -> None:
             mean = np.asarray(stage.mean, dtype=np.float32).reshape(-1)
         if mean.size != cols or not np.isfinite(mean).all():
             raise L2CError(f"transform stage mean needs {cols} finite values, got {mean.size}")
+
+
+def _validate_exponent(stage: ExponentStage, numel: int) -> None:
+    outer, groups, inner = stage.outer, stage.groups, stage.inner
+    if not all(isinstance(v, (int, np.integer)) for v in (outer, groups, inner)):
+        raise L2CError(f"exponent stage outer, groups, inner must be integers, got {outer!r}, {groups!r}, {inner!r}")
+    if not 1 <= groups <= MAX_EXPONENT_GROUPS:
+        raise L2CError(f"exponent stage groups = {groups} must be in 1..{MAX_EXPONENT_GROUPS}")
+    if outer < 0 or inner < 0 or outer * groups * inner != numel:
+        raise L2CError(f"exponent stage layout {outer}x{groups}x{inner} does not cover {numel} elements")
+    e = np.asarray(stage.exponents)
+    if e.size != groups or not np.issubdtype(e.dtype, np.integer):
+        raise L2CError(f"exponent stage needs {groups} integer exponents, got {e.size} of {e.dtype}")
+    if e.size and (e.min() < 0 or e.max() > MAX_EXPONENT):
+        raise L2CError(f"exponent stage exponents must lie in [0, {MAX_EXPONENT}]")
+
+
+def exponent_multipliers(exponents: np.ndarray) -> np.ndarray:
+    """2^(−e) as float32 (exact: e ≤ 31)."""
+    return np.ldexp(np.float32(1.0), -np.asarray(exponents, dtype=np.int32)).astype(np.float32)
 
 
 def _basis_float32(stage: TransformStage) -> np.ndarray:
@@ -295,6 +341,11 @@ def _stage_body(stage: Stage, recipe: Recipe) -> tuple[int, bytes]:
         if has_mean:
             body.append(np.ascontiguousarray(stage.mean, dtype="<f4").tobytes())
         return StageKind.TRANSFORM, b"".join(body)
+    if isinstance(stage, ExponentStage):
+        e = np.ascontiguousarray(stage.exponents, dtype=np.int32).reshape(-1)
+        alphabet = int(e.max()) + 1 if e.size else 1
+        body = [struct.pack("<QIQ", stage.outer, stage.groups, stage.inner), _native.encode_stream(e, alphabet)]
+        return StageKind.EXPONENT, b"".join(body)
     raise L2CError(f"unknown stage {type(stage).__name__}")
 
 
@@ -331,6 +382,12 @@ def reconstruct(recipe: Recipe) -> np.ndarray:
         elif isinstance(stage, CodebookStage):
             assert buf is not None and buf.dtype == np.int32
             buf = np.asarray(stage.values, dtype=np.float32)[buf]
+        elif isinstance(stage, ExponentStage):
+            assert buf is not None and buf.dtype == np.float32
+            mult = exponent_multipliers(stage.exponents)
+            with np.errstate(under="ignore"):
+                w = buf.reshape(stage.outer, stage.groups, stage.inner) * mult[None, :, None]
+            buf = w.reshape(-1).astype(np.float32, copy=False)
         elif isinstance(stage, TransformStage):
             assert buf is not None and buf.dtype == np.float32
             buf = _inverse_transform(buf, stage)

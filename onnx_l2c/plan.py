@@ -195,17 +195,20 @@ def _options(tensor: TensorInput, stats: LayerStats | None, methods: tuple[str, 
         # Per-tensor or per-channel steps, both with the chosen rounding; a
         # dead zone (pruning) with plain rounding, where it is cheap to try.
         per_channel = (False, True) if tensor.channel_axis is not None else (False,)
-        families = [(pc, 0.0, damping, False) for pc in per_channel]
-        families += [(False, dz, None, False) for dz in mixed.DEAD_ZONES if dz > 0]
+        families = [(pc, 0.0, damping, False, False) for pc in per_channel]
+        families += [(False, dz, None, False, False) for dz in mixed.DEAD_ZONES if dz > 0]
         if damping is None and len(tensor.shape) == 2 and tensor.channel_axis == 0:
-            families.append((True, 0.0, None, True))  # tables (Gather, Gemm transB): per-column steps
+            families.append((True, 0.0, None, True, False))  # tables (Gather, Gemm transB): per-column steps
+            if stats is not None and stats.row_weight is not None and stats.row_weight.size == tensor.shape[0]:
+                # lookup tables: finer steps for the rows that inputs use often
+                families.append((True, 0.0, None, True, True))
     else:
-        families = [(tensor.channel_axis is not None, 0.0, damping, False)]
+        families = [(tensor.channel_axis is not None, 0.0, damping, False, False)]
     numel = max(int(np.prod(tensor.shape, dtype=np.int64)), 1)
     try:
-        for pc, dz, damp, per_column in families:
+        for pc, dz, damp, per_column, by_row in families:
             for k in mixed.ALPHA_EXPONENTS:
-                params = mixed.QuantParams(2.0 ** (k / 2), pc, dz, damp, per_column)
+                params = mixed.QuantParams(2.0 ** (k / 2), pc, dz, damp, per_column, by_row)
                 q = mixed.quantize(tensor, params, stats, held_out=True)
                 size = len(q.payload)
                 if size >= lossless:

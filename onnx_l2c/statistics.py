@@ -88,7 +88,7 @@ class LayerStats:
     view: LayerView
     hessian: np.ndarray | None = None  # (groups, cols, cols), float64
     diagonal: np.ndarray | None = None  # (groups, cols) when only the diagonal is kept
-    row_weight: np.ndarray | None = None  # (rows,) usage frequency of Gather rows
+    row_weight: np.ndarray | None = None  # (rows,) usage probability of Gather rows (smoothed, sums to 1)
     vectors: int = 0
     halves: tuple[np.ndarray, np.ndarray] | None = None  # H of the first / second half of the samples
     mean: np.ndarray | None = None  # (groups, cols): E[x], with a full H
@@ -129,6 +129,30 @@ class LayerStats:
             return float(v.rows * self.diagonal.sum())
         assert self.row_weight is not None
         return float(self.row_weight.sum() * v.cols)
+
+
+MAX_UNSEEN_MASS = 0.5
+
+
+def smoothed_row_weight(counts: np.ndarray) -> np.ndarray:
+    """Usage probability of each table row from its lookup counts, with the
+    Good–Turing estimate of the mass of rows the samples never looked up:
+    P(unseen) ≈ (rows seen exactly once) / lookups, spread evenly over the
+    unseen rows. A finite calibration set sees a few percent of a token
+    table; giving the rest zero weight would let the allocator wreck rows
+    that real inputs do use (on MiniLM, 128 calibration sentences see 779 of
+    30522 rows, and those cover 86% of the evaluation text's tokens).
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum()
+    unseen = counts == 0
+    if total <= 0:
+        return np.full(counts.shape, 1.0 / max(counts.size, 1))
+    if not unseen.any():
+        return counts / total
+    singletons = int(np.count_nonzero(counts == 1))
+    p_unseen = min(max(singletons, 1) / total, MAX_UNSEEN_MASS)
+    return np.where(unseen, p_unseen / unseen.sum(), (1.0 - p_unseen) * counts / total)
 
 
 @dataclass
@@ -307,7 +331,7 @@ def _finish(acc: _Accumulator) -> LayerStats | None:
     mean = sum(t for t, _ in parts) / sum(c for _, c in parts)
     stats.vectors = sum(c for _, c in parts)
     if view.kind == "gather":
-        stats.row_weight = mean
+        stats.row_weight = smoothed_row_weight(sum(t for t, _ in parts))
     elif view.kind == "conv_transpose" or view.cols > MAX_FULL_DIM:
         stats.diagonal = mean
     else:

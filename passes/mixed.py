@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnx_l2c.errors import L2CError
-from onnx_l2c.format import FLOAT, AffineStage, CastStage, EntropyStage, Recipe, bits_to_float32, reconstruct, serialize
+from onnx_l2c.format import (FLOAT, AffineStage, CastStage, EntropyStage, ExponentStage, Recipe, bits_to_float32,
+                             reconstruct, serialize)
 from onnx_l2c.statistics import LayerStats
 
 from . import rounding
@@ -31,6 +32,7 @@ DEAD_ZONES = (0.0, 0.3)
 # fine end (rarely chosen, and the allocator refines the chosen step anyway).
 ALPHA_EXPONENTS = (-18, -16, -14, -12, -10, -8) + tuple(range(-7, 4))
 STOP_BITS = 0.25  # coarser candidates than this many bits per weight are not tried
+MAX_ROW_EXPONENT = 8  # finest row step: the table's step / 2^8
 
 
 @dataclass(frozen=True)
@@ -44,17 +46,20 @@ class QuantParams:
     # Steps per input column instead of per output channel (per_channel=True):
     # for tables whose dimensions differ in scale, e.g. embeddings' outlier dims.
     per_column: bool = False
+    # With per-column steps on a table: each row's step is refined by 2^-e,
+    # e from how often the calibration samples look the row up (`row_exponents`).
+    row_exponents: bool = False
 
     @property
     def family(self) -> tuple:
-        return ("quantize", self.per_channel, self.dead_zone, self.damping, self.per_column)
+        return ("quantize", self.per_channel, self.dead_zone, self.damping, self.per_column, self.row_exponents)
 
     def step_axis(self, tensor: TensorInput) -> int | None:
         return len(tensor.shape) - 1 if self.per_column else tensor.channel_axis
 
     def describe(self) -> dict[str, float | bool | None]:
         return {"alpha": self.alpha, "per_channel": self.per_channel, "per_column": self.per_column,
-                "dead_zone": self.dead_zone,
+                "row_exponents": self.row_exponents, "dead_zone": self.dead_zone,
                 "output_aware": self.damping is not None, "damping": self.damping}
 
 
@@ -84,12 +89,26 @@ def _steps(v: np.ndarray, params: QuantParams) -> np.ndarray:
     return np.maximum(step, np.float32(np.finfo(np.float32).tiny))
 
 
+def row_exponents(row_weight: np.ndarray) -> np.ndarray:
+    """Per-row step exponents e (step / 2^e) of a table from its rows' usage
+    probabilities p: the high-rate optimum of Σ p_r·step_r² at a fixed total
+    rate is step_r ∝ p_r^(-1/2), i.e. e_r = ½·log2(p_r / p_min), rounded and
+    capped. Rows looked up as rarely as the rarest keep the table's step."""
+    p = np.asarray(row_weight, dtype=np.float64)
+    floor = p[p > 0].min() if (p > 0).any() else 1.0
+    e = np.round(0.5 * np.log2(np.maximum(p, floor) / floor))
+    return np.clip(e, 0, MAX_ROW_EXPONENT).astype(np.int32)
+
+
 def _theta(v: np.ndarray, q: np.ndarray, step: np.ndarray) -> float:
-    """MSE-optimal shrink of nonzero levels toward zero (as in passes/uniform.py)."""
+    """MSE-optimal shrink of nonzero levels toward zero (as in passes/uniform.py).
+
+    `step` is per channel (C,) or broadcastable to v's (outer, C, inner) shape."""
     nz = q != 0
     if not nz.any():
         return 0.0
-    s = np.broadcast_to(step[None, :, None].astype(np.float64), q.shape)[nz]
+    s3 = step[None, :, None] if step.ndim == 1 else step
+    s = np.broadcast_to(s3.astype(np.float64), q.shape)[nz]
     num = (s * s * (np.abs(q[nz]) - np.abs(v[nz]) / s)).sum()
     return float(np.float32(np.clip(num / (s * s).sum(), 0.0, MAX_THETA)))
 
@@ -107,8 +126,15 @@ def quantize(tensor: TensorInput, params: QuantParams, stats: LayerStats | None,
     v = channel_view(values, params.step_axis(tensor))
     step = _steps(v, params)
     s3 = step.astype(np.float64)[None, :, None]
+    exponents = None
+    if params.row_exponents:
+        if not params.per_column or stats is None or stats.row_weight is None:
+            raise L2CError(f"tensor {tensor.name!r}: row exponents need per-column steps and the table's "
+                           f"row usage from calibration data")
+        exponents = row_exponents(stats.row_weight)
+        s3 = s3 * np.ldexp(1.0, -exponents)[:, None, None]  # v is (rows, cols, 1)
     q = rounding.quantize_nearest(v, s3, params.dead_zone)
-    theta = _theta(v, q, step)
+    theta = _theta(v, q, s3)
     score_stats = stats
     if params.per_column and params.damping is not None:
         raise L2CError(f"tensor {tensor.name!r}: per-column steps use round-to-nearest")
@@ -125,6 +151,8 @@ def quantize(tensor: TensorInput, params: QuantParams, stats: LayerStats | None,
             score_stats = LayerStats(view, hessian=stats.halves[1])
     outer, channels, inner = v.shape
     stages = [EntropyStage(q.reshape(-1)), AffineStage(outer, channels, inner, theta, step)]
+    if exponents is not None:
+        stages.append(ExponentStage(1, outer, channels * inner, exponents))
     if tensor.dtype != FLOAT:
         stages.append(CastStage(tensor.dtype))
     recipe = Recipe(tensor.dtype, tensor.shape, stages)

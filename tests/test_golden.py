@@ -27,7 +27,8 @@ if __name__ == "__main__":  # run as a script from anywhere
 
 from helpers import native_decode, stage_offsets
 from onnx_l2c.format import (BFLOAT16, DTYPE_NAMES, FLOAT, FLOAT16, AffineStage, CastStage, CodebookStage,
-                             EntropyStage, RawStage, Recipe, TransformStage, reconstruct, serialize)
+                             EntropyStage, ExponentStage, RawStage, Recipe, TransformStage, reconstruct,
+                             serialize)
 
 GOLDEN = Path(__file__).absolute().parent / "data" / "golden"
 EXPECTED = GOLDEN / "expected.json"
@@ -107,6 +108,13 @@ def recipes() -> dict[str, Recipe]:
         "transform_mean": transform(12, 3, 10, 12, basis_f32, mean=f32(np.arange(10) - 5, 7)),
         "transform_float16_layout1_cast": transform(9, 4, 16, 13, basis_f16, layout=1, basis_dtype=FLOAT16,
                                                     cast=FLOAT16),
+        # per-row exponents over per-column steps (an embedding table's often-used rows finer)
+        "exponent_rows_cast_float16": Recipe(FLOAT16, (12, 10), [
+            EntropyStage(skewed(120, 6, 14)), AffineStage(12, 10, 1, 0.125, f32(np.arange(10) + 1, 64)),
+            ExponentStage(1, 12, 10, (hashed(12, 15) % np.uint64(5)).astype(np.int32)), CastStage(FLOAT16)]),
+        "exponent_transform": Recipe(FLOAT, (8, 10), [
+            EntropyStage(skewed(24, 6, 16)), AffineStage(8, 3, 1, 0.25, f32(np.arange(3) + 3, 256)),
+            ExponentStage(8, 3, 1, np.array([0, 2, 31], np.int32)), TransformStage(8, 3, 10, basis_f32)]),
     }
 
 
@@ -172,11 +180,13 @@ def test_reconstruct_is_golden(name, expected):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_payload_version(name):
-    """Version 2 exactly for payloads with a transform stage (FORMAT.md, Versions)."""
+    """The lowest version that holds the stages (FORMAT.md, Versions): 3 with an exponent stage,
+    else 2 with a transform stage, else 1."""
     payload = (GOLDEN / f"{name}.bin").read_bytes()
-    has_transform = any(kind == 6 for kind, _, _ in stage_offsets(payload))
-    assert int.from_bytes(payload[4:6], "little") == (2 if has_transform else 1)
-    assert has_transform == name.startswith("transform")
+    kinds = {kind for kind, _, _ in stage_offsets(payload)}
+    assert int.from_bytes(payload[4:6], "little") == (3 if 7 in kinds else 2 if 6 in kinds else 1)
+    assert (7 in kinds) == name.startswith("exponent")
+    assert (6 in kinds) == name.startswith("transform") or name == "exponent_transform"
 
 
 @pytest.mark.parametrize("name", sorted(STREAM_MODES))

@@ -17,6 +17,7 @@ const char* stage_name(uint8_t kind) {
     case kCast: return "cast";
     case kRaw: return "raw";
     case kTransform: return "transform";
+    case kExponent: return "exponent";
     default: return "unknown";
   }
 }
@@ -130,6 +131,38 @@ void parse_transform(Reader& body, const std::string& what, Plan* p) {
   p->has_transform = true;
 }
 
+// The exponent body (FORMAT.md "exponent"): layout, then one stream of
+// `groups` exponents in [0, 31], decoded here into exact multipliers 2^-e.
+void parse_exponent(Reader& body, const std::string& what, Plan* p) {
+  const char* w = what.c_str();
+  p->e_outer = body.u64(w);
+  p->e_groups = body.u32(w);
+  p->e_inner = body.u64(w);
+  uint64_t prod;
+  if (p->e_groups < 1 || p->e_groups > kMaxExponentGroups)
+    corrupt(what + ": groups = " + std::to_string(p->e_groups) + " not in 1..2^24");
+  if (mul_overflow(p->e_outer, p->e_groups, &prod) || mul_overflow(prod, p->e_inner, &prod) ||
+      prod != p->coded)
+    corrupt(what + ": outer*groups*inner = " + std::to_string(p->e_outer) + "*" +
+            std::to_string(p->e_groups) + "*" + std::to_string(p->e_inner) + " does not match " +
+            std::to_string(p->coded) + " elements");
+  Stream stream;
+  parse_stream(body, p->e_groups, what, &stream);
+  if (stream.max_index > kMaxExponent)
+    corrupt(what + ": exponent alphabet above " + std::to_string(kMaxExponent + 1));
+  std::vector<uint8_t> e(p->e_groups);
+  StreamDecoder dec(stream, 0, what);
+  dec.next(e.data(), e.size());
+  dec.finish();
+  p->e_mult.resize(p->e_groups);
+  for (uint32_t g = 0; g < p->e_groups; ++g) {
+    // 2^-e built from its bits (biased exponent 127 - e, e <= 31): exact, no libm.
+    const uint32_t bits = (127u - e[g]) << 23;
+    std::memcpy(&p->e_mult[g], &bits, 4);
+  }
+  p->has_exponent = true;
+}
+
 // Buffer type between stages (the state of FORMAT.md's decoding model).
 enum Buf { kNone, kInt32, kF32, kDtype };
 
@@ -210,14 +243,24 @@ void parse_stage(Reader& body, uint8_t kind, const std::string& what, Plan* p, B
     }
     case kTransform: {
       // The body was parsed up front (parse_transform); only its place is checked here.
-      if (*buf != kF32 || p->kinds.empty() || p->kinds.back() != kAffine)
+      if (*buf != kF32 || p->kinds.empty() || (p->kinds.back() != kAffine && p->kinds.back() != kExponent))
         corrupt(what + ": transform needs float32 coefficients from an affine stage");
       body.take(body.remaining(), w);
       return;
     }
+    case kExponent: {
+      if (p->version < kExponentFormatVersion)
+        fail(L2C_E_VERSION, what + ": the exponent stage needs format version " +
+                                std::to_string(kExponentFormatVersion) + ", the payload is version " +
+                                std::to_string(p->version));
+      if (*buf != kF32 || p->kinds.empty() || p->kinds.back() != kAffine)
+        corrupt(what + ": exponent needs float32 values from an affine stage");
+      parse_exponent(body, what, p);
+      return;
+    }
     default:
       fail(L2C_E_VERSION, what + ": unknown stage kind " + std::to_string(kind) +
-                              " (this library knows 1..6)");
+                              " (this library knows 1..7)");
   }
 }
 
@@ -316,6 +359,31 @@ void affine_range(const Plan& p, const uint8_t* src, uint8_t* dst, uint64_t i0, 
     i += run;
     k = 0;
     if (++c == p.channels) c = 0;
+  }
+}
+
+// Exponent over elements [i0, i1) of the float32 buffer buf (in place).
+// One multiplication by an exact power of two per element.
+void exponent_range(const Plan& p, uint8_t* buf, uint64_t i0, uint64_t i1) {
+  if (!p.has_exponent || i1 <= i0) return;
+  const float* mult = p.e_mult.data();
+  const uint64_t inner = p.e_inner;  // >= 1: coded = outer*groups*inner > 0 here
+  uint64_t k = i0 % inner;
+  uint64_t g = (i0 / inner) % p.e_groups;
+  uint64_t i = i0;
+  while (i < i1) {
+    const uint64_t run = std::min<uint64_t>(inner - k, i1 - i);
+    const float m = mult[g];
+    uint8_t* d = buf + 4 * (i - i0);
+    for (uint64_t t = 0; t < run; ++t) {
+      float v;
+      std::memcpy(&v, d + 4 * t, 4);
+      v = v * m;
+      std::memcpy(d + 4 * t, &v, 4);
+    }
+    i += run;
+    k = 0;
+    if (++g == p.e_groups) g = 0;
   }
 }
 
@@ -424,6 +492,7 @@ void execute_transform(const Plan& p, uint8_t* out) {
     try {
       affine_range(p, reinterpret_cast<const uint8_t*>(sym.data()),
                    reinterpret_cast<uint8_t*>(coef.data()), r0 * k, r0 * k + n);
+      exponent_range(p, reinterpret_cast<uint8_t*>(coef.data()), r0 * k, r0 * k + n);
     } catch (const Error& e) {
       corrupt(std::string("stage 2 (affine): ") + e.what());
     }
@@ -485,7 +554,7 @@ void parse_payload(const uint8_t* data, size_t size, Plan* p) {
   const uint16_t version = r.u16(hw);
   if (version < kMinFormatVersion || version > kMaxFormatVersion)
     fail(L2C_E_VERSION, "unsupported format version " + std::to_string(version) +
-                            " (this library reads 1 and 2)");
+                            " (this library reads 1 to 3)");
   p->version = version;
   p->dtype = r.u8(hw);
   if (p->dtype != kFloat32 && p->dtype != kFloat16 && p->dtype != kBFloat16)
@@ -581,6 +650,7 @@ void execute(const Plan& p, void* out_v) {
     uint8_t* dst = p.dtype == kFloat32 ? out + 4 * i : v8;
     try {
       dequant_range(p, s8, dst, i, i + n);
+      exponent_range(p, dst, i, i + n);
     } catch (const Error& e) {
       corrupt(what2 + ": " + e.what());
     }

@@ -9,13 +9,18 @@
 
 namespace l2c {
 
-enum StageKind : uint8_t { kEntropy = 1, kAffine = 2, kCodebook = 3, kCast = 4, kRaw = 5, kTransform = 6 };
+enum StageKind : uint8_t { kEntropy = 1, kAffine = 2, kCodebook = 3, kCast = 4, kRaw = 5, kTransform = 6, kExponent = 7 };
 enum DType : int { kFloat32 = 1, kFloat16 = 10, kBFloat16 = 16 };
 
-// Payload format versions this library reads: 1, and 2 (adds the transform stage).
+// Payload format versions this library reads: 1, 2 (adds the transform
+// stage) and 3 (adds the exponent stage).
 constexpr int kMinFormatVersion = 1;
-constexpr int kMaxFormatVersion = 2;
+constexpr int kMaxFormatVersion = 3;
 constexpr int kTransformFormatVersion = 2;
+constexpr int kExponentFormatVersion = 3;
+// Largest exponent stage (groups): bounds its table to 16 MiB of multipliers.
+constexpr uint32_t kMaxExponentGroups = uint32_t(1) << 24;
+constexpr uint32_t kMaxExponent = 31;
 // Largest transform basis (k*cols values): bounds its memory to 64 MiB.
 constexpr uint64_t kMaxTransformBasis = uint64_t(1) << 24;
 
@@ -42,6 +47,11 @@ struct Plan {
   float theta = 0;
   bool has_offset = false;
   std::vector<float> scale, offset;
+  // exponent: element i of the affine output is multiplied by mult[(i / inner) % groups]
+  bool has_exponent = false;
+  uint64_t e_outer = 0, e_inner = 0;
+  uint32_t e_groups = 0;
+  std::vector<float> e_mult;  // 2^-e per group, exact
   // codebook
   std::vector<float> codebook;
   // raw
