@@ -294,6 +294,11 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
     if not ctx.data_free and len(rel) < len(results):
         ctx.notes.append(f"{len(results) - len(rel)} tensors without a measured sensitivity use the median "
                          "of the measured ones")
+    no_effect = ctx.sensitivity.no_effect if ctx.sensitivity is not None else set()
+    if no_effect:
+        ctx.notes.append(f"{len(no_effect)} tensors did not change the outputs on the calibration samples (e.g. "
+                         "a branch the samples never take): they are kept at the median sensitivity, not "
+                         "treated as free: " + ", ".join(sorted(no_effect)[:8]) + ("…" if len(no_effect) > 8 else ""))
     ctx.fixed_bytes = _graph_estimate(model, weights) + PAYLOAD_OVERHEAD * len(weights)
     return ctx
 

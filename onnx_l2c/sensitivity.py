@@ -11,6 +11,8 @@ squared error for everything else (maps, scores, states).
 
 Weights are fed as inputs of the same session (initializers listed as graph
 inputs are overridable in onnxruntime), so one session serves every tensor.
+Initializers of subgraphs (If branches, Loop/Scan bodies) are moved to the
+main graph for this, where the subgraph reads them as outer-scope values.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import onnx
 from .calibration import Feeds, InputSpec, ScratchModel, batches, make_session
 from .errors import L2CError
 from .format import bits_to_float32
-from .graph import WeightRef, tensor_bits
+from .graph import WeightRef, iter_graphs, tensor_bits
 from .statistics import LayerStats
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ class Sensitivity:
 
     scale: dict[str, float] = field(default_factory=dict)
     measured: set[str] = field(default_factory=set)  # the rest use a fallback
+    # perturbed, but the outputs did not move (e.g. a branch the samples never take)
+    no_effect: set[str] = field(default_factory=set)
     divergences: dict[str, str] = field(default_factory=dict)  # output → divergence used
     samples: int = 0
     seconds: float = 0.0
@@ -97,6 +101,44 @@ def _divergence(kind: str, ref: np.ndarray, out: np.ndarray) -> float:
     return float(((out - ref) ** 2).sum() / max((ref ** 2).sum(), 1e-30))
 
 
+def _definition_counts(graph: onnx.GraphProto) -> dict[str, int]:
+    """How many times each value name is defined (initializer, graph input,
+    node output) over the graph and all its subgraphs."""
+    counts: dict[str, int] = {}
+    for ref in iter_graphs(graph):
+        g = ref.graph
+        names = [t.name for t in g.initializer] + [v.name for v in g.input]
+        names += [o for node in g.node for o in node.output if o]
+        for name in names:
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _hoist(w: WeightRef, sub: onnx.GraphProto | None, main: onnx.GraphProto, definitions: dict[str, int]) -> bool:
+    """Move a subgraph weight (initializer or Constant node) to the main graph
+    as an overridable initializer; the subgraph then reads it from the outer
+    scope. Only for names defined once in the whole model, so no other value
+    is shadowed."""
+    if sub is None or definitions.get(w.name, 0) != 1:
+        return False
+    moved = onnx.TensorProto()
+    if w.constant_node is None:
+        tensor = next((t for t in sub.initializer if t.name == w.name), None)
+        if tensor is None:
+            return False
+        moved.CopyFrom(tensor)
+        sub.initializer.remove(tensor)
+    else:
+        node = next((n for n in sub.node if n.op_type == "Constant" and list(n.output) == [w.name]), None)
+        if node is None:
+            return False
+        moved.CopyFrom(w.tensor)
+        moved.name = w.name
+        sub.node.remove(node)
+    main.initializer.append(moved)
+    return True
+
+
 def measure_sensitivity(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRef],
                         stats: dict[str, LayerStats], samples: Sequence[Feeds],
                         inputs: list[InputSpec]) -> Sensitivity:
@@ -108,10 +150,13 @@ def measure_sensitivity(model: onnx.ModelProto, base_dir: Path, weights: list[We
     inits = {t.name: t for t in graph.initializer}
     declared = {v.name for v in graph.input}
     probe: list[WeightRef] = []
+    subgraphs = {ref.path: ref.graph for ref in iter_graphs(graph)}
+    definitions = _definition_counts(graph)
     for w in weights:
         if w.graph.path != "main":
-            continue
-        if w.constant_node is None:
+            if not _hoist(w, subgraphs.get(w.graph.path), graph, definitions):
+                continue
+        elif w.constant_node is None:
             if w.name not in inits:
                 continue
         else:
@@ -175,6 +220,9 @@ def measure_sensitivity(model: onnx.ModelProto, base_dir: Path, weights: list[We
                 for k, kind in kinds.items():
                     div += _divergence(kind, np.asarray(ref_run[k]), np.asarray(out_run[k]))
             div /= max(len(reference), 1)
+            if not div > 0.0:
+                result.no_effect.add(w.name)
+                continue
             result.scale[w.name] = div / (sigma ** 2 * unit_error(w, stats.get(w.name)))
             result.measured.add(w.name)
         result.samples = n

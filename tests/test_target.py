@@ -308,3 +308,22 @@ def test_table_target_picks_row_exponents_and_runs_everywhere(tmp_path: Path, rn
     assert np.abs(fast - ref).max() < 0.5 * np.abs(ref).max()
     from helpers import run_custom_op
     np.testing.assert_array_equal(run_custom_op(out, feed)[0], fast)
+
+
+def test_sensitivity_reaches_subgraph_weights(tmp_path: Path, rng):
+    """Weights inside If branches (initializers and Constant nodes) are perturbed through the
+    outer scope; a branch the samples never take is reported, not treated as free."""
+    from builders import subgraphs
+    from onnx_l2c.calibration import graph_inputs
+    from onnx_l2c.graph import find_weights
+    from onnx_l2c.sensitivity import measure_sensitivity
+
+    model = subgraphs(rng)
+    weights = find_weights(model, 16).weights
+    assert {w.name: w.graph.path != "main" for w in weights} == {"Wt": True, "We": True, "Wo": False}
+    samples = [{"cond": np.array(True), "x": rng.standard_normal((2, 16)).astype(np.float32)} for _ in range(8)]
+    result = measure_sensitivity(model, tmp_path, weights, {}, samples, graph_inputs(model))
+    assert result.measured == {"Wt", "Wo"} and result.no_effect == {"We"}
+    assert all(result.scale[name] > 0 for name in ("Wt", "Wo"))
+    then = next(a.g for a in model.graph.node[0].attribute if a.name == "then_branch")
+    assert [t.name for t in then.initializer] == ["Wt"]  # the caller's model is intact
