@@ -46,7 +46,7 @@ QUICK_TARGET_RATIOS = (6.0,)
 ABLATION: list[tuple[str, str, str, tuple[float, ...]]] = [  # (label, methods, search, target ratios)
     ("onnx_l2c target: uniform", "uniform", "lagrange", (4.0, 6.0, 8.0)),
     ("onnx_l2c target: +rounding", "uniform,rounding", "lagrange", (4.0, 6.0, 8.0, 10.0)),
-    ("onnx_l2c target: +mixed", "rounding,mixed", "lagrange", (4.0, 6.0, 8.0, 9.0, 10.0, 12.0, 16.0)),
+    ("onnx_l2c target: +mixed", "rounding,mixed", "lagrange", (4.0, 5.0, 6.0, 8.0, 9.0, 10.0, 11.0, 12.0, 16.0)),
     ("onnx_l2c target: +mixed, path search", "rounding,mixed", "path", (6.0, 10.0)),
     ("onnx_l2c target: +decorrelate", "rounding,mixed,decorrelate", "lagrange", (6.0, 10.0)),
 ]

@@ -25,7 +25,7 @@ import onnx
 
 from .calibration import Feeds, InputSpec, ScratchModel, batches, make_session
 from .errors import L2CError
-from .graph import WeightRef, node_attr
+from .graph import WeightRef, iter_graphs, node_attr
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class _Accumulator:
 def layer_view(w: WeightRef) -> LayerView | None:
     """The matrix view of a weight in its consumer, or None if it has none we model."""
     node, idx, shape = w.consumer_node, w.consumer_input, w.shape
-    if node is None or w.transposed or w.graph.path != "main":
+    if node is None or w.transposed:
         return None
     op = node.op_type
     if op == "Conv" and idx == 1 and 3 <= len(shape) <= 4:
@@ -359,36 +359,34 @@ def _finish(acc: _Accumulator) -> LayerStats | None:
 
 
 def collect_statistics(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRef],
-                       samples: Sequence[Feeds], inputs: list[InputSpec]) -> dict[str, LayerStats]:
+                       samples: Sequence[Feeds], inputs: list[InputSpec],
+                       branches: bool = True) -> dict[str, LayerStats]:
     """H = E[x xᵀ] for every weight whose consumer we model, from the samples
-    (and separately from their first and second halves)."""
-    accs: dict[str, list[_Accumulator]] = {}
-    for w in weights:
-        view = layer_view(w)
-        if view is None:
-            continue
-        seed = int.from_bytes(w.name.encode()[-8:].rjust(8, b"\0"), "little") % (2 ** 32)
-        accs.setdefault(view.activation, []).append(
-            _Accumulator(w.name, LayerStats(view), rng=np.random.default_rng(seed)))
+    (and separately from their first and second halves).
+
+    Consumers inside the branches of main-graph If nodes count the runs that
+    took their branch. With `branches`, values computed inside a branch are
+    routed out through the If; if onnxruntime rejects that rewrite, the
+    statistics are collected without them.
+    """
+    scratch_proto, accs, sources = _scratch_model(model, weights, inputs, branches)
     if not accs:
         return {}
-    feed_names = {s.name for s in inputs}
-    exposed = [name for name in accs if name not in feed_names]
-    scratch_proto = onnx.ModelProto()
-    scratch_proto.CopyFrom(model)
-    present = {o.name for o in scratch_proto.graph.output}
-    for name in exposed:
-        if name not in present:
-            scratch_proto.graph.output.append(onnx.ValueInfoProto(name=name))
     start = time.perf_counter()
     n_samples = 0
     with ScratchModel(scratch_proto, base_dir) as scratch:
-        session = make_session(scratch.path)
+        try:
+            session = make_session(scratch.path)
+        except L2CError as exc:
+            if not branches or not any(BRANCH_OUTPUT_TAG in src.output for src in sources.values()):
+                raise
+            log.warning("statistics inside If branches skipped: %s", exc)
+            return collect_statistics(model, base_dir, weights, samples, inputs, branches=False)
         out_names = [o.name for o in session.get_outputs()]
         if not samples:
             return {}
         # One sample first, to size the batches by their activation memory.
-        per_sample = _run_and_accumulate(session, samples[0], out_names, accs)
+        per_sample = _run_and_accumulate(session, samples[0], out_names, accs, sources)
         max_batch = max(1, min(32, ACTIVATION_BUDGET // max(per_sample, 1)))
         mid = (len(samples) + 1) // 2
         for half, part in ((0, samples[1:mid]), (1, samples[mid:])):
@@ -396,7 +394,7 @@ def collect_statistics(model: onnx.ModelProto, base_dir: Path, weights: list[Wei
                 for acc in group:
                     acc.half = half
             for feeds, _ in batches(part, inputs, max_batch):
-                _run_and_accumulate(session, feeds, out_names, accs)
+                _run_and_accumulate(session, feeds, out_names, accs, sources)
         n_samples = len(samples)
     result: dict[str, LayerStats] = {}
     for group in accs.values():
@@ -409,8 +407,116 @@ def collect_statistics(model: onnx.ModelProto, base_dir: Path, weights: list[Wei
     return result
 
 
+BRANCH_OUTPUT_TAG = "::l2c_stat::"  # in the names of If outputs added to read values computed in a branch
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where the accumulators of one key read their input: a main-graph output
+    (or feed), only on runs where `condition` (value name, expected bool) holds:
+    the inputs of a weight inside an If branch count only when that branch ran."""
+
+    output: str
+    condition: tuple[str, bool] | None = None
+
+
+def _scratch_model(model: onnx.ModelProto, weights: list[WeightRef], inputs: list[InputSpec],
+                   branches: bool) -> tuple[onnx.ModelProto, dict[str, list[_Accumulator]], dict[str, _Source]]:
+    """A copy of the model with every needed consumer input (and If
+    condition) readable as an output, the accumulators by key, and where each
+    key reads its values."""
+    scratch_proto = onnx.ModelProto()
+    scratch_proto.CopyFrom(model)
+    graph = scratch_proto.graph
+    main_values = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    main_values |= {o for node in graph.node for o in node.output}
+    if_branches = _if_branches(graph)
+    # The graph each consumer runs in (a weight of the main graph may be used
+    # inside a subgraph), by its first output's name; None where ambiguous.
+    scope: dict[str, str | None] = {}
+    for ref in iter_graphs(graph):
+        for node in ref.graph.node:
+            if node.output:
+                scope[node.output[0]] = ref.path if node.output[0] not in scope else None
+    accs: dict[str, list[_Accumulator]] = {}
+    sources: dict[str, _Source] = {}
+    for w in weights:
+        view = layer_view(w)
+        if view is None or not view.node.output:
+            continue
+        where = scope.get(view.node.output[0])
+        branch = if_branches.get(where) if where is not None else None
+        key = view.activation if where == "main" else f"{where}::{view.activation}"
+        if key not in sources:
+            if where == "main" or (branch is None and where is not None and view.activation in main_values):
+                sources[key] = _Source(view.activation)  # Loop/Scan bodies: outer values only
+            elif branch is not None and branch[0].input and branch[0].input[0] in main_values:
+                node, taken = branch
+                condition = (node.input[0], taken == "then_branch")
+                if view.activation in main_values:
+                    sources[key] = _Source(view.activation, condition)
+                else:
+                    exposed = _expose_from_branch(graph, branch, view.activation, w.dtype) if branches else None
+                    if exposed is None:
+                        continue
+                    sources[key] = _Source(exposed, condition)
+            else:
+                continue  # not a value the main graph can read: no statistics
+        seed = int.from_bytes(w.name.encode()[-8:].rjust(8, b"\0"), "little") % (2 ** 32)
+        accs.setdefault(key, []).append(_Accumulator(w.name, LayerStats(view), rng=np.random.default_rng(seed)))
+    feed_names = {s.name for s in inputs}
+    present = {o.name for o in graph.output}
+    needed = {src.output for src in sources.values()} | {src.condition[0] for src in sources.values() if src.condition}
+    for name in sorted(needed):
+        if name not in feed_names and name not in present:
+            graph.output.append(onnx.ValueInfoProto(name=name))
+            present.add(name)
+    return scratch_proto, accs, sources
+
+
+def _if_branches(graph: onnx.GraphProto) -> dict[str, tuple[onnx.NodeProto, str]]:
+    """Subgraph path (as graph.iter_graphs names it) -> (If node of the main
+    graph, branch attribute), for paths that name exactly one branch."""
+    found: dict[str, list[tuple[onnx.NodeProto, str]]] = {}
+    for node in graph.node:
+        if node.op_type != "If" or node.domain not in ("", "ai.onnx"):
+            continue
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                found.setdefault(f"main/{node.name or node.op_type}.{attr.name}", []).append((node, attr.name))
+    return {path: hits[0] for path, hits in found.items() if len(hits) == 1}
+
+
+def _expose_from_branch(graph: onnx.GraphProto, branch: tuple[onnx.NodeProto, str] | None, name: str,
+                        dtype: int) -> str | None:
+    """Make a value computed inside one branch of a main-graph If readable:
+    the branch gets it as an extra output, the other branch an empty tensor of
+    the same type, and the If node (and the main graph) one more output. The
+    statistics skip the empty tensor, so samples that take the other branch
+    add nothing. Returns the new main-graph output name."""
+    if branch is None:
+        return None
+    node, taken = branch
+    graphs = {a.name: a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH}
+    if set(graphs) != {"then_branch", "else_branch"}:
+        return None
+    inside = graphs[taken]
+    if not any(name in n.output for n in inside.node):
+        return None
+    out_name = f"{node.output[0]}{BRANCH_OUTPUT_TAG}{name}"
+    empty = f"{out_name}::empty"
+    other = graphs["else_branch" if taken == "then_branch" else "then_branch"]
+    inside.output.append(onnx.helper.make_tensor_value_info(name, dtype, None))
+    other.node.append(onnx.helper.make_node("Constant", [], [empty],
+                                            value=onnx.helper.make_tensor(empty, dtype, [0], [])))
+    other.output.append(onnx.helper.make_tensor_value_info(empty, dtype, None))
+    node.output.append(out_name)
+    graph.output.append(onnx.ValueInfoProto(name=out_name))
+    return out_name
+
+
 def _run_and_accumulate(session: object, feeds: Feeds, out_names: list[str],
-                        accs: dict[str, list[_Accumulator]]) -> int:
+                        accs: dict[str, list[_Accumulator]], sources: dict[str, _Source]) -> int:
     try:
         values = session.run(None, feeds)  # type: ignore[attr-defined]
     except Exception as exc:  # onnxruntime raises its own exception types
@@ -418,11 +524,18 @@ def _run_and_accumulate(session: object, feeds: Feeds, out_names: list[str],
     tensors = dict(zip(out_names, values))
     tensors.update(feeds)
     total = 0
-    for name, group in accs.items():
-        x = tensors.get(name)
+    for key, group in accs.items():
+        source = sources[key]
+        if source.condition is not None:
+            flag = tensors.get(source.condition[0])
+            if flag is None or np.asarray(flag).size != 1 or bool(np.asarray(flag).reshape(-1)[0]) != source.condition[1]:
+                continue  # the other branch ran
+        x = tensors.get(source.output)
         if x is None:
             continue
         x = np.asarray(x)
+        if x.size == 0:  # the other branch's placeholder
+            continue
         total += x.nbytes
         for acc in group:
             _accumulate(acc, x)

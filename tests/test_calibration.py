@@ -160,3 +160,29 @@ def test_choose_damping_rejects_rounding_that_does_not_generalize(rng):
     halves = ((fit.T @ fit / 20)[None], (check.T @ check / 2000)[None])
     w = rng.standard_normal((1, rows, d))
     assert rounding.choose_damping(w, halves, np.full((1, rows), 0.7), 0.0, 0.0) in (None, 1.0)
+
+
+def test_statistics_inside_if_branches(rng):
+    """Weights consumed inside If branches (their own, and a main-graph weight used in a branch) get
+    E[x xᵀ] over exactly the runs that took their branch, including values computed in the branch."""
+    from builders import subgraphs
+    from onnx import numpy_helper
+
+    model = subgraphs(rng)
+    weights = find_weights(model, 16).weights
+    conds = [True, False, True] * 4
+    samples = [{"cond": np.array(c), "x": rng.standard_normal((2, 16)).astype(np.float32)} for c in conds]
+    stats = collect_statistics(model, Path("."), weights, samples, graph_inputs(model))
+    then = next(a.g for a in model.graph.node[0].attribute if a.name == "then_branch")
+    wt = numpy_helper.to_array(then.initializer[0]).astype(np.float64)
+
+    def second_moment(rows: list[np.ndarray]) -> np.ndarray:
+        x = np.concatenate(rows).astype(np.float64)
+        return x.T @ x / len(x)
+
+    taken = [s["x"] for s, c in zip(samples, conds) if c]
+    expected = {"Wt": second_moment(taken), "We": second_moment([s["x"] for s, c in zip(samples, conds) if not c]),
+                "Wo": second_moment([x.astype(np.float64) @ wt for x in taken])}
+    for name, h in expected.items():
+        np.testing.assert_allclose(stats[name].hessian[0], h, rtol=1e-4, atol=1e-5, err_msg=name)
+    assert stats["Wt"].vectors == 16 and stats["We"].vectors == 8
