@@ -280,25 +280,31 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
     rel = [measured[w.name] * rms2[w.name] * unit_error(w, ctx.stats.get(w.name))
            for w, _ in results if w.name in measured]
     fallback_rel = float(np.median(rel)) if rel else 1.0
+    # Tensors whose noise did not move the outputs on the calibration samples
+    # get the least measured sensitivity: compressed hardest, as the data
+    # says, but not treated as free (other inputs may take their branch).
+    no_effect = ctx.sensitivity.no_effect if ctx.sensitivity is not None else set()
+    least_rel = float(np.min(rel)) if rel else 1.0
     for w, options in results:
         stats = ctx.stats.get(w.name)
         if w.name in measured:
             scale, is_measured = measured[w.name], True
         else:
-            scale = fallback_rel / max(rms2[w.name] * unit_error(w, stats), 1e-300)
+            base_rel = least_rel if w.name in no_effect else fallback_rel
+            scale = base_rel / max(rms2[w.name] * unit_error(w, stats), 1e-300)
             is_measured = False
         kind = ("none" if stats is None else "full" if stats.hessian is not None
                 else "diagonal" if stats.diagonal is not None else "rows")
         ctx.tensors[w.name] = TensorPlan(w.name, w.shape, w.numel, scale, is_measured, kind,
                                          TensorChoices(w.name, scale, options))
-    if not ctx.data_free and len(rel) < len(results):
-        ctx.notes.append(f"{len(results) - len(rel)} tensors without a measured sensitivity use the median "
-                         "of the measured ones")
-    no_effect = ctx.sensitivity.no_effect if ctx.sensitivity is not None else set()
+    unmeasured = len(results) - len(rel) - len(no_effect)
+    if not ctx.data_free and unmeasured > 0:
+        ctx.notes.append(f"{unmeasured} tensors without a measured sensitivity use the median of the measured ones")
     if no_effect:
         ctx.notes.append(f"{len(no_effect)} tensors did not change the outputs on the calibration samples (e.g. "
-                         "a branch the samples never take): they are kept at the median sensitivity, not "
-                         "treated as free: " + ", ".join(sorted(no_effect)[:8]) + ("…" if len(no_effect) > 8 else ""))
+                         "a branch the samples never take): they get the least measured sensitivity, so they are "
+                         "compressed hardest but not treated as free: "
+                         + ", ".join(sorted(no_effect)[:8]) + ("…" if len(no_effect) > 8 else ""))
     ctx.fixed_bytes = _graph_estimate(model, weights) + PAYLOAD_OVERHEAD * len(weights)
     return ctx
 
