@@ -39,7 +39,7 @@ enum {
 /* Library version string, e.g. "1.0.0". */
 L2C_API const char* l2c_version(void);
 
-/* Highest payload format version this library decodes (1). */
+/* Highest payload format version this library decodes (3). */
 L2C_API int l2c_format_version(void);
 
 /* Parse and validate a payload header (magic, version, CRC, dims, numel).
