@@ -46,7 +46,7 @@ class Search(_Choice):
 
 
 # Methods `--methods` can select (each a registered pass in passes/).
-METHODS = ("uniform", "rounding", "mixed", "decorrelate")
+METHODS = ("uniform", "rounding", "mixed", "decorrelate", "fixing")
 DEFAULT_METHODS = ("rounding", "mixed")
 
 
@@ -102,6 +102,12 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "calibration samples to use", minimum=1),
     OptionSpec("methods", tuple, DEFAULT_METHODS,
                f"comma-separated methods for a size target: {', '.join(METHODS)}"),
+    OptionSpec("fixing_delta", float, None,
+               "weight fixing: relative tolerance δ of the shared power-of-two codebook (default: the "
+               "allocator tries 0.01 to 0.2)", minimum=0.001, maximum=0.5),
+    OptionSpec("pow2_order", int, 0,
+               "weight fixing: starting order of the codebook (0 = single powers of two; each order adds a "
+               "term; raised where no value is close enough)", minimum=0, maximum=3),
     OptionSpec("search", Search, Search.LAGRANGE,
                "global allocation search: lagrange (one multiplier) or path (FITCompress greedy path)"),
     OptionSpec("report", Path, None,
@@ -124,6 +130,8 @@ class CompressOptions:
     calibration_data: Any = None
     calibration_samples: int = 128
     methods: tuple[str, ...] = DEFAULT_METHODS
+    fixing_delta: float | None = None
+    pow2_order: int = 0
     search: Search = Search.LAGRANGE
     report: Path | None = None
 

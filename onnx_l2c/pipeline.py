@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnx_l2c.passes import TensorInput, WeightTransform
+from onnx_l2c.passes import TensorInput, WeightTransform, fixing
 from onnx_l2c.passes.lossless import Lossless
 from onnx_l2c.passes.uniform import Uniform
 
@@ -251,6 +251,11 @@ class Planner:
                          budget, attempt + 2)
             assert result is not None
             result.plan = plan_summary(ctx, allocation, opts, budget, self.source.source_bytes)
+            # precomputed (bias-corrected) ones carry their recipe as `recipe`
+            fixed_recipes = [r for m in methods.values() if m.name == fixing.WeightFixing.name
+                             and (r := getattr(m, "recipe", None) or getattr(m, "last_recipe", None)) is not None]
+            if fixed_recipes:
+                result.plan["fixing"] = fixing.codebook_summary(fixed_recipes)
         finally:
             ctx.fixed_bytes = fixed  # the correction is specific to this output's names
         result.seconds = time.perf_counter() - start

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from onnx_l2c.passes import TensorInput, WeightTransform
-from onnx_l2c.passes import decorrelate, mixed
+from onnx_l2c.passes import decorrelate, fixing, mixed
 from onnx_l2c.passes.lossless import Lossless
 
 from . import allocate
@@ -66,11 +66,14 @@ class PlanContext:
     # the quantizers see the centered statistics (see LayerStats.centered).
     bias_of: dict[str, str] = field(default_factory=dict)
     fit_stats: dict[str, LayerStats] = field(default_factory=dict)
+    max_abs: float = 0.0  # largest |w| of the network: the top of weight fixing's shared codebook
 
     def quantize(self, name: str, params: Any) -> mixed.Quantized:
         """One candidate of one tensor (the same code the final encode runs)."""
         tensor = _tensor_input(self.weights[name], self.base_dir)
         stats = self.fit_stats.get(name)
+        if isinstance(params, fixing.FixingParams):
+            return _fix_candidate(tensor, stats, self.max_abs, params)
         if isinstance(params, decorrelate.TransformParams):
             view = self.views[name]
             assert view is not None
@@ -90,9 +93,10 @@ class PlanContext:
         return self._fill(allocate.SEARCHES[search](choices, available), available)
 
     def _fill(self, alloc: Allocation, available: int) -> Allocation:
-        """Spend what the discrete step grid leaves over: refine the step of the
-        largest tensors continuously (bisection in log α between their chosen
-        step and the next finer one) so the output lands on the budget."""
+        """Spend what the discrete grid leaves over: refine the step (or the
+        fixing tolerance) of the largest tensors continuously, by bisection in
+        log α between the finest grid option that still fits and the next
+        finer one, so the output lands on the budget."""
         if alloc.search == "uniform":
             return self._fill_shared(alloc, available)
         by_size = sorted((n for n, o in alloc.chosen.items() if o.params is not None),
@@ -103,13 +107,24 @@ class PlanContext:
                 break
             chosen = alloc.chosen[name]
             p = chosen.params
-            finer = [o.params.alpha for o in self.tensors[name].choices.options
-                     if o.params is not None and o.params.alpha < p.alpha and o.params.family == p.family]
-            lo_alpha, hi_alpha = p.alpha, max(finer) if finer else p.alpha / 2
-            best = chosen
+            # the continuous knob of the candidate's family (smaller = finer):
+            # the quantizer step α, or weight fixing's tolerance δ
+            knob = "alpha" if hasattr(p, "alpha") else "delta"
+            value = getattr(p, knob)
+            finer = sorted((o for o in self.tensors[name].choices.options
+                            if o.params is not None and o.params.family == p.family
+                            and getattr(o.params, knob) < value), key=lambda o: -getattr(o.params, knob))
+            # Bracket: the finest grid option that still fits, and the next finer one.
+            best, lo_alpha, hi_alpha = chosen, value, value / 2
+            for o in finer:
+                if alloc.total_bytes - chosen.bytes + o.bytes <= available:
+                    best, lo_alpha, hi_alpha = o, getattr(o.params, knob), getattr(o.params, knob) / 2
+                else:
+                    hi_alpha = getattr(o.params, knob)
+                    break
             for _ in range(7):
                 mid = float(np.sqrt(lo_alpha * hi_alpha))
-                params = dataclasses.replace(p, alpha=mid)
+                params = dataclasses.replace(p, **{knob: mid})
                 q = self.quantize(name, params)
                 if alloc.total_bytes - chosen.bytes + len(q.payload) <= available:
                     lo_alpha, best = mid, Option(len(q.payload), q.error, params, q.sparsity, chosen.grid)
@@ -149,6 +164,8 @@ class PlanContext:
     def method_for(self, name: str, option: Option) -> WeightTransform:
         if option.params is None:
             return Lossless()
+        if isinstance(option.params, fixing.FixingParams):
+            return fixing.WeightFixing(option.params, self.max_abs, self.fit_stats.get(name))
         if isinstance(option.params, decorrelate.TransformParams):
             view = self.views[name]
             assert view is not None
@@ -184,8 +201,42 @@ def _transform_options(tensor: TensorInput, stats: LayerStats | None, view: Laye
     return out
 
 
+def _fix_candidate(tensor: TensorInput, stats: LayerStats | None, max_abs: float,
+                   params: fixing.FixingParams) -> mixed.Quantized:
+    """One weight-fixing candidate. With full statistics the least-squares
+    compensation is fitted on the first half of the samples and the error
+    measured on the second (as for output-aware rounding)."""
+    from .format import bits_to_float32, reconstruct
+
+    fit, score = stats, stats
+    if stats is not None and stats.hessian is not None and stats.halves is not None:
+        fit = LayerStats(stats.view, hessian=stats.halves[0])
+        score = LayerStats(stats.view, hessian=stats.halves[1])
+    values = tensor.values.astype(np.float64)
+    result = fixing.fix_tensor(values, params.delta, params.order, max_abs, fit)
+    recipe = fixing.fixed_recipe(tensor, result.values)
+    rec = np.asarray(reconstruct(recipe))
+    rec_values = bits_to_float32(rec.view(tensor.bits.dtype) if tensor.dtype != onnx.TensorProto.FLOAT else rec,
+                                 tensor.dtype).reshape(tensor.shape).astype(np.float64)
+    return mixed.Quantized(recipe, serialize(recipe), mixed.layer_error(rec_values - values, score),
+                           float((rec_values == 0).mean()))
+
+
+def _fixing_options(tensor: TensorInput, stats: LayerStats | None, max_abs: float, deltas: tuple[float, ...],
+                    order: int, lossless: int) -> list[Option]:
+    """Weight-fixing candidates, one per δ."""
+    out = []
+    for delta in deltas:
+        params = fixing.FixingParams(delta, order)
+        q = _fix_candidate(tensor, stats, max_abs, params)
+        if len(q.payload) < lossless:
+            out.append(Option(len(q.payload), q.error, params, q.sparsity))
+    return out
+
+
 def _options(tensor: TensorInput, stats: LayerStats | None, methods: tuple[str, ...],
-             view: LayerView | None = None) -> list[Option]:
+             view: LayerView | None = None, max_abs: float = 0.0,
+             fixing_deltas: tuple[float, ...] = fixing.FIXING_DELTAS, pow2_order: int = 0) -> list[Option]:
     lossless = len(serialize(Lossless().encode(tensor)))
     options = [Option(lossless, 0.0, None)]
     if not np.isfinite(tensor.values).all():
@@ -202,8 +253,10 @@ def _options(tensor: TensorInput, stats: LayerStats | None, methods: tuple[str, 
             if stats is not None and stats.row_weight is not None and stats.row_weight.size == tensor.shape[0]:
                 # lookup tables: finer steps for the rows that inputs use often
                 families.append((True, 0.0, None, True, True))
-    else:
+    elif {"uniform", "rounding"} & set(methods):
         families = [(tensor.channel_axis is not None, 0.0, damping, False, False)]
+    else:
+        families = []  # only other methods (fixing, decorrelate) were asked for
     numel = max(int(np.prod(tensor.shape, dtype=np.int64)), 1)
     try:
         for pc, dz, damp, per_column, by_row in families:
@@ -221,13 +274,17 @@ def _options(tensor: TensorInput, stats: LayerStats | None, methods: tuple[str, 
             mixed.release(stats)
     if "decorrelate" in methods:
         options += _transform_options(tensor, stats, view, lossless)
+    if "fixing" in methods:
+        options += _fixing_options(tensor, stats, max_abs, fixing_deltas, pow2_order, lossless)
     return options
 
 
 def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRef], opts: CompressOptions,
                   workers: int, progress: Any = None, measured: PlanContext | None = None) -> PlanContext:
     """Measure (or reuse `measured`'s statistics and sensitivities) and fit candidates."""
-    ctx = PlanContext(weights={w.name: w for w in weights}, base_dir=base_dir, mixed="mixed" in opts.methods)
+    ctx = PlanContext(weights={w.name: w for w in weights}, base_dir=base_dir,
+                      # one shared step only for the uniform baseline (with or without rounding)
+                      mixed=not set(opts.methods) <= {"uniform", "rounding"})
     t0 = time.perf_counter()
     if measured is not None:
         ctx.stats, ctx.sensitivity, ctx.data_free = measured.stats, measured.sensitivity, measured.data_free
@@ -259,11 +316,17 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
             ctx.fit_stats[name] = ctx.stats[name].centered()
     biases = set(ctx.bias_of.values())
 
+    deltas = (opts.fixing_delta,) if opts.fixing_delta is not None else fixing.FIXING_DELTAS
+    if "fixing" in methods:  # one codebook for the whole network, anchored at its largest |w|
+        ctx.max_abs = max((float(np.abs(_tensor_input(w, base_dir).values).max(initial=0.0)) for w in weights),
+                          default=0.0)
+
     def work(w: WeightRef) -> tuple[WeightRef, list[Option]]:
         tensor = _tensor_input(w, base_dir)
         if w.name in biases:  # corrected after quantization: kept exact
             return w, [Option(len(serialize(Lossless().encode(tensor))), 0.0, None)]
-        return w, _options(tensor, ctx.fit_stats.get(w.name), methods, ctx.views[w.name])
+        return w, _options(tensor, ctx.fit_stats.get(w.name), methods, ctx.views[w.name], ctx.max_abs,
+                           deltas, opts.pow2_order)
 
     results: list[tuple[WeightRef, list[Option]]] = []
     with ThreadPoolExecutor(workers) as pool:

@@ -1,0 +1,256 @@
+"""Weight fixing to a shared power-of-two codebook (Weight Fixing Networks).
+
+One codebook for the whole network: magnitudes that are sums of few powers of
+two (order 0: a single power of two, multiplier-free; order n: n + 1 signed
+terms), one near every point of a geometric grid whose ratio
+(1 + δ)/(1 − δ) puts every magnitude in range within relative distance δ of a
+grid point; mirrored, plus zero.
+
+Fixing is progressive, as in the method: a schedule of fixed fractions with
+tolerances shrinking to δ. At each step the codebook values that are nearest
+to the most free weights are taken first, and a value's weights are fixed in
+order of relative distance |w − c|/|w| while their running mean stays within
+the step's tolerance; where nothing qualifies at the current order, the order
+is raised. Between steps, in place of retraining, the still-free weights of a
+layer are moved by least squares on the calibration statistics (minimum
+tr(ΔW·H·ΔWᵀ) with the fixed weights held), so they absorb the error of the
+fixed ones. The result is stored as indices into the tensor's used part of
+the shared table (`codebook` stage), entropy coded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnx_l2c.errors import L2CError
+from onnx_l2c.format import FLOAT, CastStage, CodebookStage, EntropyStage, Recipe
+from onnx_l2c.statistics import LayerStats, LayerView
+
+from .base import TensorInput, WeightTransform, entropy_bits, register
+
+# (fraction of the tensor fixed after the step, tolerance as a multiple of δ)
+SCHEDULE: tuple[tuple[float, float], ...] = (
+    (0.3, 8.0), (0.5, 6.0), (0.65, 4.0), (0.8, 3.0), (0.9, 2.0), (0.95, 1.5), (0.975, 1.2), (1.0, 1.0))
+MAX_ORDER = 3
+SMALLEST = 2.0 ** -12  # smallest nonzero magnitude, relative to the network's max |w|
+CG_STEPS = 4  # conjugate-gradient iterations of each least-squares compensation
+
+
+def pow2_approx(x: np.ndarray, order: int) -> np.ndarray:
+    """Nearest-first greedy approximation of positive x by a sum of order + 1
+    signed powers of two (each term 2^round(log2 |residual|))."""
+    x = np.asarray(x, dtype=np.float64)
+    out = np.zeros_like(x)
+    residual = x.copy()
+    for _ in range(order + 1):
+        nz = residual != 0
+        term = np.zeros_like(x)
+        term[nz] = np.sign(residual[nz]) * np.exp2(np.round(np.log2(np.abs(residual[nz]))))
+        out += term
+        residual = x - out
+    return out
+
+
+def build_codebook(max_abs: float, delta: float, order: int, smallest: float = SMALLEST) -> np.ndarray:
+    """Sorted float32 codebook: ±(sums of at most order + 1 powers of two near
+    a geometric grid from smallest·max_abs to max_abs), and 0."""
+    if not 0.0 < delta < 1.0:
+        raise L2CError(f"fixing delta {delta} must be in (0, 1)")
+    if not 0 <= order <= MAX_ORDER:
+        raise L2CError(f"pow2 order {order} must be in 0..{MAX_ORDER}")
+    if not np.isfinite(max_abs) or max_abs <= 0:
+        return np.zeros(1, np.float32)
+    ratio = (1.0 + delta) / (1.0 - delta)
+    lo = max_abs * smallest
+    n = int(np.ceil(np.log(max_abs / lo) / np.log(ratio))) + 1
+    grid = lo * ratio ** np.arange(n + 1)
+    # every lower order too, so raising the order only adds values
+    mags = np.unique(np.concatenate([pow2_approx(grid, k) for k in range(order + 1)]).astype(np.float32))
+    mags = mags[mags > 0]
+    return np.concatenate([-mags[::-1], np.zeros(1, np.float32), mags]).astype(np.float32)
+
+
+def nearest(values: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+    """Index of the nearest codebook value (codebook sorted ascending)."""
+    idx = np.clip(np.searchsorted(codebook, values), 1, len(codebook) - 1)
+    left, right = codebook[idx - 1], codebook[idx]
+    return np.where(np.abs(values - left) <= np.abs(right - values), idx - 1, idx)
+
+
+def relative_distance(values: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    mag = np.abs(values)
+    return np.where(mag > 0, np.abs(values - targets) / np.where(mag > 0, mag, 1.0), 0.0)
+
+
+@dataclass
+class FixingResult:
+    values: np.ndarray  # fixed weights (float64, the tensor's shape)
+    order: int  # highest codebook order used
+    steps: list[tuple[float, float, int]]  # (fraction fixed, tolerance, order) after each step
+
+
+def fix_tensor(values: np.ndarray, delta: float, order: int, max_abs: float,
+               stats: LayerStats | None = None, max_order: int = MAX_ORDER) -> FixingResult:
+    """Progressively fix one tensor to the shared codebook (see the module doc)."""
+    w0 = np.asarray(values, dtype=np.float64)
+    view = stats.view if stats is not None and stats.hessian is not None else None
+    flat = w0.reshape(-1).copy()
+    n = flat.size
+    free = np.ones(n, dtype=bool)
+    books = {o: build_codebook(max_abs, delta, o).astype(np.float64) for o in range(order, max_order + 1)}
+    current = order
+    steps: list[tuple[float, float, int]] = []
+    for fraction, tol_mult in SCHEDULE:
+        tol = tol_mult * delta
+        target = int(np.ceil(fraction * n))
+        while int((~free).sum()) < target:
+            need = target - int((~free).sum())
+            fixed_now = _fix_step(flat, free, books[current], tol, need, final=False)
+            if fixed_now:
+                continue
+            if current < max_order:
+                current += 1  # nothing qualifies at this order: finer codebook
+                continue
+            _fix_step(flat, free, books[current], np.inf, need, final=True)
+        if view is not None and free.any():
+            flat = _compensate(w0, flat, free, stats, view)
+        steps.append((float((~free).mean()) if n else 1.0, tol, current))
+    return FixingResult(flat.reshape(w0.shape), current, steps)
+
+
+def _fix_step(flat: np.ndarray, free: np.ndarray, book: np.ndarray, tol: float, need: int, final: bool) -> int:
+    """Fix up to `need` free weights: codebook values with the most free
+    weights nearest first; each value's weights by increasing relative
+    distance while their running mean stays ≤ tol. Returns how many were fixed."""
+    idx_free = np.flatnonzero(free)
+    if idx_free.size == 0 or need <= 0:
+        return 0
+    v = flat[idx_free]
+    near = nearest(v, book)
+    dist = relative_distance(v, book[near])
+    order = np.lexsort((dist, near))  # by value, then by distance
+    near_s, dist_s, pos_s = near[order], dist[order], idx_free[order]
+    starts = np.flatnonzero(np.r_[True, near_s[1:] != near_s[:-1]])
+    ends = np.r_[starts[1:], near_s.size]
+    counts = ends - starts
+    fixed = 0
+    for g in np.argsort(-counts, kind="stable"):
+        if fixed >= need:
+            break
+        a, b = starts[g], ends[g]
+        if final:
+            take = b - a
+        else:
+            running = np.cumsum(dist_s[a:b]) / np.arange(1, b - a + 1)
+            ok = np.flatnonzero(running <= tol)
+            take = int(ok[-1]) + 1 if ok.size else 0
+        take = min(take, need - fixed)
+        if take <= 0:
+            continue
+        sel = pos_s[a:a + take]
+        flat[sel] = book[near_s[a]]
+        free[sel] = False
+        fixed += take
+    return fixed
+
+
+def _compensate(w0: np.ndarray, flat: np.ndarray, free: np.ndarray, stats: LayerStats, view: LayerView) -> np.ndarray:
+    """Least squares on the layer's statistics: the free weights minimize
+    tr(ΔW·H·ΔWᵀ) with the fixed ones held (a few conjugate-gradient steps)."""
+    h = stats.hessian
+    assert h is not None
+    w_ref = view.to_matrix(w0)
+    x = view.to_matrix(flat.reshape(w0.shape))
+    mask = view.to_matrix(free.reshape(w0.shape).astype(np.float64)) > 0.5
+    # minimize f(x) = tr((x - w)H(x - w)ᵀ) over the free entries: gradient 2(x - w)H
+    r = -np.where(mask, np.matmul(x - w_ref, h), 0.0)
+    p = r.copy()
+    rr = float((r * r).sum())
+    for _ in range(CG_STEPS):
+        if rr <= 1e-30:
+            break
+        ap = np.where(mask, np.matmul(p, h), 0.0)
+        denom = float((p * ap).sum())
+        if denom <= 0:
+            break
+        alpha = rr / denom
+        x = x + alpha * p
+        r = r - alpha * ap
+        rr_new = float((r * r).sum())
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return view.from_matrix(x).reshape(-1)
+
+
+@dataclass(frozen=True)
+class FixingParams:
+    delta: float
+    order: int = 0
+
+    @property
+    def family(self) -> tuple:
+        return ("fixing", self.order)
+
+    def describe(self) -> dict[str, float | int]:
+        return {"delta": self.delta, "pow2_order": self.order}
+
+
+def fixed_recipe(tensor: TensorInput, fixed: np.ndarray) -> Recipe:
+    """entropy + codebook (the used values of the shared table) [+ cast]."""
+    used, symbols = np.unique(fixed.astype(np.float32).reshape(-1), return_inverse=True)
+    stages = [EntropyStage(symbols.astype(np.int32)), CodebookStage(used.astype(np.float32))]
+    if tensor.dtype != FLOAT:
+        stages.append(CastStage(tensor.dtype))
+    return Recipe(tensor.dtype, tensor.shape, stages)
+
+
+FIXING_DELTAS = (0.01, 0.02, 0.05, 0.1, 0.2)  # the allocator's candidates when no δ is given
+
+
+@register
+class WeightFixing(WeightTransform):
+    """Progressive fixing of one tensor to the network's power-of-two codebook."""
+
+    name = "fixing"
+
+    def __init__(self, params: FixingParams | None = None, max_abs: float | None = None,
+                 stats: LayerStats | None = None) -> None:
+        self.params = params or FixingParams(0.05, 0)
+        self.max_abs = max_abs
+        self.stats = stats
+        self.last_recipe: Recipe | None = None  # for the network-wide codebook summary
+
+    def applies_to(self, tensor: TensorInput) -> bool:
+        return bool(np.isfinite(tensor.values).all())
+
+    def encode(self, tensor: TensorInput) -> Recipe:
+        if not self.applies_to(tensor):
+            raise L2CError(f"tensor {tensor.name!r}: non-finite values cannot be fixed to a codebook")
+        values = tensor.values.astype(np.float64)
+        max_abs = self.max_abs if self.max_abs is not None else float(np.abs(values).max(initial=0.0))
+        result = fix_tensor(values, self.params.delta, self.params.order, max_abs, self.stats)
+        self.last_recipe = fixed_recipe(tensor, result.values)
+        return self.last_recipe
+
+    def rate_bits(self, tensor: TensorInput) -> float:
+        stage = self.encode(tensor).stages[0]
+        assert isinstance(stage, EntropyStage)
+        return entropy_bits(stage.symbols)
+
+
+def codebook_summary(recipes: list[Recipe]) -> dict[str, float | int]:
+    """Unique values and the whole-network entropy (bits per weight) of the
+    weights coded by fixing: the value histogram over all of them."""
+    counts: dict[float, int] = {}
+    for recipe in recipes:
+        symbols, book = recipe.stages[0], recipe.stages[1]
+        assert isinstance(symbols, EntropyStage) and isinstance(book, CodebookStage)
+        used = np.bincount(np.asarray(symbols.symbols).reshape(-1), minlength=len(book.values))
+        for value, count in zip(np.asarray(book.values, np.float32).tolist(), used.tolist()):
+            counts[value] = counts.get(value, 0) + count
+    total = sum(counts.values())
+    p = np.array([c for c in counts.values() if c > 0], dtype=np.float64) / max(total, 1)
+    return {"tensors": len(recipes), "weights": total, "unique_values": int((p > 0).sum()),
+            "entropy_bits_per_weight": float(-(p * np.log2(p)).sum()) if total else 0.0}
