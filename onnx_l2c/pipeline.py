@@ -252,6 +252,13 @@ class Planner:
             assert result is not None
             result.plan = plan_summary(ctx, allocation, opts, budget, self.source.source_bytes)
             # precomputed (bias-corrected) ones carry their recipe as `recipe`
+            if result.output_bytes > 1.03 * budget:
+                # every tensor at its smallest candidate still does not fit
+                missed = (f"the target ({budget} bytes) is out of reach of methods {','.join(opts.methods)}: "
+                          f"their smallest candidates give {result.output_bytes} bytes "
+                          f"(ratio {result.ratio:.2f})")
+                log.warning("%s", missed)
+                result.plan["notes"] = [*result.plan["notes"], missed]
             fixed_recipes = [r for m in methods.values() if m.name == fixing.WeightFixing.name
                              and (r := getattr(m, "recipe", None) or getattr(m, "last_recipe", None)) is not None]
             if fixed_recipes:

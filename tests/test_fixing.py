@@ -163,3 +163,6 @@ def test_planner_reuse_after_a_fixing_target(tmp_path, rng):
     second = planner.compress(tmp_path / "b.onnx", target_ratio=6)
     assert first.plan["fixing"]["tensors"] >= 2 and second.plan["fixing"]["tensors"] >= 2
     assert abs(first.ratio / 8 - 1) <= 0.03 and abs(second.ratio / 6 - 1) <= 0.03
+    # a target beyond the method's smallest candidates is reported, not silently missed
+    far = planner.compress(tmp_path / "c.onnx", target_ratio=200)
+    assert far.ratio < 150 and any("out of reach of methods fixing" in n for n in far.plan["notes"])
