@@ -104,7 +104,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
                f"comma-separated methods for a size target: {', '.join(METHODS)}"),
     OptionSpec("fixing_delta", float, None,
                "weight fixing: relative tolerance δ of the shared power-of-two codebook (default: the "
-               "allocator tries 0.01 to 0.4)", minimum=0.001, maximum=0.5),
+               "allocator tries 0.01 to 0.2)", minimum=0.001, maximum=0.5),
     OptionSpec("pow2_order", int, 0,
                "weight fixing: starting order of the codebook (0 = single powers of two; each order adds a "
                "term; raised where no value is close enough)", minimum=0, maximum=3),

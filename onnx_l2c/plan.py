@@ -122,7 +122,8 @@ class PlanContext:
                 else:
                     hi_alpha = getattr(o.params, knob)
                     break
-            for _ in range(7):
+            # fewer steps for fixing: each is a full progressive fixing of the tensor
+            for _ in range(7 if knob == "alpha" else 4):
                 mid = float(np.sqrt(lo_alpha * hi_alpha))
                 params = dataclasses.replace(p, **{knob: mid})
                 q = self.quantize(name, params)

@@ -206,7 +206,7 @@ def fixed_recipe(tensor: TensorInput, fixed: np.ndarray) -> Recipe:
     return Recipe(tensor.dtype, tensor.shape, stages)
 
 
-FIXING_DELTAS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)  # the allocator's candidates when no δ is given
+FIXING_DELTAS = (0.01, 0.02, 0.05, 0.1, 0.2)  # the allocator's candidates when no δ is given
 
 
 @register
