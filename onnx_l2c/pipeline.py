@@ -28,7 +28,7 @@ from onnx_l2c.passes.uniform import Uniform
 from .config import CompressOptions
 from .errors import L2CError
 from .files import AlignedWriter, AtomicOutputs
-from .format import (DOMAIN, DTYPE_NAMES, FORMAT_VERSION, OP_TYPE, OPSET, Recipe, bits_to_float32,
+from .format import (DOMAIN, DTYPE_NAMES, FORMAT_VERSION, OP_TYPE, OPSET, Recipe,
                      decode_native, serialize)
 from .graph import (WeightRef, embed_external, external_files, find_weights, iter_graphs, load_model, model_bytes,
                     tensor_bits)
@@ -103,7 +103,7 @@ def _encode(w: WeightRef, base_dir: Path, lossy: WeightTransform | None,
     rel, sparsity = 0.0, 0.0
     if not method.lossless:
         ref = tensor.values.astype(np.float64)
-        rec = bits_to_float32(decode_native(payload, recipe).view(bits.dtype), w.dtype).reshape(w.shape)
+        rec = tensor.decoded_values(decode_native(payload, recipe))
         rel = float(np.linalg.norm(rec - ref) / max(np.linalg.norm(ref), 1e-30))
         sparsity = float((rec == 0).mean())
     params = method.params.describe() if hasattr(getattr(method, "params", None), "describe") else None
@@ -251,7 +251,6 @@ class Planner:
                          budget, attempt + 2)
             assert result is not None
             result.plan = plan_summary(ctx, allocation, opts, budget, self.source.source_bytes)
-            # precomputed (bias-corrected) ones carry their recipe as `recipe`
             if result.output_bytes > 1.03 * budget:
                 # every tensor at its smallest candidate still does not fit
                 missed = (f"the target ({budget} bytes) is out of reach of methods {','.join(opts.methods)}: "
@@ -259,8 +258,10 @@ class Planner:
                           f"(ratio {result.ratio:.2f})")
                 log.warning("%s", missed)
                 result.plan["notes"] = [*result.plan["notes"], missed]
-            fixed_recipes = [r for m in methods.values() if m.name == fixing.WeightFixing.name
-                             and (r := getattr(m, "recipe", None) or getattr(m, "last_recipe", None)) is not None]
+            # the recipes the write encoded (bias-corrected weights were encoded before it)
+            fixed_recipes = [m.recipe if isinstance(m, planning.Precomputed) else m.last_recipe
+                             for m in methods.values() if m.name == fixing.WeightFixing.name]
+            fixed_recipes = [r for r in fixed_recipes if r is not None]
             if fixed_recipes:
                 result.plan["fixing"] = fixing.codebook_summary(fixed_recipes)
         finally:

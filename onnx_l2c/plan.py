@@ -24,7 +24,6 @@ from . import allocate
 from .allocate import Allocation, Option, TensorChoices
 from .calibration import graph_inputs, iter_samples
 from .config import CompressOptions
-from .errors import L2CError
 from .format import serialize
 from .graph import WeightRef, tensor_bits
 from .sensitivity import NOISE_REL, Sensitivity, measure_sensitivity, unit_error
@@ -115,22 +114,22 @@ class PlanContext:
                             if o.params is not None and o.params.family == p.family
                             and getattr(o.params, knob) < value), key=lambda o: -getattr(o.params, knob))
             # Bracket: the finest grid option that still fits, and the next finer one.
-            best, lo_alpha, hi_alpha = chosen, value, value / 2
+            best, lo, hi = chosen, value, value / 2
             for o in finer:
                 if alloc.total_bytes - chosen.bytes + o.bytes <= available:
-                    best, lo_alpha, hi_alpha = o, getattr(o.params, knob), getattr(o.params, knob) / 2
+                    best, lo, hi = o, getattr(o.params, knob), getattr(o.params, knob) / 2
                 else:
-                    hi_alpha = getattr(o.params, knob)
+                    hi = getattr(o.params, knob)
                     break
             # fewer steps for fixing: each is a full progressive fixing of the tensor
             for _ in range(7 if knob == "alpha" else 4):
-                mid = float(np.sqrt(lo_alpha * hi_alpha))
+                mid = float(np.sqrt(lo * hi))
                 params = dataclasses.replace(p, **{knob: mid})
                 q = self.quantize(name, params)
                 if alloc.total_bytes - chosen.bytes + len(q.payload) <= available:
-                    lo_alpha, best = mid, Option(len(q.payload), q.error, params, q.sparsity, chosen.grid)
+                    lo, best = mid, Option(len(q.payload), q.error, params, q.sparsity, chosen.grid)
                 else:
-                    hi_alpha = mid
+                    hi = mid
             if best is not chosen:
                 scale = self.tensors[name].scale
                 alloc.chosen[name] = best
@@ -207,7 +206,7 @@ def _fix_candidate(tensor: TensorInput, stats: LayerStats | None, max_abs: float
     """One weight-fixing candidate. With full statistics the least-squares
     compensation is fitted on the first half of the samples and the error
     measured on the second (as for output-aware rounding)."""
-    from .format import bits_to_float32, reconstruct
+    from .format import reconstruct
 
     fit, score = stats, stats
     if stats is not None and stats.hessian is not None and stats.halves is not None:
@@ -216,9 +215,7 @@ def _fix_candidate(tensor: TensorInput, stats: LayerStats | None, max_abs: float
     values = tensor.values.astype(np.float64)
     result = fixing.fix_tensor(values, params.delta, params.order, max_abs, fit)
     recipe = fixing.fixed_recipe(tensor, result.values)
-    rec = np.asarray(reconstruct(recipe))
-    rec_values = bits_to_float32(rec.view(tensor.bits.dtype) if tensor.dtype != onnx.TensorProto.FLOAT else rec,
-                                 tensor.dtype).reshape(tensor.shape).astype(np.float64)
+    rec_values = tensor.decoded_values(reconstruct(recipe)).astype(np.float64)
     return mixed.Quantized(recipe, serialize(recipe), mixed.layer_error(rec_values - values, score),
                            float((rec_values == 0).mean()))
 
@@ -318,9 +315,9 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
     biases = set(ctx.bias_of.values())
 
     deltas = (opts.fixing_delta,) if opts.fixing_delta is not None else fixing.FIXING_DELTAS
-    if "fixing" in methods:  # one codebook for the whole network, anchored at its largest |w|
-        ctx.max_abs = max((float(np.abs(_tensor_input(w, base_dir).values).max(initial=0.0)) for w in weights),
-                          default=0.0)
+    norms = {w.name: _norms(w, base_dir) for w in weights}  # one read of each weight: (mean w², max |w|)
+    # weight fixing's one codebook for the whole network is anchored at its largest |w|
+    ctx.max_abs = max((m for _, m in norms.values()), default=0.0)
 
     def work(w: WeightRef) -> tuple[WeightRef, list[Option]]:
         tensor = _tensor_input(w, base_dir)
@@ -340,7 +337,7 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
     measured = ctx.sensitivity.scale if ctx.sensitivity is not None else {}
     # Tensors without a measurement (in subgraphs, bfloat16) get the median
     # divergence per unit of *relative* noise of the measured ones.
-    rms2 = {w.name: _rms2(w, base_dir) for w, _ in results}  # one read of each weight
+    rms2 = {name: ms for name, (ms, _) in norms.items()}
     rel = [measured[w.name] * rms2[w.name] * unit_error(w, ctx.stats.get(w.name))
            for w, _ in results if w.name in measured]
     fallback_rel = float(np.median(rel)) if rel else 1.0
@@ -440,7 +437,7 @@ def bias_corrections(ctx: PlanContext, chosen: dict[str, Option]) -> tuple[dict[
     recipes of those weights (so they are not encoded twice)."""
     from onnx import numpy_helper
 
-    from .format import bits_to_float32, decode_native
+    from .format import decode_native
 
     new_bias: dict[str, np.ndarray] = {}
     recipes: dict[str, Any] = {}
@@ -452,9 +449,7 @@ def bias_corrections(ctx: PlanContext, chosen: dict[str, Option]) -> tuple[dict[
         tensor = _tensor_input(w, ctx.base_dir)
         recipe = ctx.method_for(name, option).encode(tensor)
         payload = serialize(recipe)
-        decoded = decode_native(payload, recipe)
-        values = bits_to_float32(decoded.view(tensor.bits.dtype) if w.dtype != onnx.TensorProto.FLOAT else decoded,
-                                 w.dtype).reshape(w.shape).astype(np.float64)
+        values = tensor.decoded_values(decode_native(payload, recipe)).astype(np.float64)
         stats = ctx.stats[name]
         delta = stats.view.to_matrix(values - tensor.values.astype(np.float64))
         shift = np.einsum("grd,gd->gr", delta, stats.mean).reshape(-1)
@@ -465,12 +460,14 @@ def bias_corrections(ctx: PlanContext, chosen: dict[str, Option]) -> tuple[dict[
     return new_bias, recipes
 
 
-def _rms2(w: WeightRef, base_dir: Path) -> float:
+def _norms(w: WeightRef, base_dir: Path) -> tuple[float, float]:
+    """Mean square (1.0 when there is nothing finite) and largest magnitude of
+    the finite values of a weight."""
     from .format import bits_to_float32
 
     v = bits_to_float32(tensor_bits(w.tensor, base_dir), w.dtype).astype(np.float64)
     v = v[np.isfinite(v)]
-    return float((v ** 2).mean()) if v.size else 1.0
+    return (float((v ** 2).mean()), float(np.abs(v).max())) if v.size else (1.0, 0.0)
 
 
 def _graph_estimate(model: onnx.ModelProto, weights: list[WeightRef]) -> int:

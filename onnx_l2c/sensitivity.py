@@ -115,10 +115,10 @@ def _definition_counts(graph: onnx.GraphProto) -> dict[str, int]:
 
 
 def _hoist(w: WeightRef, sub: onnx.GraphProto | None, main: onnx.GraphProto, definitions: dict[str, int]) -> bool:
-    """Move a subgraph weight (initializer or Constant node) to the main graph
-    as an overridable initializer; the subgraph then reads it from the outer
-    scope. Only for names defined once in the whole model, so no other value
-    is shadowed."""
+    """Make a weight a main-graph initializer (so it can be fed): a Constant
+    node (of any graph) becomes one, and a subgraph initializer moves there;
+    a subgraph then reads it from the outer scope. Only for names defined
+    once in the whole model, so no other value is shadowed."""
     if sub is None or definitions.get(w.name, 0) != 1:
         return False
     moved = onnx.TensorProto()
@@ -153,23 +153,11 @@ def measure_sensitivity(model: onnx.ModelProto, base_dir: Path, weights: list[We
     subgraphs = {ref.path: ref.graph for ref in iter_graphs(graph)}
     definitions = _definition_counts(graph)
     for w in weights:
-        if w.graph.path != "main":
-            if not _hoist(w, subgraphs.get(w.graph.path), graph, definitions):
-                continue
-        elif w.constant_node is None:
+        if w.graph.path == "main" and w.constant_node is None:
             if w.name not in inits:
                 continue
-        else:
-            # A main-graph Constant becomes an initializer so it can be fed.
-            node = next((n for n in graph.node if n.output and n.output[0] == w.name
-                         and n.op_type == "Constant"), None)
-            if node is None:
-                continue
-            t = onnx.TensorProto()
-            t.CopyFrom(w.tensor)
-            t.name = w.name
-            graph.node.remove(node)
-            graph.initializer.append(t)
+        elif not _hoist(w, subgraphs.get(w.graph.path), graph, definitions):
+            continue
         if w.name not in declared:
             graph.input.append(onnx.helper.make_tensor_value_info(w.name, w.dtype, list(w.shape)))
         probe.append(w)

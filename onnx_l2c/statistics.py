@@ -281,7 +281,7 @@ def _input_vectors(x: np.ndarray, acc: _Accumulator) -> np.ndarray | None:
 
 
 def _accumulate(acc: _Accumulator, x: np.ndarray) -> None:
-    stats, view = acc.stats, acc.stats.view
+    view = acc.stats.view
     if view.kind == "gather":
         idx = x.astype(np.int64).reshape(-1)
         idx = np.where(idx < 0, idx + view.rows, idx)
@@ -527,8 +527,8 @@ def _run_and_accumulate(session: object, feeds: Feeds, out_names: list[str],
     for key, group in accs.items():
         source = sources[key]
         if source.condition is not None:
-            flag = tensors.get(source.condition[0])
-            if flag is None or np.asarray(flag).size != 1 or bool(np.asarray(flag).reshape(-1)[0]) != source.condition[1]:
+            flag = np.asarray(tensors.get(source.condition[0], ()))
+            if flag.size != 1 or bool(flag.reshape(-1)[0]) != source.condition[1]:
                 continue  # the other branch ran
         x = tensors.get(source.output)
         if x is None:

@@ -27,6 +27,11 @@ class TensorInput:
         """The weight as float32 (exact for every supported dtype), shaped."""
         return bits_to_float32(self.bits, self.dtype).reshape(self.shape)
 
+    def decoded_values(self, decoded: np.ndarray) -> np.ndarray:
+        """A decoded version of this weight (what `reconstruct` or the native
+        decoder returns: float32, float16, or bfloat16 bits) as float32, shaped."""
+        return bits_to_float32(np.asarray(decoded).view(self.bits.dtype), self.dtype).reshape(self.shape)
+
 
 class WeightTransform(abc.ABC):
     """A method: encode(θ) → Recipe; decode → Ŵ; rate estimate in bits."""

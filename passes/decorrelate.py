@@ -29,7 +29,7 @@ import numpy as np
 
 from onnx_l2c.errors import L2CError
 from onnx_l2c.format import (FLOAT, FLOAT16, AffineStage, CastStage, EntropyStage, Recipe, TransformStage,
-                             bits_to_float32, decode_native, serialize)
+                             decode_native, serialize)
 from onnx_l2c.statistics import LayerStats, LayerView
 
 from . import rounding
@@ -137,9 +137,8 @@ def quantize_transform(tensor: TensorInput, params: TransformParams, stats: Laye
         stages.append(CastStage(tensor.dtype))
     recipe = Recipe(tensor.dtype, tensor.shape, stages)
     payload = serialize(recipe)
-    rec = decode_native(payload, recipe)
-    rec_values = bits_to_float32(rec.view(tensor.bits.dtype) if tensor.dtype != FLOAT else rec, tensor.dtype)
-    delta = rec_values.reshape(tensor.shape).astype(np.float64) - tensor.values.astype(np.float64)
+    rec_values = tensor.decoded_values(decode_native(payload, recipe))
+    delta = rec_values.astype(np.float64) - tensor.values.astype(np.float64)
     return Quantized(recipe, payload, layer_error(delta, stats), float((rec_values == 0).mean()))
 
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnx_l2c.errors import L2CError
-from onnx_l2c.format import (FLOAT, AffineStage, CastStage, EntropyStage, ExponentStage, Recipe, bits_to_float32,
-                             reconstruct, serialize)
+from onnx_l2c.format import (FLOAT, AffineStage, CastStage, EntropyStage, ExponentStage, Recipe,
+                             exponent_multipliers, reconstruct, serialize)
 from onnx_l2c.statistics import LayerStats
 
 from . import rounding
@@ -132,7 +132,7 @@ def quantize(tensor: TensorInput, params: QuantParams, stats: LayerStats | None,
             raise L2CError(f"tensor {tensor.name!r}: row exponents need per-column steps and the table's "
                            f"row usage from calibration data")
         exponents = row_exponents(stats.row_weight)
-        s3 = s3 * np.ldexp(1.0, -exponents)[:, None, None]  # v is (rows, cols, 1)
+        s3 = s3 * exponent_multipliers(exponents)[:, None, None]  # v is (rows, cols, 1)
     q = rounding.quantize_nearest(v, s3, params.dead_zone)
     theta = _theta(v, q, s3)
     score_stats = stats
@@ -157,9 +157,7 @@ def quantize(tensor: TensorInput, params: QuantParams, stats: LayerStats | None,
         stages.append(CastStage(tensor.dtype))
     recipe = Recipe(tensor.dtype, tensor.shape, stages)
     payload = serialize(recipe)
-    rec = np.asarray(reconstruct(recipe))
-    rec_values = bits_to_float32(rec.view(tensor.bits.dtype) if tensor.dtype != FLOAT else rec, tensor.dtype)
-    delta = rec_values.reshape(tensor.shape).astype(np.float64) - values
+    delta = tensor.decoded_values(reconstruct(recipe)).astype(np.float64) - values
     return Quantized(recipe, payload, layer_error(delta, score_stats), float((q == 0).mean()))
 
 
