@@ -1,4 +1,4 @@
-"""Payload format v1/v2/v3 (docs/FORMAT.md): recipes, serialization, reconstruction.
+"""Payload format v1 to v4 (docs/FORMAT.md): recipes, serialization, reconstruction.
 
 A `Recipe` is the decode program of one tensor: a short list of stages from
 the fixed vocabulary the native decoder implements. `serialize` turns it into
@@ -27,6 +27,7 @@ MAGIC = b"L2CP"
 FORMAT_VERSION = 1
 FORMAT_VERSION_TRANSFORM = 2  # the first version with the transform stage
 FORMAT_VERSION_EXPONENT = 3  # the first version with the exponent stage
+FORMAT_VERSION_EXPAND = 4  # the first version with the expand stage
 DOMAIN = "ai.onnx_l2c"
 OP_TYPE = "Decode"
 OPSET = 1
@@ -49,6 +50,15 @@ class StageKind(enum.IntEnum):
     RAW = 5
     TRANSFORM = 6
     EXPONENT = 7
+    EXPAND = 8
+
+
+class BlockMode(enum.IntEnum):
+    """What an expand stage does with one micro-block."""
+
+    PRUNE = 0  # every element 0
+    UNIFY = 1  # one shared magnitude, each element's sign from the signs stream
+    KEEP = 2  # each element its own symbol
 
 
 @dataclass
@@ -125,7 +135,32 @@ class ExponentStage:
     exponents: np.ndarray  # integers in [0, MAX_EXPONENT], [groups]
 
 
-Stage = EntropyStage | AffineStage | CodebookStage | CastStage | RawStage | TransformStage | ExponentStage
+@dataclass
+class ExpandStage:
+    """Micro-blocks → int32 symbols (in place of the entropy stage).
+
+    The symbols are viewed as (outer, n, inner); a block is `block`
+    consecutive positions along n (the last of each row may be shorter), and
+    blocks are ordered (outer, block position along n, inner). Per block one
+    mode (`BlockMode`): pruned blocks decode to 0; a unified block to
+    ±magnitude with one sign per element; a kept block to its own symbols.
+    Four entropy-coded streams: modes, magnitudes (≥ 1, one per unified
+    block), signs (1 = negative, per element of the unified blocks, in block
+    order) and kept symbols (per element of the kept blocks, in block order).
+    """
+
+    outer: int
+    n: int
+    inner: int
+    block: int
+    modes: np.ndarray  # [blocks] in BlockMode
+    magnitudes: np.ndarray  # [unified blocks] ≥ 1
+    signs: np.ndarray  # [elements of unified blocks] 0 / 1
+    kept: np.ndarray  # [elements of kept blocks] int32
+
+
+Stage = (EntropyStage | AffineStage | CodebookStage | CastStage | RawStage | TransformStage | ExponentStage
+         | ExpandStage)
 
 
 @dataclass
@@ -149,6 +184,8 @@ class Recipe:
 
 def payload_version(recipe: Recipe) -> int:
     """Format version a recipe's payload is written with (the lowest that holds its stages)."""
+    if any(isinstance(stage, ExpandStage) for stage in recipe.stages):
+        return FORMAT_VERSION_EXPAND
     if any(isinstance(stage, ExponentStage) for stage in recipe.stages):
         return FORMAT_VERSION_EXPONENT
     if any(isinstance(stage, TransformStage) for stage in recipe.stages):
@@ -164,6 +201,8 @@ TRANSFORM_LAYOUTS = (0, 1)
 TRANSFORM_BASIS_DTYPES = (FLOAT, FLOAT16)
 MAX_EXPONENT = 31  # 2^-31 is a normal float32: every multiplier is exact
 MAX_EXPONENT_GROUPS = 1 << 24  # bounds the decoder's exponent table (16 MiB)
+MAX_EXPAND_BLOCK = 256  # elements per expand block: bounds the decoder's slice buffers
+MAX_MAGNITUDE = 65536  # a stream codes at most 65536 distinct magnitudes (1..65536)
 
 
 def validate(recipe: Recipe) -> None:
@@ -176,13 +215,15 @@ def validate(recipe: Recipe) -> None:
     cast = [CastStage] if recipe.dtype != FLOAT else []
     exponent = [ExponentStage] if ExponentStage in kinds else []
     valid = (kinds == [RawStage] or kinds == [EntropyStage, AffineStage, *exponent, *cast]
+             or kinds == [ExpandStage, AffineStage, *exponent, *cast]
              or kinds == [EntropyStage, CodebookStage, *cast]
              or kinds == [EntropyStage, AffineStage, *exponent, TransformStage, *cast])
     if not valid:
         names = "+".join(k.__name__ for k in kinds) or "none"
         tail = "+cast" if cast else ""
         raise L2CError(f"invalid stage sequence {names} for {DTYPE_NAMES[recipe.dtype]}; valid: raw, "
-                       f"entropy+codebook{tail}, entropy+affine[+exponent][+transform]{tail}")
+                       f"entropy+codebook{tail}, entropy+affine[+exponent][+transform]{tail}, "
+                       f"expand+affine[+exponent]{tail}")
     # A transform stage runs after the affine one: entropy and affine then
     # cover the rows*k coefficients, not the tensor's numel elements.
     for stage in recipe.stages:
@@ -218,6 +259,8 @@ def validate(recipe: Recipe) -> None:
                 raise L2CError(f"codebook symbols must lie in [0, {values.size})")
         elif isinstance(stage, ExponentStage):
             _validate_exponent(stage, numel)
+        elif isinstance(stage, ExpandStage):
+            _validate_expand(stage, numel)
         elif isinstance(stage, CastStage) and stage.target != recipe.dtype:
             raise L2CError(f"cast target {stage.target} differs from the tensor dtype {recipe.dtype}")
 
@@ -266,6 +309,97 @@ def _validate_exponent(stage: ExponentStage, numel: int) -> None:
         raise L2CError(f"exponent stage needs {groups} integer exponents, got {e.size} of {e.dtype}")
     if e.size and (e.min() < 0 or e.max() > MAX_EXPONENT):
         raise L2CError(f"exponent stage exponents must lie in [0, {MAX_EXPONENT}]")
+
+
+def expand_blocks(outer: int, n: int, inner: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each flat element of an (outer, n, inner) buffer: its block index
+    (blocks ordered outer, position along n, inner) and its position in the block."""
+    per_row = -(-n // block) if n else 0
+    j = np.arange(n, dtype=np.int64)
+    ids = (np.arange(outer, dtype=np.int64)[:, None, None] * (per_row * inner)
+           + (j // block)[None, :, None] * inner + np.arange(inner, dtype=np.int64)[None, None, :])
+    pos = np.broadcast_to((j % block)[None, :, None], ids.shape)
+    return ids.reshape(-1), np.ascontiguousarray(pos).reshape(-1)
+
+
+def _expand_order(stage: ExpandStage) -> tuple[np.ndarray, np.ndarray]:
+    """Flat elements in stream order (block, then position) and the block of each."""
+    ids, pos = expand_blocks(stage.outer, stage.n, stage.inner, stage.block)
+    order = np.lexsort((pos, ids))
+    return order, ids[order]
+
+
+def expand_stage(symbols: np.ndarray, outer: int, n: int, inner: int, block: int,
+                 modes: np.ndarray) -> ExpandStage:
+    """The expand stage that decodes to `symbols` (flat int32) with the given
+    block modes; unified blocks must hold one nonzero magnitude, pruned ones zeros."""
+    q = np.asarray(symbols, dtype=np.int32).reshape(-1)
+    modes = np.asarray(modes, dtype=np.uint8).reshape(-1)
+    stage = ExpandStage(outer, n, inner, block, modes, np.zeros(0, np.int32), np.zeros(0, np.uint8),
+                        np.zeros(0, np.int32))
+    order, blocks = _expand_order(stage)
+    if modes.size != (blocks[-1] + 1 if blocks.size else 0):
+        raise L2CError(f"expand stage needs one mode per block, got {modes.size}")
+    qs, ms = q[order], modes[blocks]
+    unify = ms == BlockMode.UNIFY
+    ub = blocks[unify]
+    first = np.r_[True, ub[1:] != ub[:-1]] if ub.size else np.zeros(0, bool)
+    stage.magnitudes = np.abs(qs[unify][first]).astype(np.int32)
+    if (np.abs(qs[unify]) != np.repeat(stage.magnitudes, np.diff(np.r_[np.flatnonzero(first), ub.size]))).any():
+        raise L2CError("expand stage: a unified block holds more than one magnitude")
+    if (qs[ms == BlockMode.PRUNE] != 0).any():
+        raise L2CError("expand stage: a pruned block holds a nonzero symbol")
+    stage.signs = (qs[unify] < 0).astype(np.uint8)
+    stage.kept = qs[ms == BlockMode.KEEP].astype(np.int32)
+    return stage
+
+
+def expand_symbols(stage: ExpandStage) -> np.ndarray:
+    """The int32 symbols an expand stage decodes to (flat)."""
+    order, blocks = _expand_order(stage)
+    ms = np.asarray(stage.modes, dtype=np.int64)[blocks]
+    out = np.zeros(order.size, np.int32)
+    unify, keep = ms == BlockMode.UNIFY, ms == BlockMode.KEEP
+    ub = blocks[unify]
+    rank = np.cumsum(np.r_[True, ub[1:] != ub[:-1]]) - 1 if ub.size else np.zeros(0, np.int64)
+    mag = np.asarray(stage.magnitudes, dtype=np.int32)[rank]
+    out[order[unify]] = np.where(np.asarray(stage.signs).reshape(-1) == 1, -mag, mag)
+    out[order[keep]] = np.asarray(stage.kept, dtype=np.int32).reshape(-1)
+    return out
+
+
+def _validate_expand(stage: ExpandStage, numel: int) -> None:
+    outer, n, inner, block = stage.outer, stage.n, stage.inner, stage.block
+    if not all(isinstance(v, (int, np.integer)) for v in (outer, n, inner, block)):
+        raise L2CError(f"expand stage outer, n, inner, block must be integers, got {outer!r}, {n!r}, {inner!r}, "
+                       f"{block!r}")
+    if outer < 0 or n < 0 or inner < 0 or outer * n * inner != numel:
+        raise L2CError(f"expand stage layout {outer}x{n}x{inner} does not cover {numel} elements")
+    if not 1 <= block <= MAX_EXPAND_BLOCK or (n > 0 and block > n):
+        raise L2CError(f"expand stage block {block} must be in 1..min(n = {n}, {MAX_EXPAND_BLOCK})")
+    modes = np.asarray(stage.modes).reshape(-1)
+    nblocks = outer * (-(-n // block)) * inner
+    if modes.size != nblocks or (modes.size and not np.isin(modes, list(BlockMode)).all()):
+        raise L2CError(f"expand stage needs {nblocks} block modes in {[int(m) for m in BlockMode]}, "
+                       f"got {modes.size}")
+    lengths = np.minimum(block, n - (np.arange(-(-n // block)) * block)) if n else np.zeros(0, np.int64)
+    per_block = np.broadcast_to(lengths[None, :, None], (outer, lengths.size, inner)).reshape(-1)
+    unified = int((modes == BlockMode.UNIFY).sum())
+    counts = {"magnitudes": unified, "signs": int(per_block[modes == BlockMode.UNIFY].sum()),
+              "kept": int(per_block[modes == BlockMode.KEEP].sum())}
+    for label, count in counts.items():
+        values = np.asarray(getattr(stage, label)).reshape(-1)
+        if values.size != count or (values.size and not np.issubdtype(values.dtype, np.integer)):
+            raise L2CError(f"expand stage needs {count} integer {label}, got {values.size}")
+    mags, signs = np.asarray(stage.magnitudes), np.asarray(stage.signs)
+    if mags.size and (mags.min() < 1 or mags.max() > MAX_MAGNITUDE):
+        raise L2CError(f"expand stage magnitudes must lie in [1, {MAX_MAGNITUDE}]")
+    if signs.size and (signs.min() < 0 or signs.max() > 1):
+        raise L2CError("expand stage signs must be 0 or 1")
+    kept = np.asarray(stage.kept, dtype=np.int64)
+    if kept.size and (kept.min() < np.iinfo(np.int32).min or kept.max() > np.iinfo(np.int32).max
+                      or kept.max() - kept.min() >= 65536):
+        raise L2CError("expand stage kept symbols must be int32 and span at most 65536 values")
 
 
 def exponent_multipliers(exponents: np.ndarray) -> np.ndarray:
@@ -341,6 +475,14 @@ def _stage_body(stage: Stage, recipe: Recipe) -> tuple[int, bytes]:
         if has_mean:
             body.append(np.ascontiguousarray(stage.mean, dtype="<f4").tobytes())
         return StageKind.TRANSFORM, b"".join(body)
+    if isinstance(stage, ExpandStage):
+        kept = np.ascontiguousarray(stage.kept, dtype=np.int32).reshape(-1)
+        lo = int(kept.min()) if kept.size else 0
+        body = [struct.pack("<QQQIi", stage.outer, stage.n, stage.inner, stage.block, lo)]
+        for values, offset in ((stage.modes, 0), (stage.magnitudes, 1), (stage.signs, 0), (kept, lo)):
+            v = np.ascontiguousarray(values, dtype=np.int32).reshape(-1) - np.int32(offset)
+            body.append(_native.encode_stream(v, int(v.max()) + 1 if v.size else 1))
+        return StageKind.EXPAND, b"".join(body)
     if isinstance(stage, ExponentStage):
         e = np.ascontiguousarray(stage.exponents, dtype=np.int32).reshape(-1)
         alphabet = int(e.max()) + 1 if e.size else 1
@@ -371,6 +513,8 @@ def reconstruct(recipe: Recipe) -> np.ndarray:
     for stage in recipe.stages:
         if isinstance(stage, EntropyStage):
             buf = np.asarray(stage.symbols, dtype=np.int32).reshape(-1)
+        elif isinstance(stage, ExpandStage):
+            buf = expand_symbols(stage)
         elif isinstance(stage, AffineStage):
             assert buf is not None and buf.dtype == np.int32
             q = buf.astype(np.float32).reshape(stage.outer, stage.channels, stage.inner)

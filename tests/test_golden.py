@@ -26,9 +26,9 @@ if __name__ == "__main__":  # run as a script from anywhere
     sys.path[:0] = [str(Path(__file__).absolute().parents[1]), str(Path(__file__).absolute().parent)]
 
 from helpers import native_decode, stage_offsets
-from onnx_l2c.format import (BFLOAT16, DTYPE_NAMES, FLOAT, FLOAT16, AffineStage, CastStage, CodebookStage,
-                             EntropyStage, ExponentStage, RawStage, Recipe, TransformStage, reconstruct,
-                             serialize)
+from onnx_l2c.format import (BFLOAT16, DTYPE_NAMES, FLOAT, FLOAT16, AffineStage, BlockMode, CastStage,
+                             CodebookStage, EntropyStage, ExpandStage, ExponentStage, RawStage, Recipe,
+                             TransformStage, expand_blocks, expand_stage, reconstruct, serialize)
 
 GOLDEN = Path(__file__).absolute().parent / "data" / "golden"
 EXPECTED = GOLDEN / "expected.json"
@@ -115,7 +115,27 @@ def recipes() -> dict[str, Recipe]:
         "exponent_transform": Recipe(FLOAT, (8, 10), [
             EntropyStage(skewed(24, 6, 16)), AffineStage(8, 3, 1, 0.25, f32(np.arange(3) + 3, 256)),
             ExponentStage(8, 3, 1, np.array([0, 2, 31], np.int32)), TransformStage(8, 3, 10, basis_f32)]),
+        # micro-blocks: 3x3 kernels of a (4, 5, 3, 3) Conv weight, each pruned, unified or kept
+        "expand_conv_kernels": Recipe(FLOAT, (4, 5, 3, 3), [
+            expand(20, 9, 1, 9, 17), AffineStage(1, 4, 45, 0.25, f32(np.arange(4) + 5, 512))]),
+        # 1x4 blocks along the rows of a (10, 6) MatMul weight (the last block of each column has 2),
+        # with row exponents and a float16 cast
+        "expand_blocks_exponent_float16": Recipe(FLOAT16, (10, 6), [
+            expand(1, 10, 6, 4, 18), AffineStage(1, 1, 60, 0.125, f32([3], 64)),
+            ExponentStage(1, 10, 6, (hashed(10, 19) % np.uint64(4)).astype(np.int32)), CastStage(FLOAT16)]),
     }
+
+
+def expand(outer: int, n: int, inner: int, block: int, salt: int) -> ExpandStage:
+    """An expand stage with every block mode, from hashed values."""
+    ids, _ = expand_blocks(outer, n, inner, block)
+    count = int(ids.max()) + 1
+    modes = (hashed(count, salt) % np.uint64(3)).astype(np.uint8)
+    mags = (hashed(count, salt + 100) % np.uint64(9)).astype(np.int32) + 1
+    signs = np.where(hashed(ids.size, salt + 200) & np.uint64(1), -1, 1)
+    m = modes[ids]
+    q = np.where(m == BlockMode.PRUNE, 0, np.where(m == BlockMode.UNIFY, signs * mags[ids], skewed(ids.size, 5, salt)))
+    return expand_stage(q, outer, n, inner, block, modes)
 
 
 # the entropy stream mode each case is meant to pin (the encoder picks the mode)
@@ -180,12 +200,14 @@ def test_reconstruct_is_golden(name, expected):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_payload_version(name):
-    """The lowest version that holds the stages (FORMAT.md, Versions): 3 with an exponent stage,
-    else 2 with a transform stage, else 1."""
+    """The lowest version that holds the stages (FORMAT.md, Versions): 4 with an expand stage,
+    else 3 with an exponent stage, else 2 with a transform stage, else 1."""
     payload = (GOLDEN / f"{name}.bin").read_bytes()
     kinds = {kind for kind, _, _ in stage_offsets(payload)}
-    assert int.from_bytes(payload[4:6], "little") == (3 if 7 in kinds else 2 if 6 in kinds else 1)
-    assert (7 in kinds) == name.startswith("exponent")
+    assert int.from_bytes(payload[4:6], "little") == (4 if 8 in kinds else 3 if 7 in kinds else 2 if 6 in kinds
+                                                      else 1)
+    assert (8 in kinds) == name.startswith("expand")
+    assert (7 in kinds) == (name.startswith("exponent") or name == "expand_blocks_exponent_float16")
     assert (6 in kinds) == name.startswith("transform") or name == "exponent_transform"
 
 

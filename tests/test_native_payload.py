@@ -151,7 +151,7 @@ def _payload_cases():
         ("crc", bytes(crc_flip), r"CRC mismatch \(stored 0x[0-9a-f]{8}, computed 0x[0-9a-f]{8}\)", 1),
         ("magic", b"PK\x03\x04" + bytes(40), "bad magic", 2),
         ("version", patched(good, 4, struct.pack("<H", 7)),
-         r"unsupported format version 7 \(this library reads 1 to 3\)", 2),
+         r"unsupported format version 7 \(this library reads 1 to 4\)", 2),
         ("truncated", with_crc(good[:-14]), r"stage 2 \(affine\): body truncated: needs \d+ bytes, \d+ remain", 1),
         ("huge_stored", _huge_stored(), r"1000000000 stored 1-byte indices need .* only 0 remain", 1),
         ("huge_shape", patched(one, 8, struct.pack("<2Q", 2**21, 2**21)),

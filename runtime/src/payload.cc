@@ -18,6 +18,7 @@ const char* stage_name(uint8_t kind) {
     case kRaw: return "raw";
     case kTransform: return "transform";
     case kExponent: return "exponent";
+    case kExpand: return "expand";
     default: return "unknown";
   }
 }
@@ -163,6 +164,63 @@ void parse_exponent(Reader& body, const std::string& what, Plan* p) {
   p->has_exponent = true;
 }
 
+// The expand body (FORMAT.md "expand"): layout, then four streams whose
+// counts follow from the block modes. The modes are decoded here once, in
+// slices, only to count the blocks of each mode (execute decodes them again),
+// so a hostile count can neither over-read nor make us allocate.
+void parse_expand(Reader& body, const std::string& what, Plan* p) {
+  const char* w = what.c_str();
+  p->x_outer = body.u64(w);
+  p->x_n = body.u64(w);
+  p->x_inner = body.u64(w);
+  p->x_block = body.u32(w);
+  p->kept_offset = static_cast<int32_t>(body.u32(w));
+  uint64_t prod;
+  if (mul_overflow(p->x_outer, p->x_n, &prod) || mul_overflow(prod, p->x_inner, &prod) ||
+      prod != p->coded)
+    corrupt(what + ": outer*n*inner = " + std::to_string(p->x_outer) + "*" + std::to_string(p->x_n) +
+            "*" + std::to_string(p->x_inner) + " does not match " + std::to_string(p->coded) +
+            " elements");
+  if (p->x_block < 1 || p->x_block > kMaxExpandBlock || (p->x_n > 0 && p->x_block > p->x_n))
+    corrupt(what + ": block " + std::to_string(p->x_block) + " not in 1..min(n, " +
+            std::to_string(kMaxExpandBlock) + ")");
+  const uint64_t per_row = p->x_n == 0 ? 0 : (p->x_n - 1) / p->x_block + 1;
+  const uint64_t nblocks = p->x_outer * per_row * p->x_inner;  // <= outer*n*inner = coded
+  parse_stream(body, nblocks, what + " modes", &p->x_modes);
+  if (p->x_modes.max_index > kKeep) corrupt(what + " modes: alphabet above 3");
+  uint64_t unified = 0, unified_elems = 0, kept_elems = 0;
+  {
+    StreamDecoder dec(p->x_modes, 0, what + " modes");
+    uint8_t mode[4096];
+    uint64_t j = 0, k = 0;  // block position along n, and along inner
+    for (uint64_t b = 0; b < nblocks; b += sizeof mode) {
+      const uint64_t m = std::min<uint64_t>(sizeof mode, nblocks - b);
+      dec.next(mode, m);
+      for (uint64_t t = 0; t < m; ++t) {
+        const uint64_t len = std::min<uint64_t>(p->x_block, p->x_n - j * p->x_block);
+        if (mode[t] == kUnify) {
+          ++unified;
+          unified_elems += len;
+        } else if (mode[t] == kKeep) {
+          kept_elems += len;
+        }
+        if (++k == p->x_inner) {
+          k = 0;
+          if (++j == per_row) j = 0;
+        }
+      }
+    }
+    dec.finish();
+  }
+  parse_stream(body, unified, what + " magnitudes", &p->x_magnitudes);
+  parse_stream(body, unified_elems, what + " signs", &p->x_signs);
+  if (p->x_signs.max_index > 1) corrupt(what + " signs: alphabet above 2");
+  parse_stream(body, kept_elems, what + " kept", &p->x_kept);
+  if (static_cast<int64_t>(p->x_kept.max_index) + p->kept_offset > INT32_MAX)
+    corrupt(what + ": kept_offset " + std::to_string(p->kept_offset) + " + index overflows int32");
+  p->has_expand = true;
+}
+
 // Buffer type between stages (the state of FORMAT.md's decoding model).
 enum Buf { kNone, kInt32, kF32, kDtype };
 
@@ -204,7 +262,8 @@ void parse_stage(Reader& body, uint8_t kind, const std::string& what, Plan* p, B
       return;
     }
     case kCodebook: {
-      if (*buf != kInt32) corrupt(what + ": codebook needs int32 symbols from an entropy stage");
+      if (*buf != kInt32 || p->has_expand)
+        corrupt(what + ": codebook needs int32 symbols from an entropy stage");
       const uint32_t size = body.u32(w);
       if (size < 1 || size > (1u << 16))
         corrupt(what + ": codebook size " + std::to_string(size) + " not in 1..65536");
@@ -245,6 +304,7 @@ void parse_stage(Reader& body, uint8_t kind, const std::string& what, Plan* p, B
       // The body was parsed up front (parse_transform); only its place is checked here.
       if (*buf != kF32 || p->kinds.empty() || (p->kinds.back() != kAffine && p->kinds.back() != kExponent))
         corrupt(what + ": transform needs float32 coefficients from an affine stage");
+      if (p->has_expand) corrupt(what + ": transform cannot follow an expand stage");
       body.take(body.remaining(), w);
       return;
     }
@@ -258,9 +318,19 @@ void parse_stage(Reader& body, uint8_t kind, const std::string& what, Plan* p, B
       parse_exponent(body, what, p);
       return;
     }
+    case kExpand: {
+      if (p->version < kExpandFormatVersion)
+        fail(L2C_E_VERSION, what + ": the expand stage needs format version " +
+                                std::to_string(kExpandFormatVersion) + ", the payload is version " +
+                                std::to_string(p->version));
+      if (*buf != kNone) corrupt(what + ": expand must be the first stage");
+      parse_expand(body, what, p);
+      *buf = kInt32;
+      return;
+    }
     default:
       fail(L2C_E_VERSION, what + ": unknown stage kind " + std::to_string(kind) +
-                              " (this library knows 1..7)");
+                              " (this library knows 1..8)");
   }
 }
 
@@ -520,6 +590,117 @@ void execute_transform(const Plan& p, uint8_t* out) {
   dec.finish();
 }
 
+// The stages after the symbols, for elements [i, i + n) (n <= kChunk):
+// affine|codebook, exponent, and the store or cast into out.
+void emit_symbols(const Plan& p, const int32_t* sym, uint8_t* out, uint64_t i, uint64_t n) {
+  float val[kChunk];
+  uint8_t* v8 = reinterpret_cast<uint8_t*>(val);
+  uint8_t* dst = p.dtype == kFloat32 ? out + 4 * i : v8;
+  try {
+    dequant_range(p, reinterpret_cast<const uint8_t*>(sym), dst, i, i + n);
+    exponent_range(p, dst, i, i + n);
+  } catch (const Error& e) {
+    corrupt(std::string("stage 2 (") + stage_name(p.kinds[1]) + "): " + e.what());
+  }
+  if (p.dtype == kFloat16) {
+    for (uint64_t t = 0; t < n; ++t) {
+      uint32_t bits;
+      std::memcpy(&bits, &val[t], 4);
+      store<uint16_t>(out, i + t, f32_to_f16(bits));
+    }
+  } else if (p.dtype == kBFloat16) {
+    for (uint64_t t = 0; t < n; ++t) {
+      uint32_t bits;
+      std::memcpy(&bits, &val[t], 4);
+      store<uint16_t>(out, i + t, f32_to_bf16(bits));
+    }
+  }
+}
+
+// expand -> affine [-> exponent] [-> cast]. Blocks are decoded a slice at a
+// time: `c` consecutive blocks along inner (same outer and block position j),
+// whose elements at block position t are the contiguous flat range
+// (o*n + j*block + t)*inner + [i0, i0 + c). With inner = 1 a slice is instead
+// a run of consecutive blocks, which are contiguous in the output.
+void execute_expand(const Plan& p, uint8_t* out) {
+  const uint32_t B = p.x_block;
+  const uint64_t per_row = p.x_n == 0 ? 0 : (p.x_n - 1) / B + 1;
+  const uint64_t slice = std::max<uint64_t>(1, kChunk / B);  // blocks per slice: slice*B <= kChunk
+  StreamDecoder modes(p.x_modes, 0, "stage 1 (expand) modes");
+  StreamDecoder mags(p.x_magnitudes, 1, "stage 1 (expand) magnitudes");
+  StreamDecoder signs(p.x_signs, 0, "stage 1 (expand) signs");
+  StreamDecoder kept(p.x_kept, p.kept_offset, "stage 1 (expand) kept");
+  if (p.coded == 0) return;  // outer or inner may be anything when the tensor is empty
+  std::vector<uint8_t> mode(slice), sgn(slice * B);
+  std::vector<int32_t> mag(slice), kv(slice * B), sym(slice * B), row(kChunk);
+  // Decodes the next c blocks of lengths len(b) into sym, block after block.
+  auto decode_blocks = [&](uint64_t c, auto len) {
+    modes.next(mode.data(), c);
+    uint64_t nu = 0, nue = 0, nke = 0;
+    for (uint64_t b = 0; b < c; ++b) {
+      if (mode[b] == kUnify) {
+        ++nu;
+        nue += len(b);
+      } else if (mode[b] == kKeep) {
+        nke += len(b);
+      }
+    }
+    mags.next(mag.data(), nu);
+    signs.next(sgn.data(), nue);
+    kept.next(kv.data(), nke);
+    uint64_t ui = 0, si = 0, ki = 0, at = 0;
+    for (uint64_t b = 0; b < c; ++b) {
+      const uint64_t l = len(b);
+      if (mode[b] == kUnify) {
+        const int32_t m = mag[ui++];
+        for (uint64_t t = 0; t < l; ++t) sym[at + t] = sgn[si++] ? -m : m;
+      } else if (mode[b] == kKeep) {
+        for (uint64_t t = 0; t < l; ++t) sym[at + t] = kv[ki++];
+      } else {
+        for (uint64_t t = 0; t < l; ++t) sym[at + t] = 0;
+      }
+      at += l;
+    }
+    return at;
+  };
+  if (p.x_inner == 1) {
+    uint64_t i = 0, j = 0;  // output position, block position along n
+    const uint64_t nblocks = p.x_outer * per_row;
+    for (uint64_t b0 = 0; b0 < nblocks; b0 += slice) {
+      const uint64_t c = std::min(slice, nblocks - b0);
+      const uint64_t j0 = j;
+      const uint64_t n = decode_blocks(c, [&](uint64_t b) {
+        const uint64_t jb = (j0 + b) % per_row;
+        return std::min<uint64_t>(B, p.x_n - jb * B);
+      });
+      j = (j0 + c) % per_row;
+      for (uint64_t e = 0; e < n; e += kChunk) {
+        const uint64_t m = std::min<uint64_t>(kChunk, n - e);
+        emit_symbols(p, sym.data() + e, out, i + e, m);
+      }
+      i += n;
+    }
+  } else {
+    for (uint64_t o = 0; o < p.x_outer; ++o) {
+      for (uint64_t j = 0; j < per_row; ++j) {
+        const uint64_t len = std::min<uint64_t>(B, p.x_n - j * B);
+        for (uint64_t i0 = 0; i0 < p.x_inner; i0 += slice) {
+          const uint64_t c = std::min(slice, p.x_inner - i0);
+          decode_blocks(c, [&](uint64_t) { return len; });
+          for (uint64_t t = 0; t < len; ++t) {
+            for (uint64_t b = 0; b < c; ++b) row[b] = sym[b * len + t];  // gather position t of each block
+            emit_symbols(p, row.data(), out, ((o * p.x_n) + j * B + t) * p.x_inner + i0, c);
+          }
+        }
+      }
+    }
+  }
+  modes.finish();
+  mags.finish();
+  signs.finish();
+  kept.finish();
+}
+
 }  // namespace
 
 const char* dtype_name(int dtype) {
@@ -554,7 +735,7 @@ void parse_payload(const uint8_t* data, size_t size, Plan* p) {
   const uint16_t version = r.u16(hw);
   if (version < kMinFormatVersion || version > kMaxFormatVersion)
     fail(L2C_E_VERSION, "unsupported format version " + std::to_string(version) +
-                            " (this library reads 1 to 3)");
+                            " (this library reads 1 to 4)");
   p->version = version;
   p->dtype = r.u8(hw);
   if (p->dtype != kFloat32 && p->dtype != kFloat16 && p->dtype != kBFloat16)
@@ -637,36 +818,17 @@ void execute(const Plan& p, void* out_v) {
     execute_transform(p, out);
     return;
   }
-  // entropy -> affine|codebook [-> cast], chunk by chunk.
-  const std::string what2 = std::string("stage 2 (") + stage_name(p.kinds[1]) + ")";
+  if (p.has_expand) {
+    execute_expand(p, out);
+    return;
+  }
+  // entropy -> affine|codebook [-> exponent] [-> cast], chunk by chunk.
   StreamDecoder dec(p.symbols, p.symbol_offset, "stage 1 (entropy)");
   int32_t sym[kChunk];
-  float val[kChunk];
-  uint8_t* s8 = reinterpret_cast<uint8_t*>(sym);
-  uint8_t* v8 = reinterpret_cast<uint8_t*>(val);
   for (uint64_t i = 0; i < p.numel; i += kChunk) {
     const uint64_t n = std::min(kChunk, p.numel - i);
     dec.next(sym, n);
-    uint8_t* dst = p.dtype == kFloat32 ? out + 4 * i : v8;
-    try {
-      dequant_range(p, s8, dst, i, i + n);
-      exponent_range(p, dst, i, i + n);
-    } catch (const Error& e) {
-      corrupt(what2 + ": " + e.what());
-    }
-    if (p.dtype == kFloat16) {
-      for (uint64_t t = 0; t < n; ++t) {
-        uint32_t bits;
-        std::memcpy(&bits, &val[t], 4);
-        store<uint16_t>(out, i + t, f32_to_f16(bits));
-      }
-    } else if (p.dtype == kBFloat16) {
-      for (uint64_t t = 0; t < n; ++t) {
-        uint32_t bits;
-        std::memcpy(&bits, &val[t], 4);
-        store<uint16_t>(out, i + t, f32_to_bf16(bits));
-      }
-    }
+    emit_symbols(p, sym, out, i, n);
   }
   dec.finish();
 }

@@ -9,15 +9,21 @@
 
 namespace l2c {
 
-enum StageKind : uint8_t { kEntropy = 1, kAffine = 2, kCodebook = 3, kCast = 4, kRaw = 5, kTransform = 6, kExponent = 7 };
+enum StageKind : uint8_t { kEntropy = 1, kAffine = 2, kCodebook = 3, kCast = 4, kRaw = 5, kTransform = 6, kExponent = 7,
+                          kExpand = 8 };
 enum DType : int { kFloat32 = 1, kFloat16 = 10, kBFloat16 = 16 };
 
 // Payload format versions this library reads: 1, 2 (adds the transform
-// stage) and 3 (adds the exponent stage).
+// stage), 3 (adds the exponent stage) and 4 (adds the expand stage).
 constexpr int kMinFormatVersion = 1;
-constexpr int kMaxFormatVersion = 3;
+constexpr int kMaxFormatVersion = 4;
 constexpr int kTransformFormatVersion = 2;
 constexpr int kExponentFormatVersion = 3;
+constexpr int kExpandFormatVersion = 4;
+// Largest expand block (elements): bounds the decoder's per-slice buffers.
+constexpr uint32_t kMaxExpandBlock = 256;
+// Expand block modes (the modes stream's indices).
+enum ExpandMode : uint8_t { kPrune = 0, kUnify = 1, kKeep = 2 };
 // Largest exponent stage (groups): bounds its table to 16 MiB of multipliers.
 constexpr uint32_t kMaxExponentGroups = uint32_t(1) << 24;
 constexpr uint32_t kMaxExponent = 31;
@@ -41,6 +47,14 @@ struct Plan {
   // entropy
   int32_t symbol_offset = 0;
   Stream symbols;
+  // expand (in place of entropy): blocks of `x_block` consecutive positions
+  // along the middle axis of an (x_outer, x_n, x_inner) layout, in block order
+  // (outer, block, inner); each pruned (0), unified (+-magnitude) or kept.
+  bool has_expand = false;
+  uint64_t x_outer = 0, x_n = 0, x_inner = 0;
+  uint32_t x_block = 0;
+  int32_t kept_offset = 0;
+  Stream x_modes, x_magnitudes, x_signs, x_kept;
   // affine
   uint64_t outer = 0, inner = 0;
   uint32_t channels = 0;
