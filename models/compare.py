@@ -49,6 +49,11 @@ ABLATION: list[tuple[str, str, str, tuple[float, ...]]] = [  # (label, methods, 
     ("onnx_l2c target: +mixed", "rounding,mixed", "lagrange", (4.0, 5.0, 6.0, 8.0, 9.0, 10.0, 11.0, 12.0, 16.0)),
     ("onnx_l2c target: +mixed, path search", "rounding,mixed", "path", (6.0, 10.0)),
     ("onnx_l2c target: +decorrelate", "rounding,mixed,decorrelate", "lagrange", (6.0, 10.0)),
+    # each method of issue 5 alone (rate–fidelity curves), and every method together
+    ("onnx_l2c target: fixing alone", "fixing", "lagrange", (4.0, 6.0, 8.0, 10.0)),
+    ("onnx_l2c target: unify alone", "unify", "lagrange", (4.0, 6.0, 8.0, 10.0)),
+    ("onnx_l2c target: rounding+unify", "rounding,unify", "lagrange", (6.0, 8.0, 10.0)),
+    ("onnx_l2c target: all methods", "rounding,mixed,decorrelate,fixing,unify", "lagrange", (6.0, 8.0, 10.0)),
 ]
 QUICK_ABLATION = [ABLATION[2]]
 CALIBRATION_SAMPLES = 128
@@ -100,7 +105,8 @@ def _measure(row: Row, name: str, original: Path, candidate: Path, ref: Any, bas
     return row
 
 
-def compare_model(name: str, workdir: Path, quick: bool, runs: int, peers: list[str] | None) -> list[Row]:
+def compare_model(name: str, workdir: Path, quick: bool, runs: int, peers: list[str] | None,
+                  ablation: list[str] | None = None, ablation_only: bool = False) -> list[Row]:
     import onnx_l2c
     from onnx_l2c.bench import random_feeds
 
@@ -114,7 +120,7 @@ def compare_model(name: str, workdir: Path, quick: bool, runs: int, peers: list[
         log.warning("%s: no latency measurement, the original does not run on a synthetic input: %s", name, exc)
         feeds = None
     rows: list[Row] = []
-    for method, opts in (QUICK_SETTINGS if quick else OUR_SETTINGS):
+    for method, opts in ([] if ablation_only else QUICK_SETTINGS if quick else OUR_SETTINGS):
         target = workdir / name / f"l2c_{'_'.join(f'{k}{v}' for k, v in opts.items())}.onnx"
         target.parent.mkdir(parents=True, exist_ok=True)
         row = Row(name, method, dict(opts))
@@ -123,7 +129,9 @@ def compare_model(name: str, workdir: Path, quick: bool, runs: int, peers: list[
         row.convert_s = time.perf_counter() - start
         rows.append(_measure(row, name, original, target, ref, base, feeds, runs))
         log.info("%s %s %s: ratio %.2f %s", name, method, opts, row.ratio or 0, row.metrics)
-    rows += _target_rows(name, original, workdir, quick, ref, base, feeds, runs)
+    rows += _target_rows(name, original, workdir, quick, ref, base, feeds, runs, ablation)
+    if ablation_only:
+        return rows
     try:
         from .peers import run_peers
     except ImportError as exc:
@@ -147,7 +155,7 @@ def compare_model(name: str, workdir: Path, quick: bool, runs: int, peers: list[
 
 
 def _target_rows(name: str, original: Path, workdir: Path, quick: bool, ref: Any, base: Any, feeds: dict | None,
-                 runs: int) -> list[Row]:
+                 runs: int, ablation: list[str] | None = None) -> list[Row]:
     """The size-target ablation: one planner per method set (calibration
     statistics and sensitivities measured once per model), several ratios."""
     import onnx_l2c
@@ -160,7 +168,10 @@ def _target_rows(name: str, original: Path, workdir: Path, quick: bool, ref: Any
     samples = task.calibration(CALIBRATION_SAMPLES)
     planners: dict[str, Any] = {}
     measure_s = 0.0
-    for label, methods, search, ratios in (QUICK_ABLATION if quick else ABLATION):
+    settings = QUICK_ABLATION if quick else ABLATION
+    if ablation is not None:  # method sets named with '+' (e.g. fixing, rounding+unify)
+        settings = [a for a in ABLATION if a[1].replace(",", "+") in ablation]
+    for label, methods, search, ratios in settings:
         try:
             if methods not in planners:
                 t0 = time.perf_counter()
@@ -269,7 +280,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peers", default=None, help="comma-separated peer methods (default: all)")
     p.add_argument("--quick", action="store_true", help="fewer settings of our own")
     p.add_argument("--runs", type=int, default=20, help="latency runs per result")
+    known = ", ".join(dict.fromkeys(a[1].replace(",", "+") for a in ABLATION))
+    p.add_argument("--ablation", default=None, metavar="SETS",
+                   help=f"comma-separated method sets of the size-target rows to run (default: all): {known}")
+    p.add_argument("--ablation-only", action="store_true",
+                   help="only the size-target rows: no presets, no peers (to add rows to an earlier run)")
     p.add_argument("--out", type=Path, default=Path("bench-results"))
+    p.add_argument("--merge", type=Path, default=None, metavar="JSON",
+                   help="merge this run into a saved compare.json: its rows replace the saved rows of the same "
+                        "model and method, the rest are kept (written to --out)")
     p.add_argument("--render", type=Path, default=None, metavar="JSON",
                    help="only re-render compare.md and the plots from a saved compare.json (e.g. a partial run)")
     args = p.parse_args(argv)
@@ -281,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         plot(rows, args.out)
         print(table)
         return 0
+    if args.ablation:
+        bad = [a for a in args.ablation.split(",") if a not in known.split(", ")]
+        if bad:
+            p.error(f"unknown method set(s) {', '.join(bad)}; known: {known}")
     names = [n for n in args.models.split(",") if n]
     unknown = [n for n in names if n not in TASKS]
     if unknown:
@@ -290,14 +313,40 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="l2c-compare-") as tmp:
         for name in names:
             rows += compare_model(name, Path(tmp), args.quick, args.runs,
-                                  args.peers.split(",") if args.peers else None)
+                                  args.peers.split(",") if args.peers else None,
+                                  args.ablation.split(",") if args.ablation else None, args.ablation_only)
             # after every model, so a long run's finished models are never lost
             (args.out / "compare.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    if args.merge is not None:
+        rows = merge_rows([Row(**r) for r in json.loads(args.merge.read_text())], rows)
+        (args.out / "compare.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
     table = markdown(rows)
     (args.out / "compare.md").write_text(table)
     plot(rows, args.out)
     print(table)
     return 0
+
+
+def merge_rows(saved: list[Row], new: list[Row]) -> list[Row]:
+    """`saved` with its rows of every (model, method) that `new` has replaced by
+    `new`'s; models keep their order, a model's replaced rows their place."""
+    replaced = {(r.model, r.method) for r in new}
+    out: list[Row] = []
+    placed: set[tuple[str, str]] = set()
+    for r in saved:
+        key = (r.model, r.method)
+        if key not in replaced:
+            out.append(r)
+        elif key not in placed:
+            out += [n for n in new if (n.model, n.method) == key]
+            placed.add(key)
+    for key in dict.fromkeys((r.model, r.method) for r in new):
+        if key not in placed:  # new methods go after the model's onnx_l2c rows
+            at = max((i for i, r in enumerate(out) if r.model == key[0] and r.method.startswith("onnx_l2c")),
+                     default=len(out) - 1)
+            group = [n for n in new if (n.model, n.method) == key]
+            out[at + 1:at + 1] = group
+    return out
 
 
 if __name__ == "__main__":

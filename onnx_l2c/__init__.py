@@ -16,7 +16,7 @@ _here = _Path(__file__).absolute().parent
 if not (_here / "passes").is_dir() and (_here.parent / "passes" / "__init__.py").is_file():
     __path__.append(str(_here.parent))
 
-from .config import OPTIONS, CompressOptions, Preset
+from .config import OPTIONS, BlockShape, CompressOptions, Preset
 from .errors import L2CError
 from .loader import InferenceSession, custom_op_library, decompress, inspect
 from .pipeline import CompressResult, Planner, TensorReport, compress
@@ -24,6 +24,6 @@ from .pipeline import CompressResult, Planner, TensorReport, compress
 __version__ = "0.1.0"
 
 __all__ = [
-    "OPTIONS", "CompressOptions", "CompressResult", "InferenceSession", "L2CError", "Planner", "Preset", "TensorReport",
+    "OPTIONS", "BlockShape", "CompressOptions", "CompressResult", "InferenceSession", "L2CError", "Planner", "Preset", "TensorReport",
     "compress", "custom_op_library", "decompress", "inspect",
 ]

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .config import OPTIONS, Preset, Search
+from .config import OPTIONS, BlockShape, Preset, Search
 from .errors import L2CError
 
 
@@ -31,9 +31,9 @@ def _add_option_flags(parser: argparse.ArgumentParser) -> None:
         if not spec.cli:
             continue
         flag = spec.flag or "--" + spec.name.replace("_", "-")
-        if spec.type in (Preset, Search):
+        if spec.type in (Preset, Search, BlockShape):
             parser.add_argument(flag, dest=spec.name, choices=[p.value for p in spec.type], default=None,
-                                help=f"{spec.help} (default: {spec.default.value})")
+                                help=spec.help + (f" (default: {spec.default.value})" if spec.default is not None else ""))
         elif spec.type in (tuple, Path, object):
             default = ",".join(spec.default) if spec.type is tuple else "none"
             parser.add_argument(flag, dest=spec.name, type=str, default=None,

@@ -45,8 +45,24 @@ class Search(_Choice):
     PATH = "path"  # FITCompress's greedy path through compression space
 
 
+class BlockShape(_Choice):
+    """Micro-block shapes of unification: 1×N runs along a weight's input
+    channels, or a Conv's whole spatial kernel (e.g. 3×3)."""
+
+    B1X2 = "1x2"
+    B1X4 = "1x4"
+    B1X8 = "1x8"
+    B1X16 = "1x16"
+    KERNEL = "kernel"
+
+    @property
+    def length(self) -> int | None:
+        """Elements along the input channels (None for the kernel shape)."""
+        return None if self is BlockShape.KERNEL else int(self.value.split("x")[1])
+
+
 # Methods `--methods` can select (each a registered pass in passes/).
-METHODS = ("uniform", "rounding", "mixed", "decorrelate", "fixing")
+METHODS = ("uniform", "rounding", "mixed", "decorrelate", "fixing", "unify")
 DEFAULT_METHODS = ("rounding", "mixed")
 
 
@@ -108,6 +124,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("pow2_order", int, 0,
                "weight fixing: starting order of the codebook (0 = single powers of two; each order adds a "
                "term; raised where no value is close enough)", minimum=0, maximum=3),
+    OptionSpec("block", BlockShape, None,
+               "unification: micro-block shape, 1xN along input channels or kernel (a Conv's spatial kernel) "
+               "(default: the allocator tries 1x4, 1x8 and, for spatial Conv weights, kernel)"),
     OptionSpec("search", Search, Search.LAGRANGE,
                "global allocation search: lagrange (one multiplier) or path (FITCompress greedy path)"),
     OptionSpec("report", Path, None,
@@ -132,6 +151,7 @@ class CompressOptions:
     methods: tuple[str, ...] = DEFAULT_METHODS
     fixing_delta: float | None = None
     pow2_order: int = 0
+    block: BlockShape | None = None
     search: Search = Search.LAGRANGE
     report: Path | None = None
 
@@ -174,6 +194,7 @@ class CompressOptions:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["preset"] = self.preset.value
         out["search"] = self.search.value
+        out["block"] = self.block.value if self.block is not None else None
         out["methods"] = list(self.methods)
         out["report"] = str(self.report) if self.report is not None else None
         data = self.calibration_data
@@ -187,6 +208,8 @@ def _coerce(spec: OptionSpec, value: Any) -> Any:
         return Preset.parse(value)
     if spec.type is Search:
         return Search.parse(value)
+    if spec.type is BlockShape:
+        return BlockShape.parse(value)
     if spec.type is tuple:
         return parse_methods(value)
     if spec.type is Path:

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnx_l2c.passes import TensorInput, WeightTransform, fixing
+from onnx_l2c.passes import TensorInput, WeightTransform, fixing, unify
 from onnx_l2c.passes.lossless import Lossless
 from onnx_l2c.passes.uniform import Uniform
 
@@ -258,12 +258,15 @@ class Planner:
                           f"(ratio {result.ratio:.2f})")
                 log.warning("%s", missed)
                 result.plan["notes"] = [*result.plan["notes"], missed]
-            # the recipes the write encoded (bias-corrected weights were encoded before it)
-            fixed_recipes = [m.recipe if isinstance(m, planning.Precomputed) else m.last_recipe
-                             for m in methods.values() if m.name == fixing.WeightFixing.name]
-            fixed_recipes = [r for r in fixed_recipes if r is not None]
-            if fixed_recipes:
-                result.plan["fixing"] = fixing.codebook_summary(fixed_recipes)
+            # network-wide summaries of the recipes the write encoded (bias-corrected
+            # weights were encoded before it): fixing's codebook, unification's blocks
+            for key, method, summary in (("fixing", fixing.WeightFixing.name, fixing.codebook_summary),
+                                         ("unify", unify.Unification.name, unify.block_summary)):
+                encoded = [m.recipe if isinstance(m, planning.Precomputed) else getattr(m, "last_recipe", None)
+                           for m in methods.values() if m.name == method]
+                encoded = [r for r in encoded if r is not None]
+                if encoded:
+                    result.plan[key] = summary(encoded)
         finally:
             ctx.fixed_bytes = fixed  # the correction is specific to this output's names
         result.seconds = time.perf_counter() - start

@@ -17,13 +17,13 @@ import numpy as np
 import onnx
 
 from onnx_l2c.passes import TensorInput, WeightTransform
-from onnx_l2c.passes import decorrelate, fixing, mixed
+from onnx_l2c.passes import decorrelate, fixing, mixed, unify
 from onnx_l2c.passes.lossless import Lossless
 
 from . import allocate
 from .allocate import Allocation, Option, TensorChoices
 from .calibration import graph_inputs, iter_samples
-from .config import CompressOptions
+from .config import BlockShape, CompressOptions
 from .format import serialize
 from .graph import WeightRef, tensor_bits
 from .sensitivity import NOISE_REL, Sensitivity, measure_sensitivity, unit_error
@@ -73,6 +73,12 @@ class PlanContext:
         stats = self.fit_stats.get(name)
         if isinstance(params, fixing.FixingParams):
             return _fix_candidate(tensor, stats, self.max_abs, params)
+        if isinstance(params, unify.UnifyParams):
+            try:
+                return unify.quantize(tensor, params, stats, self.views[name], held_out=True)
+            finally:
+                if stats is not None:
+                    mixed.release(stats)
         if isinstance(params, decorrelate.TransformParams):
             view = self.views[name]
             assert view is not None
@@ -166,6 +172,8 @@ class PlanContext:
             return Lossless()
         if isinstance(option.params, fixing.FixingParams):
             return fixing.WeightFixing(option.params, self.max_abs, self.fit_stats.get(name))
+        if isinstance(option.params, unify.UnifyParams):
+            return unify.Unification(option.params, self.fit_stats.get(name), self.views[name])
         if isinstance(option.params, decorrelate.TransformParams):
             view = self.views[name]
             assert view is not None
@@ -232,9 +240,31 @@ def _fixing_options(tensor: TensorInput, stats: LayerStats | None, max_abs: floa
     return out
 
 
+def _unify_options(tensor: TensorInput, stats: LayerStats | None, view: LayerView | None,
+                   blocks: tuple[BlockShape, ...], damping: float | None, lossless: int) -> list[Option]:
+    """Unification candidates: per block shape that fits the tensor, a step grid
+    (the selection's exchange rate λ follows the step)."""
+    out = []
+    numel = max(int(np.prod(tensor.shape, dtype=np.int64)), 1)
+    for block in blocks:
+        if unify.block_layout(tensor, view, block) is None:
+            continue
+        for k in unify.ALPHA_EXPONENTS:
+            params = unify.UnifyParams(2.0 ** (k / 2), block, damping=damping)
+            q = unify.quantize(tensor, params, stats, view, held_out=True)
+            size = len(q.payload)
+            if size >= lossless:
+                continue
+            out.append(Option(size, q.error, params, q.sparsity))
+            if 8 * size / numel < mixed.STOP_BITS:
+                break
+    return out
+
+
 def _options(tensor: TensorInput, stats: LayerStats | None, methods: tuple[str, ...],
              view: LayerView | None = None, max_abs: float = 0.0,
-             fixing_deltas: tuple[float, ...] = fixing.FIXING_DELTAS, pow2_order: int = 0) -> list[Option]:
+             fixing_deltas: tuple[float, ...] = fixing.FIXING_DELTAS, pow2_order: int = 0,
+             blocks: tuple[BlockShape, ...] = unify.DEFAULT_BLOCKS) -> list[Option]:
     lossless = len(serialize(Lossless().encode(tensor)))
     options = [Option(lossless, 0.0, None)]
     if not np.isfinite(tensor.values).all():
@@ -274,6 +304,12 @@ def _options(tensor: TensorInput, stats: LayerStats | None, methods: tuple[str, 
         options += _transform_options(tensor, stats, view, lossless)
     if "fixing" in methods:
         options += _fixing_options(tensor, stats, max_abs, fixing_deltas, pow2_order, lossless)
+    if "unify" in methods:
+        try:
+            options += _unify_options(tensor, stats, view, blocks, damping, lossless)
+        finally:
+            if stats is not None:
+                mixed.release(stats)
     return options
 
 
@@ -315,6 +351,7 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
     biases = set(ctx.bias_of.values())
 
     deltas = (opts.fixing_delta,) if opts.fixing_delta is not None else fixing.FIXING_DELTAS
+    blocks = (opts.block,) if opts.block is not None else unify.DEFAULT_BLOCKS
     norms = {w.name: _norms(w, base_dir) for w in weights}  # one read of each weight: (mean w², max |w|)
     # weight fixing's one codebook for the whole network is anchored at its largest |w|
     ctx.max_abs = max((m for _, m in norms.values()), default=0.0)
@@ -324,7 +361,7 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
         if w.name in biases:  # corrected after quantization: kept exact
             return w, [Option(len(serialize(Lossless().encode(tensor))), 0.0, None)]
         return w, _options(tensor, ctx.fit_stats.get(w.name), methods, ctx.views[w.name], ctx.max_abs,
-                           deltas, opts.pow2_order)
+                           deltas, opts.pow2_order, blocks)
 
     results: list[tuple[WeightRef, list[Option]]] = []
     with ThreadPoolExecutor(workers) as pool:

@@ -9,6 +9,6 @@ size. Installed as `onnx_l2c.passes`.
 from __future__ import annotations
 
 from .base import REGISTRY, TensorInput, WeightTransform, get_transform, register
-from . import decorrelate, fixing, lossless, mixed, uniform  # noqa: F401  (modules register themselves)
+from . import decorrelate, fixing, lossless, mixed, uniform, unify  # noqa: F401  (modules register themselves)
 
 __all__ = ["REGISTRY", "TensorInput", "WeightTransform", "get_transform", "register"]

@@ -66,17 +66,24 @@ def inverse_cholesky(h: np.ndarray, damping: float = DAMPING) -> tuple[np.ndarra
 
 
 def gptq(w: np.ndarray, hessian: np.ndarray, step: np.ndarray, theta: float, dead_zone: float,
-         prepared: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, damping: float = DAMPING) -> np.ndarray:
+         prepared: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, damping: float = DAMPING,
+         forced: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Quantize w (groups, rows, d) with per-row steps (groups, rows) → int32 symbols.
 
     `prepared` = prepare(hessian) may be passed to reuse the factorization
-    across candidates of the same layer.
+    across candidates of the same layer. `forced` = (mask, symbols), both
+    shaped like w: the masked entries take the given symbols (e.g. unified or
+    pruned micro-blocks) and the error they leave is compensated by the later
+    columns like any other (as SparseGPT does for a pruning mask).
     """
     perm, u, dead = prepared if prepared is not None else prepare(hessian, damping)
     g, r, d = w.shape
     wp = np.take_along_axis(w.astype(np.float64), perm[:, None, :], axis=2)
     deadp = np.take_along_axis(dead, perm, axis=1)
     wp[np.broadcast_to(deadp[:, None, :], wp.shape)] = 0.0  # inputs that are always zero
+    if forced is not None:
+        fmask = np.take_along_axis(forced[0], perm[:, None, :], axis=2)
+        fsym = np.take_along_axis(forced[1].astype(np.int32), perm[:, None, :], axis=2)
     s = step[:, :, None].astype(np.float64)
     q = np.zeros((g, r, d), dtype=np.int32)
     for start in range(0, d, BLOCK):
@@ -85,6 +92,8 @@ def gptq(w: np.ndarray, hessian: np.ndarray, step: np.ndarray, theta: float, dea
         for i in range(start, end):
             col = wp[:, :, i]
             qi = quantize_nearest(col, s[:, :, 0], dead_zone)
+            if forced is not None:
+                qi = np.where(fmask[:, :, i], fsym[:, :, i], qi)
             q[:, :, i] = qi
             e = (col - dequantize(qi, s[:, :, 0], theta)) / u[:, i, i][:, None]
             err_block[:, :, i - start] = e

@@ -44,3 +44,24 @@ def test_bench_compare_quick_on_magika(tmp_path: Path):
     assert {"zstd-19", "fp16", "ort-int8-per-channel"} <= {r["method"] for r in rows}
     assert all(r["ratio"] or r["error"] for r in rows)
     assert (out / "magika.png").is_file() and "Best ratio at the bar" in (out / "compare.md").read_text()
+
+
+def test_magika_with_fixing_and_unification_end_to_end(tmp_path: Path):
+    """A real model through weight fixing alone and unification alone at a size target
+    (calibrated on the task's calibration split, scored on its disjoint evaluation split),
+    loaded by the zero-overhead loader; the reports carry the network-wide summaries."""
+    from models.evaluate import evaluate
+    from models.tasks import TASKS
+
+    original = zoo_path("magika")
+    planner = onnx_l2c.Planner(original, calibration_data=TASKS["magika"].calibration(32), methods="fixing")
+    for methods, key in (("fixing", "fixing"), ("unify", "unify")):
+        out = tmp_path / f"{methods}.onnx"
+        if methods != "fixing":
+            planner = planner.with_methods(methods)  # the calibration measurements are reused
+        result = planner.compress(out, target_ratio=6)
+        assert abs(result.ratio / 6 - 1) <= 0.03
+        assert result.plan[key]["tensors"] >= 1
+        score = evaluate("magika", original, out)
+        assert score.metrics["label_agreement"] >= 0.95, (methods, score.metrics)
+    assert result.plan["unify"]["unify_blocks"] + result.plan["unify"]["prune_blocks"] > 0
