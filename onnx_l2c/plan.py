@@ -78,7 +78,7 @@ class PlanContext:
                 return unify.quantize(tensor, params, stats, self.views[name], held_out=True)
             finally:
                 if stats is not None:
-                    mixed.release(stats)
+                    unify.release(stats)
         if isinstance(params, decorrelate.TransformParams):
             view = self.views[name]
             assert view is not None
@@ -309,7 +309,7 @@ def _options(tensor: TensorInput, stats: LayerStats | None, methods: tuple[str, 
             options += _unify_options(tensor, stats, view, blocks, damping, lossless)
         finally:
             if stats is not None:
-                mixed.release(stats)
+                unify.release(stats)
     return options
 
 

@@ -54,7 +54,8 @@ DEFAULT_BLOCKS = (BlockShape.B1X4, BlockShape.B1X8, BlockShape.KERNEL)
 MAX_KERNEL = 256  # the expand stage's largest block
 # The allocator's step grid (α = 2^(k/2)·rms): from ~4 down to ~0.3 bits per
 # weight, where unified and pruned blocks pay off.
-ALPHA_EXPONENTS = tuple(range(-6, 5))
+ALPHA_EXPONENTS = tuple(range(-3, 5))
+MIN_STRUCTURED = 0.02  # below this share of unified or pruned blocks ADMM is skipped (the refit suffices)
 
 
 @dataclass(frozen=True)
@@ -236,13 +237,32 @@ def project(v: np.ndarray, block_of: np.ndarray, modes: np.ndarray, sizes: np.nd
     return np.where(elem_mode == BlockMode.KEEP, v, np.where(elem_mode == BlockMode.UNIFY, unified, 0.0))
 
 
+_EIGH: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+def _eigh(hessian: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """H's eigen-decomposition, computed once per statistics array (candidates share it)."""
+    key = id(hessian)
+    if key not in _EIGH or _EIGH[key][0] is not hessian:
+        lam, vec = np.linalg.eigh(hessian)
+        _EIGH[key] = (hessian, np.maximum(lam, 0.0), vec)
+    return _EIGH[key][1], _EIGH[key][2]
+
+
+def release(stats: LayerStats) -> None:
+    """Drop the cached decompositions of a layer's statistics (and its halves)."""
+    arrays = [stats.hessian, *(stats.halves or ())]
+    for key in [k for k, v in _EIGH.items() if any(v[0] is a for a in arrays)]:
+        del _EIGH[key]
+    mixed.release(stats)
+
+
 def admm(w0: np.ndarray, z: np.ndarray, block_of: np.ndarray, modes: np.ndarray, sizes: np.ndarray,
          hessian: np.ndarray, view: LayerView, rounds: int = ADMM_ROUNDS) -> np.ndarray:
     """ADMM on tr((W − W0)·H·(W − W0)ᵀ) subject to the block structure (module
     doc, step 2), from the structured start z. Returns the last W (flat)."""
     shape = view.shape
-    lam, vec = np.linalg.eigh(hessian)  # H = Q Λ Qᵀ per group: every W-step is two products
-    lam = np.maximum(lam, 0.0)
+    lam, vec = _eigh(hessian)  # H = Q Λ Qᵀ per group: every W-step is two products
     m0 = view.to_matrix(w0.reshape(shape))
     b = 2.0 * np.matmul(m0, hessian)  # 2 W0 H
     rho = RHO_START * max(float(np.einsum("gii->", hessian)) / (hessian.shape[0] * hessian.shape[1]), 1e-30)
@@ -291,7 +311,7 @@ def unify_tensor(tensor: TensorInput, params: UnifyParams, stats: LayerStats | N
 
     structured = project(flat, block_of, modes, sizes)
     full = stats is not None and stats.hessian is not None and view is not None
-    if full and params.admm and (modes != BlockMode.KEEP).any():
+    if full and params.admm and (modes != BlockMode.KEEP).mean() >= MIN_STRUCTURED:
         w = admm(flat, structured, block_of, modes, sizes, stats.hessian, view)
         structured = project(w, block_of, modes, sizes)
     free = modes[block_of] == BlockMode.KEEP
@@ -393,7 +413,7 @@ class Unification(WeightTransform):
             return self.last_recipe
         finally:
             if self.stats is not None:
-                mixed.release(self.stats)
+                release(self.stats)
 
     def rate_bits(self, tensor: TensorInput) -> float:
         stage = self.encode(tensor).stages[0]
