@@ -11,7 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -185,6 +185,24 @@ def _tensor_input(w: WeightRef, base_dir: Path) -> TensorInput:
     return TensorInput(w.name, w.dtype, w.shape, tensor_bits(w.tensor, base_dir), w.channel_axis)
 
 
+def _sweep(exponents: tuple[int, ...], numel: int, lossless: int,
+           candidate: Callable[[float], tuple[Any, mixed.Quantized]], grid: bool = False) -> list[Option]:
+    """Candidates along a step grid α = 2^(k/2), finest first: those smaller than
+    lossless, until one codes under STOP_BITS bits per weight. `candidate(α)`
+    gives (params, quantized); grid=True records k for the shared-grid search."""
+    out = []
+    for k in exponents:
+        params, q = candidate(2.0 ** (k / 2))
+        size = len(q.payload)
+        if size >= lossless:
+            continue
+        out.append(Option(size, q.error, params, q.sparsity, grid=k) if grid else
+                   Option(size, q.error, params, q.sparsity))
+        if 8 * size / max(numel, 1) < mixed.STOP_BITS:
+            break
+    return out
+
+
 def _transform_options(tensor: TensorInput, stats: LayerStats | None, view: LayerView | None,
                        lossless: int) -> list[Option]:
     """Decorrelated candidates: plain KLT, and whitened in the output-error
@@ -193,19 +211,16 @@ def _transform_options(tensor: TensorInput, stats: LayerStats | None, view: Laye
         return []
     assert view is not None
     out = []
-    numel = max(int(np.prod(tensor.shape, dtype=np.int64)), 1)
+    numel = int(np.prod(tensor.shape, dtype=np.int64))
     kinds = [False] + ([True] if stats is not None and stats.hessian is not None else [])
     for whitened in kinds:
         fitted = decorrelate.fit_basis(tensor, stats, view, whitened)
-        for k in mixed.ALPHA_EXPONENTS:
-            params = decorrelate.TransformParams(2.0 ** (k / 2), whitened)
-            q = decorrelate.quantize_transform(tensor, params, stats, fitted)
-            size = len(q.payload)
-            if size >= lossless:
-                continue
-            out.append(Option(size, q.error, params, q.sparsity))
-            if 8 * size / numel < mixed.STOP_BITS:
-                break
+
+        def candidate(alpha: float) -> tuple[Any, mixed.Quantized]:
+            params = decorrelate.TransformParams(alpha, whitened)
+            return params, decorrelate.quantize_transform(tensor, params, stats, fitted)
+
+        out += _sweep(mixed.ALPHA_EXPONENTS, numel, lossless, candidate)
     return out
 
 
@@ -245,19 +260,16 @@ def _unify_options(tensor: TensorInput, stats: LayerStats | None, view: LayerVie
     """Unification candidates: per block shape that fits the tensor, a step grid
     (the selection's exchange rate λ follows the step)."""
     out = []
-    numel = max(int(np.prod(tensor.shape, dtype=np.int64)), 1)
+    numel = int(np.prod(tensor.shape, dtype=np.int64))
     for block in blocks:
         if unify.block_layout(tensor, view, block) is None:
             continue
-        for k in unify.ALPHA_EXPONENTS:
-            params = unify.UnifyParams(2.0 ** (k / 2), block, damping=damping)
-            q = unify.quantize(tensor, params, stats, view, held_out=True)
-            size = len(q.payload)
-            if size >= lossless:
-                continue
-            out.append(Option(size, q.error, params, q.sparsity))
-            if 8 * size / numel < mixed.STOP_BITS:
-                break
+
+        def candidate(alpha: float) -> tuple[Any, mixed.Quantized]:
+            params = unify.UnifyParams(alpha, block, damping=damping)
+            return params, unify.quantize(tensor, params, stats, view, held_out=True)
+
+        out += _sweep(unify.ALPHA_EXPONENTS, numel, lossless, candidate)
     return out
 
 
@@ -285,18 +297,14 @@ def _options(tensor: TensorInput, stats: LayerStats | None, methods: tuple[str, 
         families = [(tensor.channel_axis is not None, 0.0, damping, False, False)]
     else:
         families = []  # only other methods (fixing, decorrelate) were asked for
-    numel = max(int(np.prod(tensor.shape, dtype=np.int64)), 1)
+    numel = int(np.prod(tensor.shape, dtype=np.int64))
     try:
-        for pc, dz, damp, per_column, by_row in families:
-            for k in mixed.ALPHA_EXPONENTS:
-                params = mixed.QuantParams(2.0 ** (k / 2), pc, dz, damp, per_column, by_row)
-                q = mixed.quantize(tensor, params, stats, held_out=True)
-                size = len(q.payload)
-                if size >= lossless:
-                    continue
-                options.append(Option(size, q.error, params, q.sparsity, grid=k))
-                if 8 * size / numel < mixed.STOP_BITS:
-                    break
+        for family in families:
+            def candidate(alpha: float) -> tuple[Any, mixed.Quantized]:
+                params = mixed.QuantParams(alpha, *family)
+                return params, mixed.quantize(tensor, params, stats, held_out=True)
+
+            options += _sweep(mixed.ALPHA_EXPONENTS, numel, lossless, candidate, grid=True)
     finally:
         if stats is not None:
             mixed.release(stats)

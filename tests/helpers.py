@@ -123,6 +123,38 @@ def run_isolated(code: str, timeout: float = 120) -> subprocess.CompletedProcess
                           timeout=timeout)
 
 
+NATIVE_ERRORS_CHILD = """
+import json, sys
+from helpers import native_decode
+from onnx_l2c._native import NativeError
+out = {}
+for label, hexed in json.loads(sys.argv[1]).items():
+    try:
+        native_decode(bytes.fromhex(hexed))
+        out[label] = None
+    except NativeError as e:
+        out[label] = [e.code, str(e)]
+print(json.dumps(out))
+"""
+
+
+def assert_rejected_natively(cases: list[tuple[str, bytes, str, int]]) -> None:
+    """Every (label, payload, message pattern, error code) is rejected by the native decoder
+    with that code and a message matching the pattern; decoded in a child process, so a
+    crash fails the test."""
+    import json
+    import re
+
+    code = "import sys; sys.argv = ['child', %r]\n" % json.dumps({c[0]: c[1].hex() for c in cases})
+    proc = run_isolated(code + NATIVE_ERRORS_CHILD)
+    assert proc.returncode == 0, f"child crashed (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for label, _, pattern, err_code in cases:
+        got = results[label]
+        assert got is not None, f"{label}: accepted"
+        assert got[0] == err_code and re.search(pattern, got[1]), f"{label}: {got}"
+
+
 # ------------------------------------------------------------ native payloads
 
 STORAGE = {1: np.float32, 10: np.float16, 16: np.uint16}  # numpy storage per ONNX dtype (bfloat16: bits)
