@@ -84,7 +84,9 @@ def input_axis(tensor: TensorInput, view: LayerView | None) -> int | None:
         return {"conv": 1, "conv_transpose": 0, "matmul": 0, "gemm_kn": 0, "gemm_nk": 1, "gather": 1}.get(view.kind)
     if len(tensor.shape) == 2 and tensor.channel_axis is not None:
         return 1 - tensor.channel_axis
-    return None
+    # A matrix weight of an op without statistics (e.g. LSTM's W and R,
+    # [directions, gates·hidden, input]): ONNX puts the input dimension last.
+    return len(tensor.shape) - 1 if len(tensor.shape) >= 2 else None
 
 
 def block_layout(tensor: TensorInput, view: LayerView | None, shape: BlockShape) -> BlockLayout | None:

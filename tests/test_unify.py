@@ -51,6 +51,8 @@ def test_block_layouts_run_along_input_channels():
     assert block_layout(_tensor(np.zeros((48, 64)), 0), nk, BlockShape.B1X4) == BlockLayout(48, 64, 1, 4)
     assert block_layout(_tensor(np.zeros((48, 64)), 0), nk, BlockShape.KERNEL) is None  # no spatial kernel
     assert block_layout(_tensor(np.zeros(64), None), None, BlockShape.B1X4) is None  # not a matrix weight
+    # no statistics (e.g. an LSTM's [directions, 4·hidden, input] weights): along the last axis
+    assert block_layout(_tensor(np.zeros((1, 512, 128)), None), None, BlockShape.B1X4) == BlockLayout(512, 128, 1, 4)
     members, block_of = BlockLayout(1, 6, 2, 4).members()
     np.testing.assert_array_equal(members, [[0, 2, 4, 6], [1, 3, 5, 7], [8, 10, -1, -1], [9, 11, -1, -1]])
     np.testing.assert_array_equal(block_of, [0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3])
