@@ -202,6 +202,12 @@ def _target_rows(name: str, original: Path, workdir: Path, quick: bool, ref: Any
             # calibration + sensitivity + candidate fitting + allocation and write
             row.convert_s = measure_s + fit_s + (time.perf_counter() - t0)
             row.params["peak_memory_mb"] = round(result.plan["peak_memory_bytes"] / 1e6)
+            if "fixing" in result.plan:  # the network's codebook where weight fixing was chosen
+                row.params["fixing_unique_values"] = result.plan["fixing"]["unique_values"]
+                row.params["fixing_bits_per_weight"] = round(result.plan["fixing"]["entropy_bits_per_weight"], 3)
+            if "unify" in result.plan:  # where unification was chosen: weight shares per block mode
+                row.params["unify_shares"] = {k.removesuffix("_weight_share"): round(v, 4)
+                                              for k, v in result.plan["unify"].items() if k.endswith("_weight_share")}
             rows.append(_measure(row, name, original, target, ref, base, feeds, runs))
             log.info("%s %s %s: ratio %.2f %s", name, label, params, row.ratio or 0, row.metrics)
     return rows
