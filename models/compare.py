@@ -293,14 +293,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="only the size-target rows: no presets, no peers (to add rows to an earlier run)")
     p.add_argument("--out", type=Path, default=Path("bench-results"))
     p.add_argument("--merge", type=Path, default=None, metavar="JSON",
-                   help="merge this run into a saved compare.json: its rows replace the saved rows of the same "
-                        "model and method, the rest are kept (written to --out)")
+                   help="merge this run (or the --render JSON) into a saved compare.json: its rows replace the "
+                        "saved rows of the same model and method, the rest are kept (written to --out)")
     p.add_argument("--render", type=Path, default=None, metavar="JSON",
                    help="only re-render compare.md and the plots from a saved compare.json (e.g. a partial run)")
     args = p.parse_args(argv)
     if args.render is not None:
         rows = [Row(**r) for r in json.loads(args.render.read_text())]
         args.out.mkdir(parents=True, exist_ok=True)
+        if args.merge is not None:  # a saved partial run into a saved full one
+            rows = merge_rows([Row(**r) for r in json.loads(args.merge.read_text())], rows)
+            (args.out / "compare.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
         table = markdown(rows)
         (args.out / "compare.md").write_text(table)
         plot(rows, args.out)

@@ -65,3 +65,14 @@ def test_magika_with_fixing_and_unification_end_to_end(tmp_path: Path):
         score = evaluate("magika", original, out)
         assert score.metrics["label_agreement"] >= 0.95, (methods, score.metrics)
     assert result.plan["unify"]["unify_blocks"] + result.plan["unify"]["prune_blocks"] > 0
+
+
+def test_bench_merge_replaces_rows_of_the_same_model_and_method():
+    from models.compare import Row, merge_rows
+
+    saved = [Row("m", "onnx_l2c a", {"r": 1}), Row("m", "onnx_l2c a", {"r": 2}), Row("m", "peer", {}),
+             Row("n", "onnx_l2c a", {})]
+    new = [Row("m", "onnx_l2c a", {"r": 3}), Row("m", "onnx_l2c b", {}), Row("n", "onnx_l2c b", {})]
+    merged = [(r.model, r.method, r.params) for r in merge_rows(saved, new)]
+    assert merged == [("m", "onnx_l2c a", {"r": 3}), ("m", "onnx_l2c b", {}), ("m", "peer", {}),
+                      ("n", "onnx_l2c a", {}), ("n", "onnx_l2c b", {})]
