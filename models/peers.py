@@ -600,7 +600,7 @@ def format_table(original: Path, results: list[PeerResult]) -> str:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from models.zoo import cache_root, zoo_path
+    from .zoo import cache_root, zoo_path
 
     p = argparse.ArgumentParser(description="Run the peer baselines on a zoo model.")
     p.add_argument("model", help="zoo model name (models/zoo.py), or a path to an .onnx file")

@@ -163,7 +163,7 @@ def build_efficientnet_lite0(out_dir: Path) -> Path:
     """Export EfficientNet-Lite0 to ``out_dir/efficientnet_lite0.onnx``; returns the path."""
     import torch
 
-    from models.data import imagenet_photos
+    from .data import imagenet_photos
 
     dest = Path(out_dir) / "efficientnet_lite0.onnx"
     model = load_efficientnet_lite0_torch()
@@ -192,7 +192,7 @@ def load_minilm_torch():  # noqa: ANN201 - torch.nn.Module
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    from models.data import minilm_model_dir
+    from .data import minilm_model_dir
 
     class SentenceEmbedder(torch.nn.Module):
         def __init__(self) -> None:
@@ -213,7 +213,7 @@ def build_minilm(out_dir: Path) -> Path:
     """Export all-MiniLM-L6-v2 sentence embeddings to ``out_dir/minilm.onnx``."""
     import torch
 
-    from models.data import minilm_feeds, sentences
+    from .data import minilm_feeds, sentences
 
     dest = Path(out_dir) / "minilm.onnx"
     model = load_minilm_torch()

@@ -76,3 +76,16 @@ def test_bench_merge_replaces_rows_of_the_same_model_and_method():
     merged = [(r.model, r.method, r.params) for r in merge_rows(saved, new)]
     assert merged == [("m", "onnx_l2c a", {"r": 3}), ("m", "onnx_l2c b", {}), ("m", "peer", {}),
                       ("n", "onnx_l2c a", {}), ("n", "onnx_l2c b", {})]
+
+
+def test_zoo_modules_import_each_other_relatively():
+    """models/ is installed as onnx_l2c.models: an absolute `models.` import
+    works only from a source checkout (it broke `onnx-l2c zoo build`)."""
+    import ast
+
+    for path in sorted((Path(__file__).parent.parent / "models").glob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        absolute = [n.lineno for n in ast.walk(tree)
+                    if isinstance(n, ast.ImportFrom) and n.level == 0 and (n.module or "").split(".")[0] == "models"
+                    or isinstance(n, ast.Import) and any(a.name.split(".")[0] == "models" for a in n.names)]
+        assert not absolute, f"{path.name}: absolute imports of models at lines {absolute}"
