@@ -107,41 +107,58 @@ class PlanContext:
         by_size = sorted((n for n, o in alloc.chosen.items() if o.params is not None),
                          key=lambda n: -alloc.chosen[n].bytes)
         for name in by_size[:8]:
-            leftover = available - alloc.total_bytes
-            if leftover <= 0.005 * available:
+            if available - alloc.total_bytes <= 0.005 * available:
                 break
             chosen = alloc.chosen[name]
-            p = chosen.params
             # the continuous knob of the candidate's family (smaller = finer):
-            # the quantizer step α, or weight fixing's tolerance δ
-            knob = "alpha" if hasattr(p, "alpha") else "delta"
-            value = getattr(p, knob)
-            finer = sorted((o for o in self.tensors[name].choices.options
-                            if o.params is not None and o.params.family == p.family
-                            and getattr(o.params, knob) < value), key=lambda o: -getattr(o.params, knob))
-            # Bracket: the finest grid option that still fits, and the next finer one.
-            best, lo, hi = chosen, value, value / 2
-            for o in finer:
-                if alloc.total_bytes - chosen.bytes + o.bytes <= available:
-                    best, lo, hi = o, getattr(o.params, knob), getattr(o.params, knob) / 2
-                else:
-                    hi = getattr(o.params, knob)
-                    break
-            # fewer steps for fixing: each is a full progressive fixing of the tensor
-            for _ in range(7 if knob == "alpha" else 4):
-                mid = float(np.sqrt(lo * hi))
-                params = dataclasses.replace(p, **{knob: mid})
-                q = self.quantize(name, params)
-                if alloc.total_bytes - chosen.bytes + len(q.payload) <= available:
-                    lo, best = mid, Option(len(q.payload), q.error, params, q.sparsity, chosen.grid)
-                else:
-                    hi = mid
+            # the quantizer step α, weight fixing's tolerance δ, or its zero
+            # floor (down to no floor at the same δ, and then on along δ)
+            p = chosen.params
+            knobs = ["alpha"] if hasattr(p, "alpha") else ["floor", "delta"] if p.floor > 0 else ["delta"]
+            best = chosen
+            for knob in knobs:
+                best = self._refine(name, chosen, best, knob, available - alloc.total_bytes + chosen.bytes)
+                if knob == "floor" and best.params.floor > 0:
+                    break  # the bisection stopped inside the floor range
             if best is not chosen:
                 scale = self.tensors[name].scale
                 alloc.chosen[name] = best
                 alloc.total_bytes += best.bytes - chosen.bytes
                 alloc.distortion += scale * (best.error - chosen.error)
         return alloc
+
+    def _refine(self, name: str, chosen: Option, start: Option, knob: str, room: int) -> Option:
+        """The finest option of `start`'s family along `knob` that codes in
+        `room` bytes: the grid's bracket, then bisection (geometric; linear for
+        the zero floor, whose next finer value is no floor)."""
+        p = start.params
+        value = getattr(p, knob)
+        finer = sorted((o for o in self.tensors[name].choices.options
+                        if o.params is not None and o.params.family == p.family
+                        and (knob != "floor" or o.params.delta == p.delta)
+                        and getattr(o.params, knob) < value), key=lambda o: -getattr(o.params, knob))
+
+        def next_finer(v: float) -> float:
+            return 0.0 if knob == "floor" else v / 2
+
+        best, lo, hi = start, value, next_finer(value)
+        for o in finer:
+            if o.bytes <= room:
+                best, lo, hi = o, getattr(o.params, knob), next_finer(getattr(o.params, knob))
+            else:
+                hi = getattr(o.params, knob)
+                break
+        # fewer steps for fixing: each is a full progressive fixing of the
+        # tensor; none along the floor once no floor fits
+        for _ in range(7 if knob == "alpha" else 4 if lo > 0 else 0):
+            mid = float(np.sqrt(lo * hi)) if knob != "floor" else 0.5 * (lo + hi)
+            params = dataclasses.replace(p, **{knob: mid})
+            q = self.quantize(name, params)
+            if len(q.payload) <= room:
+                lo, best = mid, Option(len(q.payload), q.error, params, q.sparsity, chosen.grid)
+            else:
+                hi = mid
+        return best
 
     def _fill_shared(self, alloc: Allocation, available: int) -> Allocation:
         """Uniform mode: refine one step factor shared by every quantized tensor."""
@@ -236,7 +253,7 @@ def _fix_candidate(tensor: TensorInput, stats: LayerStats | None, max_abs: float
         fit = LayerStats(stats.view, hessian=stats.halves[0])
         score = LayerStats(stats.view, hessian=stats.halves[1])
     values = tensor.values.astype(np.float64)
-    result = fixing.fix_tensor(values, params.delta, params.order, max_abs, fit)
+    result = fixing.fix_tensor(values, params.delta, params.order, max_abs, fit, floor=params.floor)
     recipe = fixing.fixed_recipe(tensor, result.values)
     rec_values = tensor.decoded_values(reconstruct(recipe)).astype(np.float64)
     return mixed.Quantized(recipe, serialize(recipe), mixed.layer_error(rec_values - values, score),
@@ -245,10 +262,11 @@ def _fix_candidate(tensor: TensorInput, stats: LayerStats | None, max_abs: float
 
 def _fixing_options(tensor: TensorInput, stats: LayerStats | None, max_abs: float, deltas: tuple[float, ...],
                     order: int, lossless: int) -> list[Option]:
-    """Weight-fixing candidates, one per δ."""
+    """Weight-fixing candidates, one per δ, and the zero floors at the coarsest δ."""
     out = []
-    for delta in deltas:
-        params = fixing.FixingParams(delta, order)
+    grid = [fixing.FixingParams(delta, order) for delta in deltas]
+    grid += [fixing.FixingParams(max(deltas), order, floor) for floor in fixing.FIXING_FLOORS]
+    for params in grid:
         q = _fix_candidate(tensor, stats, max_abs, params)
         if len(q.payload) < lossless:
             out.append(Option(len(q.payload), q.error, params, q.sparsity))
@@ -256,9 +274,11 @@ def _fixing_options(tensor: TensorInput, stats: LayerStats | None, max_abs: floa
 
 
 def _unify_options(tensor: TensorInput, stats: LayerStats | None, view: LayerView | None,
-                   blocks: tuple[BlockShape, ...], damping: float | None, lossless: int) -> list[Option]:
+                   blocks: tuple[BlockShape, ...], damping: float | None, lossless: int,
+                   fine: bool = False) -> list[Option]:
     """Unification candidates: per block shape that fits the tensor, a step grid
-    (the selection's exchange rate λ follows the step)."""
+    (the selection's exchange rate λ follows the step); with `fine` (no other
+    quantizer family covers the high rates) also the finer steps, once."""
     out = []
     numel = int(np.prod(tensor.shape, dtype=np.int64))
     for block in blocks:
@@ -269,7 +289,10 @@ def _unify_options(tensor: TensorInput, stats: LayerStats | None, view: LayerVie
             params = unify.UnifyParams(alpha, block, damping=damping)
             return params, unify.quantize(tensor, params, stats, view, held_out=True)
 
-        out += _sweep(unify.ALPHA_EXPONENTS, numel, lossless, candidate)
+        exponents = unify.ALPHA_EXPONENTS
+        if fine:
+            exponents, fine = unify.FINE_ALPHA_EXPONENTS + exponents, False
+        out += _sweep(exponents, numel, lossless, candidate)
     return out
 
 
@@ -314,7 +337,7 @@ def _options(tensor: TensorInput, stats: LayerStats | None, methods: tuple[str, 
         options += _fixing_options(tensor, stats, max_abs, fixing_deltas, pow2_order, lossless)
     if "unify" in methods:
         try:
-            options += _unify_options(tensor, stats, view, blocks, damping, lossless)
+            options += _unify_options(tensor, stats, view, blocks, damping, lossless, fine=not families)
         finally:
             if stats is not None:
                 unify.release(stats)

@@ -55,6 +55,9 @@ MAX_KERNEL = 256  # the expand stage's largest block
 # The allocator's step grid (α = 2^(k/2)·rms): from ~4 down to ~0.3 bits per
 # weight, where unified and pruned blocks pay off.
 ALPHA_EXPONENTS = tuple(range(-3, 5))
+# Finer steps, for when unification is the only quantizer asked for (e.g.
+# `--methods unify`): there every block is kept, so one block shape covers them.
+FINE_ALPHA_EXPONENTS = (-16, -14, -12, -10, -8, -7, -6, -5, -4)
 MIN_STRUCTURED = 0.02  # below this share of unified or pruned blocks ADMM is skipped (the refit suffices)
 
 

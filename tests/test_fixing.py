@@ -13,7 +13,7 @@ from onnx_l2c import L2CError
 from onnx_l2c.format import serialize
 from onnx_l2c.statistics import LayerStats, LayerView
 from passes.base import TensorInput
-from passes.fixing import (SCHEDULE, FixingParams, WeightFixing, build_codebook, fix_tensor, fixed_recipe, nearest,
+from passes.fixing import (FIXING_FLOORS, SCHEDULE, FixingParams, WeightFixing, build_codebook, fix_tensor, fixed_recipe, nearest,
                            pow2_approx, relative_distance)
 
 
@@ -72,6 +72,42 @@ def test_schedule_fixes_everything_to_the_codebook(rng):
     tolerances = [s[1] for s in result.steps]
     assert tolerances == sorted(tolerances, reverse=True) and tolerances[-1] == pytest.approx(0.05)
     assert len(np.unique(result.values)) < len(book)
+
+
+
+def test_zero_floor_fixes_small_weights_to_zero_and_lowers_the_entropy(rng):
+    w = rng.standard_normal((64, 48)) * 0.1
+    max_abs, rms = float(np.abs(w).max()), float(np.sqrt(np.mean(w * w)))
+
+    def entropy(v):
+        p = np.unique(v, return_counts=True)[1] / v.size
+        return float(-(p * np.log2(p)).sum())
+
+    plain = fix_tensor(w, 0.2, 0, max_abs)
+    bits = [entropy(plain.values)]
+    for floor in (0.25, 0.5, 1.0):
+        floored = fix_tensor(w, 0.2, 0, max_abs, floor=floor)
+        below = np.abs(w) < floor * rms
+        assert (floored.values[below] == 0).all()
+        assert np.isin(floored.values.astype(np.float32), build_codebook(max_abs, 0.2, floored.order)).all()
+        bits.append(entropy(floored.values))
+    assert bits == sorted(bits, reverse=True) and bits[-1] < 0.6 * bits[0], bits
+
+
+def test_fill_refines_the_floor_down_to_no_floor_and_then_delta(tmp_path, rng):
+    """Targets between the floor candidates and the no-floor ones land (the fill
+    bisects the floor at the coarsest δ, then δ)."""
+    import onnx_l2c
+    from helpers import save
+    from test_target import _deep_mlp, _samples
+
+    model = save(_deep_mlp(rng), tmp_path / "deep.onnx")
+    planner = onnx_l2c.Planner(model, calibration_data=_samples(rng), methods="fixing")
+    floors = {o.params.floor for t in planner.context.tensors.values() for o in t.choices.options if o.params}
+    assert floors == {0.0, *FIXING_FLOORS}
+    for ratio in (7.0, 9.0, 12.0):
+        result = planner.compress(tmp_path / f"r{ratio:g}.onnx", target_ratio=ratio)
+        assert abs(result.ratio / ratio - 1) <= 0.03, (ratio, result.ratio)
 
 
 def _layer(rng, rows=24, d=32):

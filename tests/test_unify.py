@@ -179,6 +179,19 @@ def test_unify_in_the_global_allocation(tmp_path, rng):
     assert abs(both.ratio / 10 - 1) <= 0.03
 
 
+
+def test_unification_alone_reaches_low_ratios(tmp_path, rng):
+    """With no other quantizer asked for, unification's step grid also covers
+    the high rates (every block kept), so a low target lands."""
+    import onnx_l2c
+    from test_target import _deep_mlp, _samples
+
+    model = save(_deep_mlp(rng), tmp_path / "deep.onnx")
+    result = onnx_l2c.compress(model, tmp_path / "u3.onnx", target_ratio=3, calibration_data=_samples(rng),
+                               methods="unify", block="1x4")
+    assert abs(result.ratio / 3 - 1) <= 0.03
+
+
 def test_kernel_blocks_on_a_conv_model(tmp_path, rng):
     import onnx_l2c
 
