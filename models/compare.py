@@ -205,6 +205,7 @@ def _target_rows(name: str, original: Path, workdir: Path, quick: bool, ref: Any
             if "fixing" in result.plan:  # the network's codebook where weight fixing was chosen
                 row.params["fixing_unique_values"] = result.plan["fixing"]["unique_values"]
                 row.params["fixing_bits_per_weight"] = round(result.plan["fixing"]["entropy_bits_per_weight"], 3)
+                row.params["fixing_table_bytes"] = result.plan["fixing"]["table_bytes"]
             if "unify" in result.plan:  # where unification was chosen: weight shares per block mode
                 row.params["unify_shares"] = {k.removesuffix("_weight_share"): round(v, 4)
                                               for k, v in result.plan["unify"].items() if k.endswith("_weight_share")}

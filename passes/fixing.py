@@ -256,15 +256,20 @@ class WeightFixing(WeightTransform):
 
 def codebook_summary(recipes: list[Recipe]) -> dict[str, float | int]:
     """Unique values and the whole-network entropy (bits per weight) of the
-    weights coded by fixing: the value histogram over all of them."""
+    weights coded by fixing: the value histogram over all of them; and the
+    bytes the payloads spend on their slices of the shared table (each
+    payload carries the float32 values it uses, so it decodes on its own)."""
     counts: dict[float, int] = {}
+    table_bytes = 0
     for recipe in recipes:
         symbols, book = recipe.stages[0], recipe.stages[1]
         assert isinstance(symbols, EntropyStage) and isinstance(book, CodebookStage)
         used = np.bincount(np.asarray(symbols.symbols).reshape(-1), minlength=len(book.values))
+        table_bytes += 4 * len(book.values)
         for value, count in zip(np.asarray(book.values, np.float32).tolist(), used.tolist()):
             counts[value] = counts.get(value, 0) + count
     total = sum(counts.values())
     p = np.array([c for c in counts.values() if c > 0], dtype=np.float64) / max(total, 1)
     return {"tensors": len(recipes), "weights": total, "unique_values": int((p > 0).sum()),
-            "entropy_bits_per_weight": float(-(p * np.log2(p)).sum()) if total else 0.0}
+            "entropy_bits_per_weight": float(-(p * np.log2(p)).sum()) if total else 0.0,
+            "table_bytes": table_bytes}

@@ -168,6 +168,7 @@ def test_fixing_in_the_global_allocation(tmp_path, rng):
     summary = doc["plan"]["fixing"]
     assert summary["tensors"] == 3 and summary["weights"] == sum(np.prod(t["shape"]) for t in doc["tensors"])
     assert 2 <= summary["unique_values"] < 2000 and 0 < summary["entropy_bits_per_weight"] < 8
+    assert 4 * summary["unique_values"] <= summary["table_bytes"] <= 3 * 4 * summary["unique_values"]
     held_out = {"x": rng.standard_normal((100, 128)).astype(np.float32)}
     ref, got = run_plain(model, held_out)[0], run_fast(out, held_out)[0]
     assert (ref.argmax(1) == got.argmax(1)).mean() >= 0.8
