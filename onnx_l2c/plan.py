@@ -98,10 +98,10 @@ class PlanContext:
         return self._fill(allocate.SEARCHES[search](choices, available), available)
 
     def _fill(self, alloc: Allocation, available: int) -> Allocation:
-        """Spend what the discrete grid leaves over: refine the step (or the
-        fixing tolerance) of the largest tensors continuously, by bisection in
-        log α between the finest grid option that still fits and the next
-        finer one, so the output lands on the budget."""
+        """Spend what the discrete grid leaves over: refine the step (or weight
+        fixing's zero floor and tolerance) of the largest tensors continuously,
+        by bisection between the finest grid option that still fits and the
+        next finer one, so the output lands on the budget."""
         if alloc.search == "uniform":
             return self._fill_shared(alloc, available)
         by_size = sorted((n for n, o in alloc.chosen.items() if o.params is not None),
