@@ -16,10 +16,11 @@ the tensor's rms) to zero before the first step: relative tolerance keeps
 tiny weights on tiny powers of two, which costs bits where they matter least,
 so the floor is what lets fixing reach low rates (~1.4–2.4 bits per weight
 instead of ≥ 3.5 at the coarsest δ on MiniLM's matrices). Between steps, in
-place of retraining, the still-free weights of a layer are moved by least squares on the calibration statistics (minimum
-tr(ΔW·H·ΔWᵀ) with the fixed weights held), so they absorb the error of the
-fixed ones. The result is stored as indices into the tensor's used part of
-the shared table (`codebook` stage), entropy coded.
+place of retraining, the still-free weights of a layer are moved by least
+squares on the calibration statistics (minimum tr(ΔW·H·ΔWᵀ) with the fixed
+weights held), so they absorb the error of the fixed ones. The result is
+stored as indices into the tensor's used part of the shared table
+(`codebook` stage), entropy coded.
 """
 
 from __future__ import annotations
