@@ -3,6 +3,7 @@ evaluation split.
 
     onnx-l2c eval ORIGINAL.onnx CANDIDATE.onnx --model NAME
     python -m models.evaluate ORIGINAL.onnx CANDIDATE.onnx --model NAME
+    onnx-l2c zoo calibration NAME FOLDER [--samples 128]   # the task's calibration feeds
 
 The candidate loads through onnx_l2c's fast loader or custom op when it is an
 onnx_l2c model, else as plain ONNX (peers). The original's results are cached
@@ -22,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from .tasks import TASKS, Task
@@ -121,6 +123,45 @@ def evaluate(name: str, original: Path, candidate: Path, how: str = "auto", spli
     metrics = {k: float(v) for k, v in task.metrics(ref, cand).items()}
     return EvalResult(name, str(candidate), load, model_size(candidate), model_size(original), metrics,
                       task.headline, task.bar, time.perf_counter() - start)
+
+
+def save_calibration(name: str, folder: Path, samples: int) -> list[Path]:
+    """The task's first `samples` calibration feeds (the ones the bench calibrates
+    on, disjoint from evaluation) as one .npz per feed in `folder`, the layout
+    `--calibration FOLDER` reads: so a bench row can be reproduced with the CLI.
+    Refuses a folder that already holds .npz files (they would be read too)."""
+    from onnx_l2c.errors import L2CError
+    from onnx_l2c.files import AtomicOutputs
+
+    task = TASKS[name]
+    if task.calibration is None:
+        raise L2CError(f"zoo model {name} has no calibration split")
+    if samples < 1:
+        raise L2CError(f"--samples must be at least 1, got {samples}")
+    folder.mkdir(parents=True, exist_ok=True)
+    if any(folder.glob("*.npz")):
+        raise L2CError(f"calibration folder {folder} already holds .npz files; pass an empty folder")
+    feeds = task.calibration(samples)
+    paths = [folder / f"sample_{i:04d}.npz" for i in range(len(feeds))]
+    with AtomicOutputs() as out:
+        for path, feed in zip(paths, feeds):
+            with out.temp_for(path).open("wb") as f:
+                np.savez(f, **feed)
+        out.commit()
+    return paths
+
+
+def calibration_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="onnx-l2c zoo calibration",
+                                description="Write a zoo task's calibration feeds, one .npz per sample, to FOLDER "
+                                            "(for `onnx-l2c compress --calibration FOLDER`).")
+    p.add_argument("model", choices=sorted(TASKS))
+    p.add_argument("folder", type=Path)
+    p.add_argument("--samples", type=int, default=128, help="feeds to write (default: 128, as the bench)")
+    args = p.parse_args(argv)
+    paths = save_calibration(args.model, args.folder, args.samples)
+    print(f"{args.model}: {len(paths)} calibration feeds in {args.folder}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

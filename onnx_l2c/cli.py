@@ -168,23 +168,26 @@ def build_parser() -> argparse.ArgumentParser:
     bsub.add_parser("compare", help="our presets beside the peers on the real-model zoo (see `bench compare -h`)")
     sub.add_parser("eval", help="fidelity of a candidate against the original on a zoo task (see `eval -h`)")
     z = sub.add_parser("zoo", help="the real-model zoo")
-    z.add_subparsers(dest="zoo", required=True).add_parser("build", help="build zoo models into the cache")
+    zsub = z.add_subparsers(dest="zoo", required=True)
+    zsub.add_parser("build", help="build zoo models into the cache")
+    zsub.add_parser("calibration", help="write a zoo task's calibration feeds as .npz files (see `zoo calibration -h`)")
     return parser
 
 
 # Commands implemented by the zoo package (models/, installed as onnx_l2c.models),
-# which owns their arguments: (command words) → module.
-_ZOO_COMMANDS = {("eval",): "evaluate", ("bench", "compare"): "compare", ("zoo", "build"): "zoo"}
+# which owns their arguments: (command words) → (module, entry point).
+_ZOO_COMMANDS = {("eval",): ("evaluate", "main"), ("bench", "compare"): ("compare", "main"),
+                 ("zoo", "build"): ("zoo", "main"), ("zoo", "calibration"): ("evaluate", "calibration_main")}
 
 
 def _zoo_command(argv: list[str]) -> int | None:
     import importlib
 
-    for words, module in _ZOO_COMMANDS.items():
+    for words, (module, entry) in _ZOO_COMMANDS.items():
         if tuple(argv[: len(words)]) == words:
             mod = importlib.import_module(f"onnx_l2c.models.{module}")
             logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-            return mod.main(argv[len(words):])
+            return getattr(mod, entry)(argv[len(words):])
     return None
 
 

@@ -89,3 +89,34 @@ def test_zoo_modules_import_each_other_relatively():
                     if isinstance(n, ast.ImportFrom) and n.level == 0 and (n.module or "").split(".")[0] == "models"
                     or isinstance(n, ast.Import) and any(a.name.split(".")[0] == "models" for a in n.names)]
         assert not absolute, f"{path.name}: absolute imports of models at lines {absolute}"
+
+
+def test_zoo_calibration_writes_the_bench_feeds_that_compress_reads(tmp_path: Path, monkeypatch):
+    """`onnx-l2c zoo calibration` writes a task's calibration feeds (ragged
+    shapes too) as a folder of .npz files that `--calibration FOLDER` reads back
+    unchanged, in order; it refuses a folder that already holds feeds."""
+    import pytest
+
+    from models import evaluate
+    from models.tasks import Task
+    from onnx_l2c.calibration import InputSpec, iter_samples
+    from onnx_l2c.cli import main as cli_main
+    from onnx_l2c.errors import L2CError
+
+    feeds = [{"ids": np.arange(n, dtype=np.int64)[None], "mask": np.ones((1, n), np.int64)} for n in (3, 5, 2)]
+    fake = Task("fake", run=lambda s, split: None, metrics=lambda a, b: {}, headline="m", bar=1.0,
+                calibration=lambda n: feeds[:n])
+    monkeypatch.setitem(evaluate.TASKS, "fake", fake)
+    folder = tmp_path / "calib"
+    paths = evaluate.save_calibration("fake", folder, 2)
+    assert [p.name for p in paths] == ["sample_0000.npz", "sample_0001.npz"]
+    assert sorted(p.name for p in folder.iterdir()) == ["sample_0000.npz", "sample_0001.npz"]  # no temp files left
+    back = list(iter_samples(folder, [InputSpec("ids", 2, True), InputSpec("mask", 2, True)]))
+    assert len(back) == 2 and all(back[i].keys() == feeds[i].keys() for i in range(2))
+    assert all(np.array_equal(back[i][k], feeds[i][k]) for i in range(2) for k in feeds[i])
+    with pytest.raises(L2CError, match="already holds .npz files"):
+        evaluate.save_calibration("fake", folder, 3)
+    with pytest.raises(L2CError, match="at least 1"):
+        evaluate.save_calibration("fake", tmp_path / "other", 0)
+    # the CLI's error path (a message, exit status 1, no traceback)
+    assert cli_main(["zoo", "calibration", "magika", str(tmp_path / "none"), "--samples", "0"]) == 1
