@@ -262,17 +262,26 @@ def plot(rows: list[Row], out_dir: Path) -> list[Path]:
     written = []
     for name in dict.fromkeys(r.model for r in rows):
         task = TASKS[name]
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig, ax = plt.subplots(figsize=(9.5, 5))
         sub = [r for r in rows if r.model == name and r.ratio and task.headline in r.metrics]
-        for method in dict.fromkeys(r.method for r in sub):
+        colors = plt.get_cmap("tab20").colors
+        markers = "os^Dv<>PX*"
+        # ours solid, peers dashed; a color and marker per series (more than 10 series)
+        for i, method in enumerate(dict.fromkeys(r.method for r in sub)):
             pts = sorted((r.ratio, r.metrics[task.headline]) for r in sub if r.method == method)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=markers[i % len(markers)],
+                    color=colors[i % len(colors)], linestyle="-" if method.startswith("onnx_l2c") else "--",
+                    label=method)
         ax.axhline(task.bar, color="gray", linestyle="--", linewidth=1)
         ax.set_xscale("log")
+        ticks = [t for t in (0.5, 1, 1.5, 2, 3, 4, 6, 8, 10, 12, 16, 20, 32) if min(r.ratio for r in sub) * 0.9 <= t
+                 <= max(r.ratio for r in sub) * 1.1] if sub else []
+        ax.set_xticks(ticks, [f"{t:g}×" for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("size ratio (original / compressed)")
         ax.set_ylabel(task.headline)
         ax.set_title(f"{name}: fidelity vs size")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         path = out_dir / f"{name}.png"
         fig.savefig(path, dpi=110)
