@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .evaluate import evaluate, model_size, open_session, reference_results
+from .evaluate import CALIBRATION_SAMPLES, evaluate, model_size, open_session, reference_results
 from .tasks import TASKS
 from .zoo import zoo_path
 
@@ -56,7 +56,6 @@ ABLATION: list[tuple[str, str, str, tuple[float, ...]]] = [  # (label, methods, 
     ("onnx_l2c target: all methods", "rounding,mixed,decorrelate,fixing,unify", "lagrange", (6.0, 8.0, 10.0)),
 ]
 QUICK_ABLATION = [ABLATION[2]]
-CALIBRATION_SAMPLES = 128
 
 
 @dataclass
@@ -260,13 +259,13 @@ def plot(rows: list[Row], out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
+    # ours solid, peers dashed; a color and marker per series (more than 10 series)
+    colors = plt.get_cmap("tab20").colors
+    markers = "os^Dv<>PX*"
     for name in dict.fromkeys(r.model for r in rows):
         task = TASKS[name]
         fig, ax = plt.subplots(figsize=(9.5, 5))
         sub = [r for r in rows if r.model == name and r.ratio and task.headline in r.metrics]
-        colors = plt.get_cmap("tab20").colors
-        markers = "os^Dv<>PX*"
-        # ours solid, peers dashed; a color and marker per series (more than 10 series)
         for i, method in enumerate(dict.fromkeys(r.method for r in sub)):
             pts = sorted((r.ratio, r.metrics[task.headline]) for r in sub if r.method == method)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=markers[i % len(markers)],
@@ -274,8 +273,9 @@ def plot(rows: list[Row], out_dir: Path) -> list[Path]:
                     label=method)
         ax.axhline(task.bar, color="gray", linestyle="--", linewidth=1)
         ax.set_xscale("log")
-        ticks = [t for t in (0.5, 1, 1.5, 2, 3, 4, 6, 8, 10, 12, 16, 20, 32) if min(r.ratio for r in sub) * 0.9 <= t
-                 <= max(r.ratio for r in sub) * 1.1] if sub else []
+        ratios = [r.ratio for r in sub] or [1.0]
+        ticks = [t for t in (0.5, 1, 1.5, 2, 3, 4, 6, 8, 10, 12, 16, 20, 32)
+                 if min(ratios) * 0.9 <= t <= max(ratios) * 1.1]
         ax.set_xticks(ticks, [f"{t:g}×" for t in ticks])
         ax.minorticks_off()
         ax.set_xlabel("size ratio (original / compressed)")

@@ -26,6 +26,12 @@ from typing import Any
 import numpy as np
 import onnx
 
+# the feeds the bench calibrates on: compress's default count, so a saved folder
+# (`zoo calibration`) reproduces a bench row with compress's defaults
+from onnx_l2c.calibration import DEFAULT_SAMPLES as CALIBRATION_SAMPLES
+from onnx_l2c.errors import L2CError
+from onnx_l2c.files import AtomicOutputs
+
 from .tasks import TASKS, Task
 from .zoo import cache_root
 
@@ -130,9 +136,6 @@ def save_calibration(name: str, folder: Path, samples: int) -> list[Path]:
     on, disjoint from evaluation) as one .npz per feed in `folder`, the layout
     `--calibration FOLDER` reads: so a bench row can be reproduced with the CLI.
     Refuses a folder that already holds .npz files (they would be read too)."""
-    from onnx_l2c.errors import L2CError
-    from onnx_l2c.files import AtomicOutputs
-
     task = TASKS[name]
     if task.calibration is None:
         raise L2CError(f"zoo model {name} has no calibration split")
@@ -157,7 +160,8 @@ def calibration_main(argv: list[str] | None = None) -> int:
                                             "(for `onnx-l2c compress --calibration FOLDER`).")
     p.add_argument("model", choices=sorted(TASKS))
     p.add_argument("folder", type=Path)
-    p.add_argument("--samples", type=int, default=128, help="feeds to write (default: 128, as the bench)")
+    p.add_argument("--samples", type=int, default=CALIBRATION_SAMPLES,
+                   help=f"feeds to write (default: {CALIBRATION_SAMPLES}, as the bench)")
     args = p.parse_args(argv)
     paths = save_calibration(args.model, args.folder, args.samples)
     print(f"{args.model}: {len(paths)} calibration feeds in {args.folder}")
