@@ -28,7 +28,7 @@ import onnx
 
 # the feeds the bench calibrates on: compress's default count, so a saved folder
 # (`zoo calibration`) reproduces a bench row with compress's defaults
-from onnx_l2c.calibration import DEFAULT_SAMPLES as CALIBRATION_SAMPLES
+from onnx_l2c.measure.calibration import DEFAULT_SAMPLES as CALIBRATION_SAMPLES
 from onnx_l2c.errors import L2CError
 from onnx_l2c.files import AtomicOutputs
 
@@ -42,13 +42,13 @@ LOAD_MODES = ("auto", "fast", "custom_op", "plain")
 
 def model_size(path: Path) -> int:
     """Bytes a user stores: the .onnx plus every external data file it references."""
-    from onnx_l2c.graph import model_bytes
+    from onnx_l2c.graph.model import model_bytes
 
     return model_bytes(path)
 
 
 def is_l2c_model(path: Path) -> bool:
-    from onnx_l2c.format import DOMAIN
+    from onnx_l2c.codec import DOMAIN
 
     model = onnx.load(str(path), load_external_data=False)
     return any(op.domain == DOMAIN for op in model.opset_import)

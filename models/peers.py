@@ -440,7 +440,7 @@ def nnc_weight_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     quantizer would change the graph's shapes or semantics, and NNCodec's own use (a
     PyTorch state_dict) never sees them. They stay in the graph, counted in its size.
     """
-    from onnx_l2c.graph import find_weights
+    from onnx_l2c.graph.model import find_weights
 
     found: dict[str, onnx.TensorProto] = {}
     for w in find_weights(model, 64).weights:

@@ -397,7 +397,7 @@ def manifest_entry(path: Path) -> dict[str, object]:
     """File size, sha256, parameter count and where the weights live (initializers vs Constant nodes)."""
     import hashlib
 
-    from onnx_l2c.graph import find_weights, load_model
+    from onnx_l2c.graph.model import find_weights, load_model
 
     model = load_model(path)
     weights = find_weights(model, 1).weights

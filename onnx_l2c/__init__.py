@@ -3,27 +3,53 @@
     onnx_l2c.compress("model.onnx", "small.onnx", preset="int8")
     sess = onnx_l2c.InferenceSession("small.onnx")     # zero-overhead loader
     so.register_custom_ops_library(onnx_l2c.custom_op_library())  # any ORT binding
+
+The names are imported on first use, so loading a compressed model (the read
+path: `onnx_l2c.load`) never imports the planner, the statistics or the passes.
 """
 
 from __future__ import annotations
 
-from pathlib import Path as _Path
+import importlib
+from typing import TYPE_CHECKING, Any
 
-# Installed, the methods are the subpackage onnx_l2c/passes. In a source
-# checkout they sit beside this folder (the design card's layout): let
-# `onnx_l2c.passes` resolve there too, so the checkout runs in place.
-_here = _Path(__file__).absolute().parent
-if not (_here / "passes").is_dir() and (_here.parent / "passes" / "__init__.py").is_file():
-    __path__.append(str(_here.parent))
-
-from .config import OPTIONS, BlockShape, CompressOptions, Preset
-from .errors import L2CError
-from .loader import InferenceSession, custom_op_library, decompress, inspect
-from .pipeline import CompressResult, Planner, TensorReport, compress
+from onnx_l2c.errors import (ErrorCode, FileError, L2CError, ModelError, OptionError, PayloadError, UnsupportedError,
+                             VersionError)
 
 __version__ = "0.1.0"
 
+# public name → the module that defines it
+_LAZY = {
+    "OPTIONS": "onnx_l2c.config", "BlockShape": "onnx_l2c.config", "CompressOptions": "onnx_l2c.config",
+    "Preset": "onnx_l2c.config",
+    "InferenceSession": "onnx_l2c.load.compressed", "custom_op_library": "onnx_l2c.load.compressed",
+    "decompress": "onnx_l2c.load.compressed", "inspect": "onnx_l2c.load.compressed",
+    "CompressResult": "onnx_l2c.write.results", "TensorReport": "onnx_l2c.write.results",
+    "Planner": "onnx_l2c.write.compress", "compress": "onnx_l2c.write.compress",
+}
+
+if TYPE_CHECKING:
+    from onnx_l2c.config import OPTIONS, BlockShape, CompressOptions, Preset
+    from onnx_l2c.load.compressed import InferenceSession, custom_op_library, decompress, inspect
+    from onnx_l2c.write.compress import Planner, compress
+    from onnx_l2c.write.results import CompressResult, TensorReport
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'onnx_l2c' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
 __all__ = [
-    "OPTIONS", "BlockShape", "CompressOptions", "CompressResult", "InferenceSession", "L2CError", "Planner", "Preset", "TensorReport",
-    "compress", "custom_op_library", "decompress", "inspect",
+    "OPTIONS", "BlockShape", "CompressOptions", "CompressResult", "ErrorCode", "FileError", "InferenceSession",
+    "L2CError", "ModelError", "OptionError", "PayloadError", "Planner", "Preset", "TensorReport",
+    "UnsupportedError", "VersionError", "compress", "custom_op_library", "decompress", "inspect",
 ]

@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from onnx_l2c.cli import main
 
 sys.exit(main())

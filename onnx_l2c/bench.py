@@ -26,10 +26,10 @@ from onnx_l2c.passes import TensorInput
 from onnx_l2c.passes.base import entropy_bits
 from onnx_l2c.passes.uniform import Uniform
 
-from . import _native
-from .graph import find_weights, load_model, tensor_bits
-from .loader import CompressedModel, InferenceSession, custom_op_library
-from .pipeline import compress
+from onnx_l2c.codec import native
+from onnx_l2c.graph.model import find_weights, load_model, tensor_bits
+from onnx_l2c.load.compressed import CompressedModel, InferenceSession, custom_op_library
+from onnx_l2c.write.compress import compress
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def coder_efficiency(model_path: Path, bits: int) -> dict[str, Any]:
             continue
         q, _, _ = quant.symbols_and_params(t)
         lo = int(q.min())
-        coded = len(_native.encode_stream((q - lo).reshape(-1), int(q.max()) - lo + 1))
+        coded = len(native.encode_stream((q - lo).reshape(-1), int(q.max()) - lo + 1))
         ideal = entropy_bits(q) / 8
         rows.append({"tensor": w.name, "symbols": int(q.size), "entropy_bytes": ideal, "coded_bytes": coded,
                      "overhead": coded / max(ideal, 1e-9) - 1})
@@ -92,7 +92,7 @@ def decode_throughput(path: Path, repeats: int = 3) -> dict[str, float]:
     """(b) single-thread native decode speed over every payload of a compressed model."""
     cm = CompressedModel(path)
     try:
-        weights = sum(int(np.prod(_native.payload_info(cm.payload(e)).dims, dtype=np.int64)) for e in cm.entries)
+        weights = sum(int(np.prod(native.payload_info(cm.payload(e)).dims, dtype=np.int64)) for e in cm.entries)
         best = float("inf")
         for _ in range(repeats):
             start = time.perf_counter()
@@ -213,7 +213,7 @@ def run_runtime_bench(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="l2c-bench-") as tmp:
         for model in args.models:
             results.append(bench_model(Path(model), presets, args.runs, Path(tmp), args.zstd))
-    meta = {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "native": _native.version()}
+    meta = {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "native": native.version()}
     (out_dir / "runtime.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     table = markdown(results)
     (out_dir / "runtime.md").write_text(table)

@@ -14,8 +14,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .config import OPTIONS, BlockShape, Preset, Search
-from .errors import L2CError
+from onnx_l2c.config import OPTIONS, BlockShape, Preset, Search
+from onnx_l2c.errors import L2CError
 
 
 def _human(n: float) -> str:
@@ -72,7 +72,7 @@ class _Bar:
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
-    from .pipeline import compress
+    from onnx_l2c.write.compress import compress
 
     bar = _Bar(not args.quiet and sys.stderr.isatty(), "compressing")
     try:
@@ -94,7 +94,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .loader import inspect
+    from onnx_l2c.load.compressed import inspect
 
     res = inspect(args.model)
     if args.json:
@@ -116,7 +116,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_decompress(args: argparse.Namespace) -> int:
-    from .loader import decompress
+    from onnx_l2c.load.compressed import decompress
 
     external = {"auto": None, "always": True, "never": False}[args.external_data]
     out = decompress(args.model, args.output, external_data=external)
@@ -126,7 +126,7 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_runtime_bench
+    from onnx_l2c.bench import run_runtime_bench
 
     return run_runtime_bench(args)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import L2CError
+from onnx_l2c.errors import L2CError
 
 
 class _Choice(str, enum.Enum):

@@ -8,8 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import L2CError
-from .format import PAYLOAD_ALIGN
+from onnx_l2c.errors import L2CError
+from onnx_l2c.codec import PAYLOAD_ALIGN
 
 
 class AtomicOutputs:

@@ -1,15 +1,37 @@
-"""The parametric-transform abstraction and the registry of methods."""
+"""The method protocol, the registry, and the machinery methods share.
+
+Every lossy method is one module with one `Method` subclass (DESIGN.md §3):
+it declares its name and options, proposes candidates for a tensor
+(`candidates`), quantizes one candidate (`quantize`, the same code the final
+encode runs), emits the stages that decode it (`encode`) and summarizes what
+it did over the network (`summary`). Subclassing registers it; the planner,
+the pipeline, the report, the CLI and `bench compare` iterate over
+`registry()` and never name a method.
+
+Adding a method: a new module in passes/ with a `Method` subclass and its
+parameter dataclass (a `Params` subclass whose `method` is the method's
+name), imported in passes/__init__.py, plus its tests.
+"""
 
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from onnx_l2c.errors import L2CError
-from onnx_l2c.format import Recipe, bits_to_float32, reconstruct
+from onnx_l2c.codec import Recipe, bits_to_float32, reconstruct, serialize
+from onnx_l2c.errors import OptionError
+from onnx_l2c.plan.allocate import Option
+
+if TYPE_CHECKING:
+    from onnx_l2c.config import CompressOptions, OptionSpec
+    from onnx_l2c.measure.statistics import LayerStats, LayerView
+
+# The step grid of the allocator: α = 2^(k/2) · rms, candidates finest first,
+# until one codes under STOP_BITS bits per weight.
+STOP_BITS = 0.25
 
 
 @dataclass
@@ -27,50 +49,210 @@ class TensorInput:
         """The weight as float32 (exact for every supported dtype), shaped."""
         return bits_to_float32(self.bits, self.dtype).reshape(self.shape)
 
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
     def decoded_values(self, decoded: np.ndarray) -> np.ndarray:
         """A decoded version of this weight (what `reconstruct` or the native
         decoder returns: float32, float16, or bfloat16 bits) as float32, shaped."""
         return bits_to_float32(np.asarray(decoded).view(self.bits.dtype), self.dtype).reshape(self.shape)
 
 
-class WeightTransform(abc.ABC):
-    """A method: encode(θ) → Recipe; decode → Ŵ; rate estimate in bits."""
+@dataclass
+class Quantized:
+    """One candidate coded: its recipe, payload, layer-local error and sparsity."""
+
+    recipe: Recipe
+    payload: bytes
+    error: float  # layer-local: tr(ΔW·H·ΔWᵀ) with statistics, else ‖ΔW‖²
+    sparsity: float
+
+
+def layer_error(delta: np.ndarray, stats: "LayerStats | None") -> float:
+    if stats is not None:
+        return stats.weighted_error(delta)
+    return float((delta.astype(np.float64) ** 2).sum())
+
+
+def coded(tensor: TensorInput, recipe: Recipe, score: "LayerStats | None") -> Quantized:
+    """Serialize a recipe and measure its exact reconstruction error on `score`."""
+    payload = serialize(recipe)
+    values = tensor.values.astype(np.float64)
+    decoded = tensor.decoded_values(reconstruct(recipe)).astype(np.float64)
+    return Quantized(recipe, payload, layer_error(decoded - values, score), float((decoded == 0).mean()))
+
+
+def channel_view(values: np.ndarray, axis: int | None) -> np.ndarray:
+    """Reshape to (outer, channels, inner) around the channel axis."""
+    shape = values.shape
+    if axis is None or not shape:
+        return values.reshape(1, 1, -1)
+    outer = int(np.prod(shape[:axis], dtype=np.int64))
+    inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    return values.reshape(outer, shape[axis], inner)
+
+
+def split_halves(stats: "LayerStats | None") -> tuple["LayerStats | None", "LayerStats | None"]:
+    """(fit, score) statistics of a held-out candidate: with full statistics and
+    two halves, fit on the first half of the samples and score on the second
+    (fitting and scoring on the same samples flatters a fit several-fold on
+    layers with few input vectors per dimension); else the same statistics."""
+    if stats is not None and stats.hessian is not None and stats.halves is not None:
+        return stats.half(0), stats.half(1)
+    return stats, stats
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A continuous parameter of a candidate family that the allocator's fill
+    refines by bisection (smaller = finer, more bytes)."""
+
+    name: str
+    steps: int  # bisection steps (each one quantizes the tensor)
+    linear: bool = False  # bisect linearly toward 0 (else geometrically toward half the value)
+    same: tuple[str, ...] = ()  # grid options of the bracket must share these parameters
+
+
+class Params:
+    """A candidate's parameters (frozen dataclasses); `method` names the method that quantizes them."""
+
+    method: ClassVar[str]
+
+    @property
+    def family(self) -> tuple:
+        """Candidates of one family differ only in their knobs."""
+        raise NotImplementedError
+
+    def knobs(self) -> tuple[Knob, ...]:
+        return ()
+
+    def describe(self) -> dict[str, Any]:
+        """The parameters as the report shows them."""
+        raise NotImplementedError
+
+
+@dataclass
+class TensorContext:
+    """What a method may read about one tensor while fitting its candidates."""
+
+    stats: "LayerStats | None"  # calibration statistics (bias-centered where the bias is corrected)
+    view: "LayerView | None"  # the weight as its consumer's matrices
+    options: "CompressOptions"
+    max_abs: float = 0.0  # largest |w| of the network (weight fixing's shared codebook)
+    damping: float | None = None  # output-aware rounding's GPTQ damping for this tensor (None: nearest)
+    step_families: bool = False  # a method already offered the plain step-grid quantizers
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, "Method"] = {}
+
+
+class Method(abc.ABC):
+    """One compression method (module doc). Subclasses register on definition."""
 
     name: ClassVar[str]
-    lossless: ClassVar[bool] = False
+    order: ClassVar[int]  # candidates of all methods are listed in this order (ties in the allocation)
+    summary_key: ClassVar[str | None] = None  # the plan report's key for `summary`
+    options: ClassVar[tuple["OptionSpec", ...]] = ()  # its own options (CLI flags and API keywords)
+    needs_calibration: ClassVar[bool] = False  # dropped (with a note) when there is no calibration data
+    corrects_bias: ClassVar[bool] = False  # the planner folds the mean output shift into the consumer's bias
+    # False for methods whose candidates all share one step grid position
+    # (the uniform baseline): with only such methods the allocator searches
+    # that one shared knob instead of choosing per tensor.
+    per_tensor: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if getattr(cls, "__abstractmethods__", None):
+            return
+        if cls.name in _REGISTRY:
+            raise AssertionError(f"method {cls.name!r} registered twice")
+        _REGISTRY[cls.name] = cls()
+
+    def prepare(self, tensor: TensorInput, ctx: TensorContext) -> None:
+        """Set what this method contributes to the tensor's context before any candidates."""
 
     @abc.abstractmethod
-    def applies_to(self, tensor: TensorInput) -> bool:
-        """Whether this method can code `tensor` (else the caller falls back)."""
+    def candidates(self, tensor: TensorInput, ctx: TensorContext, lossless_bytes: int) -> list[Option]:
+        """This method's candidates of `tensor`, each smaller than lossless."""
 
     @abc.abstractmethod
-    def encode(self, tensor: TensorInput) -> Recipe:
-        """The decode recipe of `tensor` under this method's parameters."""
-
-    def decode(self, recipe: Recipe) -> np.ndarray:
-        """Exactly what the native decoder produces for `recipe`."""
-        return reconstruct(recipe)
+    def quantize(self, tensor: TensorInput, params: Any, ctx: TensorContext) -> Quantized:
+        """One candidate, scored on held-out samples where the method fits to data."""
 
     @abc.abstractmethod
-    def rate_bits(self, tensor: TensorInput) -> float:
-        """Estimated coded size of `tensor` in bits (order-0 entropy of its symbols)."""
+    def encode(self, tensor: TensorInput, params: Any, ctx: TensorContext) -> Recipe:
+        """The final recipe of the chosen candidate (fitted on all samples)."""
+
+    def summary(self, recipes: list[Recipe]) -> dict[str, Any] | None:
+        """A network-wide summary of the recipes this method encoded, for the report."""
+        return None
 
 
-REGISTRY: dict[str, type[WeightTransform]] = {}
+def registry() -> dict[str, Method]:
+    """Every registered method by name, in candidate order."""
+    import onnx_l2c.passes  # noqa: F401  (the modules register themselves)
+
+    return dict(sorted(_REGISTRY.items(), key=lambda item: item[1].order))
 
 
-def register(cls: type[WeightTransform]) -> type[WeightTransform]:
-    if cls.name in REGISTRY:
-        raise L2CError(f"method {cls.name!r} registered twice")
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-def get_transform(name: str) -> type[WeightTransform]:
+def method(name: str) -> Method:
+    methods = registry()
     try:
-        return REGISTRY[name]
+        return methods[name]
     except KeyError:
-        raise L2CError(f"unknown method {name!r}; valid methods: {', '.join(sorted(REGISTRY))}") from None
+        raise OptionError(f"unknown method {name!r}; valid methods: {', '.join(methods)}") from None
+
+
+def method_of(params: Params) -> Method:
+    """The method that quantizes these parameters."""
+    return method(params.method)
+
+
+def sweep(exponents: tuple[int, ...], numel: int, lossless: int, candidate: Any, grid: bool = False) -> list[Option]:
+    """Candidates along a step grid α = 2^(k/2), finest first: those smaller than
+    lossless, until one codes under STOP_BITS bits per weight. `candidate(α)`
+    gives (params, quantized); grid=True records k for the shared-grid search."""
+    out = []
+    for k in exponents:
+        params, q = candidate(2.0 ** (k / 2))
+        size = len(q.payload)
+        if size >= lossless:
+            continue
+        out.append(Option(size, q.error, params, q.sparsity, grid=k) if grid else
+                   Option(size, q.error, params, q.sparsity))
+        if 8 * size / max(numel, 1) < STOP_BITS:
+            break
+    return out
+
+
+def compensate(w0: np.ndarray, flat: np.ndarray, free: np.ndarray, stats: "LayerStats", view: "LayerView") -> np.ndarray:
+    """Least squares on the layer's statistics: the free weights minimize
+    tr(ΔW·H·ΔWᵀ) with the fixed ones held (a few conjugate-gradient steps)."""
+    h = stats.hessian
+    assert h is not None
+    w_ref = view.to_matrix(w0)
+    x = view.to_matrix(flat.reshape(w0.shape))
+    mask = view.to_matrix(free.reshape(w0.shape).astype(np.float64)) > 0.5
+    # minimize f(x) = tr((x - w)H(x - w)ᵀ) over the free entries: gradient 2(x - w)H
+    r = -np.where(mask, np.matmul(x - w_ref, h), 0.0)
+    p = r.copy()
+    rr = float((r * r).sum())
+    for _ in range(CG_STEPS):
+        if rr <= 1e-30:
+            break
+        ap = np.where(mask, np.matmul(p, h), 0.0)
+        denom = float((p * ap).sum())
+        if denom <= 0:
+            break
+        alpha = rr / denom
+        x = x + alpha * p
+        r = r - alpha * ap
+        rr_new = float((r * r).sum())
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return view.from_matrix(x).reshape(-1)
 
 
 def entropy_bits(symbols: np.ndarray) -> float:

@@ -24,30 +24,36 @@ it wins on (rate, distortion) against the untransformed candidates.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
-from onnx_l2c.errors import L2CError
-from onnx_l2c.format import (FLOAT, FLOAT16, AffineStage, CastStage, EntropyStage, Recipe, TransformStage,
-                             decode_native, serialize)
-from onnx_l2c.statistics import LayerStats, LayerView
+from onnx_l2c.codec import (FLOAT, FLOAT16, AffineStage, CastStage, EntropyStage, Recipe, TransformStage,
+                            decode_native, serialize)
+from onnx_l2c.errors import UnsupportedError
+from onnx_l2c.measure.statistics import LayerStats, LayerView
 
-from . import rounding
-from .base import TensorInput, WeightTransform, entropy_bits, register
-from .mixed import Quantized, layer_error
+from . import gptq
+from .base import Knob, Method, Option, Params, Quantized, TensorContext, TensorInput, layer_error, sweep
+from .steps import ALPHA_EXPONENTS
 
 MAX_COLS = 2048  # eigendecompositions of d × d; larger inputs are not transformed
 WHITEN_DAMPING = 0.1  # of mean(diag H): the whitening must not trust tiny eigenvalues of a sampled H
 
 
 @dataclass(frozen=True)
-class TransformParams:
+class TransformParams(Params):
+    method: ClassVar[str] = "decorrelate"
+
     alpha: float  # coefficient step = alpha · rms of the whitened weights
     whitened: bool  # basis in the output-error metric (needs full statistics) or plain KLT
 
     @property
     def family(self) -> tuple:
         return ("transform", self.whitened)
+
+    def knobs(self) -> tuple[Knob, ...]:
+        return (Knob("alpha", steps=7),)
 
     def describe(self) -> dict[str, float | bool | None]:
         return {"alpha": self.alpha, "transform": "whitened_klt" if self.whitened else "klt",
@@ -94,7 +100,7 @@ def fit_basis(tensor: TensorInput, stats: LayerStats | None, view: LayerView, wh
     d = m.shape[1]
     if whitened:
         if stats is None or stats.hessian is None or stats.hessian.shape[0] != 1:
-            raise L2CError(f"tensor {tensor.name!r}: a whitened transform needs full calibration statistics")
+            raise UnsupportedError(f"tensor {tensor.name!r}: a whitened transform needs full calibration statistics")
         h = stats.hessian[0]
         h = h + WHITEN_DAMPING * max(float(np.mean(np.diag(h))), 1e-12) * np.eye(d)
         lam, q = np.linalg.eigh(h)
@@ -126,7 +132,7 @@ def quantize_transform(tensor: TensorInput, params: TransformParams, stats: Laye
     # in stored units that is step·norm_i per column.
     step = (params.alpha * fitted.rms * fitted.scale).astype(np.float32)
     step = np.maximum(step, np.float32(np.finfo(np.float32).tiny))
-    q = rounding.quantize_nearest(c, step.astype(np.float64)[None, :], 0.0)
+    q = gptq.quantize_nearest(c, step.astype(np.float64)[None, :], 0.0)
     nonzero_cols = np.flatnonzero(np.abs(q).sum(axis=0))
     k = int(nonzero_cols[-1]) + 1 if nonzero_cols.size else 1
     q = np.ascontiguousarray(q[:, :k])
@@ -142,26 +148,36 @@ def quantize_transform(tensor: TensorInput, params: TransformParams, stats: Laye
     return Quantized(recipe, payload, layer_error(delta, stats), float((rec_values == 0).mean()))
 
 
-@register
-class Decorrelate(WeightTransform):
-    """One fixed transform quantizer (the allocator picks `params` per tensor)."""
+class Decorrelate(Method):
+    """Transform quantizers (module doc): plain KLT, and whitened in the
+    output-error metric when the layer has full statistics."""
 
     name = "decorrelate"
+    order = 40
 
-    def __init__(self, params: TransformParams, stats: LayerStats | None, view: LayerView) -> None:
-        self.params, self.stats, self.view = params, stats, view
+    def candidates(self, tensor: TensorInput, ctx: TensorContext, lossless_bytes: int) -> list[Option]:
+        stats, view = ctx.stats, ctx.view
+        if not applies(tensor, stats, view):
+            return []
+        assert view is not None
+        out = []
+        kinds = [False] + ([True] if stats is not None and stats.hessian is not None else [])
+        for whitened in kinds:
+            fitted = fit_basis(tensor, stats, view, whitened)
 
-    def applies_to(self, tensor: TensorInput) -> bool:
-        return applies(tensor, self.stats, self.view)
+            def candidate(alpha: float) -> tuple[Any, Quantized]:
+                params = TransformParams(alpha, whitened)
+                return params, quantize_transform(tensor, params, stats, fitted)
 
-    def encode(self, tensor: TensorInput) -> Recipe:
-        if not self.applies_to(tensor):
-            raise L2CError(f"tensor {tensor.name!r}: no matrix view the transform stage can rebuild")
-        fitted = fit_basis(tensor, self.stats, self.view, self.params.whitened)
-        return quantize_transform(tensor, self.params, self.stats, fitted).recipe
+            out += sweep(ALPHA_EXPONENTS, tensor.numel, lossless_bytes, candidate)
+        return out
 
-    def rate_bits(self, tensor: TensorInput) -> float:
-        recipe = self.encode(tensor)
-        stage = recipe.stages[0]
-        assert isinstance(stage, EntropyStage)
-        return entropy_bits(stage.symbols)
+    def quantize(self, tensor: TensorInput, params: TransformParams, ctx: TensorContext) -> Quantized:
+        assert ctx.view is not None
+        fitted = fit_basis(tensor, ctx.stats, ctx.view, params.whitened)
+        return quantize_transform(tensor, params, ctx.stats, fitted)
+
+    def encode(self, tensor: TensorInput, params: TransformParams, ctx: TensorContext) -> Recipe:
+        if not applies(tensor, ctx.stats, ctx.view):
+            raise UnsupportedError(f"tensor {tensor.name!r}: no matrix view the transform stage can rebuild")
+        return self.quantize(tensor, params, ctx).recipe

@@ -26,14 +26,16 @@ stored as indices into the tensor's used part of the shared table
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
-from onnx_l2c.errors import L2CError
-from onnx_l2c.format import FLOAT, CastStage, CodebookStage, EntropyStage, Recipe
-from onnx_l2c.statistics import LayerStats, LayerView
+from onnx_l2c.codec import FLOAT, CastStage, CodebookStage, EntropyStage, Recipe
+from onnx_l2c.errors import OptionError, UnsupportedError
+from onnx_l2c.measure.statistics import LayerStats
 
-from .base import TensorInput, WeightTransform, entropy_bits, register
+from .base import (Knob, Method, Option, Params, Quantized, TensorContext, TensorInput, coded, compensate,
+                   split_halves)
 
 # (fraction of the tensor fixed after the step, tolerance as a multiple of δ)
 SCHEDULE: tuple[tuple[float, float], ...] = (
@@ -62,9 +64,9 @@ def build_codebook(max_abs: float, delta: float, order: int, smallest: float = S
     """Sorted float32 codebook: ±(sums of at most order + 1 powers of two near
     a geometric grid from smallest·max_abs to max_abs), and 0."""
     if not 0.0 < delta < 1.0:
-        raise L2CError(f"fixing delta {delta} must be in (0, 1)")
+        raise OptionError(f"fixing delta {delta} must be in (0, 1)")
     if not 0 <= order <= MAX_ORDER:
-        raise L2CError(f"pow2 order {order} must be in 0..{MAX_ORDER}")
+        raise OptionError(f"pow2 order {order} must be in 0..{MAX_ORDER}")
     if not np.isfinite(max_abs) or max_abs <= 0:
         return np.zeros(1, np.float32)
     ratio = (1.0 + delta) / (1.0 - delta)
@@ -125,7 +127,7 @@ def fix_tensor(values: np.ndarray, delta: float, order: int, max_abs: float,
                 continue
             _fix_step(flat, free, books[current], np.inf, need, final=True)
         if view is not None and free.any():
-            flat = _compensate(w0, flat, free, stats, view)
+            flat = compensate(w0, flat, free, stats, view)
         steps.append((float((~free).mean()) if n else 1.0, tol, current))
     return FixingResult(flat.reshape(w0.shape), current, steps)
 
@@ -166,36 +168,10 @@ def _fix_step(flat: np.ndarray, free: np.ndarray, book: np.ndarray, tol: float, 
     return fixed
 
 
-def _compensate(w0: np.ndarray, flat: np.ndarray, free: np.ndarray, stats: LayerStats, view: LayerView) -> np.ndarray:
-    """Least squares on the layer's statistics: the free weights minimize
-    tr(ΔW·H·ΔWᵀ) with the fixed ones held (a few conjugate-gradient steps)."""
-    h = stats.hessian
-    assert h is not None
-    w_ref = view.to_matrix(w0)
-    x = view.to_matrix(flat.reshape(w0.shape))
-    mask = view.to_matrix(free.reshape(w0.shape).astype(np.float64)) > 0.5
-    # minimize f(x) = tr((x - w)H(x - w)ᵀ) over the free entries: gradient 2(x - w)H
-    r = -np.where(mask, np.matmul(x - w_ref, h), 0.0)
-    p = r.copy()
-    rr = float((r * r).sum())
-    for _ in range(CG_STEPS):
-        if rr <= 1e-30:
-            break
-        ap = np.where(mask, np.matmul(p, h), 0.0)
-        denom = float((p * ap).sum())
-        if denom <= 0:
-            break
-        alpha = rr / denom
-        x = x + alpha * p
-        r = r - alpha * ap
-        rr_new = float((r * r).sum())
-        p = r + (rr_new / rr) * p
-        rr = rr_new
-    return view.from_matrix(x).reshape(-1)
-
-
 @dataclass(frozen=True)
-class FixingParams:
+class FixingParams(Params):
+    method: ClassVar[str] = "fixing"
+
     delta: float
     order: int = 0
     floor: float = 0.0  # weights below floor·rms are fixed to zero first
@@ -203,6 +179,12 @@ class FixingParams:
     @property
     def family(self) -> tuple:
         return ("fixing", self.order)
+
+    def knobs(self) -> tuple[Knob, ...]:
+        # the zero floor down to none at the same δ, then on along δ (fewer
+        # steps than a step grid: each is a full progressive fixing)
+        delta = Knob("delta", steps=4)
+        return (Knob("floor", steps=4, linear=True, same=("delta",)), delta) if self.floor > 0 else (delta,)
 
     def describe(self) -> dict[str, float | int]:
         return {"delta": self.delta, "pow2_order": self.order, "zero_floor": self.floor}
@@ -223,36 +205,49 @@ FIXING_DELTAS = (0.01, 0.02, 0.05, 0.1, 0.2)  # the allocator's candidates when 
 FIXING_FLOORS = (0.25, 0.5, 1.0)
 
 
-@register
-class WeightFixing(WeightTransform):
-    """Progressive fixing of one tensor to the network's power-of-two codebook."""
+def fix_candidate(tensor: TensorInput, stats: LayerStats | None, max_abs: float, params: FixingParams) -> Quantized:
+    """One weight-fixing candidate. With full statistics the least-squares
+    compensation is fitted on the first half of the samples and the error
+    measured on the second (as for output-aware rounding)."""
+    fit, score = split_halves(stats)
+    result = fix_tensor(tensor.values.astype(np.float64), params.delta, params.order, max_abs, fit,
+                        floor=params.floor)
+    return coded(tensor, fixed_recipe(tensor, result.values), score)
+
+
+class WeightFixing(Method):
+    """Progressive fixing of each tensor to the network's power-of-two codebook."""
 
     name = "fixing"
+    order = 50
+    summary_key = "fixing"
 
-    def __init__(self, params: FixingParams | None = None, max_abs: float | None = None,
-                 stats: LayerStats | None = None) -> None:
-        self.params = params or FixingParams(0.05, 0)
-        self.max_abs = max_abs
-        self.stats = stats
-        self.last_recipe: Recipe | None = None  # for the network-wide codebook summary
+    def candidates(self, tensor: TensorInput, ctx: TensorContext, lossless_bytes: int) -> list[Option]:
+        """One candidate per δ, and the zero floors at the coarsest δ."""
+        opts = ctx.options
+        deltas = (opts.fixing_delta,) if opts.fixing_delta is not None else FIXING_DELTAS
+        grid = [FixingParams(delta, opts.pow2_order) for delta in deltas]
+        grid += [FixingParams(max(deltas), opts.pow2_order, floor) for floor in FIXING_FLOORS]
+        out = []
+        for params in grid:
+            q = fix_candidate(tensor, ctx.stats, ctx.max_abs, params)
+            if len(q.payload) < lossless_bytes:
+                out.append(Option(len(q.payload), q.error, params, q.sparsity))
+        return out
 
-    def applies_to(self, tensor: TensorInput) -> bool:
-        return bool(np.isfinite(tensor.values).all())
+    def quantize(self, tensor: TensorInput, params: FixingParams, ctx: TensorContext) -> Quantized:
+        return fix_candidate(tensor, ctx.stats, ctx.max_abs, params)
 
-    def encode(self, tensor: TensorInput) -> Recipe:
-        if not self.applies_to(tensor):
-            raise L2CError(f"tensor {tensor.name!r}: non-finite values cannot be fixed to a codebook")
+    def encode(self, tensor: TensorInput, params: FixingParams, ctx: TensorContext) -> Recipe:
         values = tensor.values.astype(np.float64)
-        max_abs = self.max_abs if self.max_abs is not None else float(np.abs(values).max(initial=0.0))
-        result = fix_tensor(values, self.params.delta, self.params.order, max_abs, self.stats,
-                            floor=self.params.floor)
-        self.last_recipe = fixed_recipe(tensor, result.values)
-        return self.last_recipe
+        if not np.isfinite(values).all():
+            raise UnsupportedError(f"tensor {tensor.name!r}: non-finite values cannot be fixed to a codebook")
+        max_abs = ctx.max_abs if ctx.max_abs > 0 else float(np.abs(values).max(initial=0.0))
+        result = fix_tensor(values, params.delta, params.order, max_abs, ctx.stats, floor=params.floor)
+        return fixed_recipe(tensor, result.values)
 
-    def rate_bits(self, tensor: TensorInput) -> float:
-        stage = self.encode(tensor).stages[0]
-        assert isinstance(stage, EntropyStage)
-        return entropy_bits(stage.symbols)
+    def summary(self, recipes: list[Recipe]) -> dict[str, Any] | None:
+        return codebook_summary(recipes) if recipes else None
 
 
 def codebook_summary(recipes: list[Recipe]) -> dict[str, float | int]:

@@ -1,14 +1,14 @@
-"""Lossless coding of the exact float bits (the `raw` stage)."""
+"""Lossless coding of the exact float bits (the `raw` stage): every tensor's
+fallback candidate, and the lossless preset."""
 
 from __future__ import annotations
 
-from onnx_l2c.format import ELEM_BYTES, RawStage, Recipe, byte_planes
+from onnx_l2c.codec import ELEM_BYTES, RawStage, Recipe
 
-from .base import TensorInput, WeightTransform, entropy_bits, register
+from .base import TensorInput
 
 
-@register
-class Lossless(WeightTransform):
+class Lossless:
     """Byte planes of rotl(bits, 1): the exponent gets a plane of its own,
     where trained weights have ~3 bits of entropy out of 8."""
 
@@ -23,7 +23,3 @@ class Lossless(WeightTransform):
 
     def encode(self, tensor: TensorInput) -> Recipe:
         return Recipe(tensor.dtype, tensor.shape, [RawStage(tensor.bits, self.rotate)])
-
-    def rate_bits(self, tensor: TensorInput) -> float:
-        planes = byte_planes(tensor.bits, ELEM_BYTES[tensor.dtype], self.rotate)
-        return sum(entropy_bits(p) for p in planes)

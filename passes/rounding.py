@@ -1,142 +1,36 @@
-"""Output-aware rounding (GPTQ / OBQ): quantize a layer so that its *output*
-error on the calibration statistics is small, not its weight error.
-
-For each group's matrix W (rows × d) and input second moment H = E[x xᵀ],
-the columns are quantized one at a time (largest diag(H) first, "act
-order"); the error each column leaves is spread over the not yet quantized
-columns along the rows of the inverse Hessian's Cholesky factor, which is the
-optimal (OBS) compensation of that error. Columns are processed in blocks so
-the compensation of later columns is one matrix product per block.
-
-The quantizer is the one the `affine` stage decodes: q = sign(w)·round(|w|/s)
-with a dead zone, dequantized as (q − sign(q)·θ)·s with a per-row step s.
+"""Output-aware rounding (GPTQ, passes/gptq.py) for the step-grid quantizers,
+with bias correction: with calibration data, each tensor's quantizers round
+so that the layer's *output* error is small (at the damping that generalizes
+to held-out samples, else to nearest), and the mean output shift ΔW·E[x] is
+folded into the consumer's bias. Alone it quantizes with the uniform
+baseline's one quantizer per tensor, on the shared step grid.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from onnx_l2c.codec import Recipe
 
-DAMPING = 0.01  # fraction of mean(diag H) added to the diagonal (GPTQ's default)
-BLOCK = 128
-QMAX = 32767  # the entropy stage codes at most 65536 distinct symbols
-
-
-def quantize_nearest(w: np.ndarray, step: np.ndarray, dead_zone: float) -> np.ndarray:
-    """Round-to-nearest with a dead zone: |w|/s < 0.5 + dead_zone → 0."""
-    a = np.abs(w) / step
-    q = np.where(a < 0.5 + dead_zone, 0.0, np.floor(a + 0.5))
-    return (np.sign(w) * np.minimum(q, QMAX)).astype(np.int32)
+from .base import Method, Option, Quantized, TensorContext, TensorInput
+from .steps import ALPHA_EXPONENTS, QuantParams, output_aware_damping, plain_family, quantize, step_families
 
 
-def dequantize(q: np.ndarray, step: np.ndarray, theta: float) -> np.ndarray:
-    qf = q.astype(np.float64)
-    return (qf - np.sign(qf) * theta) * step
+class Rounding(Method):
+    name = "rounding"
+    order = 30
+    needs_calibration = True
+    corrects_bias = True
+    per_tensor = False
 
+    def prepare(self, tensor: TensorInput, ctx: TensorContext) -> None:
+        ctx.damping = output_aware_damping(tensor, ctx.stats)
 
-def inverse_cholesky(h: np.ndarray, damping: float = DAMPING) -> tuple[np.ndarray, np.ndarray]:
-    """Upper Cholesky factor U of H⁻¹ (H⁻¹ = UᵀU) per group, with dead inputs
-    (zero diagonal) marked. h: (groups, d, d)."""
-    h = np.array(h, dtype=np.float64)
-    g, d, _ = h.shape
-    diag = np.einsum("gii->gi", h)
-    dead = diag <= 0
-    idx = np.arange(d)
-    for k in range(g):
-        if dead[k].any():
-            h[k][dead[k], :] = 0.0
-            h[k][:, dead[k]] = 0.0
-            h[k][idx[dead[k]], idx[dead[k]]] = 1.0
-    mean_diag = np.maximum(np.einsum("gii->gi", h).mean(axis=1), 1e-12)
-    h[:, idx, idx] += damping * mean_diag[:, None]
-    u = np.empty_like(h)
-    for k in range(g):
-        damp = 0.0
-        for _ in range(6):  # raise damping until H is numerically positive definite
-            try:
-                lower = np.linalg.cholesky(h[k] + damp * np.eye(d))
-                inv = np.linalg.inv(lower)
-                hinv = inv.T @ inv
-                u[k] = np.linalg.cholesky(hinv).T
-                break
-            except np.linalg.LinAlgError:
-                damp = max(damp * 10.0, mean_diag[k] * 0.1)
-        else:
-            u[k] = np.diag(1.0 / np.sqrt(np.diag(h[k])))
-    return u, dead
+    def candidates(self, tensor: TensorInput, ctx: TensorContext, lossless_bytes: int) -> list[Option]:
+        if ctx.step_families:  # the step quantizers of another method already round output-aware
+            return []
+        return step_families(tensor, ctx, ALPHA_EXPONENTS, lossless_bytes, [plain_family(tensor, ctx)])
 
+    def quantize(self, tensor: TensorInput, params: QuantParams, ctx: TensorContext) -> Quantized:
+        return quantize(tensor, params, ctx.stats, held_out=True)
 
-def gptq(w: np.ndarray, hessian: np.ndarray, step: np.ndarray, theta: float, dead_zone: float,
-         prepared: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, damping: float = DAMPING,
-         forced: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """Quantize w (groups, rows, d) with per-row steps (groups, rows) → int32 symbols.
-
-    `prepared` = prepare(hessian) may be passed to reuse the factorization
-    across candidates of the same layer. `forced` = (mask, symbols), both
-    shaped like w: the masked entries take the given symbols (e.g. unified or
-    pruned micro-blocks) and the error they leave is compensated by the later
-    columns like any other (as SparseGPT does for a pruning mask).
-    """
-    perm, u, dead = prepared if prepared is not None else prepare(hessian, damping)
-    g, r, d = w.shape
-    wp = np.take_along_axis(w.astype(np.float64), perm[:, None, :], axis=2)
-    deadp = np.take_along_axis(dead, perm, axis=1)
-    wp[np.broadcast_to(deadp[:, None, :], wp.shape)] = 0.0  # inputs that are always zero
-    if forced is not None:
-        fmask = np.take_along_axis(forced[0], perm[:, None, :], axis=2)
-        fsym = np.take_along_axis(forced[1].astype(np.int32), perm[:, None, :], axis=2)
-    s = step[:, :, None].astype(np.float64)
-    q = np.zeros((g, r, d), dtype=np.int32)
-    for start in range(0, d, BLOCK):
-        end = min(start + BLOCK, d)
-        err_block = np.zeros((g, r, end - start))
-        for i in range(start, end):
-            col = wp[:, :, i]
-            qi = quantize_nearest(col, s[:, :, 0], dead_zone)
-            if forced is not None:
-                qi = np.where(fmask[:, :, i], fsym[:, :, i], qi)
-            q[:, :, i] = qi
-            e = (col - dequantize(qi, s[:, :, 0], theta)) / u[:, i, i][:, None]
-            err_block[:, :, i - start] = e
-            if i + 1 < end:
-                wp[:, :, i + 1:end] -= e[:, :, None] * u[:, None, i, i + 1:end]
-        if end < d:
-            wp[:, :, end:] -= np.matmul(err_block, u[:, start:end, end:])
-    inverse = np.argsort(perm, axis=1)
-    return np.take_along_axis(q, inverse[:, None, :], axis=2)
-
-
-def prepare(hessian: np.ndarray, damping: float = DAMPING) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Act-order permutation, inverse-Hessian Cholesky factor (permuted) and dead inputs."""
-    h = np.asarray(hessian, dtype=np.float64)
-    diag = np.einsum("gii->gi", h)
-    perm = np.argsort(-diag, axis=1, kind="stable")
-    hp = np.take_along_axis(np.take_along_axis(h, perm[:, :, None], axis=1), perm[:, None, :], axis=2)
-    u, dead_p = inverse_cholesky(hp, damping)
-    dead = np.empty_like(dead_p)
-    np.put_along_axis(dead, perm, dead_p, axis=1)
-    return perm, u, dead
-
-
-DAMPING_CHOICES = (0.01, 0.1, 1.0)
-
-
-def _error(delta: np.ndarray, h: np.ndarray) -> float:
-    return float(np.einsum("grc,gcd,grd->", delta, h, delta, optimize=True))
-
-
-def choose_damping(w: np.ndarray, halves: tuple[np.ndarray, np.ndarray], step: np.ndarray,
-                   theta: float, dead_zone: float) -> float | None:
-    """Damping that generalizes: fit on the first half of the calibration
-    samples, measure the output error on the second. None when plain
-    round-to-nearest does better on the held-out half (too few or too
-    homogeneous samples for this layer's d×d statistics)."""
-    fit, check = halves
-    s = step[:, :, None]
-    best: float | None = None
-    best_err = _error(dequantize(quantize_nearest(w, s, dead_zone), s, theta) - w, check)
-    for damp in DAMPING_CHOICES:
-        q = gptq(w, fit, step, theta, dead_zone, damping=damp)
-        err = _error(dequantize(q, s, theta) - w, check)
-        if err < 0.97 * best_err:
-            best, best_err = damp, err
-    return best
+    def encode(self, tensor: TensorInput, params: QuantParams, ctx: TensorContext) -> Recipe:
+        return quantize(tensor, params, ctx.stats).recipe

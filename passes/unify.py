@@ -36,9 +36,9 @@ import numpy as np
 
 from onnx_l2c.config import BlockShape
 from onnx_l2c.errors import L2CError
-from onnx_l2c.format import (FLOAT, AffineStage, BlockMode, CastStage, ExpandStage, Recipe, expand_blocks,
+from onnx_l2c.codec import (FLOAT, AffineStage, BlockMode, CastStage, ExpandStage, Recipe, expand_blocks,
                              expand_stage, reconstruct, serialize)
-from onnx_l2c.statistics import LayerStats, LayerView
+from onnx_l2c.measure.statistics import LayerStats, LayerView
 
 from . import mixed, rounding
 from .base import TensorInput, WeightTransform, entropy_bits, register

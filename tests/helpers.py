@@ -14,7 +14,7 @@ import onnx
 import onnxruntime as ort
 
 import onnx_l2c
-from onnx_l2c import _native
+from onnx_l2c.codec import native
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).absolute().parents[1]
@@ -55,7 +55,7 @@ def decoded_by_custom_op(compressed: Path) -> dict[str, np.ndarray]:
     Runs a model holding only the Decode nodes, with their outputs as graph
     outputs, saved beside the compressed model so the sidecar resolves.
     """
-    from onnx_l2c.format import DOMAIN
+    from onnx_l2c.codec import DOMAIN
 
     model = onnx.load(str(compressed), load_external_data=False)
     model.ir_version = max(model.ir_version, 4)  # initializers need not be graph inputs
@@ -126,13 +126,13 @@ def run_isolated(code: str, timeout: float = 120) -> subprocess.CompletedProcess
 NATIVE_ERRORS_CHILD = """
 import json, sys
 from helpers import native_decode
-from onnx_l2c._native import NativeError
+from onnx_l2c.errors import L2CError
 out = {}
 for label, hexed in json.loads(sys.argv[1]).items():
     try:
         native_decode(bytes.fromhex(hexed))
         out[label] = None
-    except NativeError as e:
+    except L2CError as e:
         out[label] = [e.code, str(e)]
 print(json.dumps(out))
 """
@@ -162,10 +162,10 @@ STORAGE = {1: np.float32, 10: np.float16, 16: np.uint16}  # numpy storage per ON
 
 def native_decode(payload: bytes | np.ndarray) -> np.ndarray:
     """Decode a payload with the native library: float32 / float16 / uint16 bits for bfloat16."""
-    info = _native.payload_info(payload)
+    info = native.payload_info(payload)
     storage = np.dtype(STORAGE[info.dtype])
     out = np.empty(info.nbytes // storage.itemsize, storage)
-    _native.decode_into(payload, out)
+    native.decode_into(payload, out)
     return out.reshape(info.dims)
 
 

@@ -135,19 +135,19 @@ def test_corrupt_sidecars_fail_cleanly_everywhere(compressed: Path, tmp_path: Pa
 
 def test_every_single_byte_flip_is_detected(compressed: Path):
     """Exhaustive over one payload, in process through the native decoder (CRC)."""
-    from onnx_l2c import _native
+    from onnx_l2c.codec import native
 
     sidecar = (compressed.parent / (compressed.name + ".l2c")).read_bytes()
     off, length = min(_payloads(compressed).values())
     payload = bytearray(sidecar[off:off + length])
-    info = _native.payload_info(bytes(payload))
+    info = native.payload_info(bytes(payload))
     out = np.empty(info.nbytes, np.uint8)
     for pos in range(0, length, max(1, length // 512)):
         payload[pos] ^= 0x01
         with pytest.raises(onnx_l2c.L2CError):
-            _native.decode_into(bytes(payload), out)
+            native.decode_into(bytes(payload), out)
         payload[pos] ^= 0x01
-    _native.decode_into(bytes(payload), out)  # the intact payload still decodes
+    native.decode_into(bytes(payload), out)  # the intact payload still decodes
 
 
 def test_graph_and_payload_disagree_on_shape(compressed: Path, tmp_path: Path):

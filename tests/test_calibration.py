@@ -12,11 +12,11 @@ from onnx import TensorProto, helper
 
 from builders import _model, mlp, tensor
 from helpers import save
-from onnx_l2c.calibration import graph_inputs, iter_samples
+from onnx_l2c.measure.calibration import graph_inputs, iter_samples
 from onnx_l2c.errors import L2CError
-from onnx_l2c.graph import find_weights
-from onnx_l2c.statistics import collect_statistics
-from passes import rounding
+from onnx_l2c.graph.model import find_weights
+from onnx_l2c.measure.statistics import collect_statistics
+from onnx_l2c.passes import rounding
 
 
 def _inputs(model: onnx.ModelProto):

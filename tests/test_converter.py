@@ -14,8 +14,8 @@ from onnx import TensorProto
 import builders
 import onnx_l2c
 from helpers import DATA, assert_bit_identical, assert_close, decoded_by_custom_op, run_all_paths, run_plain, save
-from onnx_l2c.format import DOMAIN, bits_to_float32, reconstruct
-from onnx_l2c.loader import CompressedModel
+from onnx_l2c.codec import DOMAIN, bits_to_float32, reconstruct
+from onnx_l2c.load.compressed import CompressedModel
 from onnx_l2c.passes import TensorInput
 from onnx_l2c.passes.uniform import Uniform
 

@@ -14,10 +14,10 @@ from onnx import TensorProto, helper
 from builders import _model, tensor
 from helpers import native_decode, run_all_paths, run_fast, run_plain, save
 import onnx_l2c
-from onnx_l2c.format import reconstruct, serialize
-from onnx_l2c.graph import find_weights
+from onnx_l2c.codec import reconstruct, serialize
+from onnx_l2c.graph.model import find_weights
 from onnx_l2c.passes import TensorInput, decorrelate
-from onnx_l2c.statistics import LayerStats, layer_view
+from onnx_l2c.measure.statistics import LayerStats, layer_view
 
 
 def _low_rank_embedding(rng, rows=3000, cols=48, rank=6) -> onnx.ModelProto:
@@ -34,7 +34,7 @@ def _low_rank_embedding(rng, rows=3000, cols=48, rank=6) -> onnx.ModelProto:
 
 def _weight(model: onnx.ModelProto, name: str):
     w = next(w for w in find_weights(model, 1).weights if w.name == name)
-    from onnx_l2c.graph import tensor_bits
+    from onnx_l2c.graph.model import tensor_bits
 
     return w, TensorInput(w.name, w.dtype, w.shape, tensor_bits(w.tensor, Path(".")), w.channel_axis)
 

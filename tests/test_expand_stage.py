@@ -21,7 +21,7 @@ import pytest
 from helpers import (assert_bit_identical, assert_rejected_natively, native_decode, patched, run_isolated,
                      stage_offsets)
 from onnx_l2c import L2CError
-from onnx_l2c.format import (BFLOAT16, FLOAT, FLOAT16, FORMAT_VERSION_EXPAND, AffineStage, BlockMode, CastStage,
+from onnx_l2c.codec import (BFLOAT16, FLOAT, FLOAT16, AffineStage, BlockMode, CastStage,
                              CodebookStage, EntropyStage, ExpandStage, ExponentStage, Recipe, TransformStage,
                              describe, expand_blocks, expand_stage, expand_symbols, reconstruct, serialize)
 from test_transform_stage import FUZZ
@@ -67,7 +67,7 @@ def expand_recipe(seed: int) -> Recipe:
 def test_reconstruct_equals_native(seed):
     recipe = expand_recipe(seed)
     payload = serialize(recipe)
-    assert struct.unpack_from("<H", payload, 4)[0] == FORMAT_VERSION_EXPAND
+    assert struct.unpack_from("<H", payload, 4)[0] == ExpandStage.min_version
     assert describe(payload).stages[0] == "expand"
     assert_bit_identical([reconstruct(recipe)], [native_decode(payload)], f"seed {seed}")
 

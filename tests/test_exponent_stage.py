@@ -20,7 +20,7 @@ import pytest
 from helpers import (assert_bit_identical, assert_rejected_natively, native_decode, patched, run_isolated,
                      stage_offsets)
 from onnx_l2c import L2CError
-from onnx_l2c.format import (BFLOAT16, FLOAT, FLOAT16, FORMAT_VERSION_EXPONENT, MAX_EXPONENT, AffineStage, CastStage,
+from onnx_l2c.codec import (BFLOAT16, FLOAT, FLOAT16, AffineStage, CastStage,
                              CodebookStage, EntropyStage, ExponentStage, Recipe, TransformStage, reconstruct,
                              serialize)
 from test_transform_stage import FUZZ
@@ -37,7 +37,7 @@ def exponent_recipe(seed: int) -> Recipe:
     low = -140.0 if seed % 5 == 4 else -8.0
     scale = np.exp2(rng.uniform(low, 4, cols)).astype(np.float32)
     stages = [EntropyStage(q), AffineStage(rows, cols, 1, float(rng.uniform(0, 0.45)), scale)]
-    top = int(rng.integers(0, MAX_EXPONENT + 1))
+    top = int(rng.integers(0, ExponentStage.MAX_EXPONENT + 1))
     if seed % 2:
         stages.append(ExponentStage(1, rows, cols, rng.integers(0, top + 1, rows)))  # per row
     else:
@@ -57,7 +57,7 @@ def exponent_recipe(seed: int) -> Recipe:
 def test_reconstruct_equals_native(seed):
     recipe = exponent_recipe(seed)
     payload = serialize(recipe)
-    assert struct.unpack_from("<H", payload, 4)[0] == FORMAT_VERSION_EXPONENT
+    assert struct.unpack_from("<H", payload, 4)[0] == ExponentStage.min_version
     with np.errstate(all="ignore"):
         expected = reconstruct(recipe)
     assert_bit_identical([expected], [native_decode(payload)], f"seed {seed}")

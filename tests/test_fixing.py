@@ -10,10 +10,10 @@ from onnx import TensorProto, helper
 
 from helpers import native_decode
 from onnx_l2c import L2CError
-from onnx_l2c.format import serialize
-from onnx_l2c.statistics import LayerStats, LayerView
-from passes.base import TensorInput
-from passes.fixing import (FIXING_FLOORS, SCHEDULE, FixingParams, WeightFixing, build_codebook, fix_tensor, fixed_recipe, nearest,
+from onnx_l2c.codec import serialize
+from onnx_l2c.measure.statistics import LayerStats, LayerView
+from onnx_l2c.passes.base import TensorInput
+from onnx_l2c.passes.fixing import (FIXING_FLOORS, SCHEDULE, FixingParams, WeightFixing, build_codebook, fix_tensor, fixed_recipe, nearest,
                            pow2_approx, relative_distance)
 
 

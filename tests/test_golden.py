@@ -26,7 +26,7 @@ if __name__ == "__main__":  # run as a script from anywhere
     sys.path[:0] = [str(Path(__file__).absolute().parents[1]), str(Path(__file__).absolute().parent)]
 
 from helpers import native_decode, stage_offsets
-from onnx_l2c.format import (BFLOAT16, DTYPE_NAMES, FLOAT, FLOAT16, AffineStage, BlockMode, CastStage,
+from onnx_l2c.codec import (BFLOAT16, DTYPE_NAMES, FLOAT, FLOAT16, AffineStage, BlockMode, CastStage,
                              CodebookStage, EntropyStage, ExpandStage, ExponentStage, RawStage, Recipe,
                              TransformStage, expand_blocks, expand_stage, reconstruct, serialize)
 

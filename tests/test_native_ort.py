@@ -16,7 +16,7 @@ from onnx import numpy_helper as nh
 
 import onnx_l2c
 from helpers import patched
-from onnx_l2c.format import BFLOAT16, DOMAIN, FLOAT, FLOAT16, RawStage, Recipe, serialize
+from onnx_l2c.codec import BFLOAT16, DOMAIN, FLOAT, FLOAT16, RawStage, Recipe, serialize
 
 SHAPE = [4, 5]
 OPSETS = [h.make_opsetid("", 17), h.make_opsetid(DOMAIN, 1)]

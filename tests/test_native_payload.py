@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from helpers import assert_bit_identical, native_decode, patched, run_isolated, stage_offsets, with_crc
-from onnx_l2c import L2CError, _native
-from onnx_l2c.format import (BFLOAT16, FLOAT, FLOAT16, AffineStage, CastStage, CodebookStage, EntropyStage,
+from onnx_l2c import L2CError
+from onnx_l2c.codec import native
+from onnx_l2c.codec import (BFLOAT16, FLOAT, FLOAT16, AffineStage, CastStage, CodebookStage, EntropyStage,
                              RawStage, Recipe, reconstruct, serialize)
 
 
@@ -123,12 +124,12 @@ def test_scalar_and_empty():
 
 
 def test_info():
-    info = _native.payload_info(serialize(affine_recipe(shape=(6, 5, 4), dtype=FLOAT16)))
+    info = native.payload_info(serialize(affine_recipe(shape=(6, 5, 4), dtype=FLOAT16)))
     assert (info.dtype, info.dims, info.nbytes) == (FLOAT16, (6, 5, 4), 240)
 
 
 def expect(payload: bytes, pattern: str, code: int = 1) -> None:
-    with pytest.raises(_native.NativeError, match=pattern) as e:
+    with pytest.raises(L2CError, match=pattern) as e:
         native_decode(payload)
     assert e.value.code == code
 
@@ -174,7 +175,7 @@ FUZZ = """
     import pickle, struct, zlib
     import numpy as np
     from helpers import native_decode
-    from onnx_l2c._native import NativeError
+    from onnx_l2c.errors import L2CError
     bad = []
     for k, p in enumerate(pickle.load(open(%r, "rb"))):
         native_decode(p)
@@ -183,7 +184,7 @@ FUZZ = """
             try:
                 native_decode(p[:cut])
                 bad.append((k, "cut", cut, "decoded"))
-            except NativeError:
+            except L2CError:
                 pass
         for i in range(len(body)):
             for bit in (0, 3, 7):
@@ -191,7 +192,7 @@ FUZZ = """
                 b[i] ^= 1 << bit
                 try:
                     native_decode(bytes(b) + struct.pack("<I", zlib.crc32(bytes(b))))
-                except NativeError as e:
+                except L2CError as e:
                     if e.code not in (1, 2):
                         bad.append((k, "flip", i, bit, e.code))
     print("BAD", bad)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from helpers import run_isolated
-from onnx_l2c._native import NativeError, decode_stream, encode_stream
+from onnx_l2c.codec.native import decode_stream, encode_stream
+from onnx_l2c.errors import L2CError
 
 MODE_CONSTANT, MODE_STORED, MODE_RANS = 0, 1, 2
 
@@ -80,7 +81,7 @@ def test_modes_and_size():
 
 @pytest.mark.parametrize("idx", [[0, 4], [-1, 0]])
 def test_encode_rejects_bad_indices(idx):
-    with pytest.raises(NativeError):
+    with pytest.raises(L2CError):
         encode_stream(np.array(idx), 4)
 
 
@@ -88,7 +89,8 @@ def test_decode_rejects_corruption():
     """Every truncation of a rANS stream, and a count past its end, fail cleanly (in a child: a crash fails)."""
     proc = run_isolated("""
         import numpy as np
-        from onnx_l2c._native import NativeError, decode_stream, encode_stream
+        from onnx_l2c.codec.native import decode_stream, encode_stream
+        from onnx_l2c.errors import L2CError
         idx = np.random.default_rng(5).integers(0, 10, 5000)
         data = encode_stream(idx, 10)
         assert data[0] == 2, data[0]
@@ -97,12 +99,12 @@ def test_decode_rejects_corruption():
             try:
                 decode_stream(data[:cut], idx.size)
                 bad.append(cut)
-            except NativeError:
+            except L2CError:
                 pass
         try:
             decode_stream(data, idx.size + 1)
             bad.append("count+1")
-        except NativeError:
+        except L2CError:
             pass
         print("BAD", bad)
     """)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from helpers import assert_bit_identical, native_decode
-from onnx_l2c.format import (BFLOAT16, FLOAT, FLOAT16, AffineStage, CastStage, CodebookStage, EntropyStage,
+from onnx_l2c.codec import (BFLOAT16, FLOAT, FLOAT16, AffineStage, CastStage, CodebookStage, EntropyStage,
                              RawStage, Recipe, reconstruct, serialize)
 
 CASES = 50

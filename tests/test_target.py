@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 from builders import _model, tensor
 from helpers import run_fast, run_plain, save
 import onnx_l2c
-from onnx_l2c.allocate import Option, TensorChoices, lagrange, path, uniform
+from onnx_l2c.plan.allocate import Option, TensorChoices, lagrange, path, uniform
 from onnx_l2c.errors import L2CError
 
 
@@ -191,7 +191,7 @@ def _relu_linear(rng) -> onnx.ModelProto:
 
 
 def test_bias_correction_removes_the_mean_output_shift(tmp_path: Path, rng):
-    from onnx_l2c.loader import decompress
+    from onnx_l2c.load.compressed import decompress
     from onnx import numpy_helper
 
     path = save(_relu_linear(rng), tmp_path / "rl.onnx")
@@ -214,7 +214,7 @@ def test_bias_correction_removes_the_mean_output_shift(tmp_path: Path, rng):
 
 
 def test_divergence_fits_the_output(rng):
-    from onnx_l2c.sensitivity import _divergence, _divergence_kind
+    from onnx_l2c.measure.sensitivity import _divergence, _divergence_kind
 
     logits = rng.standard_normal((8, 10))
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
@@ -238,7 +238,7 @@ def _zipf_ids(rng, rows: int, n: int) -> np.ndarray:
 
 
 def test_smoothed_row_weight_keeps_good_turing_mass_for_unseen_rows():
-    from onnx_l2c.statistics import smoothed_row_weight
+    from onnx_l2c.measure.statistics import smoothed_row_weight
 
     counts = np.array([5, 1, 1, 0, 0, 3, 0, 0], np.float64)  # 10 lookups, 2 singletons, 4 unseen rows
     w = smoothed_row_weight(counts)
@@ -252,10 +252,10 @@ def test_row_exponents_refine_often_used_rows(rng):
     """At equal coded size, per-row exponents cut the usage-weighted error of a table, also for
     lookups the calibration never saw; the payload (format v3) decodes natively to the recipe."""
     from helpers import native_decode
-    from onnx_l2c.format import ExponentStage, reconstruct, serialize
-    from onnx_l2c.statistics import LayerStats, LayerView, smoothed_row_weight
-    from passes import mixed
-    from passes.base import TensorInput
+    from onnx_l2c.codec import ExponentStage, reconstruct, serialize
+    from onnx_l2c.measure.statistics import LayerStats, LayerView, smoothed_row_weight
+    from onnx_l2c.passes import mixed
+    from onnx_l2c.passes.base import TensorInput
 
     rows, cols = 3000, 32
     table = (rng.standard_normal((rows, cols)) * rng.uniform(0.5, 2, cols)).astype(np.float32)
@@ -314,9 +314,9 @@ def test_sensitivity_reaches_subgraph_weights(tmp_path: Path, rng):
     """Weights inside If branches (initializers and Constant nodes) are perturbed through the
     outer scope; a branch the samples never take is reported, not treated as free."""
     from builders import subgraphs
-    from onnx_l2c.calibration import graph_inputs
-    from onnx_l2c.graph import find_weights
-    from onnx_l2c.sensitivity import measure_sensitivity
+    from onnx_l2c.measure.calibration import graph_inputs
+    from onnx_l2c.graph.model import find_weights
+    from onnx_l2c.measure.sensitivity import measure_sensitivity
 
     model = subgraphs(rng)
     weights = find_weights(model, 16).weights

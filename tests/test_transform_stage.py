@@ -28,9 +28,10 @@ from onnx import numpy_helper as nh
 import onnx_l2c
 from helpers import (assert_bit_identical, assert_close, decoded_by_custom_op, native_decode, patched,
                      run_custom_op, run_fast, run_isolated, run_plain, stage_offsets, with_crc)
-from onnx_l2c import L2CError, _native
-from onnx_l2c.format import (BFLOAT16, DOMAIN, FLOAT, FLOAT16, FORMAT_VERSION, FORMAT_VERSION_TRANSFORM,
-                             MAX_TRANSFORM_BASIS, OP_TYPE, OPSET, PAYLOAD_ALIGN, AffineStage, CastStage,
+from onnx_l2c import L2CError
+from onnx_l2c.codec import native
+from onnx_l2c.codec import (BFLOAT16, DOMAIN, FLOAT, FLOAT16, FORMAT_VERSION, 
+                             OP_TYPE, OPSET, PAYLOAD_ALIGN, AffineStage, CastStage,
                              CodebookStage, EntropyStage, Recipe, TransformStage, describe, float32_to,
                              payload_version, reconstruct, serialize)
 
@@ -122,7 +123,7 @@ def formula(recipe: Recipe) -> np.ndarray:
 def test_reconstruct_equals_native(seed):
     recipe = random_recipe(seed)
     payload = serialize(recipe)
-    assert struct.unpack_from("<H", payload, 4)[0] == FORMAT_VERSION_TRANSFORM
+    assert struct.unpack_from("<H", payload, 4)[0] == TransformStage.min_version
     tf = recipe.stages[2]
     what = f"seed {seed}: rows {tf.rows} k {tf.k} cols {tf.cols} layout {tf.layout} basis {tf.basis_dtype}"
     assert_bit_identical([reconstructed(recipe)], [native_decode(payload)], what)
@@ -155,7 +156,7 @@ def test_float16_basis_is_stored_as_float16():
 
 def test_versions_and_describe():
     recipe = transform_recipe(4, 2, 3, dtype=BFLOAT16)
-    assert payload_version(recipe) == FORMAT_VERSION_TRANSFORM == 2
+    assert payload_version(recipe) == TransformStage.min_version == 2
     assert describe(serialize(recipe)).stages == ("entropy", "affine", "transform", "cast")
     plain = Recipe(FLOAT, (4, 3), [EntropyStage(np.arange(12)), AffineStage(1, 1, 12, 0.0, np.ones(1, np.float32))])
     assert payload_version(plain) == FORMAT_VERSION == 1
@@ -163,7 +164,7 @@ def test_versions_and_describe():
     # the decoder reads a version-2 payload without a transform stage too
     v2 = patched(serialize(plain), 4, struct.pack("<H", 2))
     assert_bit_identical([reconstruct(plain)], [native_decode(v2)], "version 2 without transform")
-    assert _native._lib().l2c_format_version() == 4  # the newest version it reads (the expand stage)
+    assert native._lib().l2c_format_version() == 4  # the newest version it reads (the expand stage)
 
 
 # ------------------------------------------------ a model with transform weights
@@ -311,16 +312,16 @@ import numpy as np
 import onnxruntime as ort
 import onnx_l2c
 from helpers import native_decode
-from onnx_l2c import _native
+from onnx_l2c.codec import native
 
 payloads, models = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 results = {"native": {}, "info": {}, "fast": {}, "custom_op": {}}
 for label, hexed in payloads.items():
-    for mode, fn in (("native", native_decode), ("info", _native.payload_info)):
+    for mode, fn in (("native", native_decode), ("info", native.payload_info)):
         try:
             fn(bytes.fromhex(hexed))
             results[mode][label] = None
-        except _native.NativeError as exc:
+        except L2CError as exc:
             results[mode][label] = [exc.code, str(exc)]
 feeds = {"x": np.ones((3, 24), np.float32)}
 for label, path in models.items():
@@ -374,7 +375,7 @@ def test_native_rejects_bad_transforms(tmp_path):
 FUZZ = """
     import pickle, struct, zlib
     from helpers import native_decode
-    from onnx_l2c._native import NativeError
+    from onnx_l2c.errors import L2CError
     bad = []
     for k, p in enumerate(pickle.load(open(%r, "rb"))):
         native_decode(p)
@@ -383,7 +384,7 @@ FUZZ = """
             try:
                 native_decode(p[:cut])
                 bad.append((k, "cut", cut, "decoded"))
-            except NativeError:
+            except L2CError:
                 pass
         for i in range(len(body)):
             for bit in (0, 3, 6, 7):
@@ -391,7 +392,7 @@ FUZZ = """
                 b[i] ^= 1 << bit
                 try:
                     native_decode(bytes(b) + struct.pack("<I", zlib.crc32(bytes(b))))
-                except NativeError as e:
+                except L2CError as e:
                     if e.code not in (1, 2):
                         bad.append((k, "flip", i, bit, e.code))
     print("BAD", bad)
@@ -426,7 +427,7 @@ def _tf(**changes) -> Recipe:
     (_tf(k=0, basis=np.ones(0)), r"transform stage k = 0 must be in 1\.\.cols"),
     (_tf(rows=7), r"transform stage rows\*cols = 7\*4 does not match 24 elements"),
     (_tf(rows=4, cols=6, k=4096, basis=np.ones(1)), r"k = 4096 must be in 1\.\.cols \(6\)"),
-    (_tf(rows=1, k=4097, cols=4097, basis=np.ones(1)), rf"basis k\*cols = 4097\*4097 exceeds {MAX_TRANSFORM_BASIS}"),
+    (_tf(rows=1, k=4097, cols=4097, basis=np.ones(1)), rf"basis k\*cols = 4097\*4097 exceeds {TransformStage.MAX_BASIS}"),
     (_tf(basis=np.ones(7)), r"transform stage basis needs 2\*4 finite values, got 7"),
     (_tf(basis=np.array([1, 2, np.inf, 4, 5, 6, 7, 8])), "transform stage basis needs 2\\*4 finite values"),
     (_tf(basis=np.full(8, 1e39)), "transform stage basis needs 2\\*4 finite values"),  # inf as float32

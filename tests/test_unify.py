@@ -13,11 +13,11 @@ from onnx import TensorProto, helper
 from builders import conv
 from helpers import native_decode, run_fast, run_plain, save
 from onnx_l2c import BlockShape, L2CError
-from onnx_l2c.format import BlockMode, reconstruct, serialize
-from onnx_l2c.statistics import LayerStats, LayerView
-from passes import rounding
-from passes.base import TensorInput
-from passes.unify import (BlockLayout, BlockMetric, UnifyParams, Unification, admm, block_layout, project, quantize,
+from onnx_l2c.codec import BlockMode, reconstruct, serialize
+from onnx_l2c.measure.statistics import LayerStats, LayerView
+from onnx_l2c.passes import rounding
+from onnx_l2c.passes.base import TensorInput
+from onnx_l2c.passes.unify import (BlockLayout, BlockMetric, UnifyParams, Unification, admm, block_layout, project, quantize,
                           select_modes, unify_tensor)
 
 

@@ -99,7 +99,7 @@ def test_zoo_calibration_writes_the_bench_feeds_that_compress_reads(tmp_path: Pa
 
     from models import evaluate
     from models.tasks import Task
-    from onnx_l2c.calibration import InputSpec, iter_samples
+    from onnx_l2c.measure.calibration import InputSpec, iter_samples
     from onnx_l2c.cli import main as cli_main
     from onnx_l2c.errors import L2CError
 

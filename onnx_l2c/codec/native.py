@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import L2CError
+from ..errors import FileError, NativeArgumentError, from_native
 
 _ERR_LEN = 1024
 MAX_DIMS = 8
@@ -36,9 +36,10 @@ def _candidates() -> list[Path]:
     env = os.environ.get("ONNX_L2C_LIBRARY")
     if env:
         found.append(Path(env))
-    found.append(Path(__file__).absolute().parent / "lib" / name)
+    package = Path(__file__).absolute().parents[1]
+    found.append(package / "lib" / name)
     # a source checkout built by `pip install .` (scikit-build-core's build dir)
-    found.extend(sorted(Path(__file__).absolute().parent.parent.glob(f"build/*/{name}")))
+    found.extend(sorted(package.parent.glob(f"build/*/{name}")))
     # the installed package, when this module runs from a source checkout
     for key in ("platlib", "purelib"):
         found.append(Path(sysconfig.get_paths()[key]) / "onnx_l2c" / "lib" / name)
@@ -52,7 +53,7 @@ def library_path() -> Path:
         if path.is_file():
             return path
     tried = ", ".join(str(p) for p in _candidates())
-    raise L2CError(
+    raise FileError(
         f"native library {_library_name()} not found (tried {tried}); "
         "install the package with `pip install .` or set ONNX_L2C_LIBRARY"
     )
@@ -84,17 +85,10 @@ def _lib() -> ctypes.CDLL:
     return lib
 
 
-class NativeError(L2CError):
-    """A failure reported by the native library; `code` is its L2C_E_* value."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 def _check(code: int, err: ctypes.Array, what: str) -> None:
+    """Raise the package's exception for a nonzero return code (its subclass follows the code)."""
     if code != 0:
-        raise NativeError(f"{what}: {err.value.decode('utf-8', 'replace')}", code)
+        raise from_native(code, f"{what}: {err.value.decode('utf-8', 'replace')}")
 
 
 def _address(buf: np.ndarray | bytes | memoryview) -> tuple[int, int, object]:
@@ -137,7 +131,7 @@ def decode_into(payload: np.ndarray | bytes | memoryview, out: np.ndarray, what:
     ctypes releases the GIL for the call, so threads decode in parallel.
     """
     if not out.flags.c_contiguous or not out.flags.writeable:
-        raise L2CError(f"{what}: output buffer must be writable and C-contiguous")
+        raise NativeArgumentError(f"{what}: output buffer must be writable and C-contiguous")
     addr, size, _keep = _address(payload)
     err = ctypes.create_string_buffer(_ERR_LEN)
     code = _lib().l2c_decode(addr, size, out.ctypes.data, out.nbytes, err, _ERR_LEN)

@@ -15,13 +15,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .files import AtomicOutputs
+from onnx_l2c.files import AtomicOutputs
 
 if TYPE_CHECKING:
-    from .allocate import Allocation
-    from .config import CompressOptions
-    from .pipeline import CompressResult
-    from .plan import PlanContext
+    from onnx_l2c.plan.allocate import Allocation
+    from onnx_l2c.config import CompressOptions
+    from onnx_l2c.write.compress import CompressResult
+    from onnx_l2c.plan.context import PlanContext
 
 log = logging.getLogger(__name__)
 

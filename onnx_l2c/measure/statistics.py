@@ -15,17 +15,19 @@ large feature maps cost a bounded amount of work.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 
-from .calibration import Feeds, InputSpec, ScratchModel, batches, make_session
-from .errors import L2CError
-from .graph import WeightRef, iter_graphs, node_attr
+from onnx_l2c.measure.calibration import Feeds, InputSpec, ScratchModel, batches, make_session
+from onnx_l2c.errors import L2CError
+from onnx_l2c.graph.model import WeightRef, iter_graphs, node_attr
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,20 @@ class LayerStats:
     halves: tuple[np.ndarray, np.ndarray] | None = None  # H of the first / second half of the samples
     mean: np.ndarray | None = None  # (groups, cols): E[x], with a full H
     halves_mean: tuple[np.ndarray, np.ndarray] | None = None
+    # Work derived from these statistics that several candidates of the layer
+    # share (factorizations, eigen-decompositions): owned here, dropped with
+    # `forget()` once the layer's candidates are fitted.
+    cache: "LayerCache" = field(default_factory=lambda: LayerCache(), repr=False, compare=False)
+
+    def half(self, index: int) -> "LayerStats":
+        """The statistics of one half of the samples (0: fit, 1: score), one object per half,
+        so its own cache is shared by every candidate that uses it."""
+        assert self.halves is not None
+        return self.cache.get(("half", index), lambda: LayerStats(self.view, hessian=self.halves[index]))
+
+    def forget(self) -> None:
+        """Drop the cached work of this layer (and of its halves)."""
+        self.cache.clear()
 
     def centered(self) -> "LayerStats":
         """Statistics of the error that remains after bias correction: the
@@ -129,6 +145,29 @@ class LayerStats:
             return float(v.rows * self.diagonal.sum())
         assert self.row_weight is not None
         return float(self.row_weight.sum() * v.cols)
+
+
+class LayerCache:
+    """Values computed once per layer and shared by its candidates; safe to use from several threads."""
+
+    def __init__(self) -> None:
+        self._values: dict[Hashable, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._values:
+                return self._values[key]
+        value = compute()  # outside the lock: a factorization may take seconds
+        with self._lock:
+            return self._values.setdefault(key, value)
+
+    def clear(self) -> None:
+        with self._lock:
+            for value in self._values.values():
+                if isinstance(value, LayerStats):
+                    value.forget()
+            self._values.clear()
 
 
 MAX_UNSEEN_MASS = 0.5

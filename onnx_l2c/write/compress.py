@@ -25,12 +25,12 @@ from onnx_l2c.passes import TensorInput, WeightTransform, fixing, unify
 from onnx_l2c.passes.lossless import Lossless
 from onnx_l2c.passes.uniform import Uniform
 
-from .config import CompressOptions
-from .errors import L2CError
-from .files import AlignedWriter, AtomicOutputs
-from .format import (DOMAIN, DTYPE_NAMES, FORMAT_VERSION, OP_TYPE, OPSET, Recipe,
+from onnx_l2c.config import CompressOptions
+from onnx_l2c.errors import L2CError
+from onnx_l2c.files import AlignedWriter, AtomicOutputs
+from onnx_l2c.codec import (DOMAIN, DTYPE_NAMES, FORMAT_VERSION, OP_TYPE, OPSET, Recipe,
                      decode_native, serialize)
-from .graph import (WeightRef, embed_external, external_files, find_weights, iter_graphs, load_model, model_bytes,
+from onnx_l2c.graph.model import (WeightRef, embed_external, external_files, find_weights, iter_graphs, load_model, model_bytes,
                     tensor_bits)
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def compress(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     result = _write(source.proto, analysis, source.src_dir, output, opts, source.source_bytes, workers, progress,
                     start, None)
     if opts.report is not None:
-        from .report import write_report
+        from onnx_l2c.write.report import write_report
 
         write_report(result, None, None, opts.report)
     return result
@@ -185,7 +185,7 @@ class Planner:
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, *, base_dir: str | os.PathLike | None = None,
                  progress: Progress | None = None, _options: CompressOptions | None = None,
                  _reuse: "Planner | None" = None, **options: Any) -> None:
-        from . import plan as planning
+        from onnx_l2c.plan import context as planning
 
         self.options = _options if _options is not None else CompressOptions.from_kwargs(**options)
         self.progress = progress
@@ -205,8 +205,8 @@ class Planner:
     def compress(self, output: str | os.PathLike, *, target_ratio: float | None = None,
                  target_size: int | None = None, search: str | None = None,
                  report: str | os.PathLike | None = None, _start: float | None = None) -> CompressResult:
-        from . import plan as planning
-        from .report import plan_summary, write_report
+        from onnx_l2c.plan import context as planning
+        from onnx_l2c.write.report import plan_summary, write_report
 
         start = _start if _start is not None else time.perf_counter()
         updates: dict[str, Any] = {"target_ratio": target_ratio, "target_size": target_size, "report": report}

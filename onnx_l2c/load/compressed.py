@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import mmap
 import os
-import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +23,11 @@ import numpy as np
 import onnx
 from onnx import external_data_helper
 
-from . import _native
-from .errors import L2CError
-from .files import AlignedWriter, AtomicOutputs
-from .format import BFLOAT16, BITS_DTYPE, DOMAIN, DTYPE_NAMES, FLOAT, FLOAT16, OP_TYPE, describe
-from .graph import GraphRef, iter_graphs, load_model
-from .pipeline import METADATA_KEY
+from onnx_l2c.codec import (BFLOAT16, BITS_DTYPE, DOMAIN, DTYPE_NAMES, FLOAT, FLOAT16, METADATA_KEY, OP_TYPE, STORAGE,
+                            describe, native, parse_header)
+from onnx_l2c.errors import FileError, ModelError, OutOfMemoryError, PayloadError, UnsupportedError
+from onnx_l2c.files import AlignedWriter, AtomicOutputs
+from onnx_l2c.graph.model import GraphRef, iter_graphs, load_model
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +37,7 @@ _VIRTUAL_LOCATION = "onnx_l2c.virtual"
 
 def custom_op_library() -> str:
     """Path of the native library to pass to `SessionOptions.register_custom_ops_library`."""
-    return str(_native.library_path())
+    return str(native.library_path())
 
 
 @dataclass
@@ -73,17 +71,17 @@ class CompressedModel:
                 if node.domain != DOMAIN or node.op_type != OP_TYPE:
                     continue
                 if len(node.input) != 1 or len(node.output) != 1 or node.input[0] not in inits:
-                    raise L2CError(f"{self.path}: node {node.name!r} is not a well-formed {DOMAIN}::{OP_TYPE} "
+                    raise PayloadError(f"{self.path}: node {node.name!r} is not a well-formed {DOMAIN}::{OP_TYPE} "
                                    "(one payload initializer in, one tensor out)")
                 payload = inits[node.input[0]]
                 if not external_data_helper.uses_external_data(payload):
-                    raise L2CError(f"{self.path}: payload {payload.name!r} of tensor {node.output[0]!r} "
+                    raise PayloadError(f"{self.path}: payload {payload.name!r} of tensor {node.output[0]!r} "
                                    "is not stored as external data")
                 info = external_data_helper.ExternalDataInfo(payload)
                 location = Path(info.location)
                 file = (base / location).resolve()
                 if location.is_absolute() or not file.is_relative_to(base):
-                    raise L2CError(f"{self.path}: tensor {node.output[0]!r}: sidecar location "
+                    raise FileError(f"{self.path}: tensor {node.output[0]!r}: sidecar location "
                                    f"{info.location!r} is outside the model's folder")
                 entries.append(DecodeEntry(node.output[0], ref, node, payload, file,
                                            int(info.offset or 0), int(info.length or 0)))
@@ -97,14 +95,14 @@ class CompressedModel:
                     size = os.fstat(fh.fileno()).st_size
                     mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else None
             except FileNotFoundError:
-                raise L2CError(f"{self.path}: sidecar {entry.file} not found "
+                raise FileError(f"{self.path}: sidecar {entry.file} not found "
                                f"(it holds tensor {entry.name!r})") from None
             except OSError as exc:
-                raise L2CError(f"{self.path}: cannot read sidecar {entry.file}: {exc}") from exc
+                raise FileError(f"{self.path}: cannot read sidecar {entry.file}: {exc}") from exc
             self._maps[entry.file] = (size, mapped)
         size, mapped = self._maps[entry.file]
         if entry.offset < 0 or entry.length <= 0 or entry.offset + entry.length > size:
-            raise L2CError(f"{entry.file}: tensor {entry.name!r}: payload [{entry.offset}, "
+            raise PayloadError(f"{entry.file}: tensor {entry.name!r}: payload [{entry.offset}, "
                            f"{entry.offset + entry.length}) lies outside the {size}-byte sidecar (truncated?)")
         return np.frombuffer(mapped, dtype=np.uint8, count=entry.length, offset=entry.offset)
 
@@ -117,24 +115,24 @@ class CompressedModel:
         where = self.where(entry)
         declared = _declared_type(entry.node)
         if declared is None:  # no dtype/shape attributes: ask the payload (a second validating pass)
-            info = _native.payload_info(payload, where)
+            info = native.payload_info(payload, where)
             declared = (info.dtype, info.dims)
         dtype, dims = declared
         if dtype not in DTYPE_NAMES:
-            raise L2CError(f"{where}: unsupported dtype {dtype}; valid: {sorted(DTYPE_NAMES)}")
-        storage = {FLOAT: np.float32, FLOAT16: np.float16, BFLOAT16: np.uint16}[dtype]
+            raise UnsupportedError(f"{where}: unsupported dtype {dtype}; valid: {sorted(DTYPE_NAMES)}")
         try:
-            out = np.empty(dims, dtype=storage)
-        except (ValueError, MemoryError) as exc:
-            raise L2CError(f"{where}: cannot allocate the declared shape {list(dims)}: {exc}") from exc
+            out = np.empty(dims, dtype=STORAGE[dtype])
+        except ValueError as exc:
+            raise PayloadError(f"{where}: invalid declared shape {list(dims)}: {exc}") from exc
+        except MemoryError as exc:
+            raise OutOfMemoryError(f"{where}: cannot allocate the declared shape {list(dims)}: {exc}") from exc
         # The native decoder verifies the CRC and that the payload decodes to
         # exactly out.nbytes; the header (now known intact) must agree on the rest.
-        _native.decode_into(payload, out, where)
-        head = bytes(payload[:8])
-        ndim = head[7]
-        got = (head[6], struct.unpack_from(f"<{ndim}Q", bytes(payload[8:8 + 8 * ndim])) if ndim else ())
+        native.decode_into(payload, out, where)
+        header = parse_header(payload, where)
+        got = (header.dtype, header.dims)
         if got != (dtype, tuple(dims)):
-            raise L2CError(f"{where}: the graph declares {DTYPE_NAMES.get(dtype, dtype)} {list(dims)} but the "
+            raise PayloadError(f"{where}: the graph declares {DTYPE_NAMES.get(dtype, dtype)} {list(dims)} but the "
                            f"payload holds {DTYPE_NAMES.get(got[0], got[0])} {list(got[1])}")
         return out
 

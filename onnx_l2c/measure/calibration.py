@@ -24,8 +24,8 @@ from typing import Any, Protocol
 import numpy as np
 import onnx
 
-from .errors import L2CError
-from .graph import external_files
+from onnx_l2c.errors import L2CError
+from onnx_l2c.graph.model import external_files
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import numpy as np
 import onnx
 from onnx import external_data_helper, numpy_helper
 
-from .errors import L2CError
-from .format import BFLOAT16, BITS_DTYPE, DTYPE_NAMES, FLOAT, FLOAT16
+from onnx_l2c.errors import L2CError
+from onnx_l2c.codec import BFLOAT16, BITS_DTYPE, DTYPE_NAMES, FLOAT, FLOAT16
 
 log = logging.getLogger(__name__)
 

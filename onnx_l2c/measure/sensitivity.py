@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .calibration import Feeds, InputSpec, ScratchModel, batches, make_session
-from .errors import L2CError
-from .format import bits_to_float32
-from .graph import WeightRef, iter_graphs, tensor_bits
-from .statistics import LayerStats
+from onnx_l2c.measure.calibration import Feeds, InputSpec, ScratchModel, batches, make_session
+from onnx_l2c.errors import L2CError
+from onnx_l2c.codec import bits_to_float32
+from onnx_l2c.graph.model import WeightRef, iter_graphs, tensor_bits
+from onnx_l2c.measure.statistics import LayerStats
 
 log = logging.getLogger(__name__)
 

@@ -20,14 +20,14 @@ from onnx_l2c.passes import TensorInput, WeightTransform
 from onnx_l2c.passes import decorrelate, fixing, mixed, unify
 from onnx_l2c.passes.lossless import Lossless
 
-from . import allocate
-from .allocate import Allocation, Option, TensorChoices
-from .calibration import graph_inputs, iter_samples
-from .config import BlockShape, CompressOptions
-from .format import serialize
-from .graph import WeightRef, tensor_bits
-from .sensitivity import NOISE_REL, Sensitivity, measure_sensitivity, unit_error
-from .statistics import LayerStats, LayerView, collect_statistics, layer_view
+from onnx_l2c.plan import allocate
+from onnx_l2c.plan.allocate import Allocation, Option, TensorChoices
+from onnx_l2c.measure.calibration import graph_inputs, iter_samples
+from onnx_l2c.config import BlockShape, CompressOptions
+from onnx_l2c.codec import serialize
+from onnx_l2c.graph.model import WeightRef, tensor_bits
+from onnx_l2c.measure.sensitivity import NOISE_REL, Sensitivity, measure_sensitivity, unit_error
+from onnx_l2c.measure.statistics import LayerStats, LayerView, collect_statistics, layer_view
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ def _fix_candidate(tensor: TensorInput, stats: LayerStats | None, max_abs: float
     """One weight-fixing candidate. With full statistics the least-squares
     compensation is fitted on the first half of the samples and the error
     measured on the second (as for output-aware rounding)."""
-    from .format import reconstruct
+    from onnx_l2c.codec import reconstruct
 
     fit, score = stats, stats
     if stats is not None and stats.hessian is not None and stats.halves is not None:
@@ -505,7 +505,7 @@ def bias_corrections(ctx: PlanContext, chosen: dict[str, Option]) -> tuple[dict[
     recipes of those weights (so they are not encoded twice)."""
     from onnx import numpy_helper
 
-    from .format import decode_native
+    from onnx_l2c.codec import decode_native
 
     new_bias: dict[str, np.ndarray] = {}
     recipes: dict[str, Any] = {}
@@ -531,7 +531,7 @@ def bias_corrections(ctx: PlanContext, chosen: dict[str, Option]) -> tuple[dict[
 def _norms(w: WeightRef, base_dir: Path) -> tuple[float, float]:
     """Mean square (1.0 when there is nothing finite) and largest magnitude of
     the finite values of a weight."""
-    from .format import bits_to_float32
+    from onnx_l2c.codec import bits_to_float32
 
     v = bits_to_float32(tensor_bits(w.tensor, base_dir), w.dtype).astype(np.float64)
     v = v[np.isfinite(v)]

@@ -1,0 +1,23 @@
+"""The payload format and the native codec: dtypes, the stage vocabulary,
+recipes and their serialization, the ctypes binding to runtime/."""
+
+from __future__ import annotations
+
+from .dtypes import (BFLOAT16, BITS_DTYPE, DTYPE_NAMES, ELEM_BYTES, FLOAT, FLOAT16, STORAGE, bits_to_float32,
+                     check_dtype, float32_to)
+from .stages import (STAGES, AffineStage, Buffer, CastStage, CodebookStage, EntropyStage, ExponentStage, RawStage,
+                     Stage, TransformStage, byte_planes, exponent_multipliers, stage_class)
+from .expand import BlockMode, ExpandStage, expand_blocks, expand_stage, expand_symbols
+from .payload import (DOMAIN, FORMAT_VERSION, MAGIC, MAX_DIMS, METADATA_KEY, SIDECAR_SUFFIX, OP_TYPE, OPSET, PAYLOAD_ALIGN, PayloadHeader,
+                      PayloadSummary, Recipe, decode_native, describe, max_format_version, parse_header,
+                      payload_version, reconstruct, serialize, validate)
+
+__all__ = [
+    "BFLOAT16", "BITS_DTYPE", "DOMAIN", "DTYPE_NAMES", "ELEM_BYTES", "FLOAT", "FLOAT16", "FORMAT_VERSION", "MAGIC",
+    "MAX_DIMS", "METADATA_KEY", "OPSET", "SIDECAR_SUFFIX", "OP_TYPE", "PAYLOAD_ALIGN", "STAGES", "STORAGE", "AffineStage", "BlockMode", "Buffer",
+    "CastStage", "CodebookStage", "EntropyStage", "ExpandStage", "ExponentStage", "PayloadHeader", "PayloadSummary",
+    "RawStage", "Recipe", "Stage", "TransformStage", "bits_to_float32", "byte_planes", "check_dtype",
+    "decode_native", "describe", "expand_blocks", "expand_stage", "expand_symbols", "exponent_multipliers",
+    "float32_to", "max_format_version", "parse_header", "payload_version", "reconstruct", "serialize",
+    "stage_class", "validate",
+]

@@ -1,0 +1,431 @@
+"""The stage vocabulary of payloads (docs/FORMAT.md, "Stages"): one class per stage kind.
+
+A stage class carries everything about its kind: the kind number, the lowest
+format version that holds it, the buffer it consumes and produces (and which
+stages may come right before it), the limits the decoder enforces, its
+validation, its serialized body and its reconstruction (bit-identical to the
+native decoder). `payload.py` only loops over the stages; the C++ decoder
+(runtime/src/payload.h, payload.cc) mirrors this table, and
+tests/test_stage_table.py keeps the two equal.
+
+Adding a stage: one class here (or in a module of this package that
+`codec/__init__.py` imports), its parse/execute code in runtime/src/payload.cc
+and its kind and limits in payload.h, its section in FORMAT.md, and goldens.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from ..errors import PayloadError, UnsupportedError
+from . import native
+from .dtypes import BITS_DTYPE, BFLOAT16, ELEM_BYTES, FLOAT, FLOAT16, float32_to
+
+if TYPE_CHECKING:
+    from .payload import Recipe
+
+
+class Buffer(enum.Enum):
+    """What lies between two stages (the state of FORMAT.md's decoding model)."""
+
+    NONE = "nothing"
+    INT32 = "int32 symbols"
+    FLOAT32 = "float32 values"
+    OUTPUT = "the tensor in its dtype"
+
+
+STAGES: dict[int, type["Stage"]] = {}  # kind number → class, filled as the classes are defined
+
+
+class Stage:
+    """One stage of a recipe. Subclasses are dataclasses and register themselves."""
+
+    kind: ClassVar[int]
+    name: ClassVar[str]
+    min_version: ClassVar[int] = 1  # the first payload format version that holds this stage
+    consumes: ClassVar[Buffer]
+    produces: ClassVar[Buffer]
+    # The stages that may come right before this one (None: any that produces `consumes`)
+    after: ClassVar[frozenset[str] | None] = None
+    not_after: ClassVar[frozenset[str]] = frozenset()  # stages that may not come anywhere before it
+    dtypes: ClassVar[frozenset[int] | None] = None  # tensor dtypes it may appear in (None: all)
+    # The decoder's limits, by their constant names in runtime/src/payload.h (checked by a test)
+    limits: ClassVar[dict[str, int]] = {}
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind in STAGES:
+            raise AssertionError(f"stage kind {cls.kind} defined twice ({STAGES[cls.kind].__name__}, {cls.__name__})")
+        STAGES[cls.kind] = cls
+
+    def coded_elements(self) -> int | None:
+        """The element count of the stages before this one, when it differs from the tensor's (transform)."""
+        return None
+
+    def validate(self, recipe: "Recipe", count: int) -> None:
+        """Reject what the native decoder would reject; `count` = elements this stage sees."""
+
+    def body(self, recipe: "Recipe", count: int) -> bytes:
+        raise NotImplementedError
+
+    def apply(self, buf: np.ndarray | None, recipe: "Recipe") -> np.ndarray:
+        """The stage's output from its input buffer, as the native decoder computes it."""
+        raise NotImplementedError
+
+
+def _is_int(*values: object) -> bool:
+    return all(isinstance(v, (int, np.integer)) for v in values)
+
+
+@dataclass
+class EntropyStage(Stage):
+    """Integer symbols, rANS coded (one stream)."""
+
+    kind: ClassVar[int] = 1
+    name: ClassVar[str] = "entropy"
+    consumes: ClassVar[Buffer] = Buffer.NONE
+    produces: ClassVar[Buffer] = Buffer.INT32
+    MAX_ALPHABET: ClassVar[int] = 65536
+
+    symbols: np.ndarray  # int32, flat
+
+    def validate(self, recipe: "Recipe", count: int) -> None:
+        if np.asarray(self.symbols).size != count:
+            raise PayloadError(f"entropy stage has {np.asarray(self.symbols).size} symbols for {count} elements")
+
+    def body(self, recipe: "Recipe", count: int) -> bytes:
+        sym = np.ascontiguousarray(self.symbols, dtype=np.int32).reshape(-1)
+        if sym.size != count:
+            raise PayloadError(f"entropy stage has {sym.size} symbols for {count} elements")
+        lo = int(sym.min()) if sym.size else 0
+        hi = int(sym.max()) if sym.size else 0
+        alphabet = hi - lo + 1
+        if alphabet > self.MAX_ALPHABET:
+            raise PayloadError(f"entropy stage alphabet {alphabet} exceeds {self.MAX_ALPHABET} symbols")
+        return struct.pack("<i", lo) + native.encode_stream(sym - np.int32(lo), alphabet)
+
+    def apply(self, buf: np.ndarray | None, recipe: "Recipe") -> np.ndarray:
+        return np.asarray(self.symbols, dtype=np.int32).reshape(-1)
+
+
+@dataclass
+class AffineStage(Stage):
+    """w = (q − sign(q)·theta) · scale[c] (+ offset[c]), float32 ops in that order."""
+
+    kind: ClassVar[int] = 2
+    name: ClassVar[str] = "affine"
+    consumes: ClassVar[Buffer] = Buffer.INT32
+    produces: ClassVar[Buffer] = Buffer.FLOAT32
+
+    outer: int
+    channels: int
+    inner: int
+    theta: float
+    scale: np.ndarray  # float32 [channels]
+    offset: np.ndarray | None = None  # float32 [channels]
+
+    def validate(self, recipe: "Recipe", count: int) -> None:
+        if self.outer * self.channels * self.inner != count:
+            raise PayloadError(f"affine stage layout {self.outer}x{self.channels}x{self.inner} "
+                               f"does not cover {count} elements")
+        arrays = [("scale", self.scale)] + ([("offset", self.offset)] if self.offset is not None else [])
+        for label, values in arrays:
+            values = np.asarray(values)
+            if values.size != self.channels or not np.isfinite(values).all():
+                raise PayloadError(f"affine {label} needs {self.channels} finite values, got {values.size}")
+        if not (np.isfinite(self.theta) and 0.0 <= self.theta < 1.0):
+            raise PayloadError(f"affine theta {self.theta} outside [0, 1)")
+
+    def body(self, recipe: "Recipe", count: int) -> bytes:
+        has_offset = self.offset is not None
+        body = [struct.pack("<QIQfB3x", self.outer, self.channels, self.inner, self.theta, int(has_offset))]
+        body.append(np.ascontiguousarray(self.scale, dtype="<f4").tobytes())
+        if has_offset:
+            body.append(np.ascontiguousarray(self.offset, dtype="<f4").tobytes())
+        return b"".join(body)
+
+    def apply(self, buf: np.ndarray | None, recipe: "Recipe") -> np.ndarray:
+        assert buf is not None and buf.dtype == np.int32
+        q = buf.astype(np.float32).reshape(self.outer, self.channels, self.inner)
+        t = q - np.sign(q) * np.float32(self.theta)
+        w = t * np.asarray(self.scale, dtype=np.float32)[None, :, None]
+        if self.offset is not None:
+            w = w + np.asarray(self.offset, dtype=np.float32)[None, :, None]
+        return w.reshape(-1).astype(np.float32, copy=False)
+
+
+@dataclass
+class CodebookStage(Stage):
+    """Symbols index a table of float32 values."""
+
+    kind: ClassVar[int] = 3
+    name: ClassVar[str] = "codebook"
+    consumes: ClassVar[Buffer] = Buffer.INT32
+    produces: ClassVar[Buffer] = Buffer.FLOAT32
+    after: ClassVar[frozenset[str] | None] = frozenset({"entropy"})
+    MAX_VALUES: ClassVar[int] = 65536  # a stream codes at most 65536 distinct indices
+
+    values: np.ndarray  # float32 [size]
+
+    def validate(self, recipe: "Recipe", count: int) -> None:
+        values = np.asarray(self.values)
+        if not 1 <= values.size <= self.MAX_VALUES or not np.isfinite(values).all():
+            raise PayloadError(f"codebook needs 1..{self.MAX_VALUES} finite values, got {values.size}")
+        symbols = np.asarray(recipe.stages[0].symbols)  # type: ignore[attr-defined]  # `after` = entropy
+        if symbols.size and (symbols.min() < 0 or symbols.max() >= values.size):
+            raise PayloadError(f"codebook symbols must lie in [0, {values.size})")
+
+    def body(self, recipe: "Recipe", count: int) -> bytes:
+        values = np.ascontiguousarray(self.values, dtype="<f4")
+        return struct.pack("<I", values.size) + values.tobytes()
+
+    def apply(self, buf: np.ndarray | None, recipe: "Recipe") -> np.ndarray:
+        assert buf is not None and buf.dtype == np.int32
+        return np.asarray(self.values, dtype=np.float32)[buf]
+
+
+@dataclass
+class CastStage(Stage):
+    """float32 → the tensor's float16 / bfloat16, rounding to nearest even."""
+
+    kind: ClassVar[int] = 4
+    name: ClassVar[str] = "cast"
+    consumes: ClassVar[Buffer] = Buffer.FLOAT32
+    produces: ClassVar[Buffer] = Buffer.OUTPUT
+    dtypes: ClassVar[frozenset[int] | None] = frozenset({FLOAT16, BFLOAT16})
+
+    target: int  # FLOAT16 or BFLOAT16
+
+    def validate(self, recipe: "Recipe", count: int) -> None:
+        if self.target != recipe.dtype:
+            raise PayloadError(f"cast target {self.target} differs from the tensor dtype {recipe.dtype}")
+
+    def body(self, recipe: "Recipe", count: int) -> bytes:
+        return struct.pack("<B3x", self.target)
+
+    def apply(self, buf: np.ndarray | None, recipe: "Recipe") -> np.ndarray:
+        assert buf is not None and buf.dtype == np.float32
+        return float32_to(buf, self.target)
+
+
+def byte_planes(bits: np.ndarray, elem_bytes: int, rotate: int) -> list[np.ndarray]:
+    """Split rotl(bits, rotate) into byte planes, most significant first."""
+    width = 8 * elem_bytes
+    utype = np.uint32 if elem_bytes == 4 else np.uint16
+    b = np.ascontiguousarray(bits).reshape(-1).view(utype)
+    rot = ((b << utype(rotate)) | (b >> utype(width - rotate))) if rotate else b
+    return [((rot >> utype(8 * k)) & utype(0xFF)).astype(np.uint8) for k in reversed(range(elem_bytes))]
+
+
+@dataclass
+class RawStage(Stage):
+    """Lossless: the exact bits, split into byte planes after a left rotation."""
+
+    kind: ClassVar[int] = 5
+    name: ClassVar[str] = "raw"
+    consumes: ClassVar[Buffer] = Buffer.NONE
+    produces: ClassVar[Buffer] = Buffer.OUTPUT
+
+    bits: np.ndarray  # uint16/uint32, flat
+    rotate: int = 1
+
+    def validate(self, recipe: "Recipe", count: int) -> None:
+        if np.asarray(self.bits).size != count:
+            raise PayloadError(f"raw stage has {np.asarray(self.bits).size} values for {count} elements")
+        if not 0 <= self.rotate < 8 * ELEM_BYTES[recipe.dtype]:
+            raise PayloadError(f"raw stage rotate {self.rotate} outside [0, {8 * ELEM_BYTES[recipe.dtype]})")
+
+    def body(self, recipe: "Recipe", count: int) -> bytes:
+        elem_bytes = ELEM_BYTES[recipe.dtype]
+        planes = byte_planes(self.bits, elem_bytes, self.rotate)
+        body = [struct.pack("<BB2x", elem_bytes, self.rotate)]
+        body += [native.encode_stream(plane, 256) for plane in planes]
+        return b"".join(body)
+
+    def apply(self, buf: np.ndarray | None, recipe: "Recipe") -> np.ndarray:
+        out = np.asarray(self.bits).reshape(-1).view(BITS_DTYPE[recipe.dtype])
+        if recipe.dtype == FLOAT:
+            return out.view(np.float32)
+        if recipe.dtype == FLOAT16:
+            return out.view(np.float16)
+        return out
+
+
+@dataclass
+class TransformStage(Stage):
+    """Inverse decorrelating transform: tensor = C · basis (+ mean), in float32.
+
+    C is the affine stage's output read as a rows × k matrix; basis is k × cols.
+    Output element (r, j) lands at flat index r*cols + j (layout 0) or
+    j*rows + r (layout 1). Per element: acc = 0; acc = acc + C[r, i]·basis[i, j]
+    for i = 0..k-1 (separately rounded float32 operations, in that order);
+    then acc = acc + mean[j].
+    """
+
+    kind: ClassVar[int] = 6
+    name: ClassVar[str] = "transform"
+    min_version: ClassVar[int] = 2
+    consumes: ClassVar[Buffer] = Buffer.FLOAT32
+    produces: ClassVar[Buffer] = Buffer.FLOAT32
+    after: ClassVar[frozenset[str] | None] = frozenset({"affine", "exponent"})
+    not_after: ClassVar[frozenset[str]] = frozenset({"expand"})
+    MAX_BASIS: ClassVar[int] = 1 << 24  # k*cols: bounds the decoder's basis memory (64 MiB as float32)
+    limits: ClassVar[dict[str, int]] = {"kMaxTransformBasis": MAX_BASIS}
+    LAYOUTS: ClassVar[tuple[int, ...]] = (0, 1)
+    BASIS_DTYPES: ClassVar[tuple[int, ...]] = (FLOAT, FLOAT16)
+
+    rows: int
+    k: int
+    cols: int
+    basis: np.ndarray  # float32 values, k*cols (row-major k × cols)
+    layout: int = 0  # 0: (r, j) -> r*cols + j; 1: (r, j) -> j*rows + r
+    basis_dtype: int = FLOAT  # stored as FLOAT or FLOAT16 (then the values must be exact in float16)
+    mean: np.ndarray | None = None  # float32 [cols]
+
+    def coded_elements(self) -> int | None:
+        return self.rows * self.k
+
+    def basis_float32(self) -> np.ndarray:
+        """The basis as the decoder uses it: float32, flat row-major k × cols."""
+        with np.errstate(over="ignore"):
+            return np.ascontiguousarray(self.basis, dtype=np.float32).reshape(-1)
+
+    def validate(self, recipe: "Recipe", count: int) -> None:
+        rows, k, cols = self.rows, self.k, self.cols
+        numel = recipe.numel
+        if not _is_int(rows, k, cols):
+            raise PayloadError(f"transform stage rows, k, cols must be integers, got {rows!r}, {k!r}, {cols!r}")
+        if not 1 <= k <= cols:
+            raise PayloadError(f"transform stage k = {k} must be in 1..cols ({cols})")
+        if k * cols > self.MAX_BASIS:
+            raise PayloadError(f"transform stage basis k*cols = {k}*{cols} exceeds {self.MAX_BASIS} values")
+        if rows < 0 or rows * cols != numel:
+            raise PayloadError(f"transform stage rows*cols = {rows}*{cols} does not match {numel} elements")
+        if self.layout not in self.LAYOUTS:
+            raise PayloadError(f"transform stage layout {self.layout} not in {self.LAYOUTS}")
+        if self.basis_dtype not in self.BASIS_DTYPES:
+            raise PayloadError(f"transform stage basis_dtype {self.basis_dtype}; valid: {FLOAT} (float32), "
+                               f"{FLOAT16} (float16)")
+        # Finite as float32, the type the decoder computes in (a float64 input may overflow it).
+        basis = self.basis_float32()
+        if basis.size != k * cols or not np.isfinite(basis).all():
+            raise PayloadError(f"transform stage basis needs {k}*{cols} finite values, got {basis.size}")
+        if self.basis_dtype == FLOAT16:
+            with np.errstate(over="ignore"):
+                half = basis.astype(np.float16).astype(np.float32)
+            if not np.array_equal(half.view(np.uint32), basis.view(np.uint32)):
+                raise PayloadError("transform stage basis_dtype float16 needs basis values exactly "
+                                   "representable in float16")
+        if self.mean is not None:
+            with np.errstate(over="ignore"):
+                mean = np.asarray(self.mean, dtype=np.float32).reshape(-1)
+            if mean.size != cols or not np.isfinite(mean).all():
+                raise PayloadError(f"transform stage mean needs {cols} finite values, got {mean.size}")
+
+    def body(self, recipe: "Recipe", count: int) -> bytes:
+        has_mean = self.mean is not None
+        body = [struct.pack("<QIIBBBx", self.rows, self.k, self.cols, self.layout, self.basis_dtype,
+                            int(has_mean))]
+        basis = self.basis_float32()
+        # validate() checked that float16 holds these values exactly
+        with np.errstate(over="ignore"):
+            stored = basis.astype("<f2") if self.basis_dtype == FLOAT16 else basis.astype("<f4")
+        body.append(stored.tobytes())
+        if has_mean:
+            body.append(np.ascontiguousarray(self.mean, dtype="<f4").tobytes())
+        return b"".join(body)
+
+    def apply(self, buf: np.ndarray | None, recipe: "Recipe") -> np.ndarray:
+        """Vectorised over (r, j) but in the decoder's per-element order:
+        acc = 0; acc = acc + C[r, i]·B[i, j] for increasing i; acc = acc + mean[j].
+
+        Each numpy float32 elementwise operation is one IEEE binary32 operation
+        rounded to nearest even, as in the native loop, so the bits match;
+        overflow to inf and inf − inf = NaN are the format's defined results.
+        """
+        assert buf is not None and buf.dtype == np.float32
+        c = buf.reshape(self.rows, self.k)
+        b = self.basis_float32().reshape(self.k, self.cols)
+        acc = np.zeros((self.rows, self.cols), np.float32)
+        product = np.empty_like(acc)
+        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+            for i in range(self.k):
+                np.multiply(c[:, i:i + 1], b[i:i + 1, :], out=product)
+                np.add(acc, product, out=acc)
+            if self.mean is not None:
+                np.add(acc, np.asarray(self.mean, dtype=np.float32).reshape(1, -1), out=acc)
+        if self.layout == 1:
+            acc = acc.T  # (r, j) lands at j*rows + r
+        return np.ascontiguousarray(acc).reshape(-1)
+
+
+def exponent_multipliers(exponents: np.ndarray) -> np.ndarray:
+    """2^(−e) as float32 (exact: e ≤ 31)."""
+    return np.ldexp(np.float32(1.0), -np.asarray(exponents, dtype=np.int32)).astype(np.float32)
+
+
+@dataclass
+class ExponentStage(Stage):
+    """w = w · 2^(−e[g]) for the elements of group g of an (outer, groups, inner) layout.
+
+    Per-group power-of-two refinement of the affine steps, e.g. finer steps for
+    the often-used rows of an embedding table, at the cost of a few bits per
+    group (the exponents are one entropy-coded stream). Multiplying by a power
+    of two is one correctly rounded float32 operation (exact unless the
+    result is subnormal).
+    """
+
+    kind: ClassVar[int] = 7
+    name: ClassVar[str] = "exponent"
+    min_version: ClassVar[int] = 3
+    consumes: ClassVar[Buffer] = Buffer.FLOAT32
+    produces: ClassVar[Buffer] = Buffer.FLOAT32
+    after: ClassVar[frozenset[str] | None] = frozenset({"affine"})
+    MAX_EXPONENT: ClassVar[int] = 31  # 2^-31 is a normal float32: every multiplier is exact
+    MAX_GROUPS: ClassVar[int] = 1 << 24  # bounds the decoder's exponent table (16 MiB)
+    limits: ClassVar[dict[str, int]] = {"kMaxExponent": MAX_EXPONENT, "kMaxExponentGroups": MAX_GROUPS}
+
+    outer: int
+    groups: int
+    inner: int
+    exponents: np.ndarray  # integers in [0, MAX_EXPONENT], [groups]
+
+    def validate(self, recipe: "Recipe", count: int) -> None:
+        outer, groups, inner = self.outer, self.groups, self.inner
+        if not _is_int(outer, groups, inner):
+            raise PayloadError(f"exponent stage outer, groups, inner must be integers, got {outer!r}, {groups!r}, "
+                               f"{inner!r}")
+        if not 1 <= groups <= self.MAX_GROUPS:
+            raise PayloadError(f"exponent stage groups = {groups} must be in 1..{self.MAX_GROUPS}")
+        if outer < 0 or inner < 0 or outer * groups * inner != count:
+            raise PayloadError(f"exponent stage layout {outer}x{groups}x{inner} does not cover {count} elements")
+        e = np.asarray(self.exponents)
+        if e.size != groups or not np.issubdtype(e.dtype, np.integer):
+            raise PayloadError(f"exponent stage needs {groups} integer exponents, got {e.size} of {e.dtype}")
+        if e.size and (e.min() < 0 or e.max() > self.MAX_EXPONENT):
+            raise PayloadError(f"exponent stage exponents must lie in [0, {self.MAX_EXPONENT}]")
+
+    def body(self, recipe: "Recipe", count: int) -> bytes:
+        e = np.ascontiguousarray(self.exponents, dtype=np.int32).reshape(-1)
+        alphabet = int(e.max()) + 1 if e.size else 1
+        return struct.pack("<QIQ", self.outer, self.groups, self.inner) + native.encode_stream(e, alphabet)
+
+    def apply(self, buf: np.ndarray | None, recipe: "Recipe") -> np.ndarray:
+        assert buf is not None and buf.dtype == np.float32
+        mult = exponent_multipliers(self.exponents)
+        with np.errstate(under="ignore"):
+            w = buf.reshape(self.outer, self.groups, self.inner) * mult[None, :, None]
+        return w.reshape(-1).astype(np.float32, copy=False)
+
+
+def stage_class(kind: int) -> type[Stage]:
+    try:
+        return STAGES[kind]
+    except KeyError:
+        known = ", ".join(f"{k} ({c.name})" for k, c in sorted(STAGES.items()))
+        raise UnsupportedError(f"unknown stage kind {kind}; known: {known}") from None
