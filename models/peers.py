@@ -29,7 +29,7 @@ set in that case so the artefact can be inspected; treat ``error is not None`` a
 Layout: ``workdir/<method>[_<param>]/model.onnx`` (``zstd-19/model.onnx.zst``,
 ``ort-int4-block32/``, ``nncodec_qp-38/``).
 
-``python -m models.peers MODEL_NAME`` runs every peer on a zoo model and prints a table.
+``python -P -m onnx_l2c.models.peers MODEL_NAME`` runs every peer on a zoo model and prints a table.
 """
 
 from __future__ import annotations
@@ -600,7 +600,8 @@ def format_table(original: Path, results: list[PeerResult]) -> str:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from .zoo import cache_root, zoo_path
+    from .data_cache import cache_root
+    from .zoo import zoo_path
 
     p = argparse.ArgumentParser(description="Run the peer baselines on a zoo model.")
     p.add_argument("model", help="zoo model name (models/zoo.py), or a path to an .onnx file")
@@ -610,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--qps", type=int, nargs="+", default=list(NNCODEC_QPS), help="NNCodec QPs")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("models", "__main__"):
+    for name in (__package__ or "onnx_l2c.models", "__main__"):
         logging.getLogger(name).setLevel(logging.INFO)
     candidate = Path(a.model)
     if candidate.suffix == ".onnx" and candidate.is_file():

@@ -10,7 +10,7 @@ Both are exported with the torch.onnx dynamo exporter (opset 18, converted to 17
 embedded, and checked against the torch model on real inputs. The exports are
 byte-for-byte reproducible with the pinned versions in models/requirements.txt.
 
-``python -m models.zoo [names...]`` builds into the cache and prints a summary.
+``onnx-l2c zoo build [names...]`` builds into the cache and prints a summary.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+
+from .data_cache import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -368,14 +370,6 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
     "ocr_rec": build_ocr_rec,
     "silero_vad": build_silero_vad,
 }
-
-
-def cache_root(cache_dir: Path | None = None) -> Path:
-    """``cache_dir`` or ``$ONNX_L2C_CACHE`` or ``~/.cache/onnx_l2c``."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get("ONNX_L2C_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "onnx_l2c"
 
 
 def zoo_path(name: str, cache_dir: Path | None = None) -> Path:

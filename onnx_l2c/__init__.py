@@ -11,7 +11,17 @@ path: `onnx_l2c.load`) never imports the planner, the statistics or the passes.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+# The source folder is not the package: installing places passes/ and models/
+# inside it (one import name per module). Imported from a checkout (e.g. the
+# current directory on sys.path), say so instead of failing later.
+_HERE = Path(__file__).absolute().parent
+if not (_HERE / "passes").is_dir() and (_HERE.parent / "passes" / "base.py").is_file():
+    raise ImportError(f"onnx_l2c is being imported from its source folder {_HERE}; install it "
+                      "(`pip install .` or `bash scripts/setup.sh`) and run Python outside the checkout or with "
+                      "`python -P` so the installed package is used")
 
 from onnx_l2c.errors import (ErrorCode, FileError, L2CError, ModelError, OptionError, PayloadError, UnsupportedError,
                              VersionError)

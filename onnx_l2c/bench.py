@@ -24,7 +24,7 @@ import onnx
 
 from onnx_l2c.passes import TensorInput
 from onnx_l2c.passes.base import entropy_bits
-from onnx_l2c.passes.uniform import Uniform
+from onnx_l2c.passes import PresetQuantizer
 
 from onnx_l2c.codec import native
 from onnx_l2c.graph.model import find_weights, load_model, tensor_bits
@@ -68,7 +68,7 @@ def random_feeds(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
 def coder_efficiency(model_path: Path, bits: int) -> dict[str, Any]:
     """(a) coded stream size vs order-0 entropy for quantized tensors ≥ 64k symbols."""
     model = load_model(model_path)
-    quant = Uniform(bits=bits)
+    quant = PresetQuantizer(bits=bits)
     rows = []
     for w in find_weights(model, _BIG).weights:
         t = TensorInput(w.name, w.dtype, w.shape, tensor_bits(w.tensor, model_path.parent), w.channel_axis)

@@ -36,9 +36,14 @@ def _add_option_flags(parser: argparse.ArgumentParser) -> None:
                                 help=spec.help + (f" (default: {spec.default.value})" if spec.default is not None else ""))
         elif spec.type in (tuple, Path, object):
             default = ",".join(spec.default) if spec.type is tuple else "none"
+            text = spec.help
+            if spec.type is tuple:
+                from onnx_l2c.passes import registry
+
+                text = text.format(methods=", ".join(registry()))
             parser.add_argument(flag, dest=spec.name, type=str, default=None,
                                 metavar="LIST" if spec.type is tuple else "PATH",
-                                help=f"{spec.help} (default: {default})")
+                                help=f"{text} (default: {default})")
         else:
             default = "none" if spec.default is None else spec.default
             parser.add_argument(flag, dest=spec.name, type=spec.type, default=None,
@@ -166,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--zstd", action="store_true", help="also measure zstd -19 of each file (lossless baseline)")
     b.set_defaults(func=_cmd_bench)
     bsub.add_parser("compare", help="our presets beside the peers on the real-model zoo (see `bench compare -h`)")
+    sub.add_parser("demo", help="compress EfficientNet-Lite0 (or --model NAME), load it both ways, compare (see `demo -h`)")
     sub.add_parser("eval", help="fidelity of a candidate against the original on a zoo task (see `eval -h`)")
     z = sub.add_parser("zoo", help="the real-model zoo")
     zsub = z.add_subparsers(dest="zoo", required=True)
@@ -174,27 +180,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Commands implemented by the zoo package (models/, installed as onnx_l2c.models),
-# which owns their arguments: (command words) → (module, entry point).
-_ZOO_COMMANDS = {("eval",): ("evaluate", "main"), ("bench", "compare"): ("compare", "main"),
-                 ("zoo", "build"): ("zoo", "main"), ("zoo", "calibration"): ("evaluate", "calibration_main")}
+# Commands that other installed packages provide (the zoo, models/, installed
+# as onnx_l2c.models, owns `eval`, `bench compare` and `zoo ...` and their
+# arguments): entry points of this group, named by their command words. The
+# library never imports them by name.
+COMMAND_GROUP = "onnx_l2c.commands"
 
 
-def _zoo_command(argv: list[str]) -> int | None:
-    import importlib
+def _plugin_command(argv: list[str]) -> int | None:
+    from importlib.metadata import entry_points
 
-    for words, (module, entry) in _ZOO_COMMANDS.items():
+    commands = {tuple(ep.name.split()): ep for ep in entry_points(group=COMMAND_GROUP)}
+    for words in sorted(commands, key=len, reverse=True):
         if tuple(argv[: len(words)]) == words:
-            mod = importlib.import_module(f"onnx_l2c.models.{module}")
+            run = commands[words].load()
             logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-            return getattr(mod, entry)(argv[len(words):])
+            return int(run(argv[len(words):]) or 0)
     return None
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        code = _zoo_command(argv)
+        code = _plugin_command(argv)
     except L2CError as exc:
         print(f"onnx-l2c: error: {exc}", file=sys.stderr)
         return 1

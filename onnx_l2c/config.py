@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from onnx_l2c.errors import L2CError
+from onnx_l2c.errors import OptionError
 
 
 class _Choice(str, enum.Enum):
@@ -28,7 +28,7 @@ class _Choice(str, enum.Enum):
         except ValueError:
             label = cls.__name__.lower()
             choices = ", ".join(p.value for p in cls)
-            raise L2CError(f"unknown {label} {value!r}; valid {label} values: {choices}") from None
+            raise OptionError(f"unknown {label} {value!r}; valid {label} values: {choices}") from None
 
 
 class Preset(_Choice):
@@ -39,7 +39,7 @@ class Preset(_Choice):
 
 
 class Search(_Choice):
-    """How the global allocator searches (see onnx_l2c/allocate.py)."""
+    """How the global allocator searches (see onnx_l2c/plan/allocate.py)."""
 
     LAGRANGE = "lagrange"  # one Lagrange multiplier across all tensors
     PATH = "path"  # FITCompress's greedy path through compression space
@@ -61,17 +61,20 @@ class BlockShape(_Choice):
         return None if self is BlockShape.KERNEL else int(self.value.split("x")[1])
 
 
-# Methods `--methods` can select (each a registered pass in passes/).
-METHODS = ("uniform", "rounding", "mixed", "decorrelate", "fixing", "unify")
 DEFAULT_METHODS = ("rounding", "mixed")
 
 
 def parse_methods(value: "str | tuple[str, ...] | list[str]") -> tuple[str, ...]:
+    """Method names (comma-separated or a sequence), checked against the registered methods."""
+    from onnx_l2c.passes import registry  # the methods register themselves; config only names the defaults
+
+    known = registry()
     names = [n.strip() for n in value.split(",")] if isinstance(value, str) else [str(n) for n in value]
     names = [n for n in names if n]
-    bad = [n for n in names if n not in METHODS]
+    bad = [n for n in names if n not in known]
     if bad or not names:
-        raise L2CError(f"unknown method(s) {bad or names!r}; valid methods: {', '.join(METHODS)}")
+        raise OptionError(f"unknown method(s) {bad or names!r} for option 'methods' (--methods); "
+                          f"valid methods: {', '.join(known)}")
     return tuple(dict.fromkeys(names))
 
 
@@ -117,7 +120,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("calibration_samples", int, 128,
                "calibration samples to use", minimum=1),
     OptionSpec("methods", tuple, DEFAULT_METHODS,
-               f"comma-separated methods for a size target: {', '.join(METHODS)}"),
+               "comma-separated methods for a size target ({methods})"),
     OptionSpec("fixing_delta", float, None,
                "weight fixing: relative tolerance δ of the shared power-of-two codebook (default: the "
                "allocator tries 0.01 to 0.2)", minimum=0.001, maximum=0.5),
@@ -157,7 +160,7 @@ class CompressOptions:
 
     def __post_init__(self) -> None:
         if self.target_ratio is not None and self.target_size is not None:
-            raise L2CError("give target_ratio or target_size, not both")
+            raise OptionError("give target_ratio or target_size, not both")
 
     @property
     def has_target(self) -> bool:
@@ -171,7 +174,7 @@ class CompressOptions:
             spec = specs.get(name)
             if spec is None:
                 valid = ", ".join(specs)
-                raise L2CError(f"unknown option {name!r}; valid options: {valid}")
+                raise OptionError(f"unknown option {name!r}; valid options: {valid}")
             if value is None:
                 continue
             values[name] = _coerce(spec, value)
@@ -214,17 +217,17 @@ def _coerce(spec: OptionSpec, value: Any) -> Any:
         return parse_methods(value)
     if spec.type is Path:
         if not isinstance(value, (str, Path)):
-            raise L2CError(f"option {spec.name!r} must be a path, got {value!r}")
+            raise OptionError(f"option {spec.name!r} must be a path, got {value!r}")
         return Path(value)
     if spec.type is object:
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise L2CError(f"option {spec.name!r} must be a number, got {value!r}")
+        raise OptionError(f"option {spec.name!r} must be a number, got {value!r}")
     if spec.type is int and int(value) != value:
-        raise L2CError(f"option {spec.name!r} must be an integer, got {value!r}")
+        raise OptionError(f"option {spec.name!r} must be an integer, got {value!r}")
     value = spec.type(value)
     if spec.minimum is not None and value < spec.minimum:
-        raise L2CError(f"option {spec.name!r} must be ≥ {spec.minimum}, got {value}")
+        raise OptionError(f"option {spec.name!r} must be ≥ {spec.minimum}, got {value}")
     if spec.maximum is not None and value > spec.maximum:
-        raise L2CError(f"option {spec.name!r} must be ≤ {spec.maximum}, got {value}")
+        raise OptionError(f"option {spec.name!r} must be ≤ {spec.maximum}, got {value}")
     return value

@@ -16,6 +16,7 @@ name), imported in passes/__init__.py, plus its tests.
 from __future__ import annotations
 
 import abc
+from importlib import import_module
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 # The step grid of the allocator: α = 2^(k/2) · rms, candidates finest first,
 # until one codes under STOP_BITS bits per weight.
 STOP_BITS = 0.25
+CG_STEPS = 4  # conjugate-gradient iterations of each least-squares compensation
 
 
 @dataclass
@@ -164,8 +166,9 @@ class Method(abc.ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if getattr(cls, "__abstractmethods__", None):
-            return
+        # (ABCMeta sets __abstractmethods__ only after this hook runs: look for them here)
+        if any(getattr(getattr(cls, n, None), "__isabstractmethod__", False) for n in dir(cls)):
+            return  # a shared base of methods, not a method
         if cls.name in _REGISTRY:
             raise AssertionError(f"method {cls.name!r} registered twice")
         _REGISTRY[cls.name] = cls()
@@ -192,7 +195,7 @@ class Method(abc.ABC):
 
 def registry() -> dict[str, Method]:
     """Every registered method by name, in candidate order."""
-    import onnx_l2c.passes  # noqa: F401  (the modules register themselves)
+    import_module(__name__.rpartition(".")[0])  # the package imports every method module, which registers it
 
     return dict(sorted(_REGISTRY.items(), key=lambda item: item[1].order))
 

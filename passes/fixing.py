@@ -42,7 +42,6 @@ SCHEDULE: tuple[tuple[float, float], ...] = (
     (0.3, 8.0), (0.5, 6.0), (0.65, 4.0), (0.8, 3.0), (0.9, 2.0), (0.95, 1.5), (0.975, 1.2), (1.0, 1.0))
 MAX_ORDER = 3
 SMALLEST = 2.0 ** -12  # smallest nonzero magnitude, relative to the network's max |w|
-CG_STEPS = 4  # conjugate-gradient iterations of each least-squares compensation
 
 
 def pow2_approx(x: np.ndarray, order: int) -> np.ndarray:

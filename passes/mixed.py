@@ -5,16 +5,11 @@ exponents for tables) and step sizes, under the global target (passes/steps.py).
 
 from __future__ import annotations
 
-import numpy as np
-
-from onnx_l2c.codec import Recipe
-from onnx_l2c.errors import UnsupportedError
-
-from .base import Method, Option, Quantized, TensorContext, TensorInput
-from .steps import ALPHA_EXPONENTS, DEAD_ZONES, QuantParams, quantize, step_families
+from .base import Option, TensorContext, TensorInput
+from .steps import ALPHA_EXPONENTS, DEAD_ZONES, StepGridMethod, step_families
 
 
-class MixedPrecision(Method):
+class MixedPrecision(StepGridMethod):
     """Per-tensor choice among quantizer families and steps (module doc)."""
 
     name = "mixed"
@@ -33,11 +28,3 @@ class MixedPrecision(Method):
                 # lookup tables: finer steps for the rows that inputs use often
                 families.append((True, 0.0, None, True, True))
         return step_families(tensor, ctx, ALPHA_EXPONENTS, lossless_bytes, families)
-
-    def quantize(self, tensor: TensorInput, params: QuantParams, ctx: TensorContext) -> Quantized:
-        return quantize(tensor, params, ctx.stats, held_out=True)
-
-    def encode(self, tensor: TensorInput, params: QuantParams, ctx: TensorContext) -> Recipe:
-        if not np.isfinite(tensor.values).all():
-            raise UnsupportedError(f"tensor {tensor.name!r}: non-finite values cannot be quantized")
-        return quantize(tensor, params, ctx.stats).recipe

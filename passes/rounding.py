@@ -8,13 +8,11 @@ baseline's one quantizer per tensor, on the shared step grid.
 
 from __future__ import annotations
 
-from onnx_l2c.codec import Recipe
-
-from .base import Method, Option, Quantized, TensorContext, TensorInput
-from .steps import ALPHA_EXPONENTS, QuantParams, output_aware_damping, plain_family, quantize, step_families
+from .base import Option, TensorContext, TensorInput
+from .steps import StepGridMethod, output_aware_damping
 
 
-class Rounding(Method):
+class Rounding(StepGridMethod):
     name = "rounding"
     order = 30
     needs_calibration = True
@@ -22,15 +20,8 @@ class Rounding(Method):
     per_tensor = False
 
     def prepare(self, tensor: TensorInput, ctx: TensorContext) -> None:
+        # every step-grid quantizer of the tensor (and unification's kept weights) rounds with it
         ctx.damping = output_aware_damping(tensor, ctx.stats)
 
     def candidates(self, tensor: TensorInput, ctx: TensorContext, lossless_bytes: int) -> list[Option]:
-        if ctx.step_families:  # the step quantizers of another method already round output-aware
-            return []
-        return step_families(tensor, ctx, ALPHA_EXPONENTS, lossless_bytes, [plain_family(tensor, ctx)])
-
-    def quantize(self, tensor: TensorInput, params: QuantParams, ctx: TensorContext) -> Quantized:
-        return quantize(tensor, params, ctx.stats, held_out=True)
-
-    def encode(self, tensor: TensorInput, params: QuantParams, ctx: TensorContext) -> Recipe:
-        return quantize(tensor, params, ctx.stats).recipe
+        return self.plain_candidates(tensor, ctx, lossless_bytes)

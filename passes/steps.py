@@ -26,8 +26,8 @@ from onnx_l2c.errors import UnsupportedError
 from onnx_l2c.measure.statistics import LayerStats
 
 from . import gptq
-from .base import (Knob, Option, Params, Quantized, TensorContext, TensorInput, channel_view, layer_error,
-                   sweep)
+from .base import (Knob, Method, Option, Params, Quantized, TensorContext, TensorInput, channel_view,
+                   layer_error, sweep)
 
 MAX_THETA = 0.45
 DEAD_ZONES = (0.0, 0.3)
@@ -70,7 +70,7 @@ class QuantParams(Params):
                 "output_aware": self.damping is not None, "damping": self.damping}
 
 
-def _steps(v: np.ndarray, params: QuantParams) -> np.ndarray:
+def channel_steps(v: np.ndarray, params: QuantParams) -> np.ndarray:
     """Per-channel steps (float32, > 0) for the (outer, C, inner) view v."""
     total_rms = float(np.sqrt((v.astype(np.float64) ** 2).mean())) or 1.0
     if params.per_channel:
@@ -93,8 +93,8 @@ def row_exponents(row_weight: np.ndarray) -> np.ndarray:
     return np.clip(e, 0, MAX_ROW_EXPONENT).astype(np.int32)
 
 
-def _theta(v: np.ndarray, q: np.ndarray, step: np.ndarray) -> float:
-    """MSE-optimal shrink of nonzero levels toward zero (as in passes/uniform.py).
+def shrink(v: np.ndarray, q: np.ndarray, step: np.ndarray) -> float:
+    """MSE-optimal shrink of nonzero levels toward zero (as in passes/preset.py).
 
     `step` is per channel (C,) or broadcastable to v's (outer, C, inner) shape."""
     nz = q != 0
@@ -117,7 +117,7 @@ def quantize(tensor: TensorInput, params: QuantParams, stats: LayerStats | None,
     """
     values = tensor.values.astype(np.float64)
     v = channel_view(values, params.step_axis(tensor))
-    step = _steps(v, params)
+    step = channel_steps(v, params)
     s3 = step.astype(np.float64)[None, :, None]
     exponents = None
     if params.row_exponents:
@@ -127,7 +127,7 @@ def quantize(tensor: TensorInput, params: QuantParams, stats: LayerStats | None,
         exponents = row_exponents(stats.row_weight)
         s3 = s3 * exponent_multipliers(exponents)[:, None, None]  # v is (rows, cols, 1)
     q = gptq.quantize_nearest(v, s3, params.dead_zone)
-    theta = _theta(v, q, s3)
+    theta = shrink(v, q, s3)
     score_stats = stats
     if params.per_column and params.damping is not None:
         raise UnsupportedError(f"tensor {tensor.name!r}: per-column steps use round-to-nearest")
@@ -167,9 +167,9 @@ def output_aware_damping(tensor: TensorInput, stats: LayerStats | None) -> float
     values = tensor.values.astype(np.float64)
     v = channel_view(values, tensor.channel_axis)
     params = QuantParams(2 ** -1.5, True, 0.0)
-    step = _steps(v, params)
+    step = channel_steps(v, params)
     q = gptq.quantize_nearest(v, step.astype(np.float64)[None, :, None], 0.0)
-    theta = _theta(v, q, step)
+    theta = shrink(v, q, step)
     view = stats.view
     m = view.to_matrix(values)
     rows = step.astype(np.float64)[view.row_channels(tensor.channel_axis)].reshape(m.shape[:2])
@@ -196,3 +196,23 @@ def plain_family(tensor: TensorInput, ctx: TensorContext) -> tuple:
     """The one quantizer of the uniform baseline: per-channel steps where the
     tensor has channels, with the tensor's gptq."""
     return (tensor.channel_axis is not None, 0.0, ctx.damping, False, False)
+
+
+class StepGridMethod(Method):
+    """A method whose candidates are step-grid quantizers (`QuantParams`):
+    they quantize and encode alike, whichever method proposed them."""
+
+    def quantize(self, tensor: TensorInput, params: QuantParams, ctx: TensorContext) -> Quantized:
+        return quantize(tensor, params, ctx.stats, held_out=True)
+
+    def encode(self, tensor: TensorInput, params: QuantParams, ctx: TensorContext) -> Recipe:
+        if not np.isfinite(tensor.values).all():
+            raise UnsupportedError(f"tensor {tensor.name!r}: non-finite values cannot be quantized")
+        return quantize(tensor, params, ctx.stats).recipe
+
+    def plain_candidates(self, tensor: TensorInput, ctx: TensorContext, lossless_bytes: int) -> list[Option]:
+        """The uniform baseline's one quantizer on the step grid, unless another
+        method already offered the step-grid quantizers (with the same rounding)."""
+        if ctx.step_families:
+            return []
+        return step_families(tensor, ctx, ALPHA_EXPONENTS, lossless_bytes, [plain_family(tensor, ctx)])

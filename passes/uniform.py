@@ -5,24 +5,14 @@ searches one knob for the whole model instead of choosing per tensor.
 
 from __future__ import annotations
 
-from onnx_l2c.codec import Recipe
-
-from .base import Method, Option, Quantized, TensorContext, TensorInput
-from .steps import ALPHA_EXPONENTS, QuantParams, plain_family, quantize, step_families
+from .base import Option, TensorContext, TensorInput
+from .steps import StepGridMethod
 
 
-class Uniform(Method):
+class Uniform(StepGridMethod):
     name = "uniform"
     order = 20
     per_tensor = False
 
     def candidates(self, tensor: TensorInput, ctx: TensorContext, lossless_bytes: int) -> list[Option]:
-        if ctx.step_families:  # mixed precision already offers this quantizer among its families
-            return []
-        return step_families(tensor, ctx, ALPHA_EXPONENTS, lossless_bytes, [plain_family(tensor, ctx)])
-
-    def quantize(self, tensor: TensorInput, params: QuantParams, ctx: TensorContext) -> Quantized:
-        return quantize(tensor, params, ctx.stats, held_out=True)
-
-    def encode(self, tensor: TensorInput, params: QuantParams, ctx: TensorContext) -> Recipe:
-        return quantize(tensor, params, ctx.stats).recipe
+        return self.plain_candidates(tensor, ctx, lossless_bytes)

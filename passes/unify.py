@@ -31,19 +31,19 @@ symbols as four entropy-coded streams) before the usual `affine` stage.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
-from onnx_l2c.config import BlockShape
-from onnx_l2c.errors import L2CError
 from onnx_l2c.codec import (FLOAT, AffineStage, BlockMode, CastStage, ExpandStage, Recipe, expand_blocks,
-                             expand_stage, reconstruct, serialize)
+                            expand_stage)
+from onnx_l2c.config import BlockShape
+from onnx_l2c.errors import UnsupportedError
 from onnx_l2c.measure.statistics import LayerStats, LayerView
 
-from . import mixed, rounding
-from .base import TensorInput, WeightTransform, entropy_bits, register
-from .fixing import _compensate
-from .uniform import channel_view
+from . import gptq, steps
+from .base import (Knob, Method, Option, Params, Quantized, TensorContext, TensorInput, channel_view, coded,
+                   compensate, split_halves, sweep)
 
 SELECTION_ROUNDS = 3  # re-estimates of the symbol statistics during selection
 ADMM_ROUNDS = 12
@@ -112,8 +112,10 @@ def block_layout(tensor: TensorInput, view: LayerView | None, shape: BlockShape)
 
 
 @dataclass(frozen=True)
-class UnifyParams:
+class UnifyParams(Params):
     """One unification candidate of a tensor."""
+
+    method: ClassVar[str] = "unify"
 
     alpha: float  # step = alpha · rms of each output channel (of the tensor without a channel axis)
     block: BlockShape
@@ -124,6 +126,9 @@ class UnifyParams:
     @property
     def family(self) -> tuple:
         return ("unify", self.block, self.strength, self.damping)
+
+    def knobs(self) -> tuple[Knob, ...]:
+        return (Knob("alpha", steps=7),)
 
     def describe(self) -> dict[str, float | str | bool | None]:
         return {"alpha": self.alpha, "block": self.block.value, "strength": self.strength,
@@ -242,32 +247,23 @@ def project(v: np.ndarray, block_of: np.ndarray, modes: np.ndarray, sizes: np.nd
     return np.where(elem_mode == BlockMode.KEEP, v, np.where(elem_mode == BlockMode.UNIFY, unified, 0.0))
 
 
-_EIGH: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-
-
-def _eigh(hessian: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """H's eigen-decomposition, computed once per statistics array (candidates share it)."""
-    key = id(hessian)
-    if key not in _EIGH or _EIGH[key][0] is not hessian:
+def _eigh(stats: LayerStats, hessian: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """H's eigen-decomposition, computed once per statistics (candidates share it)."""
+    def decompose() -> tuple[np.ndarray, np.ndarray]:
         lam, vec = np.linalg.eigh(hessian)
-        _EIGH[key] = (hessian, np.maximum(lam, 0.0), vec)
-    return _EIGH[key][1], _EIGH[key][2]
+        return np.maximum(lam, 0.0), vec
 
-
-def release(stats: LayerStats) -> None:
-    """Drop the cached decompositions of a layer's statistics (and its halves)."""
-    arrays = [stats.hessian, *(stats.halves or ())]
-    for key in [k for k, v in _EIGH.items() if any(v[0] is a for a in arrays)]:
-        del _EIGH[key]
-    mixed.release(stats)
+    return stats.cache.get(("eigh",), decompose)
 
 
 def admm(w0: np.ndarray, z: np.ndarray, block_of: np.ndarray, modes: np.ndarray, sizes: np.ndarray,
-         hessian: np.ndarray, view: LayerView, rounds: int = ADMM_ROUNDS) -> np.ndarray:
+         stats: LayerStats, view: LayerView, rounds: int = ADMM_ROUNDS) -> np.ndarray:
     """ADMM on tr((W − W0)·H·(W − W0)ᵀ) subject to the block structure (module
     doc, step 2), from the structured start z. Returns the last W (flat)."""
     shape = view.shape
-    lam, vec = _eigh(hessian)  # H = Q Λ Qᵀ per group: every W-step is two products
+    hessian = stats.hessian
+    assert hessian is not None
+    lam, vec = _eigh(stats, hessian)  # H = Q Λ Qᵀ per group: every W-step is two products
     m0 = view.to_matrix(w0.reshape(shape))
     b = 2.0 * np.matmul(m0, hessian)  # 2 W0 H
     rho = RHO_START * max(float(np.einsum("gii->", hessian)) / (hessian.shape[0] * hessian.shape[1]), 1e-30)
@@ -296,19 +292,19 @@ def unify_tensor(tensor: TensorInput, params: UnifyParams, stats: LayerStats | N
     """Select, refine, refit and quantize one tensor (module doc)."""
     layout = block_layout(tensor, view, params.block)
     if layout is None:
-        raise L2CError(f"tensor {tensor.name!r} (shape {list(tensor.shape)}): block {params.block.value!r} does "
+        raise UnsupportedError(f"tensor {tensor.name!r} (shape {list(tensor.shape)}): block {params.block.value!r} does "
                        f"not fit it; valid: {', '.join(b.value for b in BlockShape)} along its input channels")
     values = tensor.values.astype(np.float64)
     flat = values.reshape(-1)
     v = channel_view(values, tensor.channel_axis)
-    step = mixed._steps(v, mixed.QuantParams(params.alpha, tensor.channel_axis is not None, 0.0))
+    step = steps.channel_steps(v, steps.QuantParams(params.alpha, tensor.channel_axis is not None, 0.0))
     elem_step = np.broadcast_to(step.astype(np.float64)[None, :, None], v.shape).reshape(-1)
     members, block_of = layout.members()
     valid = members >= 0
     idx = np.where(valid, members, 0)
     block_step = elem_step[idx[:, 0]]
     if not np.all(np.where(valid, elem_step[idx], block_step[:, None]) == block_step[:, None]):
-        raise L2CError(f"tensor {tensor.name!r}: a {params.block.value} block spans output channels")
+        raise UnsupportedError(f"tensor {tensor.name!r}: a {params.block.value} block spans output channels")
     metric = BlockMetric(members, stats, view, tensor.shape)
     w_blocks = np.where(valid, flat[idx], 0.0)
     modes = select_modes(w_blocks, block_step, metric, params.strength)
@@ -317,20 +313,20 @@ def unify_tensor(tensor: TensorInput, params: UnifyParams, stats: LayerStats | N
     structured = project(flat, block_of, modes, sizes)
     full = stats is not None and stats.hessian is not None and view is not None
     if full and params.admm and (modes != BlockMode.KEEP).mean() >= MIN_STRUCTURED:
-        w = admm(flat, structured, block_of, modes, sizes, stats.hessian, view)
+        w = admm(flat, structured, block_of, modes, sizes, stats, view)
         structured = project(w, block_of, modes, sizes)
     free = modes[block_of] == BlockMode.KEEP
     if full and free.any() and (~free).any():
         # least-squares refit of the kept weights with the structured ones held
         # (from where ADMM left them, or from the original weights)
-        structured = _compensate(values, structured, free, stats, view)
+        structured = compensate(values, structured, free, stats, view)
 
     # quantize on the per-channel grid
     a = np.abs(structured) / elem_step
-    q = np.sign(structured) * np.minimum(np.floor(a + 0.5), rounding.QMAX)
+    q = np.sign(structured) * np.minimum(np.floor(a + 0.5), gptq.QMAX)
     mags = np.bincount(block_of, weights=a, minlength=modes.size) / np.maximum(sizes, 1)
-    theta = mixed._theta(v, np.where(free, q, 0).reshape(v.shape), step) if free.any() else 0.0
-    level = np.clip(np.floor(mags + theta + 0.5), 1, rounding.QMAX)
+    theta = steps.shrink(v, np.where(free, q, 0).reshape(v.shape), step) if free.any() else 0.0
+    level = np.clip(np.floor(mags + theta + 0.5), 1, gptq.QMAX)
     elem_mode = modes[block_of]
     sign = np.where(structured < 0, -1, 1)
     forced = np.where(elem_mode == BlockMode.UNIFY, sign * level[block_of], 0).astype(np.int32)
@@ -340,7 +336,7 @@ def unify_tensor(tensor: TensorInput, params: UnifyParams, stats: LayerStats | N
         rows = step.astype(np.float64)[view.row_channels(tensor.channel_axis)].reshape(m.shape[:2])
         fmask = view.to_matrix((~free).reshape(tensor.shape))
         fsym = view.to_matrix(forced.reshape(tensor.shape))
-        qm = rounding.gptq(m, stats.hessian, rows, theta, 0.0, prepared=prepared, damping=params.damping,
+        qm = gptq.gptq(m, stats.hessian, rows, theta, 0.0, prepared=prepared, damping=params.damping,
                            forced=(fmask, fsym))
         q = view.from_matrix(qm).reshape(-1)
     q = np.where(free, q, forced).astype(np.int32)
@@ -356,23 +352,16 @@ def unify_tensor(tensor: TensorInput, params: UnifyParams, stats: LayerStats | N
 
 
 def quantize(tensor: TensorInput, params: UnifyParams, stats: LayerStats | None, view: LayerView | None,
-             held_out: bool = False) -> mixed.Quantized:
+             held_out: bool = False) -> Quantized:
     """One candidate: payload and output error. held_out=True fits on the first
-    half of the calibration samples and scores on the second (as mixed.quantize)."""
-    fit, score = stats, stats
+    half of the calibration samples and scores on the second (as steps.quantize)."""
+    fit, score = split_halves(stats) if held_out else (stats, stats)
     prepared = None
-    if held_out and stats is not None and stats.hessian is not None and stats.halves is not None:
-        fit = LayerStats(stats.view, hessian=stats.halves[0])
-        score = LayerStats(stats.view, hessian=stats.halves[1])
-        if params.damping is not None:
-            prepared = mixed._prepared(stats, params.damping, 0)
-    elif stats is not None and stats.hessian is not None and params.damping is not None:
-        prepared = mixed._prepared(stats, params.damping, None)
+    if params.damping is not None and stats is not None and stats.hessian is not None:
+        prepared = steps.prepared(stats, params.damping, None if fit is stats else 0)
     result = unify_tensor(tensor, params, fit, view, prepared)
-    payload = serialize(result.recipe)
-    values = tensor.values.astype(np.float64)
-    delta = tensor.decoded_values(reconstruct(result.recipe)).astype(np.float64) - values
-    return mixed.Quantized(result.recipe, payload, mixed.layer_error(delta, score), float((result.symbols == 0).mean()))
+    q = coded(tensor, result.recipe, score)
+    return Quantized(q.recipe, q.payload, q.error, float((result.symbols == 0).mean()))
 
 
 def block_summary(recipes: list[Recipe]) -> dict[str, float | int]:
@@ -393,35 +382,41 @@ def block_summary(recipes: list[Recipe]) -> dict[str, float | int]:
             **{f"{m.name.lower()}_weight_share": float(weights[m] / total) for m in BlockMode}}
 
 
-@register
-class Unification(WeightTransform):
-    """One fixed unification of a tensor (the allocator picks `params` per tensor)."""
+class Unification(Method):
+    """Blocks kept, unified or pruned (module doc), per block shape on a step grid."""
 
     name = "unify"
+    order = 60
+    summary_key = "unify"
 
-    def __init__(self, params: UnifyParams | None = None, stats: LayerStats | None = None,
-                 view: LayerView | None = None) -> None:
-        self.params = params or UnifyParams(2 ** -3, BlockShape.B1X4)
-        self.stats = stats
-        self.view = view
-        self.last_recipe: Recipe | None = None  # for the network-wide block summary
+    def candidates(self, tensor: TensorInput, ctx: TensorContext, lossless_bytes: int) -> list[Option]:
+        """Per block shape that fits the tensor, a step grid (the selection's
+        exchange rate λ follows the step); where no step-grid quantizer covers
+        the high rates (only unification asked for), also the finer steps, once."""
+        blocks = (ctx.options.block,) if ctx.options.block is not None else DEFAULT_BLOCKS
+        fine = not ctx.step_families
+        out: list[Option] = []
+        for block in blocks:
+            if block_layout(tensor, ctx.view, block) is None:
+                continue
 
-    def applies_to(self, tensor: TensorInput) -> bool:
-        return (block_layout(tensor, self.view, self.params.block) is not None
-                and bool(np.isfinite(tensor.values).all()))
+            def candidate(alpha: float) -> tuple[UnifyParams, Quantized]:
+                params = UnifyParams(alpha, block, damping=ctx.damping)
+                return params, quantize(tensor, params, ctx.stats, ctx.view, held_out=True)
 
-    def encode(self, tensor: TensorInput) -> Recipe:
+            exponents = ALPHA_EXPONENTS
+            if fine:
+                exponents, fine = FINE_ALPHA_EXPONENTS + exponents, False
+            out += sweep(exponents, tensor.numel, lossless_bytes, candidate)
+        return out
+
+    def quantize(self, tensor: TensorInput, params: UnifyParams, ctx: TensorContext) -> Quantized:
+        return quantize(tensor, params, ctx.stats, ctx.view, held_out=True)
+
+    def encode(self, tensor: TensorInput, params: UnifyParams, ctx: TensorContext) -> Recipe:
         if not np.isfinite(tensor.values).all():
-            raise L2CError(f"tensor {tensor.name!r}: non-finite values cannot be unified")
-        try:
-            self.last_recipe = quantize(tensor, self.params, self.stats, self.view).recipe
-            return self.last_recipe
-        finally:
-            if self.stats is not None:
-                release(self.stats)
+            raise UnsupportedError(f"tensor {tensor.name!r}: non-finite values cannot be unified")
+        return quantize(tensor, params, ctx.stats, ctx.view).recipe
 
-    def rate_bits(self, tensor: TensorInput) -> float:
-        stage = self.encode(tensor).stages[0]
-        assert isinstance(stage, ExpandStage)
-        return (entropy_bits(stage.modes) + entropy_bits(stage.magnitudes) + np.asarray(stage.signs).size
-                + entropy_bits(stage.kept))
+    def summary(self, recipes: list[Recipe]) -> dict[str, Any] | None:
+        return block_summary(recipes) if recipes else None

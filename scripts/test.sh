@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-python3 -m pytest -m "not slow" "$@"
+# -P: the tests import the installed package (onnx_l2c, with passes/ and models/
+# installed as onnx_l2c.passes and onnx_l2c.models), never the source folders.
+python3 -P -m pytest -m "not slow" "$@"

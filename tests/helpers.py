@@ -117,9 +117,9 @@ def assert_bit_identical(expected: list[np.ndarray], got: list[np.ndarray], what
 def run_isolated(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run Python code in a child process, so a crash fails the test instead of the run.
 
-    The child imports onnx_l2c from this checkout and these helpers, wherever pytest runs."""
-    prelude = f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]\n"
-    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True,
+    The child imports the installed onnx_l2c and these helpers, wherever pytest runs."""
+    prelude = f"import sys; sys.path[:0] = [{str(ROOT / 'tests')!r}]\n"
+    return subprocess.run([sys.executable, "-P", "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True,
                           timeout=timeout)
 
 

@@ -16,7 +16,7 @@ from onnx_l2c.measure.calibration import graph_inputs, iter_samples
 from onnx_l2c.errors import L2CError
 from onnx_l2c.graph.model import find_weights
 from onnx_l2c.measure.statistics import collect_statistics
-from onnx_l2c.passes import rounding
+from onnx_l2c.passes import gptq
 
 
 def _inputs(model: onnx.ModelProto):
@@ -144,11 +144,11 @@ def test_gptq_beats_rounding_on_its_statistics(rng):
     step = np.full((1, rows), 0.5)
 
     def err(q):
-        delta = rounding.dequantize(q, step[:, :, None], 0.0) - w
+        delta = gptq.dequantize(q, step[:, :, None], 0.0) - w
         return float(np.einsum("grc,gcd,grd->", delta, h, delta))
 
-    q_near = rounding.quantize_nearest(w, step[:, :, None], 0.0)
-    q_gptq = rounding.gptq(w, h, step, 0.0, 0.0)
+    q_near = gptq.quantize_nearest(w, step[:, :, None], 0.0)
+    q_gptq = gptq.gptq(w, h, step, 0.0, 0.0)
     assert err(q_gptq) < 0.5 * err(q_near)
     assert np.abs(q_gptq - q_near).max() <= 3  # compensation moves symbols a few steps, not arbitrarily
 
@@ -159,7 +159,7 @@ def test_choose_damping_rejects_rounding_that_does_not_generalize(rng):
     check = rng.standard_normal((2000, d))
     halves = ((fit.T @ fit / 20)[None], (check.T @ check / 2000)[None])
     w = rng.standard_normal((1, rows, d))
-    assert rounding.choose_damping(w, halves, np.full((1, rows), 0.7), 0.0, 0.0) in (None, 1.0)
+    assert gptq.choose_damping(w, halves, np.full((1, rows), 0.7), 0.0, 0.0) in (None, 1.0)
 
 
 def test_statistics_inside_if_branches(rng):

@@ -17,7 +17,7 @@ from helpers import DATA, assert_bit_identical, assert_close, decoded_by_custom_
 from onnx_l2c.codec import DOMAIN, bits_to_float32, reconstruct
 from onnx_l2c.load.compressed import CompressedModel
 from onnx_l2c.passes import TensorInput
-from onnx_l2c.passes.uniform import Uniform
+from onnx_l2c.passes import PresetQuantizer
 
 
 def _feeds_mlp(rng, dtype=np.float32):
@@ -94,7 +94,7 @@ def test_python_reconstruction_equals_native_decode(tmp_path, rng):
     src = save(model, tmp_path / "model.onnx")
     out = tmp_path / "small.onnx"
     onnx_l2c.compress(src, out, bits=5, min_elements=1)
-    quant = Uniform(bits=5, dead_zone=onnx_l2c.CompressOptions().dead_zone)
+    quant = PresetQuantizer(bits=5, dead_zone=onnx_l2c.CompressOptions().dead_zone)
     cm = CompressedModel(out)
     try:
         decoded = {e.name: cm.decode(e) for e in cm.entries}
@@ -216,7 +216,7 @@ def test_option_errors_name_the_choices(tmp_path, rng):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "onnx_l2c", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-P", "-m", "onnx_l2c", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_cli_round_trip(tmp_path, rng):

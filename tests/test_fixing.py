@@ -12,7 +12,8 @@ from helpers import native_decode
 from onnx_l2c import L2CError
 from onnx_l2c.codec import serialize
 from onnx_l2c.measure.statistics import LayerStats, LayerView
-from onnx_l2c.passes.base import TensorInput
+from onnx_l2c.config import CompressOptions
+from onnx_l2c.passes.base import TensorContext, TensorInput
 from onnx_l2c.passes.fixing import (FIXING_FLOORS, SCHEDULE, FixingParams, WeightFixing, build_codebook, fix_tensor, fixed_recipe, nearest,
                            pow2_approx, relative_distance)
 
@@ -138,7 +139,8 @@ def test_codebook_payload_decodes_natively(rng, dtype):
     values = (rng.standard_normal((16, 12)) * 0.3).astype(storage)
     bits = values.view(np.uint16 if dtype == TensorProto.FLOAT16 else np.uint32).reshape(-1)
     tensor = TensorInput("w", dtype, values.shape, bits, 0)
-    recipe = WeightFixing(FixingParams(0.05, 1)).encode(tensor)
+    ctx = TensorContext(None, None, CompressOptions(methods=("fixing",)))
+    recipe = WeightFixing().encode(tensor, FixingParams(0.05, 1), ctx)
     decoded = native_decode(serialize(recipe))
     book = build_codebook(float(np.abs(values.astype(np.float32)).max()), 0.05, 3).astype(storage)
     assert np.isin(decoded, book).all()

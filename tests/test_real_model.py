@@ -13,9 +13,9 @@ import zstandard
 
 import onnx_l2c
 from helpers import assert_close, run_custom_op, run_fast, run_plain
-from models.data import imagenet_photos, minilm_feeds, sentences
-from models.fidelity import cosine_stats, mean_kl, top1_agreement
-from models.zoo import zoo_path
+from onnx_l2c.models.data import imagenet_photos, minilm_feeds, sentences
+from onnx_l2c.models.fidelity import cosine_stats, mean_kl, top1_agreement
+from onnx_l2c.models.zoo import zoo_path
 
 
 def _zstd19_bytes(path: Path) -> int:
@@ -79,7 +79,7 @@ def test_eval_command_scores_a_compressed_model(effnet: Path, tmp_path: Path):
 
     out = tmp_path / "int8.onnx"
     onnx_l2c.compress(effnet, out, preset="int8")
-    res = subprocess.run([sys.executable, "-m", "onnx_l2c", "eval", str(effnet), str(out), "--model",
+    res = subprocess.run([sys.executable, "-P", "-m", "onnx_l2c", "eval", str(effnet), str(out), "--model",
                           "efficientnet_lite0", "--json"], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)

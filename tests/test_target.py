@@ -123,7 +123,7 @@ def test_bad_target_options(deep: Path, tmp_path: Path, kwargs, message):
 def test_cli_target_with_npz_calibration(deep: Path, tmp_path: Path, rng):
     np.savez(tmp_path / "samples.npz", x=rng.standard_normal((16, 128)).astype(np.float32))
     out, report = tmp_path / "cli.onnx", tmp_path / "cli.json"
-    proc = subprocess.run([sys.executable, "-m", "onnx_l2c", "compress", str(deep), str(out), "--target-ratio", "6",
+    proc = subprocess.run([sys.executable, "-P", "-m", "onnx_l2c", "compress", str(deep), str(out), "--target-ratio", "6",
                            "--calibration", str(tmp_path / "samples.npz"), "--methods", "rounding,mixed",
                            "--report", str(report)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -254,7 +254,7 @@ def test_row_exponents_refine_often_used_rows(rng):
     from helpers import native_decode
     from onnx_l2c.codec import ExponentStage, reconstruct, serialize
     from onnx_l2c.measure.statistics import LayerStats, LayerView, smoothed_row_weight
-    from onnx_l2c.passes import mixed
+    from onnx_l2c.passes import steps
     from onnx_l2c.passes.base import TensorInput
 
     rows, cols = 3000, 32
@@ -268,7 +268,7 @@ def test_row_exponents_refine_often_used_rows(rng):
     def curve(by_row: bool) -> tuple[np.ndarray, np.ndarray]:
         sizes, errors = [], []
         for k in range(-6, 3):
-            q = mixed.quantize(tensor, mixed.QuantParams(2.0 ** (k / 2), True, 0.0, None, True, by_row), stats)
+            q = steps.quantize(tensor, steps.QuantParams(2.0 ** (k / 2), True, 0.0, None, True, by_row), stats)
             delta = reconstruct(q.recipe).astype(np.float64) - table
             sizes.append(len(q.payload))
             errors.append((fresh[:, None] * delta ** 2).sum() / fresh.sum())
@@ -280,7 +280,7 @@ def test_row_exponents_refine_often_used_rows(rng):
     for size in np.linspace(lo, hi, 5):
         ratio = np.exp(np.interp(size, *refined) - np.interp(size, *plain))
         assert ratio < 0.6, f"at {size:.0f} bytes the row exponents keep {ratio:.2f} of the error"
-    q = mixed.quantize(tensor, mixed.QuantParams(0.5, True, 0.0, None, True, True), stats)
+    q = steps.quantize(tensor, steps.QuantParams(0.5, True, 0.0, None, True, True), stats)
     stage = q.recipe.stages[2]
     assert isinstance(stage, ExponentStage) and stage.exponents.max() > 2
     assert stage.exponents[calibration == 0].max() == 0

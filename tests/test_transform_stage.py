@@ -30,6 +30,7 @@ from helpers import (assert_bit_identical, assert_close, decoded_by_custom_op, n
                      run_custom_op, run_fast, run_isolated, run_plain, stage_offsets, with_crc)
 from onnx_l2c import L2CError
 from onnx_l2c.codec import native
+from onnx_l2c.errors import L2CError
 from onnx_l2c.codec import (BFLOAT16, DOMAIN, FLOAT, FLOAT16, FORMAT_VERSION, 
                              OP_TYPE, OPSET, PAYLOAD_ALIGN, AffineStage, CastStage,
                              CodebookStage, EntropyStage, Recipe, TransformStage, describe, float32_to,
@@ -235,7 +236,7 @@ def test_model_with_transform_weights(tmp_path):
     assert sorted(decoded) == ["w1", "w2"]
     for name, array in decoded.items():
         assert_bit_identical([weights[name]], [array], f"{name} decoded by the custom op")
-    rows = {row.name: row for row in onnx_l2c.loader.inspect(compressed).rows}
+    rows = {row.name: row for row in onnx_l2c.inspect(compressed).rows}
     assert rows["w2"].stages == ("entropy", "affine", "transform", "cast")
 
 
@@ -313,6 +314,7 @@ import onnxruntime as ort
 import onnx_l2c
 from helpers import native_decode
 from onnx_l2c.codec import native
+from onnx_l2c.errors import L2CError
 
 payloads, models = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 results = {"native": {}, "info": {}, "fast": {}, "custom_op": {}}

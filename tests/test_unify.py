@@ -15,8 +15,9 @@ from helpers import native_decode, run_fast, run_plain, save
 from onnx_l2c import BlockShape, L2CError
 from onnx_l2c.codec import BlockMode, reconstruct, serialize
 from onnx_l2c.measure.statistics import LayerStats, LayerView
-from onnx_l2c.passes import rounding
-from onnx_l2c.passes.base import TensorInput
+from onnx_l2c.passes import gptq
+from onnx_l2c.config import CompressOptions
+from onnx_l2c.passes.base import TensorContext, TensorInput, method, method_of
 from onnx_l2c.passes.unify import (BlockLayout, BlockMetric, UnifyParams, Unification, admm, block_layout, project, quantize,
                           select_modes, unify_tensor)
 
@@ -92,7 +93,7 @@ def test_admm_and_refit_lower_the_output_error(rng):
     assert 0.2 < (modes != BlockMode.KEEP).mean() < 0.95
     sizes = np.full(modes.size, 4)
     plain = project(flat, block_of, modes, sizes)
-    refined = project(admm(flat, plain, block_of, modes, sizes, stats.hessian, view), block_of, modes, sizes)
+    refined = project(admm(flat, plain, block_of, modes, sizes, stats, view), block_of, modes, sizes)
     np.testing.assert_allclose(project(refined, block_of, modes, sizes), refined)  # on the structure
     err_plain = stats.weighted_error(plain.reshape(t.shape) - values)
     err_admm = stats.weighted_error(refined.reshape(t.shape) - values)
@@ -109,9 +110,9 @@ def test_forced_entries_keep_their_symbols_in_output_aware_rounding(rng):
     mask = rng.random(m.shape) < 0.3
     sym = rng.integers(-3, 4, m.shape).astype(np.int32)
     step = np.full(m.shape[:2], 0.02)
-    q = rounding.gptq(m, stats.hessian, step, 0.0, 0.0, forced=(mask, sym))
+    q = gptq.gptq(m, stats.hessian, step, 0.0, 0.0, forced=(mask, sym))
     np.testing.assert_array_equal(q[mask], sym[mask])
-    free = rounding.gptq(m, stats.hessian, step, 0.0, 0.0)
+    free = gptq.gptq(m, stats.hessian, step, 0.0, 0.0)
     assert not np.array_equal(q[~mask], free[~mask])  # the others compensate the forced error
 
 
@@ -139,9 +140,13 @@ def test_unification_method_and_bad_block():
     node = helper.make_node("Gemm", ["x", "W"], ["y"], transB=1)
     view = LayerView("gemm_nk", 1, 8, 12, (8, 12), "x", node)
     t = _tensor(np.linspace(-1, 1, 96).reshape(8, 12), 0)
-    method = Unification(UnifyParams(0.5, BlockShape.B1X4), None, view)
-    assert method.applies_to(t) and method.rate_bits(t) > 0
-    assert not Unification(UnifyParams(0.5, BlockShape.KERNEL), None, view).applies_to(t)
+    ctx = TensorContext(None, view, CompressOptions(methods=("unify",)))
+    unification = method("unify")
+    assert isinstance(unification, Unification) and method_of(UnifyParams(0.5, BlockShape.B1X4)) is unification
+    options = unification.candidates(t, ctx, lossless_bytes=10 ** 6)
+    assert options and {o.params.block for o in options} == {BlockShape.B1X4, BlockShape.B1X8}  # no kernel: a Gemm
+    recipe = unification.encode(t, UnifyParams(0.5, BlockShape.B1X4), ctx)
+    assert np.array_equal(native_decode(serialize(recipe)).view(np.uint8), reconstruct(recipe).view(np.uint8))
     with pytest.raises(L2CError, match=r"block 'kernel' does not fit it; valid: 1x2, 1x4"):
         unify_tensor(t, UnifyParams(0.5, BlockShape.KERNEL), None, view)
 

@@ -11,10 +11,10 @@ import numpy as np
 
 import onnx_l2c
 from helpers import assert_close, run_custom_op, run_fast, run_plain
-from models.compare import main as compare_main
-from models.data_audio import run_silero
-from models.evaluate import open_session
-from models.zoo import zoo_path
+from onnx_l2c.models.compare import main as compare_main
+from onnx_l2c.models.data_audio import run_silero
+from onnx_l2c.models.evaluate import open_session
+from onnx_l2c.models.zoo import zoo_path
 
 
 def test_silero_vad_constant_nodes_in_subgraphs_round_trip(tmp_path: Path):
@@ -50,8 +50,8 @@ def test_magika_with_fixing_and_unification_end_to_end(tmp_path: Path):
     """A real model through weight fixing alone and unification alone at a size target
     (calibrated on the task's calibration split, scored on its disjoint evaluation split),
     loaded by the zero-overhead loader; the reports carry the network-wide summaries."""
-    from models.evaluate import evaluate
-    from models.tasks import TASKS
+    from onnx_l2c.models.evaluate import evaluate
+    from onnx_l2c.models.tasks import TASKS
 
     original = zoo_path("magika")
     planner = onnx_l2c.Planner(original, calibration_data=TASKS["magika"].calibration(32), methods="fixing")
@@ -68,7 +68,7 @@ def test_magika_with_fixing_and_unification_end_to_end(tmp_path: Path):
 
 
 def test_bench_merge_replaces_rows_of_the_same_model_and_method():
-    from models.compare import Row, merge_rows
+    from onnx_l2c.models.compare import Row, merge_rows
 
     saved = [Row("m", "onnx_l2c a", {"r": 1}), Row("m", "onnx_l2c a", {"r": 2}), Row("m", "peer", {}),
              Row("n", "onnx_l2c a", {})]
@@ -97,8 +97,8 @@ def test_zoo_calibration_writes_the_bench_feeds_that_compress_reads(tmp_path: Pa
     unchanged, in order; it refuses a folder that already holds feeds."""
     import pytest
 
-    from models import evaluate
-    from models.tasks import Task
+    from onnx_l2c.models import evaluate
+    from onnx_l2c.models.tasks import Task
     from onnx_l2c.measure.calibration import InputSpec, iter_samples
     from onnx_l2c.cli import main as cli_main
     from onnx_l2c.errors import L2CError

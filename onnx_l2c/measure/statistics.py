@@ -199,7 +199,7 @@ class _Accumulator:
     weight: str
     stats: LayerStats
     # Two halves of the samples, kept apart so a method can fit on one half
-    # and check on the other (see passes/rounding.py).
+    # and check on the other (see passes/gptq.py).
     totals: list[np.ndarray | None] = field(default_factory=lambda: [None, None])
     sums: list[np.ndarray | None] = field(default_factory=lambda: [None, None])  # Σ x (full H only)
     counts: list[int] = field(default_factory=lambda: [0, 0])

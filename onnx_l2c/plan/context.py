@@ -1,6 +1,11 @@
 """Planning a size target: calibrate → statistics → sensitivity → candidates
-per tensor → global allocation. The pipeline then encodes each weight with
-the method the plan chose for it.
+per tensor from every selected method → global allocation. The writer then
+encodes each weight with the method whose candidate the plan chose for it.
+
+Nothing here names a method: the selected methods come from the registry
+(`onnx_l2c.passes.registry`), each proposes its candidates for a tensor in
+registry order, and a candidate's parameters name the method that quantizes
+and encodes them (`method_of`).
 """
 
 from __future__ import annotations
@@ -16,22 +21,23 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
-from onnx_l2c.passes import TensorInput, WeightTransform
-from onnx_l2c.passes import decorrelate, fixing, mixed, unify
-from onnx_l2c.passes.lossless import Lossless
-
-from onnx_l2c.plan import allocate
-from onnx_l2c.plan.allocate import Allocation, Option, TensorChoices
-from onnx_l2c.measure.calibration import graph_inputs, iter_samples
-from onnx_l2c.config import BlockShape, CompressOptions
-from onnx_l2c.codec import serialize
+from onnx_l2c.codec import Recipe, serialize
+from onnx_l2c.config import CompressOptions
 from onnx_l2c.graph.model import WeightRef, tensor_bits
+from onnx_l2c.measure.calibration import graph_inputs, iter_samples
 from onnx_l2c.measure.sensitivity import NOISE_REL, Sensitivity, measure_sensitivity, unit_error
 from onnx_l2c.measure.statistics import LayerStats, LayerView, collect_statistics, layer_view
+from onnx_l2c.passes import Knob, Lossless, Method, Params, Quantized, TensorContext, TensorInput, method_of, registry
+from onnx_l2c.plan import allocate
+from onnx_l2c.plan.allocate import Allocation, Option, TensorChoices
 
 log = logging.getLogger(__name__)
 
 PAYLOAD_OVERHEAD = 32  # average alignment padding per payload in the sidecar
+DECODE_NODE_BYTES = 160  # graph bytes per replaced weight besides its name: Decode node, payload, value_info
+FILL_TENSORS = 8  # the fill refines this many of the largest quantized tensors
+FILL_SLACK = 0.005  # the fill stops when the budget left over is under this share
+SHARED_FILL_STEPS = 6  # bisection steps of the shared step factor (uniform mode)
 
 
 @dataclass
@@ -43,6 +49,28 @@ class TensorPlan:
     sensitivity_measured: bool
     statistics: str  # "full", "diagonal", "rows", "none"
     choices: TensorChoices
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How the writer encodes one weight: the method's report name, whether it
+    is lossless, the chosen parameters, and the recipe function; `applies`
+    (None: always) says where it can (elsewhere the weight is coded lossless)."""
+
+    method: str
+    lossless: bool
+    params: Params | None
+    recipe: Callable[[TensorInput], Recipe]
+    applies: Callable[[TensorInput], bool] | None = None
+
+    def encode(self, tensor: TensorInput) -> Recipe:
+        return self.recipe(tensor)
+
+    def applies_to(self, tensor: TensorInput) -> bool:
+        return self.applies is None or self.applies(tensor)
+
+
+LOSSLESS = Encoding("lossless", True, None, Lossless().encode)
 
 
 @dataclass
@@ -66,29 +94,38 @@ class PlanContext:
     bias_of: dict[str, str] = field(default_factory=dict)
     fit_stats: dict[str, LayerStats] = field(default_factory=dict)
     max_abs: float = 0.0  # largest |w| of the network: the top of weight fixing's shared codebook
+    options: CompressOptions = field(default_factory=CompressOptions)
+    methods: tuple[Method, ...] = ()  # the selected methods that run (in candidate order)
 
-    def quantize(self, name: str, params: Any) -> mixed.Quantized:
+    def tensor_context(self, name: str) -> TensorContext:
+        return TensorContext(self.fit_stats.get(name), self.views.get(name), self.options, self.max_abs)
+
+    def quantize(self, name: str, params: Params) -> Quantized:
         """One candidate of one tensor (the same code the final encode runs)."""
         tensor = _tensor_input(self.weights[name], self.base_dir)
-        stats = self.fit_stats.get(name)
-        if isinstance(params, fixing.FixingParams):
-            return _fix_candidate(tensor, stats, self.max_abs, params)
-        if isinstance(params, unify.UnifyParams):
-            try:
-                return unify.quantize(tensor, params, stats, self.views[name], held_out=True)
-            finally:
-                if stats is not None:
-                    unify.release(stats)
-        if isinstance(params, decorrelate.TransformParams):
-            view = self.views[name]
-            assert view is not None
-            fitted = decorrelate.fit_basis(tensor, stats, view, params.whitened)
-            return decorrelate.quantize_transform(tensor, params, stats, fitted)
+        ctx = self.tensor_context(name)
         try:
-            return mixed.quantize(tensor, params, stats, held_out=True)
+            return method_of(params).quantize(tensor, params, ctx)
         finally:
-            if stats is not None:
-                mixed.release(stats)
+            if ctx.stats is not None:
+                ctx.stats.forget()
+
+    def encoding(self, name: str, option: Option) -> Encoding:
+        """How the writer encodes `name` for the chosen option."""
+        if option.params is None:
+            return LOSSLESS
+        params = option.params
+        method = method_of(params)
+
+        def recipe(tensor: TensorInput) -> Recipe:
+            ctx = self.tensor_context(name)
+            try:
+                return method.encode(tensor, params, ctx)
+            finally:
+                if ctx.stats is not None:
+                    ctx.stats.forget()
+
+        return Encoding(method.name, False, params, recipe)
 
     def allocate(self, budget: int, search: str) -> Allocation:
         if not self.mixed:
@@ -106,20 +143,18 @@ class PlanContext:
             return self._fill_shared(alloc, available)
         by_size = sorted((n for n, o in alloc.chosen.items() if o.params is not None),
                          key=lambda n: -alloc.chosen[n].bytes)
-        for name in by_size[:8]:
-            if available - alloc.total_bytes <= 0.005 * available:
+        for name in by_size[:FILL_TENSORS]:
+            if available - alloc.total_bytes <= FILL_SLACK * available:
                 break
             chosen = alloc.chosen[name]
-            # the continuous knob of the candidate's family (smaller = finer):
-            # the quantizer step α, weight fixing's tolerance δ, or its zero
-            # floor (down to no floor at the same δ, and then on along δ)
-            p = chosen.params
-            knobs = ["alpha"] if hasattr(p, "alpha") else ["floor", "delta"] if p.floor > 0 else ["delta"]
+            # the continuous knobs of the candidate's family (smaller = finer),
+            # in the order its parameters declare them (e.g. weight fixing's
+            # zero floor down to none at the same δ, and then on along δ)
             best = chosen
-            for knob in knobs:
+            for knob in chosen.params.knobs():
                 best = self._refine(name, chosen, best, knob, available - alloc.total_bytes + chosen.bytes)
-                if knob == "floor" and best.params.floor > 0:
-                    break  # the bisection stopped inside the floor range
+                if knob.linear and getattr(best.params, knob.name) > 0:
+                    break  # the bisection stopped inside this knob's range
             if best is not chosen:
                 scale = self.tensors[name].scale
                 alloc.chosen[name] = best
@@ -127,32 +162,32 @@ class PlanContext:
                 alloc.distortion += scale * (best.error - chosen.error)
         return alloc
 
-    def _refine(self, name: str, chosen: Option, start: Option, knob: str, room: int) -> Option:
+    def _refine(self, name: str, chosen: Option, start: Option, knob: Knob, room: int) -> Option:
         """The finest option of `start`'s family along `knob` that codes in
-        `room` bytes: the grid's bracket, then bisection (geometric; linear for
-        the zero floor, whose next finer value is no floor)."""
+        `room` bytes: the grid's bracket, then bisection (geometric toward
+        half the value; linear toward 0 for a linear knob)."""
         p = start.params
-        value = getattr(p, knob)
+        key = knob.name
+        value = getattr(p, key)
         finer = sorted((o for o in self.tensors[name].choices.options
                         if o.params is not None and o.params.family == p.family
-                        and (knob != "floor" or o.params.delta == p.delta)
-                        and getattr(o.params, knob) < value), key=lambda o: -getattr(o.params, knob))
+                        and all(getattr(o.params, s) == getattr(p, s) for s in knob.same)
+                        and getattr(o.params, key) < value), key=lambda o: -getattr(o.params, key))
 
         def next_finer(v: float) -> float:
-            return 0.0 if knob == "floor" else v / 2
+            return 0.0 if knob.linear else v / 2
 
         best, lo, hi = start, value, next_finer(value)
         for o in finer:
             if o.bytes <= room:
-                best, lo, hi = o, getattr(o.params, knob), next_finer(getattr(o.params, knob))
+                best, lo, hi = o, getattr(o.params, key), next_finer(getattr(o.params, key))
             else:
-                hi = getattr(o.params, knob)
+                hi = getattr(o.params, key)
                 break
-        # fewer steps for fixing: each is a full progressive fixing of the
-        # tensor; none along the floor once no floor fits
-        for _ in range(7 if knob == "alpha" else 4 if lo > 0 else 0):
-            mid = float(np.sqrt(lo * hi)) if knob != "floor" else 0.5 * (lo + hi)
-            params = dataclasses.replace(p, **{knob: mid})
+        # none along a knob whose finest fitting value is already 0
+        for _ in range(knob.steps if lo > 0 else 0):
+            mid = 0.5 * (lo + hi) if knob.linear else float(np.sqrt(lo * hi))
+            params = dataclasses.replace(p, **{key: mid})
             q = self.quantize(name, params)
             if len(q.payload) <= room:
                 lo, best = mid, Option(len(q.payload), q.error, params, q.sparsity, chosen.grid)
@@ -163,10 +198,10 @@ class PlanContext:
     def _fill_shared(self, alloc: Allocation, available: int) -> Allocation:
         """Uniform mode: refine one step factor shared by every quantized tensor."""
         names = [n for n, o in alloc.chosen.items() if o.params is not None]
-        if not names or available - alloc.total_bytes <= 0.005 * available:
+        if not names or available - alloc.total_bytes <= FILL_SLACK * available:
             return alloc
         lo, hi, best = 1.0, 0.5, None  # the grid is a whole octave apart at its fine end
-        for _ in range(6):
+        for _ in range(SHARED_FILL_STEPS):
             mid = float(np.sqrt(lo * hi))
             trial = dict(alloc.chosen)
             for name in names:
@@ -184,172 +219,50 @@ class PlanContext:
         dist = sum(self.tensors[n].scale * o.error for n, o in best.items())
         return Allocation(best, total, dist, alloc.search, alloc.multiplier)
 
-    def method_for(self, name: str, option: Option) -> WeightTransform:
-        if option.params is None:
-            return Lossless()
-        if isinstance(option.params, fixing.FixingParams):
-            return fixing.WeightFixing(option.params, self.max_abs, self.fit_stats.get(name))
-        if isinstance(option.params, unify.UnifyParams):
-            return unify.Unification(option.params, self.fit_stats.get(name), self.views[name])
-        if isinstance(option.params, decorrelate.TransformParams):
-            view = self.views[name]
-            assert view is not None
-            return decorrelate.Decorrelate(option.params, self.fit_stats.get(name), view)
-        return mixed.MixedPrecision(option.params, self.fit_stats.get(name))
-
 
 def _tensor_input(w: WeightRef, base_dir: Path) -> TensorInput:
     return TensorInput(w.name, w.dtype, w.shape, tensor_bits(w.tensor, base_dir), w.channel_axis)
 
 
-def _sweep(exponents: tuple[int, ...], numel: int, lossless: int,
-           candidate: Callable[[float], tuple[Any, mixed.Quantized]], grid: bool = False) -> list[Option]:
-    """Candidates along a step grid α = 2^(k/2), finest first: those smaller than
-    lossless, until one codes under STOP_BITS bits per weight. `candidate(α)`
-    gives (params, quantized); grid=True records k for the shared-grid search."""
-    out = []
-    for k in exponents:
-        params, q = candidate(2.0 ** (k / 2))
-        size = len(q.payload)
-        if size >= lossless:
-            continue
-        out.append(Option(size, q.error, params, q.sparsity, grid=k) if grid else
-                   Option(size, q.error, params, q.sparsity))
-        if 8 * size / max(numel, 1) < mixed.STOP_BITS:
-            break
-    return out
+def lossless_option(tensor: TensorInput) -> Option:
+    return Option(len(serialize(Lossless().encode(tensor))), 0.0, None)
 
 
-def _transform_options(tensor: TensorInput, stats: LayerStats | None, view: LayerView | None,
-                       lossless: int) -> list[Option]:
-    """Decorrelated candidates: plain KLT, and whitened in the output-error
-    metric when the layer has full statistics."""
-    if not decorrelate.applies(tensor, stats, view):
-        return []
-    assert view is not None
-    out = []
-    numel = int(np.prod(tensor.shape, dtype=np.int64))
-    kinds = [False] + ([True] if stats is not None and stats.hessian is not None else [])
-    for whitened in kinds:
-        fitted = decorrelate.fit_basis(tensor, stats, view, whitened)
-
-        def candidate(alpha: float) -> tuple[Any, mixed.Quantized]:
-            params = decorrelate.TransformParams(alpha, whitened)
-            return params, decorrelate.quantize_transform(tensor, params, stats, fitted)
-
-        out += _sweep(mixed.ALPHA_EXPONENTS, numel, lossless, candidate)
-    return out
-
-
-def _fix_candidate(tensor: TensorInput, stats: LayerStats | None, max_abs: float,
-                   params: fixing.FixingParams) -> mixed.Quantized:
-    """One weight-fixing candidate. With full statistics the least-squares
-    compensation is fitted on the first half of the samples and the error
-    measured on the second (as for output-aware rounding)."""
-    from onnx_l2c.codec import reconstruct
-
-    fit, score = stats, stats
-    if stats is not None and stats.hessian is not None and stats.halves is not None:
-        fit = LayerStats(stats.view, hessian=stats.halves[0])
-        score = LayerStats(stats.view, hessian=stats.halves[1])
-    values = tensor.values.astype(np.float64)
-    result = fixing.fix_tensor(values, params.delta, params.order, max_abs, fit, floor=params.floor)
-    recipe = fixing.fixed_recipe(tensor, result.values)
-    rec_values = tensor.decoded_values(reconstruct(recipe)).astype(np.float64)
-    return mixed.Quantized(recipe, serialize(recipe), mixed.layer_error(rec_values - values, score),
-                           float((rec_values == 0).mean()))
-
-
-def _fixing_options(tensor: TensorInput, stats: LayerStats | None, max_abs: float, deltas: tuple[float, ...],
-                    order: int, lossless: int) -> list[Option]:
-    """Weight-fixing candidates, one per δ, and the zero floors at the coarsest δ."""
-    out = []
-    grid = [fixing.FixingParams(delta, order) for delta in deltas]
-    grid += [fixing.FixingParams(max(deltas), order, floor) for floor in fixing.FIXING_FLOORS]
-    for params in grid:
-        q = _fix_candidate(tensor, stats, max_abs, params)
-        if len(q.payload) < lossless:
-            out.append(Option(len(q.payload), q.error, params, q.sparsity))
-    return out
-
-
-def _unify_options(tensor: TensorInput, stats: LayerStats | None, view: LayerView | None,
-                   blocks: tuple[BlockShape, ...], damping: float | None, lossless: int,
-                   fine: bool = False) -> list[Option]:
-    """Unification candidates: per block shape that fits the tensor, a step grid
-    (the selection's exchange rate λ follows the step); with `fine` (no other
-    quantizer family covers the high rates) also the finer steps, once."""
-    out = []
-    numel = int(np.prod(tensor.shape, dtype=np.int64))
-    for block in blocks:
-        if unify.block_layout(tensor, view, block) is None:
-            continue
-
-        def candidate(alpha: float) -> tuple[Any, mixed.Quantized]:
-            params = unify.UnifyParams(alpha, block, damping=damping)
-            return params, unify.quantize(tensor, params, stats, view, held_out=True)
-
-        exponents = unify.ALPHA_EXPONENTS
-        if fine:
-            exponents, fine = unify.FINE_ALPHA_EXPONENTS + exponents, False
-        out += _sweep(exponents, numel, lossless, candidate)
-    return out
-
-
-def _options(tensor: TensorInput, stats: LayerStats | None, methods: tuple[str, ...],
-             view: LayerView | None = None, max_abs: float = 0.0,
-             fixing_deltas: tuple[float, ...] = fixing.FIXING_DELTAS, pow2_order: int = 0,
-             blocks: tuple[BlockShape, ...] = unify.DEFAULT_BLOCKS) -> list[Option]:
-    lossless = len(serialize(Lossless().encode(tensor)))
-    options = [Option(lossless, 0.0, None)]
+def tensor_options(tensor: TensorInput, ctx: TensorContext, methods: tuple[Method, ...]) -> list[Option]:
+    """Every candidate of one tensor: lossless, then each method's in registry
+    order (every method prepares the context first, e.g. output-aware
+    rounding's damping, which the step-grid quantizers then use)."""
+    lossless = lossless_option(tensor)
+    options = [lossless]
     if not np.isfinite(tensor.values).all():
         return options
-    damping = mixed.output_aware_damping(tensor, stats) if "rounding" in methods else None
-    if "mixed" in methods:
-        # Per-tensor or per-channel steps, both with the chosen rounding; a
-        # dead zone (pruning) with plain rounding, where it is cheap to try.
-        per_channel = (False, True) if tensor.channel_axis is not None else (False,)
-        families = [(pc, 0.0, damping, False, False) for pc in per_channel]
-        families += [(False, dz, None, False, False) for dz in mixed.DEAD_ZONES if dz > 0]
-        if damping is None and len(tensor.shape) == 2 and tensor.channel_axis == 0:
-            families.append((True, 0.0, None, True, False))  # tables (Gather, Gemm transB): per-column steps
-            if stats is not None and stats.row_weight is not None and stats.row_weight.size == tensor.shape[0]:
-                # lookup tables: finer steps for the rows that inputs use often
-                families.append((True, 0.0, None, True, True))
-    elif {"uniform", "rounding"} & set(methods):
-        families = [(tensor.channel_axis is not None, 0.0, damping, False, False)]
-    else:
-        families = []  # only other methods (fixing, decorrelate) were asked for
-    numel = int(np.prod(tensor.shape, dtype=np.int64))
     try:
-        for family in families:
-            def candidate(alpha: float) -> tuple[Any, mixed.Quantized]:
-                params = mixed.QuantParams(alpha, *family)
-                return params, mixed.quantize(tensor, params, stats, held_out=True)
-
-            options += _sweep(mixed.ALPHA_EXPONENTS, numel, lossless, candidate, grid=True)
+        for m in methods:
+            m.prepare(tensor, ctx)
+        for m in methods:
+            options += m.candidates(tensor, ctx, lossless.bytes)
+            if ctx.stats is not None:
+                ctx.stats.forget()  # what one method cached for its candidates
     finally:
-        if stats is not None:
-            mixed.release(stats)
-    if "decorrelate" in methods:
-        options += _transform_options(tensor, stats, view, lossless)
-    if "fixing" in methods:
-        options += _fixing_options(tensor, stats, max_abs, fixing_deltas, pow2_order, lossless)
-    if "unify" in methods:
-        try:
-            options += _unify_options(tensor, stats, view, blocks, damping, lossless, fine=not families)
-        finally:
-            if stats is not None:
-                unify.release(stats)
+        if ctx.stats is not None:
+            ctx.stats.forget()
     return options
+
+
+def selected_methods(opts: CompressOptions, data_free: bool) -> tuple[Method, ...]:
+    """The selected methods in candidate order; without calibration data those
+    that need it are left out (the data-free note says so)."""
+    return tuple(m for name, m in registry().items()
+                 if name in opts.methods and not (data_free and m.needs_calibration))
 
 
 def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRef], opts: CompressOptions,
                   workers: int, progress: Any = None, measured: PlanContext | None = None) -> PlanContext:
     """Measure (or reuse `measured`'s statistics and sensitivities) and fit candidates."""
-    ctx = PlanContext(weights={w.name: w for w in weights}, base_dir=base_dir,
-                      # one shared step only for the uniform baseline (with or without rounding)
-                      mixed=not set(opts.methods) <= {"uniform", "rounding"})
+    chosen = [m for name, m in registry().items() if name in opts.methods]
+    # per-tensor choices unless every selected method shares one step grid position
+    ctx = PlanContext(weights={w.name: w for w in weights}, base_dir=base_dir, options=opts,
+                      mixed=any(m.per_tensor for m in chosen))
     t0 = time.perf_counter()
     if measured is not None:
         ctx.stats, ctx.sensitivity, ctx.data_free = measured.stats, measured.sensitivity, measured.data_free
@@ -371,18 +284,16 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
         ctx.notes.append("data-free: no calibration data, so distortion is the relative weight error of each "
                          "tensor (all tensors equally important) and rounding is to nearest")
     t2 = time.perf_counter()
-    methods = opts.methods if not ctx.data_free else tuple(m for m in opts.methods if m != "rounding")
+    ctx.methods = selected_methods(opts, ctx.data_free)
 
     ctx.views = {w.name: layer_view(w) for w in weights}
     ctx.fit_stats = dict(ctx.stats)
-    if ctx.stats and "rounding" in methods:  # bias correction is part of output-aware rounding
+    if ctx.stats and any(m.corrects_bias for m in ctx.methods):
         ctx.bias_of = find_biases(model, weights, ctx.stats)
         for name in ctx.bias_of:
             ctx.fit_stats[name] = ctx.stats[name].centered()
     biases = set(ctx.bias_of.values())
 
-    deltas = (opts.fixing_delta,) if opts.fixing_delta is not None else fixing.FIXING_DELTAS
-    blocks = (opts.block,) if opts.block is not None else unify.DEFAULT_BLOCKS
     norms = {w.name: _norms(w, base_dir) for w in weights}  # one read of each weight: (mean w², max |w|)
     # weight fixing's one codebook for the whole network is anchored at its largest |w|
     ctx.max_abs = max((m for _, m in norms.values()), default=0.0)
@@ -390,9 +301,8 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
     def work(w: WeightRef) -> tuple[WeightRef, list[Option]]:
         tensor = _tensor_input(w, base_dir)
         if w.name in biases:  # corrected after quantization: kept exact
-            return w, [Option(len(serialize(Lossless().encode(tensor))), 0.0, None)]
-        return w, _options(tensor, ctx.fit_stats.get(w.name), methods, ctx.views[w.name], ctx.max_abs,
-                           deltas, opts.pow2_order, blocks)
+            return w, [lossless_option(tensor)]
+        return w, tensor_options(tensor, ctx.tensor_context(w.name), ctx.methods)
 
     results: list[tuple[WeightRef, list[Option]]] = []
     with ThreadPoolExecutor(workers) as pool:
@@ -438,24 +348,6 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
     return ctx
 
 
-class Precomputed(WeightTransform):
-    """A recipe already computed (for bias correction), reported as its method."""
-
-    name = "precomputed"
-
-    def __init__(self, recipe: Any, method: WeightTransform) -> None:
-        self.recipe, self.name, self.lossless = recipe, method.name, method.lossless  # type: ignore[misc]
-        self.params = getattr(method, "params", None)
-
-    def applies_to(self, tensor: TensorInput) -> bool:
-        return True
-
-    def encode(self, tensor: TensorInput) -> Any:
-        return self.recipe
-
-    def rate_bits(self, tensor: TensorInput) -> float:
-        return 8.0 * len(serialize(self.recipe))
-
 
 def find_biases(model: onnx.ModelProto, weights: list[WeightRef], stats: dict[str, LayerStats]) -> dict[str, str]:
     """Weights whose consumer adds a float32 bias initializer of one value per
@@ -500,7 +392,7 @@ def find_biases(model: onnx.ModelProto, weights: list[WeightRef], stats: dict[st
     return out
 
 
-def bias_corrections(ctx: PlanContext, chosen: dict[str, Option]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def bias_corrections(ctx: PlanContext, chosen: dict[str, Option]) -> tuple[dict[str, np.ndarray], dict[str, Recipe]]:
     """New bias values (b − ΔW·E[x]) for every corrected weight, and the final
     recipes of those weights (so they are not encoded twice)."""
     from onnx import numpy_helper
@@ -508,14 +400,14 @@ def bias_corrections(ctx: PlanContext, chosen: dict[str, Option]) -> tuple[dict[
     from onnx_l2c.codec import decode_native
 
     new_bias: dict[str, np.ndarray] = {}
-    recipes: dict[str, Any] = {}
+    recipes: dict[str, Recipe] = {}
     for name, bias_name in ctx.bias_of.items():
         option = chosen.get(name)
         if option is None or option.params is None:
             continue
         w = ctx.weights[name]
         tensor = _tensor_input(w, ctx.base_dir)
-        recipe = ctx.method_for(name, option).encode(tensor)
+        recipe = ctx.encoding(name, option).encode(tensor)
         payload = serialize(recipe)
         values = tensor.decoded_values(decode_native(payload, recipe)).astype(np.float64)
         stats = ctx.stats[name]
@@ -545,7 +437,7 @@ def _graph_estimate(model: onnx.ModelProto, weights: list[WeightRef]) -> int:
     for w in weights:
         t = w.tensor
         size -= len(t.raw_data) + 4 * len(t.float_data) + 4 * len(t.int32_data)
-        size += 4 * len(w.name) + 160
+        size += 4 * len(w.name) + DECODE_NODE_BYTES
     return max(size, 0)
 
 

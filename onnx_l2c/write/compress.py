@@ -7,13 +7,14 @@ fixed order, so the same input and options give byte-identical outputs.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,95 +22,56 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnx_l2c.passes import TensorInput, WeightTransform, fixing, unify
-from onnx_l2c.passes.lossless import Lossless
-from onnx_l2c.passes.uniform import Uniform
-
+from onnx_l2c.codec import (DOMAIN, DTYPE_NAMES, FORMAT_VERSION, METADATA_KEY, OP_TYPE, OPSET, SIDECAR_SUFFIX,
+                            Recipe, decode_native, serialize)
 from onnx_l2c.config import CompressOptions
-from onnx_l2c.errors import L2CError
+from onnx_l2c.errors import L2CError, ModelError, OptionError
 from onnx_l2c.files import AlignedWriter, AtomicOutputs
-from onnx_l2c.codec import (DOMAIN, DTYPE_NAMES, FORMAT_VERSION, OP_TYPE, OPSET, Recipe,
-                     decode_native, serialize)
-from onnx_l2c.graph.model import (WeightRef, embed_external, external_files, find_weights, iter_graphs, load_model, model_bytes,
-                    tensor_bits)
+from onnx_l2c.graph.model import (WeightRef, embed_external, external_files, find_weights, iter_graphs, load_model,
+                                  model_bytes, tensor_bits)
+from onnx_l2c.passes import PresetQuantizer, TensorInput, registry
+from onnx_l2c.plan.context import LOSSLESS, Encoding
+from onnx_l2c.write.results import CompressResult, TensorReport
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, str], None]
-SIDECAR_SUFFIX = ".l2c"
-METADATA_KEY = "onnx_l2c.format"
-
-
-@dataclass
-class TensorReport:
-    name: str
-    method: str
-    dtype: str
-    shape: tuple[int, ...]
-    original_bytes: int
-    payload_bytes: int
-    rel_rmse: float  # ‖Ŵ − W‖ / ‖W‖ (0 for lossless)
-    sparsity: float = 0.0  # fraction of weights decoded as exactly zero
-    params: dict[str, Any] | None = None  # the method's parameters, when planned
-
-    @property
-    def bits_per_weight(self) -> float:
-        numel = int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
-        return 8.0 * self.payload_bytes / max(numel, 1)
-
-
-@dataclass
-class CompressResult:
-    output: Path
-    sidecar: Path
-    source_bytes: int  # the input .onnx plus every external data file it references
-    graph_bytes: int
-    sidecar_bytes: int
-    seconds: float
-    options: dict[str, Any]
-    tensors: list[TensorReport] = field(default_factory=list)
-    skipped_small: int = 0
-    plan: dict[str, Any] | None = None  # size-target planning summary (see onnx_l2c/report.py)
-
-    @property
-    def output_bytes(self) -> int:
-        return self.graph_bytes + self.sidecar_bytes
-
-    @property
-    def ratio(self) -> float:
-        return self.source_bytes / max(self.output_bytes, 1)
+# Re-allocations when the written output misses the budget (the graph's size is estimated).
+WRITE_ATTEMPTS = 3
+BUDGET_TOLERANCE = 0.01  # re-allocate when the output misses the budget by more
+OUT_OF_REACH = 1.03  # an output this far over the budget: the target is out of the methods' reach
 
 
 def sidecar_path(output: Path) -> Path:
     return output.with_name(output.name + SIDECAR_SUFFIX)
 
 
-def _methods(opts: CompressOptions) -> tuple[WeightTransform | None, WeightTransform]:
+def _preset_encoding(opts: CompressOptions) -> Encoding | None:
+    """The presets' fixed quantizer (no size target), or None for lossless."""
     bits = opts.quant_bits
-    lossy = Uniform(bits=bits, dead_zone=opts.dead_zone) if bits is not None else None
-    return lossy, Lossless()
+    if bits is None:
+        return None
+    quantizer = PresetQuantizer(bits=bits, dead_zone=opts.dead_zone)
+    return Encoding(quantizer.name, False, None, quantizer.encode, quantizer.applies_to)
 
 
-def _encode(w: WeightRef, base_dir: Path, lossy: WeightTransform | None,
-            lossless: WeightTransform, planned: WeightTransform | None = None) -> tuple[bytes, TensorReport]:
+def _encode(w: WeightRef, base_dir: Path, encoding: Encoding) -> tuple[bytes, Recipe, TensorReport]:
     bits = tensor_bits(w.tensor, base_dir)
     tensor = TensorInput(w.name, w.dtype, w.shape, bits, w.channel_axis)
-    if planned is not None:
-        method = planned
-    else:
-        method = lossy if lossy is not None and lossy.applies_to(tensor) else lossless
-    recipe: Recipe = method.encode(tensor)
+    if not encoding.applies_to(tensor):
+        encoding = LOSSLESS
+    recipe = encoding.encode(tensor)
     payload = serialize(recipe)
     rel, sparsity = 0.0, 0.0
-    if not method.lossless:
+    if not encoding.lossless:
         ref = tensor.values.astype(np.float64)
         rec = tensor.decoded_values(decode_native(payload, recipe))
         rel = float(np.linalg.norm(rec - ref) / max(np.linalg.norm(ref), 1e-30))
         sparsity = float((rec == 0).mean())
-    params = method.params.describe() if hasattr(getattr(method, "params", None), "describe") else None
-    report = TensorReport(w.name, method.name, DTYPE_NAMES[w.dtype], w.shape, w.nbytes, len(payload), rel,
+    params = encoding.params.describe() if encoding.params is not None else None
+    report = TensorReport(w.name, encoding.method, DTYPE_NAMES[w.dtype], w.shape, w.nbytes, len(payload), rel,
                           sparsity, params)
-    return payload, report
+    return payload, recipe, report
 
 
 @dataclass
@@ -132,13 +94,13 @@ def _load_source(model: str | os.PathLike | onnx.ModelProto, base_dir: str | os.
         proto = load_model(path)
         source = _Source(proto, path.parent, model_bytes(path, proto), path)
     if any(op.domain == DOMAIN for op in proto.opset_import):
-        raise L2CError(f"{model}: already compressed by onnx_l2c (uses domain {DOMAIN})")
+        raise ModelError(f"{model}: already compressed by onnx_l2c (uses domain {DOMAIN})")
     return source
 
 
 def _check_output(source: _Source, output: Path) -> None:
     if source.path is not None and output.resolve() == source.path.resolve():
-        raise L2CError(f"{output}: output would overwrite the input model")
+        raise OptionError(f"{output}: output would overwrite the input model")
 
 
 def compress(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike, *,
@@ -162,8 +124,8 @@ def compress(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     _check_output(source, output)
     analysis = find_weights(source.proto, opts.min_elements)
     workers = opts.workers or os.cpu_count() or 1
-    result = _write(source.proto, analysis, source.src_dir, output, opts, source.source_bytes, workers, progress,
-                    start, None)
+    result, _ = _write(source.proto, analysis, source.src_dir, output, opts, source.source_bytes, workers,
+                       progress, start, None)
     if opts.report is not None:
         from onnx_l2c.write.report import write_report
 
@@ -214,7 +176,7 @@ class Planner:
             updates["search"] = search
         opts = CompressOptions.from_kwargs(**(self.options.as_options() | updates))
         if not opts.has_target:
-            raise L2CError("Planner.compress needs target_ratio or target_size")
+            raise OptionError("Planner.compress needs target_ratio or target_size")
         output = Path(output)
         _check_output(self.source, output)
         ctx = self.context
@@ -223,27 +185,27 @@ class Planner:
         previous: dict | None = None
         fixed = ctx.fixed_bytes
         try:
-            for attempt in range(3):
+            for attempt in range(WRITE_ATTEMPTS):
                 allocation = ctx.allocate(budget, opts.search.value)
                 if previous is not None and allocation.chosen == previous:
                     break  # the candidates cannot get closer to the budget
                 previous = dict(allocation.chosen)
-                methods = {name: ctx.method_for(name, option) for name, option in allocation.chosen.items()}
+                encodings = {name: ctx.encoding(name, option) for name, option in allocation.chosen.items()}
                 new_bias, recipes = planning.bias_corrections(ctx, allocation.chosen)
-                for name, recipe in recipes.items():
-                    methods[name] = planning.Precomputed(recipe, methods[name])
+                for name, recipe in recipes.items():  # encoded once, for the bias correction
+                    encodings[name] = dataclasses.replace(encodings[name], recipe=lambda _, r=recipe: r)
                 work = onnx.ModelProto()
                 work.CopyFrom(self.source.proto)
                 for t in work.graph.initializer:
                     if t.name in new_bias:
                         t.CopyFrom(numpy_helper.from_array(new_bias[t.name], t.name))
                 work_analysis = find_weights(work, opts.min_elements)
-                result = _write(work, work_analysis, self.source.src_dir, output, opts, self.source.source_bytes,
-                                self.workers, self.progress, start, methods)
+                result, encoded = _write(work, work_analysis, self.source.src_dir, output, opts,
+                                         self.source.source_bytes, self.workers, self.progress, start, encodings)
                 # The payload sizes are exact; the graph's size was estimated.
                 # Correct the estimate by what the written files show and
                 # re-allocate if the output misses the budget by more than 1%.
-                if abs(result.output_bytes - budget) <= 0.01 * budget or allocation.total_bytes == 0:
+                if abs(result.output_bytes - budget) <= BUDGET_TOLERANCE * budget or allocation.total_bytes == 0:
                     break
                 predicted = allocation.total_bytes + ctx.fixed_bytes
                 ctx.fixed_bytes += result.output_bytes - predicted
@@ -251,22 +213,20 @@ class Planner:
                          budget, attempt + 2)
             assert result is not None
             result.plan = plan_summary(ctx, allocation, opts, budget, self.source.source_bytes)
-            if result.output_bytes > 1.03 * budget:
+            if result.output_bytes > OUT_OF_REACH * budget:
                 # every tensor at its smallest candidate still does not fit
                 missed = (f"the target ({budget} bytes) is out of reach of methods {','.join(opts.methods)}: "
                           f"their smallest candidates give {result.output_bytes} bytes "
                           f"(ratio {result.ratio:.2f})")
                 log.warning("%s", missed)
                 result.plan["notes"] = [*result.plan["notes"], missed]
-            # network-wide summaries of the recipes the write encoded (bias-corrected
-            # weights were encoded before it): fixing's codebook, unification's blocks
-            for key, method, summary in (("fixing", fixing.WeightFixing.name, fixing.codebook_summary),
-                                         ("unify", unify.Unification.name, unify.block_summary)):
-                encoded = [m.recipe if isinstance(m, planning.Precomputed) else getattr(m, "last_recipe", None)
-                           for m in methods.values() if m.name == method]
-                encoded = [r for r in encoded if r is not None]
-                if encoded:
-                    result.plan[key] = summary(encoded)
+            # network-wide summaries of the recipes each method encoded (e.g. weight
+            # fixing's codebook, unification's blocks), under the method's report key
+            for method in registry().values():
+                if method.summary_key is not None and encoded.get(method.name):
+                    summary = method.summary(encoded[method.name])
+                    if summary is not None:
+                        result.plan[method.summary_key] = summary
         finally:
             ctx.fixed_bytes = fixed  # the correction is specific to this output's names
         result.seconds = time.perf_counter() - start
@@ -277,9 +237,13 @@ class Planner:
 
 def _write(proto: onnx.ModelProto, analysis: Any, src_dir: Path, output: Path, opts: CompressOptions,
            source_bytes: int, workers: int, progress: Progress | None, start: float,
-           planned: dict[str, WeightTransform] | None) -> CompressResult:
+           planned: dict[str, Encoding] | None) -> tuple[CompressResult, dict[str, list[Recipe]]]:
+    """Encode every weight (the plan's encodings, else the preset's quantizer
+    where it applies and lossless elsewhere) and write the graph and sidecar.
+    Also returns the lossy recipes by method, for the methods' summaries."""
     weights = analysis.weights
-    lossy, lossless = _methods(opts)
+    preset = _preset_encoding(opts)
+    encoded: dict[str, list[Recipe]] = {}
     sidecar = sidecar_path(output)
     reports: list[TensorReport] = []
     used_names = {n for g in iter_graphs(proto.graph) for n in _names(g.graph)}
@@ -297,13 +261,16 @@ def _write(proto: onnx.ModelProto, analysis: Any, src_dir: Path, output: Path, o
                     w = next(todo, None)
                     if w is None:
                         break
-                    method = planned.get(w.name) if planned is not None else None
-                    window.append((w, pool.submit(_encode, w, src_dir, lossy, lossless, method)))
+                    if planned is not None:
+                        encoding = planned.get(w.name, LOSSLESS)
+                    else:
+                        encoding = preset if preset is not None else LOSSLESS
+                    window.append((w, pool.submit(_encode, w, src_dir, encoding)))
                 if not window:
                     break
                 w, fut = window.popleft()
                 try:
-                    payload, report = fut.result()
+                    payload, recipe, report = fut.result()
                 except L2CError:
                     raise
                 except (ValueError, TypeError, MemoryError, OverflowError) as exc:
@@ -315,6 +282,8 @@ def _write(proto: onnx.ModelProto, analysis: Any, src_dir: Path, output: Path, o
                     for key in ("raw_data", "float_data", "int32_data"):
                         w.tensor.ClearField(key)  # free the bytes now; dropped below
                 reports.append(report)
+                if planned is not None and report.method != LOSSLESS.method:
+                    encoded.setdefault(report.method, []).append(recipe)
                 done += 1
                 if progress is not None:
                     progress(done, len(weights), w.name)
@@ -331,9 +300,10 @@ def _write(proto: onnx.ModelProto, analysis: Any, src_dir: Path, output: Path, o
         sidecar_bytes = sidecar_tmp.stat().st_size
         outputs.commit()
 
-    return CompressResult(output=output, sidecar=sidecar, source_bytes=source_bytes, graph_bytes=len(data),
-                          sidecar_bytes=sidecar_bytes, seconds=time.perf_counter() - start,
-                          options=opts.as_dict(), tensors=reports, skipped_small=analysis.skipped_small)
+    result = CompressResult(output=output, sidecar=sidecar, source_bytes=source_bytes, graph_bytes=len(data),
+                            sidecar_bytes=sidecar_bytes, seconds=time.perf_counter() - start,
+                            options=opts.as_dict(), tensors=reports, skipped_small=analysis.skipped_small)
+    return result, encoded
 
 
 def _names(graph: onnx.GraphProto) -> set[str]:

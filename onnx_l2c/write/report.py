@@ -20,7 +20,7 @@ from onnx_l2c.files import AtomicOutputs
 if TYPE_CHECKING:
     from onnx_l2c.plan.allocate import Allocation
     from onnx_l2c.config import CompressOptions
-    from onnx_l2c.write.compress import CompressResult
+    from onnx_l2c.write.results import CompressResult
     from onnx_l2c.plan.context import PlanContext
 
 log = logging.getLogger(__name__)

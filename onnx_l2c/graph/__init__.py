@@ -1,0 +1,1 @@
+"""The graph layer: reading and editing an ONNX model's weights and consumers."""

@@ -1,0 +1,1 @@
+"""The read path: load or expand a compressed model. Imports no planner or pass."""

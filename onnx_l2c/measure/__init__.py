@@ -1,0 +1,1 @@
+"""Measurement: calibration data, per-layer statistics and output sensitivity."""

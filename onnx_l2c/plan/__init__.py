@@ -1,0 +1,1 @@
+"""Planning: per-tensor candidates from the registered methods and the global allocation."""

@@ -1,0 +1,1 @@
+"""The write path: compress a model into a graph plus sidecar, and its report."""
