@@ -8,12 +8,18 @@ they are the fallback and the no-target path. Installed as `onnx_l2c.passes`.
 
 from __future__ import annotations
 
-# Importing a method module registers its method (order: candidate order).
-from . import mixed, uniform, rounding, decorrelate, fixing, unify  # noqa: F401
+import importlib
+import pkgutil
+
 from .base import (Knob, Method, Params, Quantized, TensorContext, TensorInput, method, method_of,
                    registry)
 from .lossless import Lossless
 from .preset import PresetQuantizer
+
+# Every module of this package is imported, so a method's module registers it
+# on its own (`registry()` lists them in candidate order, not import order).
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = ["Knob", "Lossless", "Method", "Params", "PresetQuantizer", "Quantized", "TensorContext",
            "TensorInput", "method", "method_of", "registry"]

@@ -28,7 +28,7 @@ from onnx_l2c.plan.allocate import Option
 
 if TYPE_CHECKING:
     from onnx_l2c.config import CompressOptions, OptionSpec
-    from onnx_l2c.measure.statistics import LayerStats, LayerView
+    from onnx_l2c.measure.layers import LayerStats, LayerView
 
 # The step grid of the allocator: α = 2^(k/2) · rms, candidates finest first,
 # until one codes under STOP_BITS bits per weight.

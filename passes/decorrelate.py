@@ -31,7 +31,7 @@ import numpy as np
 from onnx_l2c.codec import (FLOAT, FLOAT16, AffineStage, CastStage, EntropyStage, Recipe, TransformStage,
                             decode_native, serialize)
 from onnx_l2c.errors import UnsupportedError
-from onnx_l2c.measure.statistics import LayerStats, LayerView
+from onnx_l2c.measure.layers import LayerStats, LayerView
 
 from . import gptq
 from .base import Knob, Method, Option, Params, Quantized, TensorContext, TensorInput, layer_error, sweep

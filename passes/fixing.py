@@ -32,7 +32,7 @@ import numpy as np
 
 from onnx_l2c.codec import FLOAT, CastStage, CodebookStage, EntropyStage, Recipe
 from onnx_l2c.errors import OptionError, UnsupportedError
-from onnx_l2c.measure.statistics import LayerStats
+from onnx_l2c.measure.layers import LayerStats
 
 from .base import (Knob, Method, Option, Params, Quantized, TensorContext, TensorInput, coded, compensate,
                    split_halves)

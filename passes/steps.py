@@ -23,7 +23,7 @@ import numpy as np
 from onnx_l2c.codec import (FLOAT, AffineStage, CastStage, EntropyStage, ExponentStage, Recipe,
                             exponent_multipliers, reconstruct, serialize)
 from onnx_l2c.errors import UnsupportedError
-from onnx_l2c.measure.statistics import LayerStats
+from onnx_l2c.measure.layers import LayerStats
 
 from . import gptq
 from .base import (Knob, Method, Option, Params, Quantized, TensorContext, TensorInput, channel_view,

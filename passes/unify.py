@@ -39,7 +39,7 @@ from onnx_l2c.codec import (FLOAT, AffineStage, BlockMode, CastStage, ExpandStag
                             expand_stage)
 from onnx_l2c.config import BlockShape
 from onnx_l2c.errors import UnsupportedError
-from onnx_l2c.measure.statistics import LayerStats, LayerView
+from onnx_l2c.measure.layers import LayerStats, LayerView
 
 from . import gptq, steps
 from .base import (Knob, Method, Option, Params, Quantized, TensorContext, TensorInput, channel_view, coded,

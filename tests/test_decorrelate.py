@@ -17,7 +17,7 @@ import onnx_l2c
 from onnx_l2c.codec import reconstruct, serialize
 from onnx_l2c.graph.model import find_weights
 from onnx_l2c.passes import TensorInput, decorrelate
-from onnx_l2c.measure.statistics import LayerStats, layer_view
+from onnx_l2c.measure.layers import LayerStats, layer_view
 
 
 def _low_rank_embedding(rng, rows=3000, cols=48, rank=6) -> onnx.ModelProto:

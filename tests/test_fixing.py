@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 from helpers import native_decode
 from onnx_l2c import L2CError
 from onnx_l2c.codec import serialize
-from onnx_l2c.measure.statistics import LayerStats, LayerView
+from onnx_l2c.measure.layers import LayerStats, LayerView
 from onnx_l2c.config import CompressOptions
 from onnx_l2c.passes.base import TensorContext, TensorInput
 from onnx_l2c.passes.fixing import (FIXING_FLOORS, SCHEDULE, FixingParams, WeightFixing, build_codebook, fix_tensor, fixed_recipe, nearest,

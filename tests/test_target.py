@@ -238,7 +238,7 @@ def _zipf_ids(rng, rows: int, n: int) -> np.ndarray:
 
 
 def test_smoothed_row_weight_keeps_good_turing_mass_for_unseen_rows():
-    from onnx_l2c.measure.statistics import smoothed_row_weight
+    from onnx_l2c.measure.layers import smoothed_row_weight
 
     counts = np.array([5, 1, 1, 0, 0, 3, 0, 0], np.float64)  # 10 lookups, 2 singletons, 4 unseen rows
     w = smoothed_row_weight(counts)
@@ -253,7 +253,7 @@ def test_row_exponents_refine_often_used_rows(rng):
     lookups the calibration never saw; the payload (format v3) decodes natively to the recipe."""
     from helpers import native_decode
     from onnx_l2c.codec import ExponentStage, reconstruct, serialize
-    from onnx_l2c.measure.statistics import LayerStats, LayerView, smoothed_row_weight
+    from onnx_l2c.measure.layers import LayerStats, LayerView, smoothed_row_weight
     from onnx_l2c.passes import steps
     from onnx_l2c.passes.base import TensorInput
 

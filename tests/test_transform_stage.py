@@ -30,7 +30,6 @@ from helpers import (assert_bit_identical, assert_close, decoded_by_custom_op, n
                      run_custom_op, run_fast, run_isolated, run_plain, stage_offsets, with_crc)
 from onnx_l2c import L2CError
 from onnx_l2c.codec import native
-from onnx_l2c.errors import L2CError
 from onnx_l2c.codec import (BFLOAT16, DOMAIN, FLOAT, FLOAT16, FORMAT_VERSION, 
                              OP_TYPE, OPSET, PAYLOAD_ALIGN, AffineStage, CastStage,
                              CodebookStage, EntropyStage, Recipe, TransformStage, describe, float32_to,

@@ -14,7 +14,7 @@ from builders import conv
 from helpers import native_decode, run_fast, run_plain, save
 from onnx_l2c import BlockShape, L2CError
 from onnx_l2c.codec import BlockMode, reconstruct, serialize
-from onnx_l2c.measure.statistics import LayerStats, LayerView
+from onnx_l2c.measure.layers import LayerStats, LayerView
 from onnx_l2c.passes import gptq
 from onnx_l2c.config import CompressOptions
 from onnx_l2c.passes.base import TensorContext, TensorInput, method, method_of

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import external_data_helper, numpy_helper
+from onnx import external_data_helper
 
 from onnx_l2c.errors import L2CError
 from onnx_l2c.codec import BFLOAT16, BITS_DTYPE, DTYPE_NAMES, FLOAT, FLOAT16

@@ -25,7 +25,7 @@ from onnx import external_data_helper
 
 from onnx_l2c.codec import (BFLOAT16, BITS_DTYPE, DOMAIN, DTYPE_NAMES, FLOAT, FLOAT16, METADATA_KEY, OP_TYPE, STORAGE,
                             describe, native, parse_header)
-from onnx_l2c.errors import FileError, ModelError, OutOfMemoryError, PayloadError, UnsupportedError
+from onnx_l2c.errors import FileError, OutOfMemoryError, PayloadError, UnsupportedError
 from onnx_l2c.files import AlignedWriter, AtomicOutputs
 from onnx_l2c.graph.model import GraphRef, iter_graphs, load_model
 

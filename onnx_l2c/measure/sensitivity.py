@@ -31,7 +31,7 @@ from onnx_l2c.measure.calibration import Feeds, InputSpec, ScratchModel, batches
 from onnx_l2c.errors import L2CError
 from onnx_l2c.codec import bits_to_float32
 from onnx_l2c.graph.model import WeightRef, iter_graphs, tensor_bits
-from onnx_l2c.measure.statistics import LayerStats
+from onnx_l2c.measure.layers import LayerStats
 
 log = logging.getLogger(__name__)
 

@@ -30,6 +30,7 @@ from onnx_l2c.files import AlignedWriter, AtomicOutputs
 from onnx_l2c.graph.model import (WeightRef, embed_external, external_files, find_weights, iter_graphs, load_model,
                                   model_bytes, tensor_bits)
 from onnx_l2c.passes import PresetQuantizer, TensorInput, registry
+from onnx_l2c.plan.bias import bias_corrections
 from onnx_l2c.plan.context import LOSSLESS, Encoding
 from onnx_l2c.write.results import CompressResult, TensorReport
 
@@ -191,7 +192,7 @@ class Planner:
                     break  # the candidates cannot get closer to the budget
                 previous = dict(allocation.chosen)
                 encodings = {name: ctx.encoding(name, option) for name, option in allocation.chosen.items()}
-                new_bias, recipes = planning.bias_corrections(ctx, allocation.chosen)
+                new_bias, recipes = bias_corrections(ctx, allocation.chosen)
                 for name, recipe in recipes.items():  # encoded once, for the bias correction
                     encodings[name] = dataclasses.replace(encodings[name], recipe=lambda _, r=recipe: r)
                 work = onnx.ModelProto()
