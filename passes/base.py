@@ -1,16 +1,17 @@
 """The method protocol, the registry, and the machinery methods share.
 
 Every lossy method is one module with one `Method` subclass (DESIGN.md §3):
-it declares its name and options, proposes candidates for a tensor
+it declares its name and flags, proposes candidates for a tensor
 (`candidates`), quantizes one candidate (`quantize`, the same code the final
 encode runs), emits the stages that decode it (`encode`) and summarizes what
 it did over the network (`summary`). Subclassing registers it; the planner,
-the pipeline, the report, the CLI and `bench compare` iterate over
-`registry()` and never name a method.
+the writer, the report and the CLI's `--methods` iterate over `registry()`
+and never name a method. (Its tuning options, e.g. weight fixing's δ, are
+still rows of the one option table in onnx_l2c/config.py.)
 
-Adding a method: a new module in passes/ with a `Method` subclass and its
-parameter dataclass (a `Params` subclass whose `method` is the method's
-name), imported in passes/__init__.py, plus its tests.
+Adding a method: a new module in passes/ (the package imports every module)
+with a `Method` subclass and its parameter dataclass (a `Params` subclass
+whose `method` is the method's name), plus its tests.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from onnx_l2c.errors import OptionError
 from onnx_l2c.plan.allocate import Option
 
 if TYPE_CHECKING:
-    from onnx_l2c.config import CompressOptions, OptionSpec
+    from onnx_l2c.config import CompressOptions
     from onnx_l2c.measure.layers import LayerStats, LayerView
 
 # The step grid of the allocator: α = 2^(k/2) · rms, candidates finest first,
@@ -156,7 +157,6 @@ class Method(abc.ABC):
     name: ClassVar[str]
     order: ClassVar[int]  # candidates of all methods are listed in this order (ties in the allocation)
     summary_key: ClassVar[str | None] = None  # the plan report's key for `summary`
-    options: ClassVar[tuple["OptionSpec", ...]] = ()  # its own options (CLI flags and API keywords)
     needs_calibration: ClassVar[bool] = False  # dropped (with a note) when there is no calibration data
     corrects_bias: ClassVar[bool] = False  # the planner folds the mean output shift into the consumer's bias
     # False for methods whose candidates all share one step grid position
