@@ -14,7 +14,7 @@ import onnx
 import onnxruntime as ort
 
 import onnx_l2c
-from onnx_l2c.codec import native
+from onnx_l2c.codec import native, parse_header
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).absolute().parents[1]
@@ -181,15 +181,7 @@ def patched(payload: bytes, pos: int, new: bytes) -> bytes:
 
 def stage_offsets(payload: bytes) -> list[tuple[int, int, int]]:
     """(kind, body offset, body size) of each stage of a well-formed payload (FORMAT.md layout)."""
-    pos = 8 + 8 * payload[7]
-    nstages = payload[pos]
-    pos += 4
-    out = []
-    for _ in range(nstages):
-        kind, size = struct.unpack_from("<B3xI", payload, pos)
-        out.append((kind, pos + 8, size))
-        pos += 8 + size
-    return out
+    return list(parse_header(payload).stages)
 
 
 def save(model: onnx.ModelProto, path: Path) -> Path:

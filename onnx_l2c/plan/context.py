@@ -241,16 +241,14 @@ def tensor_options(tensor: TensorInput, ctx: TensorContext, methods: tuple[Metho
     options = [lossless]
     if not np.isfinite(tensor.values).all():
         return options
-    try:
-        for m in methods:
-            m.prepare(tensor, ctx)
-        for m in methods:
+    for m in methods:
+        m.prepare(tensor, ctx)
+    for m in methods:
+        try:
             options += m.candidates(tensor, ctx, lossless.bytes)
+        finally:
             if ctx.stats is not None:
-                ctx.stats.forget()  # what one method cached for its candidates
-    finally:
-        if ctx.stats is not None:
-            ctx.stats.forget()
+                ctx.stats.forget()  # what the method cached for its candidates
     return options
 
 

@@ -186,6 +186,9 @@ class Planner:
         previous: dict | None = None
         fixed = ctx.fixed_bytes
         try:
+            # only the recipes of methods that summarize them are kept (a few arrays, not the model)
+            summarizing = [m for m in registry().values() if m.summary_key is not None]
+            summarized = {m.name for m in summarizing}
             for attempt in range(WRITE_ATTEMPTS):
                 allocation = ctx.allocate(budget, opts.search.value)
                 if previous is not None and allocation.chosen == previous:
@@ -202,7 +205,8 @@ class Planner:
                         t.CopyFrom(numpy_helper.from_array(new_bias[t.name], t.name))
                 work_analysis = find_weights(work, opts.min_elements)
                 result, encoded = _write(work, work_analysis, self.source.src_dir, output, opts,
-                                         self.source.source_bytes, self.workers, self.progress, start, encodings)
+                                         self.source.source_bytes, self.workers, self.progress, start, encodings,
+                                         summarized)
                 # The payload sizes are exact; the graph's size was estimated.
                 # Correct the estimate by what the written files show and
                 # re-allocate if the output misses the budget by more than 1%.
@@ -223,8 +227,8 @@ class Planner:
                 result.plan["notes"] = [*result.plan["notes"], missed]
             # network-wide summaries of the recipes each method encoded (e.g. weight
             # fixing's codebook, unification's blocks), under the method's report key
-            for method in registry().values():
-                if method.summary_key is not None and encoded.get(method.name):
+            for method in summarizing:
+                if encoded.get(method.name):
                     summary = method.summary(encoded[method.name])
                     if summary is not None:
                         result.plan[method.summary_key] = summary
@@ -238,10 +242,11 @@ class Planner:
 
 def _write(proto: onnx.ModelProto, analysis: Any, src_dir: Path, output: Path, opts: CompressOptions,
            source_bytes: int, workers: int, progress: Progress | None, start: float,
-           planned: dict[str, Encoding] | None) -> tuple[CompressResult, dict[str, list[Recipe]]]:
+           planned: dict[str, Encoding] | None,
+           summarized: frozenset[str] | set[str] = frozenset()) -> tuple[CompressResult, dict[str, list[Recipe]]]:
     """Encode every weight (the plan's encodings, else the preset's quantizer
     where it applies and lossless elsewhere) and write the graph and sidecar.
-    Also returns the lossy recipes by method, for the methods' summaries."""
+    Also returns the recipes of the methods in `summarized`, for their summaries."""
     weights = analysis.weights
     preset = _preset_encoding(opts)
     encoded: dict[str, list[Recipe]] = {}
@@ -283,7 +288,7 @@ def _write(proto: onnx.ModelProto, analysis: Any, src_dir: Path, output: Path, o
                     for key in ("raw_data", "float_data", "int32_data"):
                         w.tensor.ClearField(key)  # free the bytes now; dropped below
                 reports.append(report)
-                if planned is not None and report.method != LOSSLESS.method:
+                if report.method in summarized:
                     encoded.setdefault(report.method, []).append(recipe)
                 done += 1
                 if progress is not None:
