@@ -84,7 +84,7 @@ class BlockLayout:
 def input_axis(tensor: TensorInput, view: LayerView | None) -> int | None:
     """The axis of the weight that runs over its consumer's input channels."""
     if view is not None:
-        return {"conv": 1, "conv_transpose": 0, "matmul": 0, "gemm_kn": 0, "gemm_nk": 1, "gather": 1}.get(view.kind)
+        return view.input_axis
     if len(tensor.shape) == 2 and tensor.channel_axis is not None:
         return 1 - tensor.channel_axis
     # A matrix weight of an op without statistics (e.g. LSTM's W and R,

@@ -11,7 +11,6 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -19,14 +18,9 @@ from onnx import external_data_helper
 
 from onnx_l2c.errors import L2CError
 from onnx_l2c.codec import BFLOAT16, BITS_DTYPE, DTYPE_NAMES, FLOAT, FLOAT16
+from onnx_l2c.graph.ops import DEFAULT_DOMAINS, is_passthrough, passthrough_axis, weight_input
 
 log = logging.getLogger(__name__)
-
-# Ops whose weight input has an output-channel axis: (op_type, input index) → axis rule.
-# Passthrough ops forward the consumer search (with Transpose permuting the axis).
-_PASSTHROUGH = {"Cast", "Identity", "Transpose"}
-_RNN_OPS = {"LSTM", "GRU", "RNN"}
-
 
 @dataclass
 class GraphRef:
@@ -167,7 +161,9 @@ def model_bytes(path: Path, model: onnx.ModelProto | None = None) -> int:
 
 @dataclass
 class Consumer:
-    node: onnx.NodeProto
+    """One read of a value: input `index` of `node`, or (node None) a graph output."""
+
+    node: onnx.NodeProto | None
     index: int
 
 
@@ -177,24 +173,21 @@ class WeightAnalysis:
     skipped_small: int = 0
 
 
-def _consumers(model: onnx.ModelProto) -> dict[str, list[Consumer]]:
+def value_uses(graph: onnx.GraphProto, *, subgraphs: bool = True, outputs: bool = False) -> dict[str, list[Consumer]]:
+    """Who reads each value name: node inputs of `graph` (and, with
+    `subgraphs`, of every subgraph), and with `outputs` the graph's outputs."""
     # ONNX forbids shadowing outer-scope names, so one map serves all scopes.
     uses: dict[str, list[Consumer]] = {}
-    for ref in iter_graphs(model.graph):
-        for node in ref.graph.node:
+    graphs = [ref.graph for ref in iter_graphs(graph)] if subgraphs else [graph]
+    for g in graphs:
+        for node in g.node:
             for i, name in enumerate(node.input):
                 if name:
                     uses.setdefault(name, []).append(Consumer(node, i))
+    if outputs:
+        for value in graph.output:
+            uses.setdefault(value.name, []).append(Consumer(None, -1))
     return uses
-
-
-def node_attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
-    """An attribute's value (ints, int, string decoded), or `default` when absent."""
-    for attr in node.attribute:
-        if attr.name == name:
-            value = onnx.helper.get_attribute_value(attr)
-            return value.decode() if isinstance(value, bytes) else value
-    return default
 
 
 @dataclass
@@ -207,44 +200,26 @@ class ConsumerInfo:
 
 
 def _channel_axis(name: str, rank: int, uses: dict[str, list[Consumer]], depth: int = 0) -> ConsumerInfo:
-    """Output-channel axis of `name` as seen by its first weight-consuming op.
-
-    Conv: axis 0; ConvTranspose: 1; MatMul B: last, A: second-to-last;
-    Gemm per transA/transB; Gather data: the gather axis (per row);
-    LSTM/GRU/RNN W and R: 1 (gate rows). Through Cast/Identity/Transpose.
-    """
+    """Output-channel axis of `name` as seen by its first weight-consuming op
+    (the op table's `output_axis`), searched through passthrough ops."""
     if depth > 8 or rank == 0:
         return ConsumerInfo()
     for use in uses.get(name, []):
-        op, i, node = use.node.op_type, use.index, use.node
-        if use.node.domain not in ("", "ai.onnx"):
+        node, i = use.node, use.index
+        if node is None:
             continue
-        axis: int | None = None
-        if op == "Conv" and i == 1:
-            axis = 0
-        elif op == "ConvTranspose" and i == 1 and rank >= 2:
-            axis = 1
-        elif op == "MatMul" and rank >= 2:
-            axis = rank - 1 if i == 1 else rank - 2
-        elif op == "Gemm" and rank == 2 and i in (0, 1):
-            trans = node_attr(node, "transA" if i == 0 else "transB", 0)
-            axis = (0 if not trans else 1) if i == 0 else (1 if not trans else 0)
-        elif op == "Gather" and i == 0:
-            axis = node_attr(node, "axis", 0) % rank
-        elif op in _RNN_OPS and i in (1, 2) and rank == 3:
-            axis = 1
-        elif op in _PASSTHROUGH and i == 0:
+        if is_passthrough(node, i):
             info = _channel_axis(node.output[0], rank, uses, depth + 1)
-            if info.axis is not None and op == "Transpose":
-                perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-                perm = perm or list(reversed(range(rank)))
-                info.axis = perm[info.axis] if len(perm) == rank else None
+            if info.axis is not None and node.op_type == "Transpose":
+                info.axis = passthrough_axis(node, info.axis, rank)
                 info.transposed = True
             if info.axis is not None:
                 return info
             continue
+        entry = weight_input(node, i)
+        axis = entry.output_axis(node, rank) if entry is not None else None
         if axis is not None:
-            return ConsumerInfo(axis, op, node, i)
+            return ConsumerInfo(axis, node.op_type, node, i)
     return ConsumerInfo()
 
 
@@ -253,14 +228,14 @@ def find_weights(model: onnx.ModelProto, min_elements: int) -> WeightAnalysis:
 
     Each weight appears once however many nodes use it (it stays shared).
     """
-    uses = _consumers(model)
+    uses = value_uses(model.graph)
     out = WeightAnalysis()
     for ref in iter_graphs(model.graph):
         candidates: list[tuple[onnx.TensorProto, onnx.NodeProto | None, str]] = [
             (t, None, t.name) for t in ref.graph.initializer
         ]
         for node in ref.graph.node:
-            if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1:
+            if node.op_type == "Constant" and node.domain in DEFAULT_DOMAINS and len(node.output) == 1:
                 for attr in node.attribute:
                     if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
                         candidates.append((attr.t, node, node.output[0]))

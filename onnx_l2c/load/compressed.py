@@ -21,13 +21,12 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import external_data_helper
 
-from onnx_l2c.codec import (BFLOAT16, BITS_DTYPE, DOMAIN, DTYPE_NAMES, FLOAT, FLOAT16, METADATA_KEY, OP_TYPE, STORAGE,
-                            describe, native, parse_header)
+from onnx_l2c.codec import BFLOAT16, BITS_DTYPE, DTYPE_NAMES, FLOAT, FLOAT16, STORAGE, describe, native, parse_header
 from onnx_l2c.errors import FileError, OutOfMemoryError, PayloadError, UnsupportedError
 from onnx_l2c.files import AlignedWriter, AtomicOutputs
-from onnx_l2c.graph.model import GraphRef, iter_graphs, load_model
+from onnx_l2c.graph.edit import DecodeNode, declared_type, decode_nodes, read_names, restore_weights, set_external
+from onnx_l2c.graph.model import load_model
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +41,22 @@ def custom_op_library() -> str:
 
 @dataclass
 class DecodeEntry:
-    """One Decode node of a compressed model and where its payload lives."""
+    """One Decode node of a compressed model and the sidecar file its payload is in."""
 
-    name: str  # the decoded tensor
-    graph: GraphRef
-    node: onnx.NodeProto
-    payload: onnx.TensorProto
+    decode: DecodeNode
     file: Path
-    offset: int
-    length: int
+
+    @property
+    def name(self) -> str:  # the decoded tensor
+        return self.decode.name
+
+    @property
+    def offset(self) -> int:
+        return self.decode.offset
+
+    @property
+    def length(self) -> int:
+        return self.decode.length
 
 
 class CompressedModel:
@@ -65,26 +71,13 @@ class CompressedModel:
     def _entries(self) -> list[DecodeEntry]:
         entries: list[DecodeEntry] = []
         base = self.path.parent.resolve()
-        for ref in iter_graphs(self.model.graph):
-            inits = {t.name: t for t in ref.graph.initializer}
-            for node in ref.graph.node:
-                if node.domain != DOMAIN or node.op_type != OP_TYPE:
-                    continue
-                if len(node.input) != 1 or len(node.output) != 1 or node.input[0] not in inits:
-                    raise PayloadError(f"{self.path}: node {node.name!r} is not a well-formed {DOMAIN}::{OP_TYPE} "
-                                   "(one payload initializer in, one tensor out)")
-                payload = inits[node.input[0]]
-                if not external_data_helper.uses_external_data(payload):
-                    raise PayloadError(f"{self.path}: payload {payload.name!r} of tensor {node.output[0]!r} "
-                                   "is not stored as external data")
-                info = external_data_helper.ExternalDataInfo(payload)
-                location = Path(info.location)
-                file = (base / location).resolve()
-                if location.is_absolute() or not file.is_relative_to(base):
-                    raise FileError(f"{self.path}: tensor {node.output[0]!r}: sidecar location "
-                                   f"{info.location!r} is outside the model's folder")
-                entries.append(DecodeEntry(node.output[0], ref, node, payload, file,
-                                           int(info.offset or 0), int(info.length or 0)))
+        for found in decode_nodes(self.model, str(self.path)):
+            location = Path(found.location)
+            file = (base / location).resolve()
+            if location.is_absolute() or not file.is_relative_to(base):
+                raise FileError(f"{self.path}: tensor {found.name!r}: sidecar location "
+                                f"{found.location!r} is outside the model's folder")
+            entries.append(DecodeEntry(found, file))
         return entries
 
     def payload(self, entry: DecodeEntry) -> np.ndarray:
@@ -113,7 +106,7 @@ class CompressedModel:
         """Decode one tensor (float32 / float16 / uint16 bits for bfloat16), shaped."""
         payload = self.payload(entry)
         where = self.where(entry)
-        declared = _declared_type(entry.node)
+        declared = declared_type(entry.decode.node)
         if declared is None:  # no dtype/shape attributes: ask the payload (a second validating pass)
             info = native.payload_info(payload, where)
             declared = (info.dtype, info.dims)
@@ -153,51 +146,9 @@ class CompressedModel:
         self._maps.clear()
 
     def strip(self, replace: dict[str, onnx.TensorProto], hoist: bool = False) -> onnx.ModelProto:
-        """The model with every Decode node replaced by the initializer `replace[name]`.
-
-        hoist: put every replacement in the main graph (subgraphs see it as an
-        outer-scope value). onnxruntime applies add_external_initializers only
-        to main-graph initializers.
-        """
-        model = onnx.ModelProto()
-        model.CopyFrom(self.model)
-        by_graph: dict[str, list[str]] = {}
-        for e in self.entries:
-            by_graph.setdefault("main" if hoist else e.graph.path, []).append(e.name)
-        decoded = {e.name for e in self.entries}
-        payload_names = {e.payload.name for e in self.entries}
-        for ref in iter_graphs(model.graph):
-            graph = ref.graph
-            nodes = [n for n in graph.node
-                     if not (n.domain == DOMAIN and n.op_type == OP_TYPE and n.output[0] in decoded)]
-            inits = [t for t in graph.initializer if t.name not in payload_names]
-            if len(nodes) != len(graph.node):
-                del graph.node[:]
-                graph.node.extend(nodes)
-            if len(inits) != len(graph.initializer):
-                del graph.initializer[:]
-                graph.initializer.extend(inits)
-            restored = [replace[n] for n in by_graph.get(ref.path, [])]
-            graph.initializer.extend(restored)
-            if ref.path == "main" and model.ir_version < 4:
-                # IR < 4 requires every initializer to be listed as a graph input.
-                graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
-                                   for t in restored)
-        keep = [op for op in model.opset_import if op.domain != DOMAIN]
-        del model.opset_import[:]
-        model.opset_import.extend(keep)
-        props = [p for p in model.metadata_props if p.key != METADATA_KEY]
-        del model.metadata_props[:]
-        model.metadata_props.extend(props)
-        return model
-
-
-def _declared_type(node: onnx.NodeProto) -> tuple[int, tuple[int, ...]] | None:
-    """The (dtype, shape) a Decode node's attributes declare, if it has both."""
-    attrs = {a.name: a for a in node.attribute}
-    if "dtype" not in attrs or "shape" not in attrs:
-        return None
-    return int(attrs["dtype"].i), tuple(int(d) for d in attrs["shape"].ints)
+        """The model with every Decode node replaced by the initializer
+        `replace[name]` (see graph.edit.restore_weights)."""
+        return restore_weights(self.model, [e.decode for e in self.entries], replace, hoist)
 
 
 def _declared(entry: DecodeEntry, array: np.ndarray, dtype: int) -> onnx.TensorProto:
@@ -223,8 +174,7 @@ def InferenceSession(path: str | os.PathLike, sess_options: Any = None, provider
         arrays = compressed.decode_all()
         # onnxruntime drops initializers no node reads before it applies external
         # ones (and then fails to find them): those few travel inline instead.
-        used = {name for ref in iter_graphs(compressed.model.graph) for n in ref.graph.node for name in n.input}
-        used |= {v.name for v in compressed.model.graph.output}
+        used = read_names(compressed.model)
         declared: dict[str, onnx.TensorProto] = {}
         external: list[str] = []
         offset = 0
@@ -236,11 +186,7 @@ def InferenceSession(path: str | os.PathLike, sess_options: Any = None, provider
             else:
                 # A virtual location: the file never exists, onnxruntime takes
                 # the bytes from add_external_initializers instead.
-                tensor.data_location = onnx.TensorProto.EXTERNAL
-                for key, value in (("location", _VIRTUAL_LOCATION), ("offset", str(offset)),
-                                   ("length", str(array.nbytes))):
-                    item = tensor.external_data.add()
-                    item.key, item.value = key, value
+                set_external(tensor, _VIRTUAL_LOCATION, offset, array.nbytes)
                 offset += array.nbytes
                 external.append(entry.name)
             declared[entry.name] = tensor
@@ -283,11 +229,7 @@ def decompress(path: str | os.PathLike, output: str | os.PathLike, *,
                     raw = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
                     if writer is not None:
                         offset, length = writer.add(raw)
-                        tensor.data_location = onnx.TensorProto.EXTERNAL
-                        for key, value in (("location", data_file.name), ("offset", str(offset)),
-                                           ("length", str(length))):
-                            item = tensor.external_data.add()
-                            item.key, item.value = key, value
+                        set_external(tensor, data_file.name, offset, length)
                     else:
                         tensor.raw_data = raw
                     tensors[entry.name] = tensor

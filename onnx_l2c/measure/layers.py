@@ -16,14 +16,15 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnx_l2c.graph.model import WeightRef, node_attr
+from onnx_l2c.graph.model import WeightRef
+from onnx_l2c.graph.ops import INPUT_AXIS, layer_of
 
 
 @dataclass
 class LayerView:
     """How a weight acts in its consumer: as `groups` matrices (rows × cols)."""
 
-    kind: str  # "conv", "conv_transpose", "matmul", "gemm_kn", "gemm_nk", "gather"
+    kind: str  # the layout: a key of graph.ops.INPUT_AXIS
     groups: int
     rows: int  # per group
     cols: int  # per group (the input dimension d)
@@ -31,6 +32,11 @@ class LayerView:
     activation: str  # name of the consumer's input the statistics come from
     node: onnx.NodeProto
     trans_a: bool = False
+
+    @property
+    def input_axis(self) -> int:
+        """The weight's axis that runs over the consumer's input channels."""
+        return INPUT_AXIS[self.kind]
 
     def to_matrix(self, w: np.ndarray) -> np.ndarray:
         """Tensor → (groups, rows, cols)."""
@@ -178,30 +184,13 @@ def smoothed_row_weight(counts: np.ndarray) -> np.ndarray:
 
 
 def layer_view(w: WeightRef) -> LayerView | None:
-    """The matrix view of a weight in its consumer, or None if it has none we model."""
-    node, idx, shape = w.consumer_node, w.consumer_input, w.shape
+    """The matrix view of a weight in its consumer (from the op table), or
+    None if it has none we model."""
+    node = w.consumer_node
     if node is None or w.transposed:
         return None
-    op = node.op_type
-    if op == "Conv" and idx == 1 and 3 <= len(shape) <= 4:
-        g = node_attr(node, "group", 1)
-        if shape[0] % g:
-            return None
-        d = int(np.prod(shape[1:]))
-        return LayerView("conv", g, shape[0] // g, d, shape, node.input[0], node)
-    if op == "ConvTranspose" and idx == 1 and 3 <= len(shape) <= 4:
-        g = node_attr(node, "group", 1)
-        if shape[0] % g:
-            return None
-        kk = int(np.prod(shape[2:]))
-        return LayerView("conv_transpose", g, shape[1], shape[0] // g * kk, shape, node.input[0], node)
-    if op == "MatMul" and idx == 1 and len(shape) == 2:
-        return LayerView("matmul", 1, shape[1], shape[0], shape, node.input[0], node)
-    if op == "Gemm" and idx == 1 and len(shape) == 2:
-        trans_a = bool(node_attr(node, "transA", 0))
-        if node_attr(node, "transB", 0):
-            return LayerView("gemm_nk", 1, shape[0], shape[1], shape, node.input[0], node, trans_a)
-        return LayerView("gemm_kn", 1, shape[1], shape[0], shape, node.input[0], node, trans_a)
-    if op == "Gather" and idx == 0 and len(shape) == 2 and node_attr(node, "axis", 0) == 0:
-        return LayerView("gather", 1, shape[0], shape[1], shape, node.input[1], node)
-    return None
+    layer = layer_of(node, w.consumer_input, w.shape)
+    if layer is None:
+        return None
+    return LayerView(layer.kind, layer.groups, layer.rows, layer.cols, w.shape,
+                     node.input[layer.activation_input], node, layer.trans_a)

@@ -30,7 +30,8 @@ import onnx
 from onnx_l2c.measure.calibration import Feeds, InputSpec, ScratchModel, batches, make_session
 from onnx_l2c.errors import L2CError
 from onnx_l2c.codec import bits_to_float32
-from onnx_l2c.graph.model import WeightRef, iter_graphs, tensor_bits
+from onnx_l2c.graph.edit import make_feedable
+from onnx_l2c.graph.model import WeightRef, tensor_bits
 from onnx_l2c.measure.layers import LayerStats
 
 log = logging.getLogger(__name__)
@@ -101,44 +102,6 @@ def _divergence(kind: str, ref: np.ndarray, out: np.ndarray) -> float:
     return float(((out - ref) ** 2).sum() / max((ref ** 2).sum(), 1e-30))
 
 
-def _definition_counts(graph: onnx.GraphProto) -> dict[str, int]:
-    """How many times each value name is defined (initializer, graph input,
-    node output) over the graph and all its subgraphs."""
-    counts: dict[str, int] = {}
-    for ref in iter_graphs(graph):
-        g = ref.graph
-        names = [t.name for t in g.initializer] + [v.name for v in g.input]
-        names += [o for node in g.node for o in node.output if o]
-        for name in names:
-            counts[name] = counts.get(name, 0) + 1
-    return counts
-
-
-def _hoist(w: WeightRef, sub: onnx.GraphProto | None, main: onnx.GraphProto, definitions: dict[str, int]) -> bool:
-    """Make a weight a main-graph initializer (so it can be fed): a Constant
-    node (of any graph) becomes one, and a subgraph initializer moves there;
-    a subgraph then reads it from the outer scope. Only for names defined
-    once in the whole model, so no other value is shadowed."""
-    if sub is None or definitions.get(w.name, 0) != 1:
-        return False
-    moved = onnx.TensorProto()
-    if w.constant_node is None:
-        tensor = next((t for t in sub.initializer if t.name == w.name), None)
-        if tensor is None:
-            return False
-        moved.CopyFrom(tensor)
-        sub.initializer.remove(tensor)
-    else:
-        node = next((n for n in sub.node if n.op_type == "Constant" and list(n.output) == [w.name]), None)
-        if node is None:
-            return False
-        moved.CopyFrom(w.tensor)
-        moved.name = w.name
-        sub.node.remove(node)
-    main.initializer.append(moved)
-    return True
-
-
 def measure_sensitivity(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRef],
                         stats: dict[str, LayerStats], samples: Sequence[Feeds],
                         inputs: list[InputSpec]) -> Sensitivity:
@@ -146,21 +109,7 @@ def measure_sensitivity(model: onnx.ModelProto, base_dir: Path, weights: list[We
     result = Sensitivity()
     proto = onnx.ModelProto()
     proto.CopyFrom(model)
-    graph = proto.graph
-    inits = {t.name: t for t in graph.initializer}
-    declared = {v.name for v in graph.input}
-    probe: list[WeightRef] = []
-    subgraphs = {ref.path: ref.graph for ref in iter_graphs(graph)}
-    definitions = _definition_counts(graph)
-    for w in weights:
-        if w.graph.path == "main" and w.constant_node is None:
-            if w.name not in inits:
-                continue
-        elif not _hoist(w, subgraphs.get(w.graph.path), graph, definitions):
-            continue
-        if w.name not in declared:
-            graph.input.append(onnx.helper.make_tensor_value_info(w.name, w.dtype, list(w.shape)))
-        probe.append(w)
+    probe = make_feedable(proto, weights)
     if not probe or not samples:
         return result
     with ScratchModel(proto, base_dir) as scratch:

@@ -25,7 +25,10 @@ import onnx
 
 from onnx_l2c.measure.calibration import Feeds, InputSpec, ScratchModel, batches, make_session
 from onnx_l2c.errors import L2CError
-from onnx_l2c.graph.model import WeightRef, iter_graphs, node_attr
+from onnx_l2c.graph.edit import (BRANCH_OUTPUT_TAG, expose, expose_from_branch, if_branches, main_values,
+                                 node_scopes)
+from onnx_l2c.graph.model import WeightRef
+from onnx_l2c.graph.ops import node_attr
 from onnx_l2c.measure.layers import LayerStats, LayerView, layer_view, smoothed_row_weight
 
 log = logging.getLogger(__name__)
@@ -257,9 +260,6 @@ def collect_statistics(model: onnx.ModelProto, base_dir: Path, weights: list[Wei
     return result
 
 
-BRANCH_OUTPUT_TAG = "::l2c_stat::"  # in the names of If outputs added to read values computed in a branch
-
-
 @dataclass(frozen=True)
 class _Source:
     """Where the accumulators of one key read their input: a main-graph output
@@ -278,16 +278,11 @@ def _scratch_model(model: onnx.ModelProto, weights: list[WeightRef], inputs: lis
     scratch_proto = onnx.ModelProto()
     scratch_proto.CopyFrom(model)
     graph = scratch_proto.graph
-    main_values = {v.name for v in graph.input} | {t.name for t in graph.initializer}
-    main_values |= {o for node in graph.node for o in node.output}
-    if_branches = _if_branches(graph)
+    readable = main_values(graph)
+    branches_of = if_branches(graph)
     # The graph each consumer runs in (a weight of the main graph may be used
     # inside a subgraph), by its first output's name; None where ambiguous.
-    scope: dict[str, str | None] = {}
-    for ref in iter_graphs(graph):
-        for node in ref.graph.node:
-            if node.output:
-                scope[node.output[0]] = ref.path if node.output[0] not in scope else None
+    scope = node_scopes(graph)
     accs: dict[str, list[_Accumulator]] = {}
     sources: dict[str, _Source] = {}
     for w in weights:
@@ -295,18 +290,18 @@ def _scratch_model(model: onnx.ModelProto, weights: list[WeightRef], inputs: lis
         if view is None or not view.node.output:
             continue
         where = scope.get(view.node.output[0])
-        branch = if_branches.get(where) if where is not None else None
+        branch = branches_of.get(where) if where is not None else None
         key = view.activation if where == "main" else f"{where}::{view.activation}"
         if key not in sources:
-            if where == "main" or (branch is None and where is not None and view.activation in main_values):
+            if where == "main" or (branch is None and where is not None and view.activation in readable):
                 sources[key] = _Source(view.activation)  # Loop/Scan bodies: outer values only
-            elif branch is not None and branch[0].input and branch[0].input[0] in main_values:
+            elif branch is not None and branch[0].input and branch[0].input[0] in readable:
                 node, taken = branch
                 condition = (node.input[0], taken == "then_branch")
-                if view.activation in main_values:
+                if view.activation in readable:
                     sources[key] = _Source(view.activation, condition)
                 else:
-                    exposed = _expose_from_branch(graph, branch, view.activation, w.dtype) if branches else None
+                    exposed = expose_from_branch(graph, branch, view.activation, w.dtype) if branches else None
                     if exposed is None:
                         continue
                     sources[key] = _Source(exposed, condition)
@@ -315,54 +310,9 @@ def _scratch_model(model: onnx.ModelProto, weights: list[WeightRef], inputs: lis
         seed = int.from_bytes(w.name.encode()[-8:].rjust(8, b"\0"), "little") % (2 ** 32)
         accs.setdefault(key, []).append(_Accumulator(w.name, LayerStats(view), rng=np.random.default_rng(seed)))
     feed_names = {s.name for s in inputs}
-    present = {o.name for o in graph.output}
     needed = {src.output for src in sources.values()} | {src.condition[0] for src in sources.values() if src.condition}
-    for name in sorted(needed):
-        if name not in feed_names and name not in present:
-            graph.output.append(onnx.ValueInfoProto(name=name))
-            present.add(name)
+    expose(graph, [name for name in sorted(needed) if name not in feed_names])
     return scratch_proto, accs, sources
-
-
-def _if_branches(graph: onnx.GraphProto) -> dict[str, tuple[onnx.NodeProto, str]]:
-    """Subgraph path (as graph.iter_graphs names it) -> (If node of the main
-    graph, branch attribute), for paths that name exactly one branch."""
-    found: dict[str, list[tuple[onnx.NodeProto, str]]] = {}
-    for node in graph.node:
-        if node.op_type != "If" or node.domain not in ("", "ai.onnx"):
-            continue
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                found.setdefault(f"main/{node.name or node.op_type}.{attr.name}", []).append((node, attr.name))
-    return {path: hits[0] for path, hits in found.items() if len(hits) == 1}
-
-
-def _expose_from_branch(graph: onnx.GraphProto, branch: tuple[onnx.NodeProto, str] | None, name: str,
-                        dtype: int) -> str | None:
-    """Make a value computed inside one branch of a main-graph If readable:
-    the branch gets it as an extra output, the other branch an empty tensor of
-    the same type, and the If node (and the main graph) one more output. The
-    statistics skip the empty tensor, so samples that take the other branch
-    add nothing. Returns the new main-graph output name."""
-    if branch is None:
-        return None
-    node, taken = branch
-    graphs = {a.name: a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH}
-    if set(graphs) != {"then_branch", "else_branch"}:
-        return None
-    inside = graphs[taken]
-    if not any(name in n.output for n in inside.node):
-        return None
-    out_name = f"{node.output[0]}{BRANCH_OUTPUT_TAG}{name}"
-    empty = f"{out_name}::empty"
-    other = graphs["else_branch" if taken == "then_branch" else "then_branch"]
-    inside.output.append(onnx.helper.make_tensor_value_info(name, dtype, None))
-    other.node.append(onnx.helper.make_node("Constant", [], [empty],
-                                            value=onnx.helper.make_tensor(empty, dtype, [0], [])))
-    other.output.append(onnx.helper.make_tensor_value_info(empty, dtype, None))
-    node.output.append(out_name)
-    graph.output.append(onnx.ValueInfoProto(name=out_name))
-    return out_name
 
 
 def _run_and_accumulate(session: object, feeds: Feeds, out_names: list[str],

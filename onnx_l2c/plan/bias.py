@@ -13,7 +13,8 @@ import onnx
 from onnx import numpy_helper
 
 from onnx_l2c.codec import Recipe, decode_native, serialize
-from onnx_l2c.graph.model import WeightRef
+from onnx_l2c.graph.model import WeightRef, value_uses
+from onnx_l2c.graph.ops import weight_input
 from onnx_l2c.measure.layers import LayerStats
 from onnx_l2c.plan.allocate import Option
 
@@ -27,12 +28,7 @@ def find_biases(model: onnx.ModelProto, weights: list[WeightRef], stats: dict[st
     or the Add right after a MatMul."""
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    uses: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            uses.setdefault(name, []).append(node)
-    for value in graph.output:
-        uses.setdefault(value.name, []).append(onnx.NodeProto())  # a graph output counts as a use
+    uses = value_uses(graph, subgraphs=False, outputs=True)  # a graph output counts as a use
 
     def bias_ok(name: str, rows: int) -> bool:
         t = inits.get(name)
@@ -46,18 +42,18 @@ def find_biases(model: onnx.ModelProto, weights: list[WeightRef], stats: dict[st
         if (st is None or st.mean is None or node is None or w.graph.path != "main" or w.transposed
                 or len(uses.get(w.name, [])) != 1 or node.input[w.consumer_input] != w.name):
             continue
+        entry = weight_input(node, w.consumer_input)
+        if entry is None:
+            continue
         rows = st.view.groups * st.view.rows
-        attrs = {a.name: a for a in node.attribute}
         bias = None
-        if node.op_type == "Conv" and len(node.input) > 2 and node.input[2]:
-            bias = node.input[2]
-        elif node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
-            if all(attrs[k].f == 1.0 for k in ("alpha", "beta") if k in attrs):
-                bias = node.input[2]
-        elif node.op_type == "MatMul":
+        index = entry.bias_input(node)
+        if index is not None:
+            bias = node.input[index]
+        elif entry.bias_after:
             after = uses.get(node.output[0], [])
-            if len(after) == 1 and after[0].op_type == "Add":
-                others = [n for n in after[0].input if n != node.output[0]]
+            if len(after) == 1 and after[0].node is not None and after[0].node.op_type == "Add":
+                others = [n for n in after[0].node.input if n != node.output[0]]
                 bias = others[0] if len(others) == 1 else None
         if bias is not None and bias_ok(bias, rows) and bias not in out.values():
             out[w.name] = bias

@@ -22,13 +22,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnx_l2c.codec import (DOMAIN, DTYPE_NAMES, FORMAT_VERSION, METADATA_KEY, OP_TYPE, OPSET, SIDECAR_SUFFIX,
-                            Recipe, decode_native, serialize)
+from onnx_l2c.codec import DOMAIN, DTYPE_NAMES, SIDECAR_SUFFIX, Recipe, decode_native, serialize
 from onnx_l2c.config import CompressOptions
 from onnx_l2c.errors import L2CError, ModelError, OptionError
 from onnx_l2c.files import AlignedWriter, AtomicOutputs
 from onnx_l2c.graph.model import (WeightRef, embed_external, external_files, find_weights, iter_graphs, load_model,
                                   model_bytes, tensor_bits)
+from onnx_l2c.graph.edit import defined_names, drop_initializers, mark_compressed, replace_with_decode
 from onnx_l2c.passes import PresetQuantizer, TensorInput, registry
 from onnx_l2c.plan.bias import bias_corrections
 from onnx_l2c.plan.context import LOSSLESS, Encoding
@@ -252,7 +252,7 @@ def _write(proto: onnx.ModelProto, analysis: Any, src_dir: Path, output: Path, o
     encoded: dict[str, list[Recipe]] = {}
     sidecar = sidecar_path(output)
     reports: list[TensorReport] = []
-    used_names = {n for g in iter_graphs(proto.graph) for n in _names(g.graph)}
+    used_names = defined_names(proto.graph)
     original_names = set(used_names)
 
     with AtomicOutputs() as outputs:
@@ -283,7 +283,7 @@ def _write(proto: onnx.ModelProto, analysis: Any, src_dir: Path, output: Path, o
                     raise L2CError(f"tensor {w.name!r} in {w.graph.path}: encoding failed: "
                                    f"{type(exc).__name__}: {exc}") from exc
                 offset, length = writer.add(payload)
-                _replace_with_decode(w, offset, length, sidecar.name, used_names)
+                replace_with_decode(w, offset, length, sidecar.name, used_names)
                 if w.constant_node is None:
                     for key in ("raw_data", "float_data", "int32_data"):
                         w.tensor.ClearField(key)  # free the bytes now; dropped below
@@ -293,13 +293,13 @@ def _write(proto: onnx.ModelProto, analysis: Any, src_dir: Path, output: Path, o
                 done += 1
                 if progress is not None:
                     progress(done, len(weights), w.name)
-        _drop_replaced_initializers(proto, {w.name for w in weights if w.constant_node is None})
+        drop_initializers(proto, {w.name for w in weights if w.constant_node is None})
         payload_names = set(used_names) - original_names
         for ref in iter_graphs(proto.graph):
             for t in ref.graph.initializer:
                 if t.name not in payload_names:
                     embed_external(t, src_dir)  # kept tensors travel inside the small graph
-        _mark(proto)
+        mark_compressed(proto)
         graph_tmp = outputs.temp_for(output)
         data = proto.SerializeToString()
         graph_tmp.write_bytes(data)
@@ -310,68 +310,3 @@ def _write(proto: onnx.ModelProto, analysis: Any, src_dir: Path, output: Path, o
                             sidecar_bytes=sidecar_bytes, seconds=time.perf_counter() - start,
                             options=opts.as_dict(), tensors=reports, skipped_small=analysis.skipped_small)
     return result, encoded
-
-
-def _names(graph: onnx.GraphProto) -> set[str]:
-    names = {t.name for t in graph.initializer} | {v.name for v in graph.input} | {v.name for v in graph.output}
-    for node in graph.node:
-        names.update(node.output)
-    return names
-
-
-def _unique(base: str, used: set[str]) -> str:
-    name, k = base, 1
-    while name in used:
-        name = f"{base}_{k}"
-        k += 1
-    used.add(name)
-    return name
-
-
-def _replace_with_decode(w: WeightRef, offset: int, length: int, sidecar_name: str, used: set[str]) -> None:
-    graph = w.graph.graph
-    # The payload's name carries the sidecar's: onnxruntime's own errors about
-    # external data (truncated or missing file) then name both file and tensor.
-    payload_name = _unique(f"{w.name}@{sidecar_name}", used)
-    payload = onnx.TensorProto(name=payload_name, data_type=onnx.TensorProto.UINT8, dims=[length])
-    payload.data_location = onnx.TensorProto.EXTERNAL
-    for key, value in (("location", sidecar_name), ("offset", str(offset)), ("length", str(length))):
-        entry = payload.external_data.add()
-        entry.key, entry.value = key, value
-    graph.initializer.append(payload)
-    # Type and shape twice: value_info for every ONNX tool, and the dtype/shape
-    # attributes that the op's own type inference reads.
-    node = onnx.helper.make_node(OP_TYPE, [payload_name], [w.name], name=_unique(f"l2c_decode/{w.name}", used),
-                                 domain=DOMAIN, dtype=w.dtype, shape=list(w.shape), tensor=w.name,
-                                 sidecar=sidecar_name)
-    graph.value_info.append(onnx.helper.make_tensor_value_info(w.name, w.dtype, list(w.shape)))
-    if w.constant_node is not None:
-        # In place of the Constant, so the node order stays topological.
-        w.constant_node.CopyFrom(node)
-    else:
-        graph.node.insert(0, node)
-        # An initializer that is also a graph input (IR < 4 style) is now a
-        # node output; it can no longer be overridden by a feed.
-        for i, value in enumerate(graph.input):
-            if value.name == w.name:
-                del graph.input[i]
-                break
-
-
-def _drop_replaced_initializers(model: onnx.ModelProto, names: set[str]) -> None:
-    for ref in iter_graphs(model.graph):
-        graph = ref.graph
-        keep = [t for t in graph.initializer if t.name not in names]
-        if len(keep) != len(graph.initializer):
-            del graph.initializer[:]
-            graph.initializer.extend(keep)
-
-
-def _mark(model: onnx.ModelProto) -> None:
-    if not any(op.domain == DOMAIN for op in model.opset_import):
-        model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, OPSET))
-    for prop in model.metadata_props:
-        if prop.key == METADATA_KEY:
-            prop.value = str(FORMAT_VERSION)
-            return
-    model.metadata_props.add(key=METADATA_KEY, value=str(FORMAT_VERSION))

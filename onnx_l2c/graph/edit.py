@@ -1,0 +1,338 @@
+"""Every edit onnx_l2c makes to a graph, on onnx's protobuf API and its
+`external_data_helper`.
+
+* write: a weight becomes `W = Decode(W.payload)` with the payload as
+  external data in the sidecar (`replace_with_decode`, `drop_initializers`,
+  `mark_compressed`);
+* load: each Decode node found (`decode_nodes`) and turned back into an
+  initializer (`restore_weights`);
+* measure: weights made feedable for the sensitivity probes
+  (`make_feedable`), values exposed as outputs for the statistics, also from
+  inside an If branch (`expose`, `if_branches`, `expose_from_branch`).
+
+Why protobuf and not onnx-ir or onnx-graphsurgeon (measured by
+scripts/graph_library_bench.py; README, "Graph layer"): graphsurgeon must
+load all external data into memory, and onnx-ir's round trip changes the
+bytes of every zoo model and its import (sympy) adds ~0.27 s to the load
+path. Reading the model without its external data keeps protobuf as lazy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+from onnx import external_data_helper
+
+from onnx_l2c.codec import DOMAIN, FORMAT_VERSION, METADATA_KEY, OP_TYPE, OPSET
+from onnx_l2c.errors import FileError, PayloadError
+from onnx_l2c.graph.model import GraphRef, WeightRef, iter_graphs
+from onnx_l2c.graph.ops import DEFAULT_DOMAINS
+
+BRANCH_OUTPUT_TAG = "::l2c_stat::"  # in the names of If outputs added to read values computed in a branch
+
+
+def set_external(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    """Store `tensor` as external data at (location, offset, length); its inline bytes are dropped."""
+    tensor.raw_data = b""  # set_external_data insists on a raw_data field
+    external_data_helper.set_external_data(tensor, location, offset, length)
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+
+
+def defined_names(graph: onnx.GraphProto) -> set[str]:
+    """Every value name a graph or its subgraphs define or output (for picking unused names)."""
+    names: set[str] = set()
+    for ref in iter_graphs(graph):
+        g = ref.graph
+        names |= {t.name for t in g.initializer} | {v.name for v in g.input} | {v.name for v in g.output}
+        for node in g.node:
+            names.update(node.output)
+    return names
+
+
+def unique_name(base: str, used: set[str]) -> str:
+    """`base`, or `base_k` for the first k that is not in `used`; added to `used`."""
+    name, k = base, 1
+    while name in used:
+        name = f"{base}_{k}"
+        k += 1
+    used.add(name)
+    return name
+
+
+# --- write: weight → Decode(payload) -------------------------------------------------
+
+def replace_with_decode(w: WeightRef, offset: int, length: int, sidecar_name: str, used: set[str]) -> str:
+    """Make `w` the output of a Decode node reading its payload at [offset,
+    offset + length) of the sidecar. Returns the payload initializer's name.
+    The weight's own initializer stays until `drop_initializers`."""
+    graph = w.graph.graph
+    # The payload's name carries the sidecar's: onnxruntime's own errors about
+    # external data (truncated or missing file) then name both file and tensor.
+    payload_name = unique_name(f"{w.name}@{sidecar_name}", used)
+    payload = onnx.TensorProto(name=payload_name, data_type=onnx.TensorProto.UINT8, dims=[length])
+    set_external(payload, sidecar_name, offset, length)
+    graph.initializer.append(payload)
+    # Type and shape twice: value_info for every ONNX tool, and the dtype/shape
+    # attributes that the op's own type inference reads.
+    node = onnx.helper.make_node(OP_TYPE, [payload_name], [w.name], name=unique_name(f"l2c_decode/{w.name}", used),
+                                 domain=DOMAIN, dtype=w.dtype, shape=list(w.shape), tensor=w.name,
+                                 sidecar=sidecar_name)
+    graph.value_info.append(onnx.helper.make_tensor_value_info(w.name, w.dtype, list(w.shape)))
+    if w.constant_node is not None:
+        # In place of the Constant, so the node order stays topological.
+        w.constant_node.CopyFrom(node)
+    else:
+        graph.node.insert(0, node)
+        # An initializer that is also a graph input (IR < 4 style) is now a
+        # node output; it can no longer be overridden by a feed.
+        for i, value in enumerate(graph.input):
+            if value.name == w.name:
+                del graph.input[i]
+                break
+    return payload_name
+
+
+def drop_initializers(model: onnx.ModelProto, names: set[str]) -> None:
+    """Remove the initializers called `names` from every graph."""
+    for ref in iter_graphs(model.graph):
+        graph = ref.graph
+        keep = [t for t in graph.initializer if t.name not in names]
+        if len(keep) != len(graph.initializer):
+            del graph.initializer[:]
+            graph.initializer.extend(keep)
+
+
+def mark_compressed(model: onnx.ModelProto) -> None:
+    """Import the Decode op's domain and record the format version in the metadata."""
+    if not any(op.domain == DOMAIN for op in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, OPSET))
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            prop.value = str(FORMAT_VERSION)
+            return
+    model.metadata_props.add(key=METADATA_KEY, value=str(FORMAT_VERSION))
+
+
+# --- load: Decode(payload) → weight ---------------------------------------------------
+
+@dataclass
+class DecodeNode:
+    """One Decode node of a compressed model and where its payload lives."""
+
+    name: str  # the decoded tensor
+    graph: GraphRef
+    node: onnx.NodeProto
+    payload: onnx.TensorProto
+    location: str
+    offset: int
+    length: int
+
+
+def decode_nodes(model: onnx.ModelProto, where: str) -> list[DecodeNode]:
+    """Every Decode node of every graph, checked to read one external payload
+    initializer (`where` names the model in errors)."""
+    found: list[DecodeNode] = []
+    for ref in iter_graphs(model.graph):
+        inits = {t.name: t for t in ref.graph.initializer}
+        for node in ref.graph.node:
+            if node.domain != DOMAIN or node.op_type != OP_TYPE:
+                continue
+            if len(node.input) != 1 or len(node.output) != 1 or node.input[0] not in inits:
+                raise PayloadError(f"{where}: node {node.name!r} is not a well-formed {DOMAIN}::{OP_TYPE} "
+                                   "(one payload initializer in, one tensor out)")
+            payload = inits[node.input[0]]
+            if not external_data_helper.uses_external_data(payload):
+                raise PayloadError(f"{where}: payload {payload.name!r} of tensor {node.output[0]!r} "
+                                   "is not stored as external data")
+            info = external_data_helper.ExternalDataInfo(payload)
+            if not info.location:
+                raise FileError(f"{where}: payload {payload.name!r} of tensor {node.output[0]!r} has no location")
+            found.append(DecodeNode(node.output[0], ref, node, payload, info.location,
+                                    int(info.offset or 0), int(info.length or 0)))
+    return found
+
+
+def declared_type(node: onnx.NodeProto) -> tuple[int, tuple[int, ...]] | None:
+    """The (dtype, shape) a Decode node's attributes declare, if it has both."""
+    attrs = {a.name: a for a in node.attribute}
+    if "dtype" not in attrs or "shape" not in attrs:
+        return None
+    return int(attrs["dtype"].i), tuple(int(d) for d in attrs["shape"].ints)
+
+
+def read_names(model: onnx.ModelProto) -> set[str]:
+    """Names some node of any graph reads, and the main graph's outputs."""
+    used = {name for ref in iter_graphs(model.graph) for n in ref.graph.node for name in n.input}
+    return used | {v.name for v in model.graph.output}
+
+
+def restore_weights(model: onnx.ModelProto, nodes: list[DecodeNode],
+                    replace: dict[str, onnx.TensorProto], hoist: bool = False) -> onnx.ModelProto:
+    """A copy of `model` with every Decode node in `nodes` replaced by the
+    initializer `replace[name]`, and the compressed marks removed.
+
+    hoist: put every replacement in the main graph (subgraphs see it as an
+    outer-scope value). onnxruntime applies add_external_initializers only
+    to main-graph initializers.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    by_graph: dict[str, list[str]] = {}
+    for e in nodes:
+        by_graph.setdefault("main" if hoist else e.graph.path, []).append(e.name)
+    decoded = {e.name for e in nodes}
+    payload_names = {e.payload.name for e in nodes}
+    for ref in iter_graphs(out.graph):
+        graph = ref.graph
+        kept_nodes = [n for n in graph.node
+                      if not (n.domain == DOMAIN and n.op_type == OP_TYPE and n.output[0] in decoded)]
+        inits = [t for t in graph.initializer if t.name not in payload_names]
+        if len(kept_nodes) != len(graph.node):
+            del graph.node[:]
+            graph.node.extend(kept_nodes)
+        if len(inits) != len(graph.initializer):
+            del graph.initializer[:]
+            graph.initializer.extend(inits)
+        restored = [replace[n] for n in by_graph.get(ref.path, [])]
+        graph.initializer.extend(restored)
+        if ref.path == "main" and out.ir_version < 4:
+            # IR < 4 requires every initializer to be listed as a graph input.
+            graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                               for t in restored)
+    keep = [op for op in out.opset_import if op.domain != DOMAIN]
+    del out.opset_import[:]
+    out.opset_import.extend(keep)
+    props = [p for p in out.metadata_props if p.key != METADATA_KEY]
+    del out.metadata_props[:]
+    out.metadata_props.extend(props)
+    return out
+
+
+# --- measure: feed weights, expose values ---------------------------------------------
+
+def _definition_counts(graph: onnx.GraphProto) -> dict[str, int]:
+    """How many times each value name is defined (initializer, graph input,
+    node output) over the graph and all its subgraphs."""
+    counts: dict[str, int] = {}
+    for ref in iter_graphs(graph):
+        g = ref.graph
+        names = [t.name for t in g.initializer] + [v.name for v in g.input]
+        names += [o for node in g.node for o in node.output if o]
+        for name in names:
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _hoist(w: WeightRef, sub: onnx.GraphProto | None, main: onnx.GraphProto, definitions: dict[str, int]) -> bool:
+    """Make a weight a main-graph initializer (so it can be fed): a Constant
+    node (of any graph) becomes one, and a subgraph initializer moves there;
+    a subgraph then reads it from the outer scope. Only for names defined
+    once in the whole model, so no other value is shadowed."""
+    if sub is None or definitions.get(w.name, 0) != 1:
+        return False
+    moved = onnx.TensorProto()
+    if w.constant_node is None:
+        tensor = next((t for t in sub.initializer if t.name == w.name), None)
+        if tensor is None:
+            return False
+        moved.CopyFrom(tensor)
+        sub.initializer.remove(tensor)
+    else:
+        node = next((n for n in sub.node if n.op_type == "Constant" and list(n.output) == [w.name]), None)
+        if node is None:
+            return False
+        moved.CopyFrom(w.tensor)
+        moved.name = w.name
+        sub.node.remove(node)
+    main.initializer.append(moved)
+    return True
+
+
+def make_feedable(model: onnx.ModelProto, weights: list[WeightRef]) -> list[WeightRef]:
+    """Edit `model` (a copy) so each weight can be fed as a main-graph input
+    overriding its initializer; returns the weights for which that worked."""
+    graph = model.graph
+    inits = {t.name for t in graph.initializer}
+    declared = {v.name for v in graph.input}
+    subgraphs = {ref.path: ref.graph for ref in iter_graphs(graph)}
+    definitions = _definition_counts(graph)
+    fed: list[WeightRef] = []
+    for w in weights:
+        if w.graph.path == "main" and w.constant_node is None:
+            if w.name not in inits:
+                continue
+        elif not _hoist(w, subgraphs.get(w.graph.path), graph, definitions):
+            continue
+        if w.name not in declared:
+            graph.input.append(onnx.helper.make_tensor_value_info(w.name, w.dtype, list(w.shape)))
+        fed.append(w)
+    return fed
+
+
+def node_scopes(graph: onnx.GraphProto) -> dict[str, str | None]:
+    """The graph path each node runs in, by its first output's name; None
+    where two nodes share that name."""
+    scope: dict[str, str | None] = {}
+    for ref in iter_graphs(graph):
+        for node in ref.graph.node:
+            if node.output:
+                scope[node.output[0]] = ref.path if node.output[0] not in scope else None
+    return scope
+
+
+def main_values(graph: onnx.GraphProto) -> set[str]:
+    """The values the main graph can read: inputs, initializers, node outputs."""
+    return ({v.name for v in graph.input} | {t.name for t in graph.initializer}
+            | {o for node in graph.node for o in node.output})
+
+
+def expose(graph: onnx.GraphProto, names: list[str]) -> None:
+    """Make each value in `names` an output of the main graph (if it is not one yet)."""
+    present = {o.name for o in graph.output}
+    for name in names:
+        if name not in present:
+            graph.output.append(onnx.ValueInfoProto(name=name))
+            present.add(name)
+
+
+def if_branches(graph: onnx.GraphProto) -> dict[str, tuple[onnx.NodeProto, str]]:
+    """Subgraph path (as iter_graphs names it) -> (If node of the main
+    graph, branch attribute), for paths that name exactly one branch."""
+    found: dict[str, list[tuple[onnx.NodeProto, str]]] = {}
+    for node in graph.node:
+        if node.op_type != "If" or node.domain not in DEFAULT_DOMAINS:
+            continue
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                found.setdefault(f"main/{node.name or node.op_type}.{attr.name}", []).append((node, attr.name))
+    return {path: hits[0] for path, hits in found.items() if len(hits) == 1}
+
+
+def expose_from_branch(graph: onnx.GraphProto, branch: tuple[onnx.NodeProto, str] | None, name: str,
+                       dtype: int) -> str | None:
+    """Make a value computed inside one branch of a main-graph If readable:
+    the branch gets it as an extra output, the other branch an empty tensor of
+    the same type, and the If node (and the main graph) one more output.
+    Readers skip the empty tensor (samples that took the other branch).
+    Returns the new main-graph output name."""
+    if branch is None:
+        return None
+    node, taken = branch
+    graphs = {a.name: a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH}
+    if set(graphs) != {"then_branch", "else_branch"}:
+        return None
+    inside = graphs[taken]
+    if not any(name in n.output for n in inside.node):
+        return None
+    out_name = f"{node.output[0]}{BRANCH_OUTPUT_TAG}{name}"
+    empty = f"{out_name}::empty"
+    other = graphs["else_branch" if taken == "then_branch" else "then_branch"]
+    inside.output.append(onnx.helper.make_tensor_value_info(name, dtype, None))
+    other.node.append(onnx.helper.make_node("Constant", [], [empty],
+                                            value=onnx.helper.make_tensor(empty, dtype, [0], [])))
+    other.output.append(onnx.helper.make_tensor_value_info(empty, dtype, None))
+    node.output.append(out_name)
+    graph.output.append(onnx.ValueInfoProto(name=out_name))
+    return out_name
