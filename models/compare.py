@@ -158,6 +158,7 @@ def _target_rows(name: str, original: Path, workdir: Path, quick: bool, ref: Any
     """The size-target ablation: one planner per method set (calibration
     statistics and sensitivities measured once per model), several ratios."""
     import onnx_l2c
+    from onnx_l2c.passes import registry
 
     task = TASKS[name]
     if task.calibration is None:
@@ -201,13 +202,9 @@ def _target_rows(name: str, original: Path, workdir: Path, quick: bool, ref: Any
             # calibration + sensitivity + candidate fitting + allocation and write
             row.convert_s = measure_s + fit_s + (time.perf_counter() - t0)
             row.params["peak_memory_mb"] = round(result.plan["peak_memory_bytes"] / 1e6)
-            if "fixing" in result.plan:  # the network's codebook where weight fixing was chosen
-                row.params["fixing_unique_values"] = result.plan["fixing"]["unique_values"]
-                row.params["fixing_bits_per_weight"] = round(result.plan["fixing"]["entropy_bits_per_weight"], 3)
-                row.params["fixing_table_bytes"] = result.plan["fixing"]["table_bytes"]
-            if "unify" in result.plan:  # where unification was chosen: weight shares per block mode
-                row.params["unify_shares"] = {k.removesuffix("_weight_share"): round(v, 4)
-                                              for k, v in result.plan["unify"].items() if k.endswith("_weight_share")}
+            for method in registry().values():  # each summarizing method's headline numbers
+                if method.summary_key is not None and method.summary_key in result.plan:
+                    row.params.update(method.headline(result.plan[method.summary_key]))
             rows.append(_measure(row, name, original, target, ref, base, feeds, runs))
             log.info("%s %s %s: ratio %.2f %s", name, label, params, row.ratio or 0, row.metrics)
     return rows
@@ -309,16 +306,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="only re-render compare.md and the plots from a saved compare.json (e.g. a partial run)")
     args = p.parse_args(argv)
     if args.render is not None:
-        rows = [Row(**r) for r in json.loads(args.render.read_text())]
         args.out.mkdir(parents=True, exist_ok=True)
-        if args.merge is not None:  # a saved partial run into a saved full one
-            rows = merge_rows([Row(**r) for r in json.loads(args.merge.read_text())], rows)
-            (args.out / "compare.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
-        table = markdown(rows)
-        (args.out / "compare.md").write_text(table)
-        plot(rows, args.out)
-        print(table)
-        return 0
+        # with --merge: a saved partial run into a saved full one
+        return _merge_and_render([Row(**r) for r in json.loads(args.render.read_text())], args.merge, args.out)
     if args.ablation:
         bad = [a for a in args.ablation.split(",") if a not in known.split(", ")]
         if bad:
@@ -336,12 +326,18 @@ def main(argv: list[str] | None = None) -> int:
                                   args.ablation.split(",") if args.ablation else None, args.ablation_only)
             # after every model, so a long run's finished models are never lost
             (args.out / "compare.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
-    if args.merge is not None:
-        rows = merge_rows([Row(**r) for r in json.loads(args.merge.read_text())], rows)
-        (args.out / "compare.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    return _merge_and_render(rows, args.merge, args.out)
+
+
+def _merge_and_render(rows: list[Row], merge: Path | None, out: Path) -> int:
+    """Merge `rows` into the saved run `merge` (if given, written back as
+    out/compare.json), then write compare.md and the plots and print the table."""
+    if merge is not None:
+        rows = merge_rows([Row(**r) for r in json.loads(merge.read_text())], rows)
+        (out / "compare.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
     table = markdown(rows)
-    (args.out / "compare.md").write_text(table)
-    plot(rows, args.out)
+    (out / "compare.md").write_text(table)
+    plot(rows, out)
     print(table)
     return 0
 

@@ -30,7 +30,7 @@ __version__ = "0.1.0"
 
 # public name → the module that defines it
 _LAZY = {
-    "OPTIONS": "onnx_l2c.config", "BlockShape": "onnx_l2c.config", "CompressOptions": "onnx_l2c.config",
+    "OPTIONS": "onnx_l2c.config", "BlockShape": "onnx_l2c.passes.blocks", "CompressOptions": "onnx_l2c.config",
     "Preset": "onnx_l2c.config",
     "InferenceSession": "onnx_l2c.load.compressed", "custom_op_library": "onnx_l2c.load.compressed",
     "decompress": "onnx_l2c.load.compressed", "inspect": "onnx_l2c.load.compressed",
@@ -39,7 +39,8 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from onnx_l2c.config import OPTIONS, BlockShape, CompressOptions, Preset
+    from onnx_l2c.config import OPTIONS, CompressOptions, Preset
+    from onnx_l2c.passes.blocks import BlockShape
     from onnx_l2c.load.compressed import InferenceSession, custom_op_library, decompress, inspect
     from onnx_l2c.write.compress import Planner, compress
     from onnx_l2c.write.results import CompressResult, TensorReport

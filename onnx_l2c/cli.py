@@ -1,7 +1,8 @@
 """Command line: compress, inspect, decompress, bench.
 
-The compress flags are generated from `onnx_l2c.config.OPTIONS`, the same
-table that validates the Python API's keyword arguments.
+The compress flags are generated from `onnx_l2c.config.all_options()` (the
+core options and each method's own), the same table that validates the
+Python API's keyword arguments.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from onnx_l2c.config import OPTIONS, BlockShape, Preset, Search
+from onnx_l2c.config import Choice, all_options
 from onnx_l2c.errors import L2CError
 
 
@@ -27,11 +28,11 @@ def _human(n: float) -> str:
 
 
 def _add_option_flags(parser: argparse.ArgumentParser) -> None:
-    for spec in OPTIONS:
+    for spec in all_options():
         if not spec.cli:
             continue
         flag = spec.flag or "--" + spec.name.replace("_", "-")
-        if spec.type in (Preset, Search, BlockShape):
+        if isinstance(spec.type, type) and issubclass(spec.type, Choice):
             parser.add_argument(flag, dest=spec.name, choices=[p.value for p in spec.type], default=None,
                                 help=spec.help + (f" (default: {spec.default.value})" if spec.default is not None else ""))
         elif spec.type in (tuple, Path, object):
@@ -52,7 +53,7 @@ def _add_option_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _option_values(args: argparse.Namespace) -> dict[str, Any]:
-    return {spec.name: getattr(args, spec.name) for spec in OPTIONS
+    return {spec.name: getattr(args, spec.name) for spec in all_options()
             if spec.cli and getattr(args, spec.name) is not None}
 
 

@@ -1,8 +1,11 @@
 """Declarative compression options.
 
-One table (`OPTIONS`) describes every option once; the CLI flags
+One table describes every option once: the core options here
+(`CORE_OPTIONS`) and each method's own (`Method.options`, declared in the
+method's module). `all_options()` joins them; the CLI flags
 (`onnx_l2c.cli`) and the keyword arguments of `onnx_l2c.compress` are both
-generated from it, so they cannot drift apart.
+generated from it, so they cannot drift apart. (`OPTIONS` is the same
+table, built on first use.)
 """
 
 from __future__ import annotations
@@ -16,11 +19,11 @@ from typing import Any
 from onnx_l2c.errors import OptionError
 
 
-class _Choice(str, enum.Enum):
+class Choice(str, enum.Enum):
     """A named choice; `parse` accepts the member or its value and names the valid ones."""
 
     @classmethod
-    def parse(cls, value: "_Choice | str") -> "_Choice":
+    def parse(cls, value: "Choice | str") -> "Choice":
         if isinstance(value, cls):
             return value
         try:
@@ -31,34 +34,18 @@ class _Choice(str, enum.Enum):
             raise OptionError(f"unknown {label} {value!r}; valid {label} values: {choices}") from None
 
 
-class Preset(_Choice):
+class Preset(Choice):
     """Named starting points; explicit options override them."""
 
     LOSSLESS = "lossless"  # bit-exact: every weight coded by the `raw` stage
     INT8 = "int8"  # per-output-channel 8-bit, dead zone, entropy coded
 
 
-class Search(_Choice):
+class Search(Choice):
     """How the global allocator searches (see onnx_l2c/plan/allocate.py)."""
 
     LAGRANGE = "lagrange"  # one Lagrange multiplier across all tensors
     PATH = "path"  # FITCompress's greedy path through compression space
-
-
-class BlockShape(_Choice):
-    """Micro-block shapes of unification: 1×N runs along a weight's input
-    channels, or a Conv's whole spatial kernel (e.g. 3×3)."""
-
-    B1X2 = "1x2"
-    B1X4 = "1x4"
-    B1X8 = "1x8"
-    B1X16 = "1x16"
-    KERNEL = "kernel"
-
-    @property
-    def length(self) -> int | None:
-        """Elements along the input channels (None for the kernel shape)."""
-        return None if self is BlockShape.KERNEL else int(self.value.split("x")[1])
 
 
 DEFAULT_METHODS = ("rounding", "mixed")
@@ -92,7 +79,7 @@ class OptionSpec:
     cli: bool = True  # False: API only
 
 
-OPTIONS: tuple[OptionSpec, ...] = (
+CORE_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("preset", Preset, Preset.INT8,
                "starting point: lossless (bit-exact) or int8 (8-bit per-channel)"),
     OptionSpec("bits", int, None,
@@ -121,21 +108,37 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "calibration samples to use", minimum=1),
     OptionSpec("methods", tuple, DEFAULT_METHODS,
                "comma-separated methods for a size target ({methods})"),
-    OptionSpec("fixing_delta", float, None,
-               "weight fixing: relative tolerance δ of the shared power-of-two codebook (default: the "
-               "allocator tries 0.01 to 0.2)", minimum=0.001, maximum=0.5),
-    OptionSpec("pow2_order", int, 0,
-               "weight fixing: starting order of the codebook (0 = single powers of two; each order adds a "
-               "term; raised where no value is close enough)", minimum=0, maximum=3),
-    OptionSpec("block", BlockShape, None,
-               "unification: micro-block shape, 1xN along input channels or kernel (a Conv's spatial kernel) "
-               "(default: the allocator tries 1x4, 1x8 and, for spatial Conv weights, kernel)"),
     OptionSpec("search", Search, Search.LAGRANGE,
                "global allocation search: lagrange (one multiplier) or path (FITCompress greedy path)"),
     OptionSpec("report", Path, None,
                "write a JSON report (per-tensor method, parameters, bits, sparsity, shares) and a PNG "
                "of the allocation beside it"),
 )
+
+
+_CORE_NAMES = frozenset(spec.name for spec in CORE_OPTIONS)
+
+
+def all_options() -> tuple[OptionSpec, ...]:
+    """The core options and every registered method's own options."""
+    from onnx_l2c.passes import registry  # methods declare their options in their own modules
+
+    specs = list(CORE_OPTIONS)
+    owner = {spec.name: "onnx_l2c.config" for spec in specs}
+    for m in registry().values():
+        for spec in m.options:
+            if spec.name in owner:
+                raise AssertionError(f"option {spec.name!r} of method {m.name!r} is already defined by "
+                                     f"{owner[spec.name]}")
+            owner[spec.name] = f"method {m.name!r}"
+            specs.append(spec)
+    return tuple(specs)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "OPTIONS":
+        return all_options()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -152,11 +155,9 @@ class CompressOptions:
     calibration_data: Any = None
     calibration_samples: int = 128
     methods: tuple[str, ...] = DEFAULT_METHODS
-    fixing_delta: float | None = None
-    pow2_order: int = 0
-    block: BlockShape | None = None
     search: Search = Search.LAGRANGE
     report: Path | None = None
+    method_options: tuple[tuple[str, Any], ...] = ()  # the methods' own options that were given, by name
 
     def __post_init__(self) -> None:
         if self.target_ratio is not None and self.target_size is not None:
@@ -168,8 +169,10 @@ class CompressOptions:
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "CompressOptions":
-        specs = {spec.name: spec for spec in OPTIONS}
+        specs = {spec.name: spec for spec in all_options()}
+        core = {spec.name for spec in CORE_OPTIONS}
         values: dict[str, Any] = {}
+        owned: dict[str, Any] = {}
         for name, value in kwargs.items():
             spec = specs.get(name)
             if spec is None:
@@ -177,8 +180,19 @@ class CompressOptions:
                 raise OptionError(f"unknown option {name!r}; valid options: {valid}")
             if value is None:
                 continue
-            values[name] = _coerce(spec, value)
-        return cls(**values)
+            (values if name in core else owned)[name] = _coerce(spec, value)
+        return cls(**values, method_options=tuple(sorted(owned.items())))
+
+    def option(self, name: str) -> Any:
+        """A method's own option: the value given, else its declared default."""
+        given = dict(self.method_options)
+        if name in given:
+            return given[name]
+        spec = next((s for s in all_options() if s.name == name and s.name not in _CORE_NAMES), None)
+        if spec is None:
+            raise OptionError(f"{name!r} is not a method option; method options: "
+                              f"{', '.join(s.name for s in all_options() if s.name not in _CORE_NAMES)}")
+        return spec.default
 
     @property
     def quant_bits(self) -> int | None:
@@ -190,14 +204,17 @@ class CompressOptions:
         return None
 
     def as_options(self) -> dict[str, Any]:
-        """Keyword arguments that rebuild these options."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """Keyword arguments that rebuild these options (method options flattened)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "method_options"}
+        for spec in all_options():
+            if spec.name not in _CORE_NAMES:
+                out[spec.name] = self.option(spec.name)
+        return out
 
     def as_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        out["preset"] = self.preset.value
-        out["search"] = self.search.value
-        out["block"] = self.block.value if self.block is not None else None
+        """The options as JSON values (for reports)."""
+        out = {name: value.value if isinstance(value, Choice) else value
+               for name, value in self.as_options().items()}
         out["methods"] = list(self.methods)
         out["report"] = str(self.report) if self.report is not None else None
         data = self.calibration_data
@@ -207,12 +224,8 @@ class CompressOptions:
 
 
 def _coerce(spec: OptionSpec, value: Any) -> Any:
-    if spec.type is Preset:
-        return Preset.parse(value)
-    if spec.type is Search:
-        return Search.parse(value)
-    if spec.type is BlockShape:
-        return BlockShape.parse(value)
+    if isinstance(spec.type, type) and issubclass(spec.type, Choice):
+        return spec.type.parse(value)
     if spec.type is tuple:
         return parse_methods(value)
     if spec.type is Path:

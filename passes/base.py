@@ -28,7 +28,7 @@ from onnx_l2c.errors import OptionError
 from onnx_l2c.plan.allocate import Option
 
 if TYPE_CHECKING:
-    from onnx_l2c.config import CompressOptions
+    from onnx_l2c.config import CompressOptions, OptionSpec
     from onnx_l2c.measure.layers import LayerStats, LayerView
 
 # The step grid of the allocator: α = 2^(k/2) · rms, candidates finest first,
@@ -157,6 +157,9 @@ class Method(abc.ABC):
     name: ClassVar[str]
     order: ClassVar[int]  # candidates of all methods are listed in this order (ties in the allocation)
     summary_key: ClassVar[str | None] = None  # the plan report's key for `summary`
+    # the method's own options (CLI flags and compress() keywords; read with
+    # `ctx.options.option(name)`), named so they cannot clash with another's
+    options: ClassVar[tuple[OptionSpec, ...]] = ()
     needs_calibration: ClassVar[bool] = False  # dropped (with a note) when there is no calibration data
     corrects_bias: ClassVar[bool] = False  # the planner folds the mean output shift into the consumer's bias
     # False for methods whose candidates all share one step grid position
@@ -191,6 +194,11 @@ class Method(abc.ABC):
     def summary(self, recipes: list[Recipe]) -> dict[str, Any] | None:
         """A network-wide summary of the recipes this method encoded, for the report."""
         return None
+
+    def headline(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """The few numbers of `summary` that one benchmark row shows (keys
+        prefixed with the method's name)."""
+        return {}
 
 
 def registry() -> dict[str, Method]:

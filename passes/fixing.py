@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from onnx_l2c.codec import FLOAT, CastStage, CodebookStage, EntropyStage, Recipe
+from onnx_l2c.config import OptionSpec
 from onnx_l2c.errors import OptionError, UnsupportedError
 from onnx_l2c.measure.layers import LayerStats
 
@@ -220,13 +221,21 @@ class WeightFixing(Method):
     name = "fixing"
     order = 50
     summary_key = "fixing"
+    options = (
+        OptionSpec("fixing_delta", float, None,
+                   "weight fixing: relative tolerance δ of the shared power-of-two codebook (default: the "
+                   "allocator tries 0.01 to 0.2)", minimum=0.001, maximum=0.5),
+        OptionSpec("pow2_order", int, 0,
+                   "weight fixing: starting order of the codebook (0 = single powers of two; each order adds a "
+                   "term; raised where no value is close enough)", minimum=0, maximum=3),
+    )
 
     def candidates(self, tensor: TensorInput, ctx: TensorContext, lossless_bytes: int) -> list[Option]:
         """One candidate per δ, and the zero floors at the coarsest δ."""
-        opts = ctx.options
-        deltas = (opts.fixing_delta,) if opts.fixing_delta is not None else FIXING_DELTAS
-        grid = [FixingParams(delta, opts.pow2_order) for delta in deltas]
-        grid += [FixingParams(max(deltas), opts.pow2_order, floor) for floor in FIXING_FLOORS]
+        delta, order = ctx.options.option("fixing_delta"), ctx.options.option("pow2_order")
+        deltas = (delta,) if delta is not None else FIXING_DELTAS
+        grid = [FixingParams(d, order) for d in deltas]
+        grid += [FixingParams(max(deltas), order, floor) for floor in FIXING_FLOORS]
         out = []
         for params in grid:
             q = fix_candidate(tensor, ctx.stats, ctx.max_abs, params)
@@ -247,6 +256,12 @@ class WeightFixing(Method):
 
     def summary(self, recipes: list[Recipe]) -> dict[str, Any] | None:
         return codebook_summary(recipes) if recipes else None
+
+    def headline(self, summary: dict[str, Any]) -> dict[str, Any]:
+        # the network's codebook where weight fixing was chosen
+        return {"fixing_unique_values": summary["unique_values"],
+                "fixing_bits_per_weight": round(summary["entropy_bits_per_weight"], 3),
+                "fixing_table_bytes": summary["table_bytes"]}
 
 
 def codebook_summary(recipes: list[Recipe]) -> dict[str, float | int]:

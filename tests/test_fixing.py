@@ -183,7 +183,7 @@ def test_fixing_options_from_the_cli_table():
     from onnx_l2c.config import CompressOptions
 
     opts = CompressOptions.from_kwargs(methods="fixing", fixing_delta=0.05, pow2_order=1)
-    assert opts.fixing_delta == 0.05 and opts.pow2_order == 1
+    assert opts.option("fixing_delta") == 0.05 and opts.option("pow2_order") == 1
     with pytest.raises(L2CError, match=r"option 'pow2_order' must be ≤ 3"):
         CompressOptions.from_kwargs(pow2_order=4)
     with pytest.raises(L2CError, match=r"option 'fixing_delta' must be ≥ 0.001"):

@@ -135,7 +135,8 @@ def test_no_import_cycles_between_modules():
 
 def test_a_new_method_is_one_module(tmp_path):
     """A Method subclass defined outside the package registers itself: `--methods` accepts it,
-    the planner asks it for candidates, the writer encodes with it and the report names it."""
+    its own option becomes a compress() keyword (and a CLI flag), the planner asks it for
+    candidates, the writer encodes with it and the report names it."""
     from builders import mlp
 
     import numpy as np
@@ -147,6 +148,7 @@ def test_a_new_method_is_one_module(tmp_path):
         from dataclasses import dataclass
         from typing import ClassVar
         import onnx_l2c
+        from onnx_l2c.config import OptionSpec, all_options
         from onnx_l2c.passes import Knob, Method, Params, registry
         from onnx_l2c.passes.base import sweep
         from onnx_l2c.passes.steps import QuantParams, quantize
@@ -169,12 +171,14 @@ def test_a_new_method_is_one_module(tmp_path):
         class Half(Method):
             name = "half"
             order = 99
+            options = (OptionSpec("half_coarsest", float, 0.0, "half: coarsest log2 step offset"),)
 
             def candidates(self, tensor, ctx, lossless_bytes):
                 def candidate(alpha):
                     p = HalfParams(alpha)
                     return p, self.quantize(tensor, p, ctx)
-                return sweep((-8, -6, -4, -2, 0), tensor.numel, lossless_bytes, candidate)
+                coarsest = ctx.options.option("half_coarsest")
+                return sweep((-8, -6, -4, -2, coarsest), tensor.numel, lossless_bytes, candidate)
 
             def quantize(self, tensor, params, ctx):
                 return quantize(tensor, QuantParams(params.alpha, False, 0.0), ctx.stats)
@@ -186,9 +190,10 @@ def test_a_new_method_is_one_module(tmp_path):
                 return {{"tensors": len(recipes)}}
 
         Half.summary_key = "half"
-        assert "half" in registry()
+        assert "half" in registry() and "half_coarsest" in {{o.name for o in all_options()}}
         r = onnx_l2c.compress({str(src)!r}, {str(tmp_path / "small.onnx")!r}, methods="half", target_ratio=3,
-                              min_elements=1)
+                              min_elements=1, half_coarsest=1.0)
+        assert r.options["half_coarsest"] == 1.0
         print(json.dumps({{"methods": sorted({{t.method for t in r.tensors}}), "plan": r.plan["half"],
                           "ratio": r.ratio}}))
     """)

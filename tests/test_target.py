@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 from builders import _model, tensor
 from helpers import run_fast, run_plain, save
 import onnx_l2c
-from onnx_l2c.plan.allocate import Option, TensorChoices, lagrange, path, uniform
+from onnx_l2c.plan.allocate import Option, TensorChoices, lagrange, path, shared_grid
 from onnx_l2c.errors import L2CError
 
 
@@ -148,9 +148,9 @@ def test_allocators_respect_the_budget_and_lagrange_is_near_optimal(rng):
         best = min((sum(t.distortion(o) for t, o in zip(tensors, combo)), combo)
                    for combo in itertools.product(*(t.options for t in tensors))
                    if sum(o.bytes for o in combo) <= budget)
-        for search in (lagrange, path, uniform):
+        for search in (lagrange, path, shared_grid):
             alloc = search(tensors, budget)
-            assert alloc.total_bytes <= budget or search is uniform
+            assert alloc.total_bytes <= budget or search is shared_grid
         # λ search is optimal on the convex hull; allow the hull gap.
         assert lagrange(tensors, budget).distortion <= best[0] * 1.0 + max(t.scale for t in tensors) + 1e-12
 

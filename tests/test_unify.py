@@ -18,8 +18,8 @@ from onnx_l2c.measure.layers import LayerStats, LayerView
 from onnx_l2c.passes import gptq
 from onnx_l2c.config import CompressOptions
 from onnx_l2c.passes.base import TensorContext, TensorInput, method, method_of
-from onnx_l2c.passes.unify import (BlockLayout, BlockMetric, UnifyParams, Unification, admm, block_layout, project, quantize,
-                          select_modes, unify_tensor)
+from onnx_l2c.passes.blocks import BlockLayout, BlockMetric, block_layout, project, select_modes
+from onnx_l2c.passes.unify import UnifyParams, Unification, admm, quantize, unify_tensor
 
 
 def _tensor(values: np.ndarray, channel_axis: int | None, dtype: int = TensorProto.FLOAT) -> TensorInput:
@@ -154,7 +154,7 @@ def test_unification_method_and_bad_block():
 def test_block_option_from_the_cli_table():
     from onnx_l2c.config import CompressOptions
 
-    assert CompressOptions.from_kwargs(methods="unify", block="1x8").block is BlockShape.B1X8
+    assert CompressOptions.from_kwargs(methods="unify", block="1x8").option("block") is BlockShape.B1X8
     with pytest.raises(L2CError, match=r"unknown blockshape '2x2'; valid blockshape values: 1x2, 1x4, 1x8"):
         CompressOptions.from_kwargs(block="2x2")
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from .dtypes import (BFLOAT16, BITS_DTYPE, DTYPE_NAMES, ELEM_BYTES, FLOAT, FLOAT16, STORAGE, bits_to_float32,
                      check_dtype, float32_to)
-from .stages import (STAGES, AffineStage, Buffer, CastStage, CodebookStage, EntropyStage, ExponentStage, RawStage,
-                     Stage, TransformStage, byte_planes, exponent_multipliers, stage_class)
+from .stages import (STAGES, AffineStage, Buffer, CastStage, CodebookStage, EntropyStage, RawStage, Stage, byte_planes,
+                     stage_class)
+from .transform import ExponentStage, TransformStage, exponent_multipliers
 from .expand import BlockMode, ExpandStage, expand_blocks, expand_stage, expand_symbols
 from .payload import (DOMAIN, FORMAT_VERSION, MAGIC, MAX_DIMS, METADATA_KEY, SIDECAR_SUFFIX, OP_TYPE, OPSET, PAYLOAD_ALIGN, PayloadHeader,
                       PayloadSummary, Recipe, decode_native, describe, max_format_version, parse_header,

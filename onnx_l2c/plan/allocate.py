@@ -124,8 +124,9 @@ def path(tensors: list[TensorChoices], budget: int) -> Allocation:
     return _result(current, tensors, "path", None)
 
 
-def uniform(tensors: list[TensorChoices], budget: int) -> Allocation:
-    """One shared grid position for every quantizable tensor (no mixed precision)."""
+def shared_grid(tensors: list[TensorChoices], budget: int) -> Allocation:
+    """One shared grid position for every quantizable tensor (no mixed
+    precision): the search when no selected method varies precision per tensor."""
     positions = sorted({o.grid for t in tensors for o in t.options if o.grid is not None})
     best: dict[str, Option] | None = None
     for g in positions:  # finest first: the first that fits is the answer
@@ -141,7 +142,7 @@ def uniform(tensors: list[TensorChoices], budget: int) -> Allocation:
             break
     if best is None:
         best = {t.name: min(t.options, key=lambda o: o.bytes) for t in tensors}
-    return _result(best, tensors, "uniform", None)
+    return _result(best, tensors, "shared_grid", None)
 
 
 def _result(chosen: dict[str, Option], tensors: list[TensorChoices], search: str,
@@ -151,4 +152,4 @@ def _result(chosen: dict[str, Option], tensors: list[TensorChoices], search: str
     return Allocation(chosen, sum(o.bytes for o in chosen.values()), dist, search, lam)
 
 
-SEARCHES = {"lagrange": lagrange, "path": path, "uniform": uniform}
+SEARCHES = {"lagrange": lagrange, "path": path, "shared_grid": shared_grid}

@@ -134,7 +134,7 @@ class PlanContext:
 
     def allocate(self, budget: int, search: str) -> Allocation:
         if not self.mixed:
-            search = "uniform"
+            search = "shared_grid"
         choices = [t.choices for t in self.tensors.values()]
         available = max(budget - self.fixed_bytes, 0)
         return self._fill(allocate.SEARCHES[search](choices, available), available)
@@ -144,7 +144,7 @@ class PlanContext:
         fixing's zero floor and tolerance) of the largest tensors continuously,
         by bisection between the finest grid option that still fits and the
         next finer one, so the output lands on the budget."""
-        if alloc.search == "uniform":
+        if alloc.search == "shared_grid":
             return self._fill_shared(alloc, available)
         by_size = sorted((n for n, o in alloc.chosen.items() if o.params is not None),
                          key=lambda n: -alloc.chosen[n].bytes)

@@ -35,7 +35,7 @@ def plan_summary(ctx: "PlanContext", allocation: "Allocation", opts: "CompressOp
                  source_bytes: int) -> dict[str, Any]:
     # Both searches on the same candidates and budget: which predicts less divergence.
     searches = {}
-    for name in (("lagrange", "path") if ctx.mixed else ("uniform",)):
+    for name in (("lagrange", "path") if ctx.mixed else ("shared_grid",)):
         alt = ctx.allocate(budget, name)
         searches[name] = {"predicted_divergence": alt.distortion, "payload_bytes": alt.total_bytes}
     return {
