@@ -3,20 +3,73 @@ destination folder and renamed into place only when the whole run succeeded."""
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
-from onnx_l2c.errors import L2CError
+from onnx_l2c.errors import FileError
 from onnx_l2c.codec import PAYLOAD_ALIGN
+
+
+_TEMP_SUFFIX = ".tmp"
+
+
+def _temp_prefix(final: Path, pid: int | None = None) -> str:
+    """Temporary names carry the writer's pid, so a later run can tell a
+    dead run's leftovers from a live run's files."""
+    return f".{final.name}.l2c-{os.getpid() if pid is None else pid}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(final: Path) -> list[Path]:
+    """Delete the temporary files that a killed run left for `final` (those
+    whose writer process no longer exists). Returns what was removed."""
+    removed = []
+    marker = f".{final.name}.l2c-"
+    for path in final.parent.glob(f".{glob.escape(final.name)}.l2c-*{_TEMP_SUFFIX}"):
+        pid_text = path.name[len(marker):].split(".", 1)[0]
+        if pid_text.isdigit() and int(pid_text) != os.getpid() and not _alive(int(pid_text)):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _file_mode() -> int:
+    """The mode a plain open() would give a new file: 0o666 less the umask."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc: read it by setting it (and put it back)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 class AtomicOutputs:
     """Temporary files that become their final paths on `commit()`.
 
     Use as a context manager: leaving the block without commit() (an
-    exception) deletes every temporary file, so a failed run leaves nothing.
+    exception) deletes every temporary file, so a failed run leaves nothing;
+    the leftovers of a killed run are removed by the next run that writes
+    the same file. `commit()` renames in the order the temporary files were
+    asked for: ask for side files (the sidecar) before the file that
+    references them (the graph), so a reader never sees a new graph with a
+    missing or old sidecar. The files get the mode a normal write would
+    (0o666 less the umask), and their data is flushed to disk before the
+    renames.
     """
 
     def __init__(self) -> None:
@@ -25,18 +78,34 @@ class AtomicOutputs:
     def temp_for(self, final: Path) -> Path:
         final = Path(final)
         if not final.parent.is_dir():
-            raise L2CError(f"{final}: output folder {final.parent} does not exist")
-        fd, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+            raise FileError(f"{final}: output folder {final.parent} does not exist")
+        remove_stale_temps(final)
+        fd, name = tempfile.mkstemp(dir=final.parent, prefix=_temp_prefix(final), suffix=_TEMP_SUFFIX)
         os.close(fd)
         self._pending.append((Path(name), final))
         return Path(name)
 
     def commit(self) -> None:
-        # Side files first, the model last: a reader never sees a model whose
-        # sidecar is missing.
-        for temp, final in reversed(self._pending):
+        mode = _file_mode()
+        for temp, _ in self._pending:
+            os.chmod(temp, mode)
+            with open(temp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        for temp, final in self._pending:  # side files first (see the class doc)
             os.replace(temp, final)
+        folders = {final.parent for _, final in self._pending}
         self._pending.clear()
+        for folder in folders:  # the renames themselves
+            try:
+                fd = os.open(folder, os.O_RDONLY)
+            except OSError:
+                continue  # e.g. a platform without directory handles
+            try:
+                os.fsync(fd)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
     def __enter__(self) -> "AtomicOutputs":
         return self

@@ -327,3 +327,25 @@ def test_sensitivity_reaches_subgraph_weights(tmp_path: Path, rng):
     assert all(result.scale[name] > 0 for name in ("Wt", "Wo"))
     then = next(a.g for a in model.graph.node[0].attribute if a.name == "then_branch")
     assert [t.name for t in then.initializer] == ["Wt"]  # the caller's model is intact
+
+
+def test_calibrated_target_is_byte_reproducible_across_worker_counts(deep: Path, tmp_path: Path, rng):
+    """Same model, data and options: the same bytes, whatever the worker
+    count and the load on the machine (no timing or thread-order dependence)."""
+    samples = _samples(rng)
+    outputs = []
+    for run, workers in enumerate((1, 2, 1)):
+        (tmp_path / str(run)).mkdir()
+        out = tmp_path / str(run) / "small.onnx"  # the same name: the graph names its sidecar
+        onnx_l2c.compress(deep, out, target_ratio=8, calibration_data=samples, workers=workers,
+                          methods="rounding,mixed,fixing,unify")
+        outputs.append((out.read_bytes(), out.with_name(out.name + ".l2c").read_bytes()))
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_sensitivity_sample_count_is_deterministic():
+    from onnx_l2c.measure.sensitivity import MAX_SAMPLES, MIN_SAMPLES, probe_samples
+
+    assert probe_samples(55, 4_616_960, 128) == MAX_SAMPLES  # EfficientNet-Lite0
+    assert probe_samples(400, 100_000_000, 128) == MIN_SAMPLES  # a large model: the floor
+    assert probe_samples(3, 10_000, 10) == 10  # never more than there are

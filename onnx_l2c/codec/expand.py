@@ -46,7 +46,7 @@ class ExpandStage(Stage):
     produces: ClassVar[Buffer] = Buffer.INT32
     MAX_BLOCK: ClassVar[int] = 256  # elements per block: bounds the decoder's slice buffers
     MAX_MAGNITUDE: ClassVar[int] = 65536  # a stream codes at most 65536 distinct magnitudes (1..65536)
-    limits: ClassVar[dict[str, int]] = {"kMaxExpandBlock": MAX_BLOCK}
+    limits: ClassVar[dict[str, int]] = {"kMaxExpandBlock": MAX_BLOCK, "kMaxExpandMagnitude": MAX_MAGNITUDE}
 
     outer: int
     n: int

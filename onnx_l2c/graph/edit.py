@@ -134,6 +134,7 @@ def decode_nodes(model: onnx.ModelProto, where: str) -> list[DecodeNode]:
     """Every Decode node of every graph, checked to read one external payload
     initializer (`where` names the model in errors)."""
     found: list[DecodeNode] = []
+    seen: set[str] = set()
     for ref in iter_graphs(model.graph):
         inits = {t.name: t for t in ref.graph.initializer}
         for node in ref.graph.node:
@@ -146,11 +147,22 @@ def decode_nodes(model: onnx.ModelProto, where: str) -> list[DecodeNode]:
             if not external_data_helper.uses_external_data(payload):
                 raise PayloadError(f"{where}: payload {payload.name!r} of tensor {node.output[0]!r} "
                                    "is not stored as external data")
-            info = external_data_helper.ExternalDataInfo(payload)
+            what = f"{where}: payload {payload.name!r} of tensor {node.output[0]!r}"
+            try:
+                info = external_data_helper.ExternalDataInfo(payload)
+                offset, length = int(info.offset or 0), int(info.length or 0)
+            except ValueError as exc:  # offset/length that are not integers
+                raise PayloadError(f"{what}: bad external-data entry ({exc})") from None
             if not info.location:
-                raise FileError(f"{where}: payload {payload.name!r} of tensor {node.output[0]!r} has no location")
-            found.append(DecodeNode(node.output[0], ref, node, payload, info.location,
-                                    int(info.offset or 0), int(info.length or 0)))
+                raise FileError(f"{what} has no location")
+            if offset < 0 or length <= 0:
+                raise PayloadError(f"{what}: external data offset {offset} / length {length} "
+                                   "(need offset >= 0 and length > 0)")
+            if node.output[0] in seen:
+                raise PayloadError(f"{where}: tensor {node.output[0]!r} is the output of two "
+                                   f"{DOMAIN}::{OP_TYPE} nodes")
+            seen.add(node.output[0])
+            found.append(DecodeNode(node.output[0], ref, node, payload, info.location, offset, length))
     return found
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,21 +84,34 @@ class CompressedModel:
     def payload(self, entry: DecodeEntry) -> np.ndarray:
         """The payload bytes of `entry`, read in place from the memory-mapped sidecar."""
         if entry.file not in self._maps:
-            try:
-                with open(entry.file, "rb") as fh:
-                    size = os.fstat(fh.fileno()).st_size
-                    mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else None
-            except FileNotFoundError:
-                raise FileError(f"{self.path}: sidecar {entry.file} not found "
-                               f"(it holds tensor {entry.name!r})") from None
-            except OSError as exc:
-                raise FileError(f"{self.path}: cannot read sidecar {entry.file}: {exc}") from exc
-            self._maps[entry.file] = (size, mapped)
+            self._maps[entry.file] = self._map(entry)
         size, mapped = self._maps[entry.file]
         if entry.offset < 0 or entry.length <= 0 or entry.offset + entry.length > size:
             raise PayloadError(f"{entry.file}: tensor {entry.name!r}: payload [{entry.offset}, "
                            f"{entry.offset + entry.length}) lies outside the {size}-byte sidecar (truncated?)")
         return np.frombuffer(mapped, dtype=np.uint8, count=entry.length, offset=entry.offset)
+
+    def _map(self, entry: DecodeEntry) -> tuple[int, mmap.mmap | None]:
+        # Non-blocking open, then fstat: a named pipe or device is refused
+        # without blocking on it (and without a race between check and open).
+        try:
+            fd = os.open(entry.file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        except FileNotFoundError:
+            raise FileError(f"{self.path}: sidecar {entry.file} not found "
+                            f"(it holds tensor {entry.name!r})") from None
+        except OSError as exc:
+            raise FileError(f"{self.path}: cannot read sidecar {entry.file} (tensor {entry.name!r}): {exc}") from exc
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise FileError(f"{self.path}: sidecar {entry.file} (tensor {entry.name!r}) is not a regular file")
+            try:
+                mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if info.st_size else None
+            except OSError as exc:
+                raise FileError(f"{self.path}: cannot map sidecar {entry.file}: {exc}") from exc
+            return info.st_size, mapped
+        finally:
+            os.close(fd)
 
     def where(self, entry: DecodeEntry) -> str:
         return f"{entry.file.name}: tensor {entry.name!r}"

@@ -213,6 +213,9 @@ void parse_expand(Reader& body, const std::string& what, Plan* p) {
     dec.finish();
   }
   parse_stream(body, unified, what + " magnitudes", &p->x_magnitudes);
+  if (p->x_magnitudes.max_index > kMaxExpandMagnitude - 1)
+    corrupt(what + " magnitudes: alphabet above " + std::to_string(kMaxExpandMagnitude) +
+            " (magnitudes are 1.." + std::to_string(kMaxExpandMagnitude) + ")");
   parse_stream(body, unified_elems, what + " signs", &p->x_signs);
   if (p->x_signs.max_index > 1) corrupt(what + " signs: alphabet above 2");
   parse_stream(body, kept_elems, what + " kept", &p->x_kept);

@@ -22,6 +22,8 @@ constexpr int kExponentFormatVersion = 3;
 constexpr int kExpandFormatVersion = 4;
 // Largest expand block (elements): bounds the decoder's per-slice buffers.
 constexpr uint32_t kMaxExpandBlock = 256;
+// Largest unified magnitude of an expand block (index + 1).
+constexpr uint32_t kMaxExpandMagnitude = 65536;
 // Expand block modes (the modes stream's indices).
 enum ExpandMode : uint8_t { kPrune = 0, kUnify = 1, kKeep = 2 };
 // Largest exponent stage (groups): bounds its table to 16 MiB of multipliers.

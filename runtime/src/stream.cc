@@ -293,14 +293,17 @@ void parse_stream(Reader& r, uint64_t expected_count, const std::string& what, S
     case kConstant:
       if (s->scale_bits != 0 || s->lanes != 0)
         corrupt(what + ": constant stream must have scale_bits = lanes = 0");
-      if (s->alphabet == 0) corrupt(what + ": constant stream has alphabet 0");
+      if (s->alphabet == 0 || s->alphabet > kMaxAlphabet)
+        corrupt(what + ": constant stream has invalid alphabet " + std::to_string(s->alphabet) +
+                " (valid: 1..65536)");
       s->max_index = s->alphabet - 1;
       return;
     case kStored: {
       if (s->scale_bits != 0 || s->lanes != 0)
         corrupt(what + ": stored stream must have scale_bits = lanes = 0");
-      if (s->alphabet == 0 || s->alphabet > 65536)
-        corrupt(what + ": stored stream has invalid alphabet " + std::to_string(s->alphabet));
+      if (s->alphabet == 0 || s->alphabet > kMaxAlphabet)
+        corrupt(what + ": stored stream has invalid alphabet " + std::to_string(s->alphabet) +
+                " (valid: 1..65536)");
       const uint64_t width = s->alphabet > 256 ? 2 : 1;
       uint64_t bytes;
       if (mul_overflow(s->count, width, &bytes) || bytes > r.remaining())
@@ -321,7 +324,7 @@ void parse_stream(Reader& r, uint64_t expected_count, const std::string& what, S
   if (sb < 1 || sb > 16) corrupt(what + ": rANS scale_bits " + std::to_string(sb) + " not in 1..16");
   if (s->lanes < 1 || s->lanes > 32)
     corrupt(what + ": rANS lanes " + std::to_string(s->lanes) + " not in 1..32");
-  if (s->alphabet < 2 || s->alphabet > 65536)
+  if (s->alphabet < 2 || s->alphabet > kMaxAlphabet)
     corrupt(what + ": rANS alphabet " + std::to_string(s->alphabet) + " not in 2..65536");
   const uint64_t M = uint64_t(1) << sb;
   const uint32_t npresent = r.varint(w);

@@ -13,6 +13,9 @@ namespace l2c {
 enum StreamMode : uint8_t { kConstant = 0, kStored = 1, kRans = 2 };
 
 constexpr uint32_t kRansL = 1u << 16;
+// Largest alphabet of any stream mode: indices fit 16 bits, so an index plus
+// a stage's offset (or +1 for expand magnitudes) never overflows int32.
+constexpr uint32_t kMaxAlphabet = 65536;
 constexpr size_t kStreamHeaderSize = 16;
 
 // A parsed and validated stream. Points into the payload; decode_stream()

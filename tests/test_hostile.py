@@ -1,0 +1,152 @@
+"""Hostile payloads and sidecars (issue 14): every stream is range-checked
+against its stage's limits before use, through the native decoder and all
+three load paths, each in a child process so a crash fails the test."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from helpers import assert_rejected_natively, patched, run_isolated, stage_offsets
+from onnx_l2c.codec import (DOMAIN, FLOAT, FORMAT_VERSION, METADATA_KEY, OP_TYPE, AffineStage, EntropyStage, Recipe,
+                            expand_stage, serialize)
+
+CORRUPT = 1  # L2C_E_CORRUPT (runtime/include/onnx_l2c.h)
+
+
+def _one_unified_block() -> bytes:
+    """Four weights in one unified block of magnitude 3, all positive: each
+    of its streams (modes, magnitudes, signs) is a constant stream."""
+    q = np.array([3, 3, 3, 3], np.int32)
+    stage = expand_stage(q, 1, 4, 1, 4, np.array([1], np.uint8))
+    return serialize(Recipe(FLOAT, (4,), [stage, AffineStage(1, 1, 4, 0.0, np.ones(1, np.float32))]))
+
+
+def _magnitudes_alphabet_at(payload: bytes) -> int:
+    _, body, _ = stage_offsets(payload)[0]
+    modes = body + 32  # outer, n, inner: u64; block: u32; kept_offset: i32
+    mags = modes + 16  # the modes stream is constant: a 16-byte header, no body
+    assert payload[mags] == 0  # constant
+    return mags + 12  # mode, scale_bits, lanes, reserved, count:u64, then alphabet:u32
+
+
+def _hostile_expand(alphabet: int) -> bytes:
+    good = _one_unified_block()
+    return patched(good, _magnitudes_alphabet_at(good), struct.pack("<I", alphabet))
+
+
+def test_the_unified_block_fixture_decodes():
+    from helpers import native_decode
+
+    np.testing.assert_array_equal(native_decode(_one_unified_block()), [3, 3, 3, 3])
+
+
+def test_stream_alphabets_and_magnitudes_are_range_checked():
+    entropy = serialize(Recipe(FLOAT, (4,), [EntropyStage(np.full(4, 5, np.int32)),
+                                             AffineStage(1, 1, 4, 0.0, np.ones(1, np.float32))]))
+    _, body, _ = stage_offsets(entropy)[0]
+    stream = body + 4  # after symbol_offset
+    assert entropy[stream] == 0  # a constant stream
+    assert_rejected_natively([
+        # magnitude index 2^32 - 2 -> magnitude 2^32 - 1: decoded silently as -1 before
+        ("magnitudes_2^32-1", _hostile_expand(0xFFFFFFFF), r"magnitudes: constant stream has invalid alphabet",
+         CORRUPT),
+        # magnitude 2^31 = INT_MIN: negated for a sign (undefined behaviour) before
+        ("magnitudes_2^31", _hostile_expand(1 << 31), "invalid alphabet 2147483648", CORRUPT),
+        ("magnitudes_65537", _hostile_expand(65537), r"invalid alphabet 65537 \(valid: 1\.\.65536\)", CORRUPT),
+        ("entropy_constant_alphabet", patched(entropy, stream + 12, struct.pack("<I", 0xFFFFFFFF)),
+         r"stage 1 \(entropy\): constant stream has invalid alphabet", CORRUPT),
+    ])
+
+
+def _decode_model(folder: Path, payload: bytes) -> Path:
+    """y = x * W with W = Decode(payload) declared float32 [4], the payload in the sidecar."""
+    folder.mkdir()
+    sidecar = "m.onnx.l2c"
+    (folder / sidecar).write_bytes(payload)
+    p = TensorProto(name="W@" + sidecar, data_type=TensorProto.UINT8, dims=[len(payload)])
+    from onnx_l2c.graph.edit import set_external
+
+    set_external(p, sidecar, 0, len(payload))
+    decode = helper.make_node(OP_TYPE, [p.name], ["W"], domain=DOMAIN, dtype=FLOAT, shape=[4], tensor="W",
+                              sidecar=sidecar)
+    graph = helper.make_graph([decode, helper.make_node("Mul", ["x", "W"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [p])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
+    model.metadata_props.add(key=METADATA_KEY, value=str(FORMAT_VERSION))
+    path = folder / "m.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+LOAD_CHILD = r"""
+import json, sys
+import numpy as np
+import onnxruntime as ort
+import onnx_l2c
+out = {}
+for label, path in json.loads(sys.argv[1]):
+    for mode in ("fast", "custom_op", "decompress"):
+        try:
+            x = {"x": np.ones((1, 4), np.float32)}
+            if mode == "fast":
+                y = onnx_l2c.InferenceSession(path).run(None, x)[0]
+            elif mode == "custom_op":
+                so = ort.SessionOptions()
+                so.register_custom_ops_library(onnx_l2c.custom_op_library())
+                y = ort.InferenceSession(path, so).run(None, x)[0]
+            else:
+                y = ort.InferenceSession(str(onnx_l2c.decompress(path, path + ".plain.onnx"))).run(None, x)[0]
+            out[f"{label}/{mode}"] = ["ok", y.reshape(-1).tolist()]
+        except Exception as exc:
+            out[f"{label}/{mode}"] = [type(exc).__name__, str(exc)]
+print(json.dumps(out))
+"""
+
+
+def test_hostile_expand_payloads_fail_on_every_load_path(tmp_path):
+    cases = [("good", _decode_model(tmp_path / "good", _one_unified_block()))]
+    for alphabet in (0xFFFFFFFF, 1 << 31):
+        cases.append((f"mag{alphabet}", _decode_model(tmp_path / f"mag{alphabet}", _hostile_expand(alphabet))))
+    proc = run_isolated("import sys; sys.argv = ['child', %r]\n" % json.dumps([(l, str(p)) for l, p in cases])
+                        + LOAD_CHILD)
+    assert proc.returncode == 0, f"child crashed (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for mode in ("fast", "custom_op", "decompress"):
+        assert results[f"good/{mode}"] == ["ok", [3.0, 3.0, 3.0, 3.0]], results[f"good/{mode}"]
+        for label, _ in cases[1:]:
+            kind, message = results[f"{label}/{mode}"]
+            assert kind != "ok", f"{label}/{mode} decoded {message}"
+            assert "invalid alphabet" in message and "W" in message, f"{label}/{mode}: {message}"
+            if mode != "custom_op":
+                assert kind == "PayloadError" and "m.onnx" in message, f"{label}/{mode}: {kind} {message}"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_sidecar_that_is_not_a_regular_file_is_refused(tmp_path):
+    good = _decode_model(tmp_path / "pipe", _one_unified_block())
+    sidecar = good.with_name("m.onnx.l2c")
+    sidecar.unlink()
+    os.mkfifo(sidecar)  # opening it for reading would block forever
+    proc = run_isolated(f"""
+        import onnx_l2c
+        for call in (lambda: onnx_l2c.InferenceSession({str(good)!r}),
+                     lambda: onnx_l2c.decompress({str(good)!r}, {str(good) + ".plain.onnx"!r}),
+                     lambda: onnx_l2c.inspect({str(good)!r})):
+            try:
+                call()
+                print("LOADED")
+            except onnx_l2c.FileError as exc:
+                print("FileError", exc)
+    """, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("FileError") and "not a regular file" in line for line in lines), lines
