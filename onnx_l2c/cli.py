@@ -125,7 +125,7 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
     from onnx_l2c.load.compressed import decompress
 
     external = {"auto": None, "always": True, "never": False}[args.external_data]
-    out = decompress(args.model, args.output, external_data=external)
+    out = decompress(args.model, args.output, external_data=external, max_decoded_bytes=args.max_decoded_bytes)
     if not args.quiet:
         print(f"wrote {out}")
     return 0
@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output")
     p.add_argument("--external-data", choices=["auto", "always", "never"], default="auto",
                    help="store weights in OUTPUT.data (auto: only past protobuf's 2 GB limit)")
+    p.add_argument("--max-decoded-bytes", type=int, default=None, metavar="BYTES",
+                   help="refuse a model whose weights decode to more bytes (0: no limit; default: "
+                        "max(256 MiB, 1024 x the sidecar's payload bytes))")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_decompress)
 

@@ -19,6 +19,7 @@ class ErrorCode(enum.IntEnum):
     VERSION = 2  # bad magic or unsupported version / stage kind
     ARGUMENT = 3  # caller error: output buffer size, bad parameters
     MEMORY = 4  # allocation failed
+    LIMIT = 5  # the declared decoded size exceeds the caller's budget (max_decoded_bytes)
 
 
 class L2CError(Exception):
@@ -68,6 +69,13 @@ class OutOfMemoryError(L2CError, MemoryError):
     code = ErrorCode.MEMORY
 
 
+class LimitError(L2CError):
+    """A payload (or a model's payloads together) would decode to more bytes than
+    `max_decoded_bytes` allows: refused before allocating."""
+
+    code = ErrorCode.LIMIT
+
+
 class FileError(L2CError):
     """A file could not be read or written (missing, unreadable, outside the model's folder)."""
 
@@ -75,6 +83,7 @@ class FileError(L2CError):
 _BY_CODE: dict[ErrorCode, type[L2CError]] = {
     ErrorCode.CORRUPT: PayloadError, ErrorCode.VERSION: VersionError,
     ErrorCode.ARGUMENT: NativeArgumentError, ErrorCode.MEMORY: OutOfMemoryError,
+    ErrorCode.LIMIT: LimitError,
 }
 
 

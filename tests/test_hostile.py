@@ -66,8 +66,8 @@ def test_stream_alphabets_and_magnitudes_are_range_checked():
     ])
 
 
-def _decode_model(folder: Path, payload: bytes) -> Path:
-    """y = x * W with W = Decode(payload) declared float32 [4], the payload in the sidecar."""
+def _decode_model(folder: Path, payload: bytes, dims: tuple[int, ...] = (4,)) -> Path:
+    """y = x * W with W = Decode(payload) declared float32 `dims`, the payload in the sidecar."""
     folder.mkdir()
     sidecar = "m.onnx.l2c"
     (folder / sidecar).write_bytes(payload)
@@ -75,11 +75,12 @@ def _decode_model(folder: Path, payload: bytes) -> Path:
     from onnx_l2c.graph.edit import set_external
 
     set_external(p, sidecar, 0, len(payload))
-    decode = helper.make_node(OP_TYPE, [p.name], ["W"], domain=DOMAIN, dtype=FLOAT, shape=[4], tensor="W",
+    decode = helper.make_node(OP_TYPE, [p.name], ["W"], domain=DOMAIN, dtype=FLOAT, shape=list(dims), tensor="W",
                               sidecar=sidecar)
+    shape = [1, 4] if dims == (4,) else list(dims)
     graph = helper.make_graph([decode, helper.make_node("Mul", ["x", "W"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [p])
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], [p])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
     model.metadata_props.add(key=METADATA_KEY, value=str(FORMAT_VERSION))
     path = folder / "m.onnx"
@@ -150,3 +151,81 @@ def test_a_sidecar_that_is_not_a_regular_file_is_refused(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("FileError") and "not a regular file" in line for line in lines), lines
+
+
+def _huge_constant(dims: tuple[int, ...]) -> bytes:
+    """A valid payload of ~100 bytes declaring float32 `dims`: one constant stream."""
+    from onnx_l2c.codec import native
+
+    numel = int(np.prod(dims))
+    stream = native.encode_stream(np.zeros(1, np.int32), 1)  # constant, count 1
+    stream = stream[:4] + struct.pack("<Q", numel) + stream[12:]  # the same constant, `numel` times
+    body = struct.pack("<4sHBB", b"L2CP", 1, FLOAT, len(dims)) + struct.pack(f"<{len(dims)}Q", *dims)
+    body += struct.pack("<B3x", 2)
+    entropy = struct.pack("<i", 0) + stream
+    affine = struct.pack("<QIQfB3x", 1, 1, numel, 0.0, 0) + struct.pack("<f", 1.0)
+    body += struct.pack("<B3xI", 1, len(entropy)) + entropy + struct.pack("<B3xI", 2, len(affine)) + affine
+    import zlib
+    return body + struct.pack("<I", zlib.crc32(body) & 0xFFFFFFFF)
+
+
+def test_decode_budget_refuses_tiny_payloads_that_declare_gigabytes(tmp_path):
+    """A ~100-byte payload declaring 1 GiB: every load path refuses it before
+    allocating (peak RSS stays small); an explicit budget admits it."""
+    from onnx_l2c.codec import native
+
+    dims = (1 << 14, 1 << 14)  # 2^28 float32 = 1 GiB
+    payload = _huge_constant(dims)
+    assert len(payload) < 120 and native.payload_info(payload).nbytes == 1 << 30
+    model = _decode_model(tmp_path / "huge", payload, dims)
+    proc = run_isolated(f"""
+        import json
+        from pathlib import Path
+        import onnxruntime as ort
+        import onnx_l2c
+        from onnx_l2c.codec import native
+        def peak_mb():  # VmHWM: unlike ru_maxrss it does not inherit the parent's peak across exec
+            line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM"))
+            return int(line.split()[1]) / 1024
+        out = {{}}
+        calls = {{
+            "fast": lambda: onnx_l2c.InferenceSession({str(model)!r}),
+            "decompress": lambda: onnx_l2c.decompress({str(model)!r}, {str(model) + ".plain.onnx"!r}),
+            "c_api": lambda: native.payload_info(open({str(model.with_name("m.onnx.l2c"))!r}, "rb").read(),
+                                                 "m.onnx.l2c", 256 << 20),
+        }}
+        def custom_op():
+            so = ort.SessionOptions()
+            so.register_custom_ops_library(onnx_l2c.custom_op_library())
+            ort.InferenceSession({str(model)!r}, so)
+        calls["custom_op"] = custom_op
+        for name, call in calls.items():
+            try:
+                call()
+                out[name] = "LOADED"
+            except Exception as exc:
+                out[name] = f"{{type(exc).__name__}}: {{exc}}"
+            out[name + "_rss_mb"] = peak_mb()
+        out["rss_mb"] = peak_mb()
+        print(json.dumps(out))
+    """, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name in ("fast", "decompress"):
+        assert out[name].startswith("LimitError") and "max_decoded_bytes" in out[name] and "m.onnx" in out[name], out
+    assert out["c_api"].startswith("LimitError") and "above the limit of 268435456" in out["c_api"], out
+    assert "ONNX_L2C_MAX_DECODED_BYTES" in out["custom_op"] and "'W'" in out["custom_op"], out
+    assert out["rss_mb"] < 600, out  # nothing of the declared GiB was allocated
+
+
+def test_an_explicit_budget_admits_a_large_declared_tensor(tmp_path):
+    payload = _huge_constant((1 << 12, 1 << 13))  # 128 MiB: within the default floor
+    model = _decode_model(tmp_path / "ok", payload, (1 << 12, 1 << 13))
+    import onnx_l2c
+
+    with pytest.raises(onnx_l2c.L2CError, match="above the limit of 1000"):
+        onnx_l2c.decompress(model, tmp_path / "plain.onnx", max_decoded_bytes=1000)
+    with pytest.raises(onnx_l2c.OptionError, match="max_decoded_bytes must be an integer"):
+        onnx_l2c.decompress(model, tmp_path / "plain.onnx", max_decoded_bytes=-1)
+    out = onnx_l2c.decompress(model, tmp_path / "plain.onnx", max_decoded_bytes=0, external_data=True)
+    assert out.with_name("plain.onnx.data").stat().st_size >= 128 << 20

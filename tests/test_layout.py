@@ -12,7 +12,8 @@ from pathlib import Path
 import onnx_l2c
 from helpers import ROOT, run_isolated
 from onnx_l2c import ErrorCode
-from onnx_l2c.codec import (BFLOAT16, FLOAT, FLOAT16, FORMAT_VERSION, MAX_DIMS, STAGES, BlockMode,
+from onnx_l2c.codec import (BFLOAT16, DECODE_LIMIT_FLOOR, DECODE_LIMIT_RATIO, FLOAT, FLOAT16, FORMAT_VERSION, MAX_DIMS,
+                            STAGES, BlockMode,
                             max_format_version)
 
 PAYLOAD_H = ROOT / "runtime" / "src" / "payload.h"
@@ -49,6 +50,7 @@ def test_stage_kinds_versions_and_limits_match_the_native_tables():
             assert constants[f"k{cls.name.capitalize()}FormatVersion"] == cls.min_version, cls.name
         for limit, value in cls.limits.items():
             assert constants.get(limit) == value, f"{cls.name}: {limit} is {constants.get(limit)} in payload.h"
+    assert (constants["kDecodeLimitFloor"], constants["kDecodeLimitRatio"]) == (DECODE_LIMIT_FLOOR, DECODE_LIMIT_RATIO)
     assert _enum(text, "DType") == {"kFloat32": FLOAT, "kFloat16": FLOAT16, "kBFloat16": BFLOAT16}
     assert {k[1:].upper(): v for k, v in _enum(text, "ExpandMode").items()} == {m.name: int(m) for m in BlockMode}
 

@@ -69,6 +69,11 @@ def _lib() -> ctypes.CDLL:
         ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int32),
         ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_uint64), ctypes.c_char_p, ctypes.c_size_t,
     ]
+    lib.l2c_payload_info_limit.argtypes = [
+        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint64, ctypes.POINTER(ctypes.c_int32),
+        ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_uint64),
+        ctypes.c_char_p, ctypes.c_size_t,
+    ]
     lib.l2c_decode.argtypes = [
         ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t,
     ]
@@ -80,7 +85,8 @@ def _lib() -> ctypes.CDLL:
         ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_uint64, ctypes.POINTER(ctypes.c_size_t),
         ctypes.c_char_p, ctypes.c_size_t,
     ]
-    for fn in (lib.l2c_payload_info, lib.l2c_decode, lib.l2c_encode_stream, lib.l2c_decode_stream):
+    for fn in (lib.l2c_payload_info, lib.l2c_payload_info_limit, lib.l2c_decode, lib.l2c_encode_stream,
+               lib.l2c_decode_stream):
         fn.restype = ctypes.c_int
     return lib
 
@@ -112,15 +118,18 @@ class PayloadInfo:
     nbytes: int  # size of the decoded tensor
 
 
-def payload_info(payload: np.ndarray | bytes | memoryview, what: str = "payload") -> PayloadInfo:
+def payload_info(payload: np.ndarray | bytes | memoryview, what: str = "payload",
+                 max_decoded_bytes: int = 0) -> PayloadInfo:
+    """The validated header of a payload; with `max_decoded_bytes` (> 0), a
+    LimitError when its decoded tensor would be larger."""
     addr, size, _keep = _address(payload)
     dtype = ctypes.c_int32()
     ndim = ctypes.c_int32()
     dims = (ctypes.c_int64 * MAX_DIMS)()
     nbytes = ctypes.c_uint64()
     err = ctypes.create_string_buffer(_ERR_LEN)
-    code = _lib().l2c_payload_info(addr, size, ctypes.byref(dtype), ctypes.byref(ndim), dims,
-                                   ctypes.byref(nbytes), err, _ERR_LEN)
+    code = _lib().l2c_payload_info_limit(addr, size, max_decoded_bytes, ctypes.byref(dtype), ctypes.byref(ndim),
+                                         dims, ctypes.byref(nbytes), err, _ERR_LEN)
     _check(code, err, what)
     return PayloadInfo(dtype.value, tuple(int(d) for d in dims[: ndim.value]), int(nbytes.value))
 

@@ -34,6 +34,16 @@ OP_TYPE = "Decode"
 OPSET = 1
 PAYLOAD_ALIGN = 64
 SIDECAR_SUFFIX = ".l2c"  # the sidecar of OUT.onnx is OUT.onnx.l2c
+# The default decode budget (runtime/src/payload.h): a model's payloads may
+# decode to at most max(DECODE_LIMIT_FLOOR, DECODE_LIMIT_RATIO × their stored
+# bytes) unless the caller passes max_decoded_bytes. Real models stay far
+# below 1024× (the zoo: 4–20×); a few-byte payload declaring terabytes does not.
+DECODE_LIMIT_FLOOR = 256 << 20
+DECODE_LIMIT_RATIO = 1024
+
+
+def default_decode_limit(stored_bytes: int) -> int:
+    return max(DECODE_LIMIT_FLOOR, DECODE_LIMIT_RATIO * stored_bytes)
 METADATA_KEY = "onnx_l2c.format"  # model metadata: the format version of its payloads
 
 

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnx_l2c.codec import BFLOAT16, BITS_DTYPE, DTYPE_NAMES, FLOAT, FLOAT16, STORAGE, describe, native, parse_header
-from onnx_l2c.errors import FileError, OutOfMemoryError, PayloadError, UnsupportedError
+from onnx_l2c.codec import (BFLOAT16, BITS_DTYPE, DECODE_LIMIT_FLOOR, DECODE_LIMIT_RATIO, DTYPE_NAMES, FLOAT, FLOAT16,
+                            STORAGE, default_decode_limit, describe, native)
+from onnx_l2c.errors import FileError, LimitError, OptionError, OutOfMemoryError, PayloadError, UnsupportedError
 from onnx_l2c.files import AlignedWriter, AtomicOutputs
 from onnx_l2c.graph.edit import DecodeNode, declared_type, decode_nodes, read_names, restore_weights, set_external
 from onnx_l2c.graph.model import load_model
@@ -63,11 +64,18 @@ class DecodeEntry:
 class CompressedModel:
     """A compressed model's graph plus access to its payloads (memory-mapped)."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, max_decoded_bytes: int | None = None) -> None:
+        """`max_decoded_bytes`: what all payloads together may decode to (0: no
+        limit); None: max(DECODE_LIMIT_FLOOR, DECODE_LIMIT_RATIO × their stored bytes)."""
         self.path = Path(path)
         self.model = load_model(self.path)
         self.entries = self._entries()
         self._maps: dict[Path, tuple[object, mmap.mmap | None]] = {}
+        if max_decoded_bytes is not None and (isinstance(max_decoded_bytes, bool)
+                                              or not isinstance(max_decoded_bytes, int) or max_decoded_bytes < 0):
+            raise OptionError(f"max_decoded_bytes must be an integer ≥ 0 (0 = no limit), got {max_decoded_bytes!r}")
+        stored = sum(e.length for e in self.entries)
+        self.max_decoded_bytes = default_decode_limit(stored) if max_decoded_bytes is None else max_decoded_bytes
 
     def _entries(self) -> list[DecodeEntry]:
         entries: list[DecodeEntry] = []
@@ -120,31 +128,53 @@ class CompressedModel:
         """Decode one tensor (float32 / float16 / uint16 bits for bfloat16), shaped."""
         payload = self.payload(entry)
         where = self.where(entry)
-        declared = declared_type(entry.decode.node)
-        if declared is None:  # no dtype/shape attributes: ask the payload (a second validating pass)
-            info = native.payload_info(payload, where)
-            declared = (info.dtype, info.dims)
-        dtype, dims = declared
+        dtype, dims = self.declared(entry)
         if dtype not in DTYPE_NAMES:
             raise UnsupportedError(f"{where}: unsupported dtype {dtype}; valid: {sorted(DTYPE_NAMES)}")
+        # The whole payload is validated, and must agree with the graph, before
+        # anything is allocated for it.
+        info = native.payload_info(payload, where, self.max_decoded_bytes)
+        if (info.dtype, info.dims) != (dtype, tuple(dims)):
+            raise PayloadError(f"{where}: the graph declares {DTYPE_NAMES.get(dtype, dtype)} {list(dims)} but the "
+                               f"payload holds {DTYPE_NAMES.get(info.dtype, info.dtype)} {list(info.dims)}")
         try:
             out = np.empty(dims, dtype=STORAGE[dtype])
-        except ValueError as exc:
-            raise PayloadError(f"{where}: invalid declared shape {list(dims)}: {exc}") from exc
         except MemoryError as exc:
             raise OutOfMemoryError(f"{where}: cannot allocate the declared shape {list(dims)}: {exc}") from exc
-        # The native decoder verifies the CRC and that the payload decodes to
-        # exactly out.nbytes; the header (now known intact) must agree on the rest.
-        native.decode_into(payload, out, where)
-        header = parse_header(payload, where)
-        got = (header.dtype, header.dims)
-        if got != (dtype, tuple(dims)):
-            raise PayloadError(f"{where}: the graph declares {DTYPE_NAMES.get(dtype, dtype)} {list(dims)} but the "
-                           f"payload holds {DTYPE_NAMES.get(got[0], got[0])} {list(got[1])}")
+        native.decode_into(payload, out, where)  # verifies that it decodes to exactly out.nbytes
         return out
 
+    def declared(self, entry: DecodeEntry) -> tuple[int, tuple[int, ...]]:
+        """The (dtype, shape) the graph declares for `entry`; without the node
+        attributes, what its payload header says (validated, within the budget)."""
+        declared = declared_type(entry.decode.node)
+        if declared is None:  # a second validating pass over the payload
+            info = native.payload_info(self.payload(entry), self.where(entry), self.max_decoded_bytes)
+            declared = (info.dtype, info.dims)
+        return declared
+
+    def check_budget(self) -> int:
+        """The bytes all tensors decode to, refused (LimitError) above
+        `max_decoded_bytes` before anything is allocated."""
+        total = 0
+        for entry in self.entries:
+            dtype, dims = self.declared(entry)
+            if dtype not in DTYPE_NAMES:
+                raise UnsupportedError(f"{self.where(entry)}: unsupported dtype {dtype}; valid: {sorted(DTYPE_NAMES)}")
+            if any(d < 0 for d in dims):
+                raise PayloadError(f"{self.where(entry)}: invalid declared shape {list(dims)}")
+            total += int(np.prod(dims, dtype=object)) * np.dtype(STORAGE[dtype]).itemsize
+        if self.max_decoded_bytes and total > self.max_decoded_bytes:
+            raise LimitError(f"{self.path}: its payloads declare {total} decoded bytes, above the limit of "
+                             f"{self.max_decoded_bytes} (max_decoded_bytes; the default is "
+                             f"max({DECODE_LIMIT_FLOOR}, {DECODE_LIMIT_RATIO}× the {sum(e.length for e in self.entries)} "
+                             "stored bytes); pass a larger max_decoded_bytes, or 0 for no limit, to load it)")
+        return total
+
     def decode_all(self, workers: int = 0) -> dict[str, np.ndarray]:
-        """Every tensor, decoded in parallel across tensors (the GIL is released natively)."""
+        """Every tensor, decoded in parallel across tensors (the GIL is released
+        natively), after the whole model's declared size passed the budget."""
+        self.check_budget()
         workers = workers or os.cpu_count() or 1
         with ThreadPoolExecutor(workers) as pool:
             arrays = list(pool.map(self.decode, self.entries))
@@ -174,16 +204,19 @@ def _dtype_of(array: np.ndarray) -> int:
 
 
 def InferenceSession(path: str | os.PathLike, sess_options: Any = None, providers: Any = None,
-                     provider_options: Any = None, **kwargs: Any):  # noqa: N802 (mirrors onnxruntime)
+                     provider_options: Any = None, *, max_decoded_bytes: int | None = None,
+                     **kwargs: Any):  # noqa: N802 (mirrors onnxruntime)
     """An `onnxruntime.InferenceSession` of a compressed model, at the original model's speed.
 
     Decodes every payload once and hands the tensors to onnxruntime through
     `SessionOptions.add_external_initializers` (sess_options is modified).
-    Extra keyword arguments go to `onnxruntime.InferenceSession`.
+    `max_decoded_bytes`: the most bytes the weights may decode to (0: no
+    limit; None: the default budget, see CompressedModel). Extra keyword
+    arguments go to `onnxruntime.InferenceSession`.
     """
     import onnxruntime as ort
 
-    compressed = CompressedModel(path)
+    compressed = CompressedModel(path, max_decoded_bytes)
     try:
         arrays = compressed.decode_all()
         # onnxruntime drops initializers no node reads before it applies external
@@ -219,14 +252,15 @@ def InferenceSession(path: str | os.PathLike, sess_options: Any = None, provider
 
 
 def decompress(path: str | os.PathLike, output: str | os.PathLike, *,
-               external_data: bool | None = None) -> Path:
+               external_data: bool | None = None, max_decoded_bytes: int | None = None) -> Path:
     """Write a plain ONNX model (no custom op) with the decoded weights.
 
     `external_data`: None picks external data (`output.data`) only when the
-    model would pass protobuf's 2 GB limit.
+    model would pass protobuf's 2 GB limit. `max_decoded_bytes`: as for
+    `InferenceSession`.
     """
     output = Path(output)
-    compressed = CompressedModel(path)
+    compressed = CompressedModel(path, max_decoded_bytes)
     try:
         arrays = compressed.decode_all()
         total = compressed.model.ByteSize() + sum(a.nbytes for a in arrays.values())

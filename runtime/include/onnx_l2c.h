@@ -31,7 +31,8 @@ enum {
   L2C_E_CORRUPT = 1,   /* malformed, truncated or CRC mismatch */
   L2C_E_VERSION = 2,   /* bad magic or unsupported version / stage kind */
   L2C_E_ARGUMENT = 3,  /* caller error: output buffer size, bad parameters */
-  L2C_E_MEMORY = 4     /* allocation failed */
+  L2C_E_MEMORY = 4,    /* allocation failed */
+  L2C_E_LIMIT = 5      /* the declared decoded size exceeds the caller's budget */
 };
 
 #define L2C_MAX_DIMS 8
@@ -48,6 +49,14 @@ L2C_API int l2c_format_version(void);
 L2C_API int l2c_payload_info(const uint8_t* payload, size_t payload_size,
                              int32_t* dtype, int32_t* ndim, int64_t* dims,
                              uint64_t* out_bytes, char* err, size_t err_len);
+
+/* l2c_payload_info, refusing (L2C_E_LIMIT) a payload whose decoded tensor
+ * would exceed max_decoded_bytes (0: no limit). Call it before allocating
+ * the output: a payload of a few bytes may declare terabytes. */
+L2C_API int l2c_payload_info_limit(const uint8_t* payload, size_t payload_size,
+                                   uint64_t max_decoded_bytes, int32_t* dtype,
+                                   int32_t* ndim, int64_t* dims, uint64_t* out_bytes,
+                                   char* err, size_t err_len);
 
 /* Decode a whole payload into out (exactly out_size bytes, which must equal
  * the size l2c_payload_info reports). */

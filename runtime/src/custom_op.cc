@@ -14,6 +14,7 @@
 // (session creation fails with a status naming the tensor if it is corrupt
 // or disagrees with the declared type/shape), otherwise in Compute.
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -138,6 +139,18 @@ OrtStatus* typed_output(const Kernel& k, OrtKernelContext* ctx, int dtype, const
   return nullptr;
 }
 
+// The decode budget of one payload of `stored` bytes: ONNX_L2C_MAX_DECODED_BYTES
+// (decimal bytes; 0 = no limit) when set, else l2c::default_decode_limit.
+uint64_t decode_limit(size_t stored) {
+  const char* env = std::getenv("ONNX_L2C_MAX_DECODED_BYTES");
+  if (env && *env) {
+    char* end = nullptr;
+    const unsigned long long v = std::strtoull(env, &end, 10);
+    if (end && *end == '\0') return v;
+  }
+  return l2c::default_decode_limit(stored);
+}
+
 // Decodes a payload straight into an output allocated from the context.
 OrtStatus* decode_into_output(const Kernel& k, OrtKernelContext* ctx, const uint8_t* data,
                               size_t size) {
@@ -145,6 +158,11 @@ OrtStatus* decode_into_output(const Kernel& k, OrtKernelContext* ctx, const uint
     l2c::Plan plan;
     l2c::parse_payload(data, size, &plan);
     const std::vector<int64_t> dims(plan.dims, plan.dims + plan.ndim);  // bounded by parse_payload
+    const uint64_t limit = decode_limit(size);
+    if (limit && plan.out_bytes > limit)
+      return k.error(ORT_FAIL, "the payload declares " + std::to_string(plan.out_bytes) +
+                                   " decoded bytes, above the limit of " + std::to_string(limit) +
+                                   " (set ONNX_L2C_MAX_DECODED_BYTES to raise it; 0 = no limit)");
     void* p = nullptr;
     if (OrtStatus* st = typed_output(k, ctx, plan.dtype, dims.data(), dims.size(), plan.out_bytes, &p))
       return st;
@@ -233,12 +251,19 @@ OrtStatusPtr ORT_API_CALL create_kernel(const OrtCustomOp*, const OrtApi*, const
       l2c::parse_payload(data, size, &plan);
       k->dtype = plan.dtype;
       k->dims.assign(plan.dims, plan.dims + plan.ndim);
+      // Everything is checked before the output is allocated: the graph's
+      // declared type and shape, and the decode budget.
+      if (OrtStatus* st = check_declared(*k, info)) return st;
+      const uint64_t limit = decode_limit(size);
+      if (limit && plan.out_bytes > limit)
+        return k->error(ORT_FAIL, "the payload declares " + std::to_string(plan.out_bytes) +
+                                      " decoded bytes, above the limit of " + std::to_string(limit) +
+                                      " (set ONNX_L2C_MAX_DECODED_BYTES to raise it; 0 = no limit)");
       if (plan.out_bytes > SIZE_MAX) throw std::bad_alloc();
       k->size = static_cast<size_t>(plan.out_bytes);
       k->data.reset(new uint8_t[k->size ? k->size : 1]);
       l2c::execute(plan, k->data.get());
       k->decoded = true;
-      if (OrtStatus* st = check_declared(*k, info)) return st;
     } catch (const l2c::Error& e) {
       return k->error(e);
     } catch (const std::bad_alloc&) {

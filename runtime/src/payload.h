@@ -32,6 +32,19 @@ constexpr uint32_t kMaxExponent = 31;
 // Largest transform basis (k*cols values): bounds its memory to 64 MiB.
 constexpr uint64_t kMaxTransformBasis = uint64_t(1) << 24;
 
+// Default decode budget: a model's payloads may decode to at most
+// max(kDecodeLimitFloor, kDecodeLimitRatio x their stored bytes) unless the
+// caller sets max_decoded_bytes (the custom op: ONNX_L2C_MAX_DECODED_BYTES).
+// Real models stay far below 1024x (the zoo: 4-20x); a few-byte payload that
+// declares terabytes does not.
+constexpr uint64_t kDecodeLimitFloor = uint64_t(256) << 20;
+constexpr uint64_t kDecodeLimitRatio = 1024;
+inline uint64_t default_decode_limit(uint64_t stored_bytes) {
+  const uint64_t scaled = stored_bytes > (UINT64_MAX / kDecodeLimitRatio) ? UINT64_MAX
+                                                                          : stored_bytes * kDecodeLimitRatio;
+  return scaled > kDecodeLimitFloor ? scaled : kDecodeLimitFloor;
+}
+
 // A fully validated payload: everything but the data-dependent checks
 // (rANS consumption, codebook index range) is verified by parse_payload.
 struct Plan {
