@@ -211,6 +211,7 @@ def test_decode_budget_refuses_tiny_payloads_that_declare_gigabytes(tmp_path):
     """, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
+    print({k: v for k, v in out.items() if k.endswith("rss_mb")})  # shown with pytest -s
     for name in ("fast", "decompress"):
         assert out[name].startswith("LimitError") and "max_decoded_bytes" in out[name] and "m.onnx" in out[name], out
     assert out["c_api"].startswith("LimitError") and "above the limit of 268435456" in out["c_api"], out
@@ -229,3 +230,35 @@ def test_an_explicit_budget_admits_a_large_declared_tensor(tmp_path):
         onnx_l2c.decompress(model, tmp_path / "plain.onnx", max_decoded_bytes=-1)
     out = onnx_l2c.decompress(model, tmp_path / "plain.onnx", max_decoded_bytes=0, external_data=True)
     assert out.with_name("plain.onnx.data").stat().st_size >= 128 << 20
+
+
+@pytest.mark.parametrize("edit, error, message", [
+    ("offset_text", "PayloadError", "bad external-data entry"),
+    ("offset_negative", "PayloadError", "non-negative, got -8"),
+    ("length_zero", "PayloadError", "length 0"),
+    ("no_location", "FileError", "has no location"),
+    ("duplicate_output", "PayloadError", "is the output of two"),
+])
+def test_malformed_decode_entries_are_the_packages_errors(tmp_path, edit, error, message):
+    import onnx_l2c
+
+    path = _decode_model(tmp_path / edit, _one_unified_block())
+    model = onnx.load(str(path), load_external_data=False)
+    payload = model.graph.initializer[0]
+    entries = {e.key: e for e in payload.external_data}
+    if edit == "offset_text":
+        entries["offset"].value = "abc"
+    elif edit == "offset_negative":
+        entries["offset"].value = "-8"
+    elif edit == "length_zero":
+        entries["length"].value = "0"
+    elif edit == "no_location":
+        entries["location"].value = ""
+    else:
+        model.graph.node.insert(1, onnx.helper.make_node(OP_TYPE, [payload.name], ["W"], domain=DOMAIN))
+    onnx.save(model, str(path))
+    for call in (lambda: onnx_l2c.InferenceSession(path), lambda: onnx_l2c.decompress(path, tmp_path / "p.onnx"),
+                 lambda: onnx_l2c.inspect(path)):
+        with pytest.raises(onnx_l2c.L2CError, match=message) as info:
+            call()
+        assert type(info.value).__name__ == error and "m.onnx" in str(info.value)
