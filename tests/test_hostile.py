@@ -238,6 +238,8 @@ def test_an_explicit_budget_admits_a_large_declared_tensor(tmp_path):
     ("length_zero", "PayloadError", "length 0"),
     ("no_location", "FileError", "has no location"),
     ("duplicate_output", "PayloadError", "is the output of two"),
+    ("float_payload", "PayloadError", "the Decode op takes a 1-D uint8 tensor"),
+    ("length_mismatch", "PayloadError", "length 7 for a 168-byte payload"),
 ])
 def test_malformed_decode_entries_are_the_packages_errors(tmp_path, edit, error, message):
     import onnx_l2c
@@ -254,6 +256,11 @@ def test_malformed_decode_entries_are_the_packages_errors(tmp_path, edit, error,
         entries["length"].value = "0"
     elif edit == "no_location":
         entries["location"].value = ""
+    elif edit == "float_payload":
+        payload.data_type = TensorProto.FLOAT
+        payload.dims[:] = [len(_one_unified_block()) // 4]
+    elif edit == "length_mismatch":
+        entries["length"].value = "7"
     else:
         model.graph.node.insert(1, onnx.helper.make_node(OP_TYPE, [payload.name], ["W"], domain=DOMAIN))
     onnx.save(model, str(path))

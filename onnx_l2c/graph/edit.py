@@ -144,6 +144,10 @@ def decode_nodes(model: onnx.ModelProto, where: str) -> list[DecodeNode]:
                 raise PayloadError(f"{where}: node {node.name!r} is not a well-formed {DOMAIN}::{OP_TYPE} "
                                    "(one payload initializer in, one tensor out)")
             payload = inits[node.input[0]]
+            if payload.data_type != onnx.TensorProto.UINT8 or len(payload.dims) != 1:
+                raise PayloadError(f"{where}: payload {payload.name!r} of tensor {node.output[0]!r} is "
+                                   f"{onnx.helper.tensor_dtype_to_string(payload.data_type)} {list(payload.dims)}; "
+                                   "the Decode op takes a 1-D uint8 tensor")
             if not external_data_helper.uses_external_data(payload):
                 raise PayloadError(f"{where}: payload {payload.name!r} of tensor {node.output[0]!r} "
                                    "is not stored as external data")
@@ -155,9 +159,9 @@ def decode_nodes(model: onnx.ModelProto, where: str) -> list[DecodeNode]:
                 raise PayloadError(f"{what}: bad external-data entry ({exc})") from None
             if not info.location:
                 raise FileError(f"{what} has no location")
-            if offset < 0 or length <= 0:
-                raise PayloadError(f"{what}: external data offset {offset} / length {length} "
-                                   "(need offset >= 0 and length > 0)")
+            if offset < 0 or length <= 0 or length != payload.dims[0]:
+                raise PayloadError(f"{what}: external data offset {offset} / length {length} for a "
+                                   f"{payload.dims[0]}-byte payload (need offset >= 0 and length = its size > 0)")
             if node.output[0] in seen:
                 raise PayloadError(f"{where}: tensor {node.output[0]!r} is the output of two "
                                    f"{DOMAIN}::{OP_TYPE} nodes")
