@@ -23,8 +23,8 @@ if not (_HERE / "passes").is_dir() and (_HERE.parent / "passes" / "base.py").is_
                       "(`pip install .` or `bash scripts/setup.sh`) and run Python outside the checkout or with "
                       "`python -P` so the installed package is used")
 
-from onnx_l2c.errors import (ErrorCode, FileError, L2CError, ModelError, OptionError, PayloadError, UnsupportedError,
-                             VersionError)
+from onnx_l2c.errors import (ErrorCode, FileError, L2CError, LimitError, ModelError, OptionError, PayloadError,
+                             UnsupportedError, VersionError)
 
 __version__ = "0.1.0"
 
@@ -60,7 +60,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "OPTIONS", "BlockShape", "CompressOptions", "CompressResult", "ErrorCode", "FileError", "InferenceSession",
+    "OPTIONS", "BlockShape", "CompressOptions", "CompressResult", "ErrorCode", "FileError", "InferenceSession", "LimitError",
     "L2CError", "ModelError", "OptionError", "PayloadError", "Planner", "Preset", "TensorReport",
     "UnsupportedError", "VersionError", "compress", "custom_op_library", "decompress", "inspect",
 ]

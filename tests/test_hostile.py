@@ -269,3 +269,30 @@ def test_malformed_decode_entries_are_the_packages_errors(tmp_path, edit, error,
         with pytest.raises(onnx_l2c.L2CError, match=message) as info:
             call()
         assert type(info.value).__name__ == error and "m.onnx" in str(info.value)
+
+
+def test_the_budget_is_checked_before_the_stages_are_parsed():
+    """168 bytes declaring 2^32 one-element pruned blocks: counting the
+    blocks took ~13 s in l2c_payload_info before any limit was applied; the
+    budget now refuses the declared size right after the header."""
+    import time
+    import zlib
+
+    import onnx_l2c
+    from onnx_l2c.codec import native
+
+    n = 1 << 32
+
+    def constant(count: int) -> bytes:
+        return struct.pack("<BBBxQI", 0, 0, 0, count, 1)
+
+    expand = struct.pack("<QQQIi", 1, n, 1, 1, 0) + constant(n) + constant(0) + constant(0) + constant(0)
+    affine = struct.pack("<QIQfB3x", 1, 1, n, 0.0, 0) + struct.pack("<f", 1.0)
+    body = struct.pack("<4sHBB", b"L2CP", 4, FLOAT, 1) + struct.pack("<Q", n) + struct.pack("<B3x", 2)
+    body += struct.pack("<B3xI", 8, len(expand)) + expand + struct.pack("<B3xI", 2, len(affine)) + affine
+    payload = body + struct.pack("<I", zlib.crc32(body) & 0xFFFFFFFF)
+    assert len(payload) == 168
+    start = time.perf_counter()
+    with pytest.raises(onnx_l2c.LimitError, match=r"declares 17179869184 decoded bytes \[4294967296\]"):
+        native.payload_info(payload, "hostile", 256 << 20)
+    assert time.perf_counter() - start < 5.0  # was ~13 s of block counting

@@ -52,11 +52,7 @@ L2C_API int l2c_payload_info_limit(const uint8_t* payload, size_t payload_size,
                                    int64_t* dims, uint64_t* out_bytes, char* err, size_t err_len) {
   return guarded(err, err_len, [&] {
     l2c::Plan plan;
-    l2c::parse_payload(payload, payload_size, &plan);
-    if (max_decoded_bytes && plan.out_bytes > max_decoded_bytes)
-      l2c::fail(L2C_E_LIMIT, "the payload declares " + std::to_string(plan.out_bytes) +
-                                 " decoded bytes, above the limit of " + std::to_string(max_decoded_bytes) +
-                                 " (max_decoded_bytes)");
+    l2c::parse_payload(payload, payload_size, &plan, max_decoded_bytes);
     if (dtype) *dtype = plan.dtype;
     if (ndim) *ndim = plan.ndim;
     if (dims)

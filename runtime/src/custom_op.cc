@@ -92,6 +92,9 @@ struct Kernel {
     return g_api->CreateStatus(code, (context + ": " + msg).c_str());
   }
   OrtStatus* error(const l2c::Error& e) const {
+    if (e.code == L2C_E_LIMIT)
+      return error(ORT_FAIL, std::string(e.what()) +
+                                 "; set ONNX_L2C_MAX_DECODED_BYTES (bytes, 0 = no limit) to raise it");
     return error(e.code == L2C_E_MEMORY ? ORT_FAIL : ORT_INVALID_GRAPH, e.what());
   }
 };
@@ -156,13 +159,8 @@ OrtStatus* decode_into_output(const Kernel& k, OrtKernelContext* ctx, const uint
                               size_t size) {
   try {
     l2c::Plan plan;
-    l2c::parse_payload(data, size, &plan);
+    l2c::parse_payload(data, size, &plan, decode_limit(size));
     const std::vector<int64_t> dims(plan.dims, plan.dims + plan.ndim);  // bounded by parse_payload
-    const uint64_t limit = decode_limit(size);
-    if (limit && plan.out_bytes > limit)
-      return k.error(ORT_FAIL, "the payload declares " + std::to_string(plan.out_bytes) +
-                                   " decoded bytes, above the limit of " + std::to_string(limit) +
-                                   " (set ONNX_L2C_MAX_DECODED_BYTES to raise it; 0 = no limit)");
     void* p = nullptr;
     if (OrtStatus* st = typed_output(k, ctx, plan.dtype, dims.data(), dims.size(), plan.out_bytes, &p))
       return st;
@@ -248,17 +246,12 @@ OrtStatusPtr ORT_API_CALL create_kernel(const OrtCustomOp*, const OrtApi*, const
     if (OrtStatus* st = payload_view(*k, value, &data, &size)) return st;
     try {
       l2c::Plan plan;
-      l2c::parse_payload(data, size, &plan);
+      // The decode budget is checked right after the header, the graph's
+      // declared type and shape before the output is allocated.
+      l2c::parse_payload(data, size, &plan, decode_limit(size));
       k->dtype = plan.dtype;
       k->dims.assign(plan.dims, plan.dims + plan.ndim);
-      // Everything is checked before the output is allocated: the graph's
-      // declared type and shape, and the decode budget.
       if (OrtStatus* st = check_declared(*k, info)) return st;
-      const uint64_t limit = decode_limit(size);
-      if (limit && plan.out_bytes > limit)
-        return k->error(ORT_FAIL, "the payload declares " + std::to_string(plan.out_bytes) +
-                                      " decoded bytes, above the limit of " + std::to_string(limit) +
-                                      " (set ONNX_L2C_MAX_DECODED_BYTES to raise it; 0 = no limit)");
       if (plan.out_bytes > SIZE_MAX) throw std::bad_alloc();
       k->size = static_cast<size_t>(plan.out_bytes);
       k->data.reset(new uint8_t[k->size ? k->size : 1]);

@@ -715,7 +715,7 @@ const char* dtype_name(int dtype) {
   }
 }
 
-void parse_payload(const uint8_t* data, size_t size, Plan* p) {
+void parse_payload(const uint8_t* data, size_t size, Plan* p, uint64_t max_out_bytes) {
   if (!data && size) fail(L2C_E_ARGUMENT, "payload is NULL");
   const bool magic_ok = size >= 4 && std::memcmp(data, "L2CP", 4) == 0;
   if (size < 4 + 4) {
@@ -756,6 +756,10 @@ void parse_payload(const uint8_t* data, size_t size, Plan* p) {
   p->numel = numel;
   p->coded = numel;
   p->out_bytes = numel * elem_size(p->dtype);
+  if (max_out_bytes && p->out_bytes > max_out_bytes)
+    fail(L2C_E_LIMIT, "the payload declares " + std::to_string(p->out_bytes) + " decoded bytes " +
+                          shape_str(*p) + ", above the limit of " + std::to_string(max_out_bytes) +
+                          " (max_decoded_bytes)");
   const int nstages = r.u8(hw);
   r.reserved(3, hw);
   if (nstages < 1 || nstages > 8) corrupt("nstages " + std::to_string(nstages) + " not in 1..8");

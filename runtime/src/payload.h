@@ -95,8 +95,11 @@ struct Plan {
   std::vector<float> basis, mean;  // basis: k*cols, row-major; mean: cols
 };
 
-// Verifies the CRC, then parses and validates header and stages.
-void parse_payload(const uint8_t* data, size_t size, Plan* plan);
+// Verifies the CRC, then parses and validates header and stages. With
+// max_out_bytes > 0, a declared tensor larger than that is refused
+// (L2C_E_LIMIT) right after the header, before any stage is looked at, so
+// a budget also bounds the parsing time (e.g. counting expand blocks).
+void parse_payload(const uint8_t* data, size_t size, Plan* plan, uint64_t max_out_bytes = 0);
 
 // Decodes a parsed payload into out (plan.out_bytes bytes).
 void execute(const Plan& plan, void* out);
