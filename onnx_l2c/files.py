@@ -16,10 +16,10 @@ from onnx_l2c.codec import PAYLOAD_ALIGN
 _TEMP_SUFFIX = ".tmp"
 
 
-def _temp_prefix(final: Path, pid: int | None = None) -> str:
-    """Temporary names carry the writer's pid, so a later run can tell a
-    dead run's leftovers from a live run's files."""
-    return f".{final.name}.l2c-{os.getpid() if pid is None else pid}."
+def _temp_marker(final: Path) -> str:
+    """Temporary names are MARKER + the writer's pid + "." + random + ".tmp":
+    the pid lets a later run tell a dead run's leftovers from a live run's files."""
+    return f".{final.name}.l2c-"
 
 
 def _alive(pid: int) -> bool:
@@ -36,8 +36,8 @@ def remove_stale_temps(final: Path) -> list[Path]:
     """Delete the temporary files that a killed run left for `final` (those
     whose writer process no longer exists). Returns what was removed."""
     removed = []
-    marker = f".{final.name}.l2c-"
-    for path in final.parent.glob(f".{glob.escape(final.name)}.l2c-*{_TEMP_SUFFIX}"):
+    marker = _temp_marker(final)
+    for path in final.parent.glob(f"{glob.escape(marker)}*{_TEMP_SUFFIX}"):
         pid_text = path.name[len(marker):].split(".", 1)[0]
         if pid_text.isdigit() and int(pid_text) != os.getpid() and not _alive(int(pid_text)):
             path.unlink(missing_ok=True)
@@ -80,7 +80,8 @@ class AtomicOutputs:
         if not final.parent.is_dir():
             raise FileError(f"{final}: output folder {final.parent} does not exist")
         remove_stale_temps(final)
-        fd, name = tempfile.mkstemp(dir=final.parent, prefix=_temp_prefix(final), suffix=_TEMP_SUFFIX)
+        fd, name = tempfile.mkstemp(dir=final.parent, prefix=f"{_temp_marker(final)}{os.getpid()}.",
+                                   suffix=_TEMP_SUFFIX)
         os.close(fd)
         self._pending.append((Path(name), final))
         return Path(name)

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from onnx_l2c.codec import (BFLOAT16, BITS_DTYPE, DECODE_LIMIT_FLOOR, DECODE_LIMIT_RATIO, DTYPE_NAMES, FLOAT, FLOAT16,
-                            STORAGE, default_decode_limit, describe, native)
+                            STORAGE, default_decode_limit, describe, native, parse_header)
 from onnx_l2c.errors import FileError, LimitError, OptionError, OutOfMemoryError, PayloadError, UnsupportedError
 from onnx_l2c.files import AlignedWriter, AtomicOutputs
 from onnx_l2c.graph.edit import DecodeNode, declared_type, decode_nodes, read_names, restore_weights, set_external
@@ -71,6 +71,7 @@ class CompressedModel:
         self.model = load_model(self.path)
         self.entries = self._entries()
         self._maps: dict[Path, tuple[object, mmap.mmap | None]] = {}
+        self._declared: dict[str, tuple[int, tuple[int, ...]]] = {}
         if max_decoded_bytes is not None and (isinstance(max_decoded_bytes, bool)
                                               or not isinstance(max_decoded_bytes, int) or max_decoded_bytes < 0):
             raise OptionError(f"max_decoded_bytes must be an integer ≥ 0 (0 = no limit), got {max_decoded_bytes!r}")
@@ -129,46 +130,55 @@ class CompressedModel:
         payload = self.payload(entry)
         where = self.where(entry)
         dtype, dims = self.declared(entry)
-        if dtype not in DTYPE_NAMES:
-            raise UnsupportedError(f"{where}: unsupported dtype {dtype}; valid: {sorted(DTYPE_NAMES)}")
-        # The whole payload is validated, and must agree with the graph, before
-        # anything is allocated for it.
-        info = native.payload_info(payload, where, self.max_decoded_bytes)
-        if (info.dtype, info.dims) != (dtype, tuple(dims)):
-            raise PayloadError(f"{where}: the graph declares {DTYPE_NAMES.get(dtype, dtype)} {list(dims)} but the "
-                               f"payload holds {DTYPE_NAMES.get(info.dtype, info.dtype)} {list(info.dims)}")
+        self._within_budget(self.nbytes(entry), where)
         try:
             out = np.empty(dims, dtype=STORAGE[dtype])
         except MemoryError as exc:
             raise OutOfMemoryError(f"{where}: cannot allocate the declared shape {list(dims)}: {exc}") from exc
-        native.decode_into(payload, out, where)  # verifies that it decodes to exactly out.nbytes
+        # One native pass validates the whole payload and refuses, right after
+        # its header, one that does not decode to exactly out.nbytes; the
+        # header (now known intact) must agree with the graph on the rest.
+        native.decode_into(payload, out, where)
+        header = parse_header(payload, where)
+        if (header.dtype, header.dims) != (dtype, tuple(dims)):
+            raise PayloadError(f"{where}: the graph declares {DTYPE_NAMES.get(dtype, dtype)} {list(dims)} but the "
+                               f"payload holds {DTYPE_NAMES.get(header.dtype, header.dtype)} {list(header.dims)}")
         return out
 
     def declared(self, entry: DecodeEntry) -> tuple[int, tuple[int, ...]]:
         """The (dtype, shape) the graph declares for `entry`; without the node
         attributes, what its payload header says (validated, within the budget)."""
-        declared = declared_type(entry.decode.node)
-        if declared is None:  # a second validating pass over the payload
-            info = native.payload_info(self.payload(entry), self.where(entry), self.max_decoded_bytes)
-            declared = (info.dtype, info.dims)
-        return declared
-
-    def check_budget(self) -> int:
-        """The bytes all tensors decode to, refused (LimitError) above
-        `max_decoded_bytes` before anything is allocated."""
-        total = 0
-        for entry in self.entries:
-            dtype, dims = self.declared(entry)
+        if entry.name not in self._declared:
+            declared = declared_type(entry.decode.node)
+            if declared is None:  # a validating pass over the payload
+                info = native.payload_info(self.payload(entry), self.where(entry), self.max_decoded_bytes)
+                declared = (info.dtype, info.dims)
+            dtype, dims = declared
             if dtype not in DTYPE_NAMES:
                 raise UnsupportedError(f"{self.where(entry)}: unsupported dtype {dtype}; valid: {sorted(DTYPE_NAMES)}")
             if any(d < 0 for d in dims):
                 raise PayloadError(f"{self.where(entry)}: invalid declared shape {list(dims)}")
-            total += int(np.prod(dims, dtype=object)) * np.dtype(STORAGE[dtype]).itemsize
+            self._declared[entry.name] = declared
+        return self._declared[entry.name]
+
+    def nbytes(self, entry: DecodeEntry) -> int:
+        """The bytes `entry` decodes to, as declared."""
+        dtype, dims = self.declared(entry)
+        return int(np.prod(dims, dtype=object)) * np.dtype(STORAGE[dtype]).itemsize
+
+    def _within_budget(self, total: int, what: str) -> None:
         if self.max_decoded_bytes and total > self.max_decoded_bytes:
-            raise LimitError(f"{self.path}: its payloads declare {total} decoded bytes, above the limit of "
-                             f"{self.max_decoded_bytes} (max_decoded_bytes; the default is "
-                             f"max({DECODE_LIMIT_FLOOR}, {DECODE_LIMIT_RATIO}× the {sum(e.length for e in self.entries)} "
-                             "stored bytes); pass a larger max_decoded_bytes, or 0 for no limit, to load it)")
+            stored = sum(e.length for e in self.entries)
+            raise LimitError(f"{what}: {total} decoded bytes declared, above the limit of {self.max_decoded_bytes} "
+                             f"(max_decoded_bytes; the default is max({DECODE_LIMIT_FLOOR}, {DECODE_LIMIT_RATIO}× "
+                             f"the {stored} stored bytes); pass a larger max_decoded_bytes, or 0 for no limit, "
+                             "to load it)")
+
+    def check_budget(self) -> int:
+        """The bytes all tensors decode to, refused (LimitError) above
+        `max_decoded_bytes` before anything is allocated."""
+        total = sum(self.nbytes(entry) for entry in self.entries)
+        self._within_budget(total, f"{self.path}: all payloads together")
         return total
 
     def decode_all(self, workers: int = 0) -> dict[str, np.ndarray]:

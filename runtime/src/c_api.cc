@@ -65,10 +65,7 @@ L2C_API int l2c_decode(const uint8_t* payload, size_t payload_size, void* out, s
                        char* err, size_t err_len) {
   return guarded(err, err_len, [&] {
     l2c::Plan plan;
-    l2c::parse_payload(payload, payload_size, &plan);
-    if (out_size != plan.out_bytes)
-      l2c::fail(L2C_E_ARGUMENT, "output buffer has " + std::to_string(out_size) +
-                                    " bytes, the tensor needs " + std::to_string(plan.out_bytes));
+    l2c::parse_payload(payload, payload_size, &plan, out_size, /*exact_out_bytes=*/true);
     if (!out && out_size) l2c::fail(L2C_E_ARGUMENT, "output buffer is NULL");
     l2c::execute(plan, out);
   });

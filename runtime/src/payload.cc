@@ -715,7 +715,7 @@ const char* dtype_name(int dtype) {
   }
 }
 
-void parse_payload(const uint8_t* data, size_t size, Plan* p, uint64_t max_out_bytes) {
+void parse_payload(const uint8_t* data, size_t size, Plan* p, uint64_t out_bytes, bool exact_out_bytes) {
   if (!data && size) fail(L2C_E_ARGUMENT, "payload is NULL");
   const bool magic_ok = size >= 4 && std::memcmp(data, "L2CP", 4) == 0;
   if (size < 4 + 4) {
@@ -756,9 +756,12 @@ void parse_payload(const uint8_t* data, size_t size, Plan* p, uint64_t max_out_b
   p->numel = numel;
   p->coded = numel;
   p->out_bytes = numel * elem_size(p->dtype);
-  if (max_out_bytes && p->out_bytes > max_out_bytes)
+  if (exact_out_bytes && p->out_bytes != out_bytes)
+    fail(L2C_E_ARGUMENT, "output buffer has " + std::to_string(out_bytes) + " bytes, the tensor needs " +
+                             std::to_string(p->out_bytes));
+  if (!exact_out_bytes && out_bytes && p->out_bytes > out_bytes)
     fail(L2C_E_LIMIT, "the payload declares " + std::to_string(p->out_bytes) + " decoded bytes " +
-                          shape_str(*p) + ", above the limit of " + std::to_string(max_out_bytes) +
+                          shape_str(*p) + ", above the limit of " + std::to_string(out_bytes) +
                           " (max_decoded_bytes)");
   const int nstages = r.u8(hw);
   r.reserved(3, hw);

@@ -95,11 +95,14 @@ struct Plan {
   std::vector<float> basis, mean;  // basis: k*cols, row-major; mean: cols
 };
 
-// Verifies the CRC, then parses and validates header and stages. With
-// max_out_bytes > 0, a declared tensor larger than that is refused
-// (L2C_E_LIMIT) right after the header, before any stage is looked at, so
-// a budget also bounds the parsing time (e.g. counting expand blocks).
-void parse_payload(const uint8_t* data, size_t size, Plan* plan, uint64_t max_out_bytes = 0);
+// Verifies the CRC, then parses and validates header and stages. Right
+// after the header, before any stage is looked at (so this also bounds the
+// parsing time, e.g. of counting expand blocks): with exact_out_bytes, a
+// tensor of any other size than out_bytes is refused (L2C_E_ARGUMENT: the
+// caller's buffer); otherwise, with out_bytes > 0, one larger than out_bytes
+// (L2C_E_LIMIT: the caller's decode budget).
+void parse_payload(const uint8_t* data, size_t size, Plan* plan, uint64_t out_bytes = 0,
+                   bool exact_out_bytes = false);
 
 // Decodes a parsed payload into out (plan.out_bytes bytes).
 void execute(const Plan& plan, void* out);
