@@ -235,7 +235,7 @@ def test_an_explicit_budget_admits_a_large_declared_tensor(tmp_path):
 @pytest.mark.parametrize("edit, error, message", [
     ("offset_text", "PayloadError", "bad external-data entry"),
     ("offset_negative", "PayloadError", "non-negative, got -8"),
-    ("length_zero", "PayloadError", "length 0"),
+    ("length_negative", "PayloadError", "non-negative, got -1"),
     ("no_location", "FileError", "has no location"),
     ("duplicate_output", "PayloadError", "is the output of two"),
     ("float_payload", "PayloadError", "the Decode op takes a 1-D uint8 tensor"),
@@ -252,8 +252,8 @@ def test_malformed_decode_entries_are_the_packages_errors(tmp_path, edit, error,
         entries["offset"].value = "abc"
     elif edit == "offset_negative":
         entries["offset"].value = "-8"
-    elif edit == "length_zero":
-        entries["length"].value = "0"
+    elif edit == "length_negative":
+        entries["length"].value = "-1"
     elif edit == "no_location":
         entries["location"].value = ""
     elif edit == "float_payload":
@@ -262,13 +262,29 @@ def test_malformed_decode_entries_are_the_packages_errors(tmp_path, edit, error,
     elif edit == "length_mismatch":
         entries["length"].value = "7"
     else:
-        model.graph.node.insert(1, onnx.helper.make_node(OP_TYPE, [payload.name], ["W"], domain=DOMAIN))
+        model.graph.node.insert(1, onnx.helper.make_node(OP_TYPE, [payload.name], ["W"], domain=DOMAIN, dtype=FLOAT,
+                                                         shape=[4]))
     onnx.save(model, str(path))
     for call in (lambda: onnx_l2c.InferenceSession(path), lambda: onnx_l2c.decompress(path, tmp_path / "p.onnx"),
                  lambda: onnx_l2c.inspect(path)):
         with pytest.raises(onnx_l2c.L2CError, match=message) as info:
             call()
         assert type(info.value).__name__ == error and "m.onnx" in str(info.value)
+
+
+def _pruned_blocks(n: int) -> bytes:
+    """168 bytes: float32 [n] as n one-element expand blocks, all pruned (a
+    constant modes stream; the other three streams empty)."""
+    import zlib
+
+    def constant(count: int) -> bytes:
+        return struct.pack("<BBBxQI", 0, 0, 0, count, 1)
+
+    expand = struct.pack("<QQQIi", 1, n, 1, 1, 0) + constant(n) + constant(0) + constant(0) + constant(0)
+    affine = struct.pack("<QIQfB3x", 1, 1, n, 0.0, 0) + struct.pack("<f", 1.0)
+    body = struct.pack("<4sHBB", b"L2CP", 4, FLOAT, 1) + struct.pack("<Q", n) + struct.pack("<B3x", 2)
+    body += struct.pack("<B3xI", 8, len(expand)) + expand + struct.pack("<B3xI", 2, len(affine)) + affine
+    return body + struct.pack("<I", zlib.crc32(body) & 0xFFFFFFFF)
 
 
 def test_the_budget_is_checked_before_the_stages_are_parsed():
@@ -282,17 +298,42 @@ def test_the_budget_is_checked_before_the_stages_are_parsed():
     from onnx_l2c.codec import native
 
     n = 1 << 32
-
-    def constant(count: int) -> bytes:
-        return struct.pack("<BBBxQI", 0, 0, 0, count, 1)
-
-    expand = struct.pack("<QQQIi", 1, n, 1, 1, 0) + constant(n) + constant(0) + constant(0) + constant(0)
-    affine = struct.pack("<QIQfB3x", 1, 1, n, 0.0, 0) + struct.pack("<f", 1.0)
-    body = struct.pack("<4sHBB", b"L2CP", 4, FLOAT, 1) + struct.pack("<Q", n) + struct.pack("<B3x", 2)
-    body += struct.pack("<B3xI", 8, len(expand)) + expand + struct.pack("<B3xI", 2, len(affine)) + affine
-    payload = body + struct.pack("<I", zlib.crc32(body) & 0xFFFFFFFF)
+    payload = _pruned_blocks(n)
     assert len(payload) == 168
     start = time.perf_counter()
     with pytest.raises(onnx_l2c.LimitError, match=r"declares 17179869184 decoded bytes \[4294967296\]"):
         native.payload_info(payload, "hostile", 256 << 20)
     assert time.perf_counter() - start < 5.0  # was ~13 s of block counting
+    # Without a budget the parse is linear too: a constant modes stream gives
+    # the block counts without a pass over 2^32 (or 2^40) blocks.
+    for blocks in (n, 1 << 40):
+        start = time.perf_counter()
+        info = native.payload_info(_pruned_blocks(blocks), "hostile")
+        assert info.dims == (blocks,) and time.perf_counter() - start < 1.0
+
+
+def test_the_fuzzers_regression_seeds_are_refused():
+    """runtime/fuzz/seeds: the reproducers of the bugs above, the fuzzer's
+    regression inputs. Each stays refused: malformed, or above the budget."""
+    from helpers import ROOT
+
+    import onnx_l2c
+    from onnx_l2c.codec import native
+
+    seeds = sorted((ROOT / "runtime" / "fuzz" / "seeds").glob("*.bin"))
+    built = {  # how each seed was made (rewrite the file when a builder changes)
+        "expand_magnitude_2^32-1.bin": _hostile_expand(0xFFFFFFFF),
+        "expand_magnitude_2^31.bin": _hostile_expand(1 << 31),
+        "expand_one_unified_block.bin": _one_unified_block(),
+        "constant_2^40_elements.bin": _huge_constant((1 << 20, 1 << 20)),
+        "constant_512MiB.bin": _huge_constant((1 << 27,)),
+        "expand_2^32_pruned_blocks.bin": _pruned_blocks(1 << 32),
+    }
+    assert {s.name: s.read_bytes() for s in seeds} == built
+    for seed in seeds:
+        data = seed.read_bytes()
+        if seed.name == "expand_one_unified_block.bin":  # the valid neighbour of the magnitude bugs
+            assert native.payload_info(data).dims == (4,)
+            continue
+        with pytest.raises((onnx_l2c.PayloadError, onnx_l2c.LimitError)):
+            native.payload_info(data, seed.name, 256 << 20)

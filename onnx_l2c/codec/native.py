@@ -77,6 +77,14 @@ def _lib() -> ctypes.CDLL:
     lib.l2c_decode.argtypes = [
         ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t,
     ]
+    lib.l2c_check_declared.argtypes = [
+        ctypes.c_int64, ctypes.POINTER(ctypes.c_int64), ctypes.c_int64, ctypes.c_uint64,
+        ctypes.POINTER(ctypes.c_uint64), ctypes.c_char_p, ctypes.c_size_t,
+    ]
+    lib.l2c_decode_declared.argtypes = [
+        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64, ctypes.POINTER(ctypes.c_int64), ctypes.c_int64,
+        ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t,
+    ]
     lib.l2c_encode_stream.argtypes = [
         ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32, u8p, ctypes.c_size_t,
         ctypes.POINTER(ctypes.c_size_t), ctypes.c_char_p, ctypes.c_size_t,
@@ -85,8 +93,8 @@ def _lib() -> ctypes.CDLL:
         ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_uint64, ctypes.POINTER(ctypes.c_size_t),
         ctypes.c_char_p, ctypes.c_size_t,
     ]
-    for fn in (lib.l2c_payload_info, lib.l2c_payload_info_limit, lib.l2c_decode, lib.l2c_encode_stream,
-               lib.l2c_decode_stream):
+    for fn in (lib.l2c_payload_info, lib.l2c_payload_info_limit, lib.l2c_decode, lib.l2c_check_declared,
+               lib.l2c_decode_declared, lib.l2c_encode_stream, lib.l2c_decode_stream):
         fn.restype = ctypes.c_int
     return lib
 
@@ -144,6 +152,37 @@ def decode_into(payload: np.ndarray | bytes | memoryview, out: np.ndarray, what:
     addr, size, _keep = _address(payload)
     err = ctypes.create_string_buffer(_ERR_LEN)
     code = _lib().l2c_decode(addr, size, out.ctypes.data, out.nbytes, err, _ERR_LEN)
+    _check(code, err, what)
+
+
+def _dims_array(dims: tuple[int, ...]) -> ctypes.Array:
+    return (ctypes.c_int64 * max(len(dims), 1))(*dims)
+
+
+def check_declared(dtype: int, dims: tuple[int, ...], what: str = "tensor", max_decoded_bytes: int = 0) -> int:
+    """The bytes of the tensor a graph declares (a Decode node's dtype and
+    shape), after the one native check every load path runs: a PayloadError
+    for an invalid declaration, a LimitError above `max_decoded_bytes` (> 0)."""
+    nbytes = ctypes.c_uint64()
+    err = ctypes.create_string_buffer(_ERR_LEN)
+    code = _lib().l2c_check_declared(dtype, _dims_array(dims), len(dims), max_decoded_bytes, ctypes.byref(nbytes),
+                                     err, _ERR_LEN)
+    _check(code, err, what)
+    return int(nbytes.value)
+
+
+def decode_declared(payload: np.ndarray | bytes | memoryview, dtype: int, out: np.ndarray,
+                    what: str = "payload") -> None:
+    """Decode a payload into `out`, whose shape is what the graph declares
+    (with `dtype`): the payload must hold exactly that tensor (the custom op's
+    check, l2c_decode_declared). Releases the GIL, like decode_into."""
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise NativeArgumentError(f"{what}: output buffer must be writable and C-contiguous")
+    addr, size, _keep = _address(payload)
+    dims = tuple(out.shape)
+    err = ctypes.create_string_buffer(_ERR_LEN)
+    code = _lib().l2c_decode_declared(addr, size, dtype, _dims_array(dims), len(dims), 0, out.ctypes.data, out.nbytes,
+                                      err, _ERR_LEN)
     _check(code, err, what)
 
 

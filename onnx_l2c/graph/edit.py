@@ -22,11 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import onnx
-from onnx import external_data_helper
+from onnx import external_data_helper, numpy_helper
 
 from onnx_l2c.codec import DOMAIN, FORMAT_VERSION, METADATA_KEY, OP_TYPE, OPSET
 from onnx_l2c.errors import FileError, PayloadError
-from onnx_l2c.graph.model import GraphRef, WeightRef, iter_graphs
+from onnx_l2c.graph.model import GraphRef, WeightRef, iter_graphs, iter_scopes
 from onnx_l2c.graph.ops import DEFAULT_DOMAINS
 
 BRANCH_OUTPUT_TAG = "::l2c_stat::"  # in the names of If outputs added to read values computed in a branch
@@ -119,63 +119,112 @@ def mark_compressed(model: onnx.ModelProto) -> None:
 
 @dataclass
 class DecodeNode:
-    """One Decode node of a compressed model and where its payload lives."""
+    """One Decode node of a compressed model, what it declares and where its payload lives."""
 
     name: str  # the decoded tensor
     graph: GraphRef
     node: onnx.NodeProto
     payload: onnx.TensorProto
-    location: str
+    dtype: int  # the node's dtype attribute (not yet range-checked: codec.native.check_declared does)
+    dims: tuple[int, ...]  # its shape attribute
+    location: str | None  # the sidecar, relative to the model's folder; None: stored inline
     offset: int
     length: int
+    inline: bytes | None = None  # the payload bytes when stored in the graph
+
+
+def declaration(node: onnx.NodeProto, what: str) -> tuple[int, tuple[int, ...]]:
+    """The (dtype, shape) a Decode node declares: its required attributes
+    `dtype` (an int) and `shape` (ints), as the custom op reads them."""
+    attrs = {a.name: a for a in node.attribute}
+    dtype, shape = attrs.get("dtype"), attrs.get("shape")
+    if dtype is None or dtype.type != onnx.AttributeProto.INT or shape is None \
+            or shape.type != onnx.AttributeProto.INTS:
+        got = ", ".join(f"{a.name}: {onnx.AttributeProto.AttributeType.Name(a.type)}" for a in (dtype, shape) if a)
+        raise PayloadError(f"{what}: the node needs the attributes dtype (INT: 1, 10 or 16) and shape (INTS); "
+                           f"it has {got or 'neither'}")
+    return int(dtype.i), tuple(int(d) for d in shape.ints)
+
+
+def _payload_extent(payload: onnx.TensorProto, what: str) -> tuple[str | None, int, int, bytes | None]:
+    """(location, offset, length, inline bytes) of a payload initializer, with
+    onnxruntime's reading of the entry: a missing offset is 0, a missing or
+    zero length is the tensor's size, any other length must equal it."""
+    size = int(payload.dims[0])
+    if not external_data_helper.uses_external_data(payload):
+        try:
+            data = numpy_helper.to_array(payload).tobytes()
+        except ValueError as exc:
+            raise PayloadError(f"{what}: unreadable inline payload ({exc})") from None
+        if len(data) != size:
+            raise PayloadError(f"{what}: the inline payload holds {len(data)} bytes for dims [{size}]")
+        return None, 0, size, data
+    try:
+        info = external_data_helper.ExternalDataInfo(payload)
+        offset, length = int(info.offset or 0), int(info.length or 0)
+    except ValueError as exc:  # offset/length that are not integers
+        raise PayloadError(f"{what}: bad external-data entry ({exc})") from None
+    if not info.location:
+        raise FileError(f"{what} has no location")
+    length = length or size
+    if offset < 0 or length != size:
+        raise PayloadError(f"{what}: external data offset {offset} / length {length} for a {size}-byte payload "
+                           "(need offset >= 0 and length = its size)")
+    return info.location, offset, length, None
+
+
+def _constant_initializer(name: str, scopes: tuple[onnx.GraphProto, ...]) -> onnx.TensorProto | str:
+    """The initializer `name` resolves to in `scopes` (the node's graph, then
+    the enclosing ones), or why it is not a constant one: as onnxruntime sees
+    it, a graph input or a node output of a nearer scope hides it."""
+    for scope in scopes:
+        if any(v.name == name for v in scope.input):
+            return "a graph input, not a constant initializer"
+        for t in scope.initializer:
+            if t.name == name:
+                return t
+        if any(name in n.output for n in scope.node):
+            return "another node's output, not a constant initializer"
+    return "not an initializer of the node's graph or an outer one"
 
 
 def decode_nodes(model: onnx.ModelProto, where: str) -> list[DecodeNode]:
-    """Every Decode node of every graph, checked to read one external payload
-    initializer (`where` names the model in errors)."""
+    """Every Decode node of every graph, checked to read one 1-D uint8
+    constant initializer (of its graph or an outer one; not a graph input),
+    to declare its output by attributes, and to agree with the graph's
+    value_info on the output's element type (`where` names the model in
+    errors). The custom op accepts the same nodes: onnxruntime hands it the
+    payload as a constant exactly in these cases."""
     found: list[DecodeNode] = []
     seen: set[str] = set()
-    for ref in iter_graphs(model.graph):
-        inits = {t.name: t for t in ref.graph.initializer}
+    for ref, outer in iter_scopes(model.graph):
+        types = {v.name: v.type for v in list(ref.graph.value_info) + list(ref.graph.output)}
         for node in ref.graph.node:
             if node.domain != DOMAIN or node.op_type != OP_TYPE:
                 continue
-            if len(node.input) != 1 or len(node.output) != 1 or node.input[0] not in inits:
-                raise PayloadError(f"{where}: node {node.name!r} is not a well-formed {DOMAIN}::{OP_TYPE} "
-                                   "(one payload initializer in, one tensor out)")
-            payload = inits[node.input[0]]
-            if payload.data_type != onnx.TensorProto.UINT8 or len(payload.dims) != 1:
-                raise PayloadError(f"{where}: payload {payload.name!r} of tensor {node.output[0]!r} is "
-                                   f"{onnx.helper.tensor_dtype_to_string(payload.data_type)} {list(payload.dims)}; "
-                                   "the Decode op takes a 1-D uint8 tensor")
-            if not external_data_helper.uses_external_data(payload):
-                raise PayloadError(f"{where}: payload {payload.name!r} of tensor {node.output[0]!r} "
-                                   "is not stored as external data")
+            if len(node.input) != 1 or len(node.output) != 1:
+                raise PayloadError(f"{where}: node {node.name!r} (output {list(node.output)}) is not a well-formed "
+                                   f"{DOMAIN}::{OP_TYPE} (one payload in, one tensor out)")
+            payload = _constant_initializer(node.input[0], (ref.graph,) + outer)
+            if isinstance(payload, str):
+                raise PayloadError(f"{where}: payload {node.input[0]!r} of tensor {node.output[0]!r} is {payload}; "
+                                   "the Decode op takes a constant initializer")
             what = f"{where}: payload {payload.name!r} of tensor {node.output[0]!r}"
-            try:
-                info = external_data_helper.ExternalDataInfo(payload)
-                offset, length = int(info.offset or 0), int(info.length or 0)
-            except ValueError as exc:  # offset/length that are not integers
-                raise PayloadError(f"{what}: bad external-data entry ({exc})") from None
-            if not info.location:
-                raise FileError(f"{what} has no location")
-            if offset < 0 or length <= 0 or length != payload.dims[0]:
-                raise PayloadError(f"{what}: external data offset {offset} / length {length} for a "
-                                   f"{payload.dims[0]}-byte payload (need offset >= 0 and length = its size > 0)")
+            if payload.data_type != onnx.TensorProto.UINT8 or len(payload.dims) != 1:
+                raise PayloadError(f"{what} is {onnx.helper.tensor_dtype_to_string(payload.data_type)} "
+                                   f"{list(payload.dims)}; the Decode op takes a 1-D uint8 tensor")
+            dtype, dims = declaration(node, f"{where}: tensor {node.output[0]!r}")
+            declared = types.get(node.output[0])
+            if declared is not None and declared.tensor_type.elem_type not in (0, dtype):
+                raise PayloadError(f"{where}: tensor {node.output[0]!r}: value_info gives element type "
+                                   f"{declared.tensor_type.elem_type}, the node's attribute dtype {dtype}")
+            location, offset, length, inline = _payload_extent(payload, what)
             if node.output[0] in seen:
                 raise PayloadError(f"{where}: tensor {node.output[0]!r} is the output of two "
                                    f"{DOMAIN}::{OP_TYPE} nodes")
             seen.add(node.output[0])
-            found.append(DecodeNode(node.output[0], ref, node, payload, info.location, offset, length))
+            found.append(DecodeNode(node.output[0], ref, node, payload, dtype, dims, location, offset, length, inline))
     return found
-
-
-def declared_type(node: onnx.NodeProto) -> tuple[int, tuple[int, ...]] | None:
-    """The (dtype, shape) a Decode node's attributes declare, if it has both."""
-    attrs = {a.name: a for a in node.attribute}
-    if "dtype" not in attrs or "shape" not in attrs:
-        return None
-    return int(attrs["dtype"].i), tuple(int(d) for d in attrs["shape"].ints)
 
 
 def read_names(model: onnx.ModelProto) -> set[str]:
@@ -184,20 +233,27 @@ def read_names(model: onnx.ModelProto) -> set[str]:
     return used | {v.name for v in model.graph.output}
 
 
+def hoistable(e: DecodeNode) -> bool:
+    """Whether the weight of `e` may move to the main graph: not when it is
+    an output of its subgraph (onnxruntime refuses a subgraph output that is
+    an outer-scope value)."""
+    return e.graph.path == "main" or all(v.name != e.name for v in e.graph.graph.output)
+
+
 def restore_weights(model: onnx.ModelProto, nodes: list[DecodeNode],
                     replace: dict[str, onnx.TensorProto], hoist: bool = False) -> onnx.ModelProto:
     """A copy of `model` with every Decode node in `nodes` replaced by the
     initializer `replace[name]`, and the compressed marks removed.
 
-    hoist: put every replacement in the main graph (subgraphs see it as an
-    outer-scope value). onnxruntime applies add_external_initializers only
-    to main-graph initializers.
+    hoist: put every replacement that `hoistable` allows in the main graph
+    (subgraphs see it as an outer-scope value). onnxruntime applies
+    add_external_initializers only to main-graph initializers.
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
     by_graph: dict[str, list[str]] = {}
     for e in nodes:
-        by_graph.setdefault("main" if hoist else e.graph.path, []).append(e.name)
+        by_graph.setdefault("main" if hoist and hoistable(e) else e.graph.path, []).append(e.name)
     decoded = {e.name for e in nodes}
     payload_names = {e.payload.name for e in nodes}
     for ref in iter_graphs(out.graph):

@@ -61,17 +61,24 @@ class WeightRef:
         return self.numel * np.dtype(BITS_DTYPE[self.dtype]).itemsize
 
 
-def iter_graphs(graph: onnx.GraphProto, path: str = "main") -> Iterator[GraphRef]:
-    """The graph and, recursively, every subgraph in node attributes."""
-    yield GraphRef(graph, path)
+def iter_scopes(graph: onnx.GraphProto, path: str = "main",
+                outer: tuple[onnx.GraphProto, ...] = ()) -> Iterator[tuple[GraphRef, tuple[onnx.GraphProto, ...]]]:
+    """Every graph as iter_graphs gives it, with its enclosing graphs (nearest first)."""
+    yield GraphRef(graph, path), outer
     for node in graph.node:
         for attr in node.attribute:
             label = f"{path}/{node.name or node.op_type}.{attr.name}"
             if attr.type == onnx.AttributeProto.GRAPH:
-                yield from iter_graphs(attr.g, label)
+                yield from iter_scopes(attr.g, label, (graph,) + outer)
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for i, sub in enumerate(attr.graphs):
-                    yield from iter_graphs(sub, f"{label}[{i}]")
+                    yield from iter_scopes(sub, f"{label}[{i}]", (graph,) + outer)
+
+
+def iter_graphs(graph: onnx.GraphProto, path: str = "main") -> Iterator[GraphRef]:
+    """The graph and, recursively, every subgraph in node attributes."""
+    for ref, _ in iter_scopes(graph, path):
+        yield ref
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:

@@ -27,7 +27,7 @@ from onnx_l2c.codec import (BFLOAT16, BITS_DTYPE, DECODE_LIMIT_FLOOR, DECODE_LIM
                             STORAGE, default_decode_limit, describe, native, parse_header)
 from onnx_l2c.errors import FileError, LimitError, OptionError, OutOfMemoryError, PayloadError, UnsupportedError
 from onnx_l2c.files import AlignedWriter, AtomicOutputs
-from onnx_l2c.graph.edit import DecodeNode, declared_type, decode_nodes, read_names, restore_weights, set_external
+from onnx_l2c.graph.edit import DecodeNode, decode_nodes, hoistable, read_names, restore_weights, set_external
 from onnx_l2c.graph.model import load_model
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,8 @@ def custom_op_library() -> str:
 
 @dataclass
 class DecodeEntry:
-    """One Decode node of a compressed model and the sidecar file its payload is in."""
+    """One Decode node of a compressed model and the file its payload is in
+    (the sidecar; the model itself for a payload stored inline)."""
 
     decode: DecodeNode
     file: Path
@@ -72,6 +73,7 @@ class CompressedModel:
         self.entries = self._entries()
         self._maps: dict[Path, tuple[object, mmap.mmap | None]] = {}
         self._declared: dict[str, tuple[int, tuple[int, ...]]] = {}
+        self._nbytes: dict[str, int] = {}
         if max_decoded_bytes is not None and (isinstance(max_decoded_bytes, bool)
                                               or not isinstance(max_decoded_bytes, int) or max_decoded_bytes < 0):
             raise OptionError(f"max_decoded_bytes must be an integer ≥ 0 (0 = no limit), got {max_decoded_bytes!r}")
@@ -82,6 +84,9 @@ class CompressedModel:
         entries: list[DecodeEntry] = []
         base = self.path.parent.resolve()
         for found in decode_nodes(self.model, str(self.path)):
+            if found.location is None:
+                entries.append(DecodeEntry(found, self.path))
+                continue
             location = Path(found.location)
             file = (base / location).resolve()
             if location.is_absolute() or not file.is_relative_to(base):
@@ -92,6 +97,8 @@ class CompressedModel:
 
     def payload(self, entry: DecodeEntry) -> np.ndarray:
         """The payload bytes of `entry`, read in place from the memory-mapped sidecar."""
+        if entry.decode.inline is not None:
+            return np.frombuffer(entry.decode.inline, dtype=np.uint8)
         if entry.file not in self._maps:
             self._maps[entry.file] = self._map(entry)
         size, mapped = self._maps[entry.file]
@@ -135,36 +142,24 @@ class CompressedModel:
             out = np.empty(dims, dtype=STORAGE[dtype])
         except MemoryError as exc:
             raise OutOfMemoryError(f"{where}: cannot allocate the declared shape {list(dims)}: {exc}") from exc
-        # One native pass validates the whole payload and refuses, right after
-        # its header, one that does not decode to exactly out.nbytes; the
-        # header (now known intact) must agree with the graph on the rest.
-        native.decode_into(payload, out, where)
-        header = parse_header(payload, where)
-        if (header.dtype, header.dims) != (dtype, tuple(dims)):
-            raise PayloadError(f"{where}: the graph declares {DTYPE_NAMES.get(dtype, dtype)} {list(dims)} but the "
-                               f"payload holds {DTYPE_NAMES.get(header.dtype, header.dtype)} {list(header.dims)}")
+        # The custom op's check: the payload must hold exactly the declared
+        # tensor (refused right after its header), then one validating pass.
+        native.decode_declared(payload, dtype, out, where)
         return out
 
     def declared(self, entry: DecodeEntry) -> tuple[int, tuple[int, ...]]:
-        """The (dtype, shape) the graph declares for `entry`; without the node
-        attributes, what its payload header says (validated, within the budget)."""
+        """The (dtype, shape) the node declares for `entry`, checked natively
+        (the custom op's check: a PayloadError when invalid)."""
         if entry.name not in self._declared:
-            declared = declared_type(entry.decode.node)
-            if declared is None:  # a validating pass over the payload
-                info = native.payload_info(self.payload(entry), self.where(entry), self.max_decoded_bytes)
-                declared = (info.dtype, info.dims)
-            dtype, dims = declared
-            if dtype not in DTYPE_NAMES:
-                raise UnsupportedError(f"{self.where(entry)}: unsupported dtype {dtype}; valid: {sorted(DTYPE_NAMES)}")
-            if any(d < 0 for d in dims):
-                raise PayloadError(f"{self.where(entry)}: invalid declared shape {list(dims)}")
+            declared = (entry.decode.dtype, entry.decode.dims)
+            self._nbytes[entry.name] = native.check_declared(*declared, what=self.where(entry))
             self._declared[entry.name] = declared
         return self._declared[entry.name]
 
     def nbytes(self, entry: DecodeEntry) -> int:
         """The bytes `entry` decodes to, as declared."""
-        dtype, dims = self.declared(entry)
-        return int(np.prod(dims, dtype=object)) * np.dtype(STORAGE[dtype]).itemsize
+        self.declared(entry)
+        return self._nbytes[entry.name]
 
     def _within_budget(self, total: int, what: str) -> None:
         if self.max_decoded_bytes and total > self.max_decoded_bytes:
@@ -230,7 +225,8 @@ def InferenceSession(path: str | os.PathLike, sess_options: Any = None, provider
     try:
         arrays = compressed.decode_all()
         # onnxruntime drops initializers no node reads before it applies external
-        # ones (and then fails to find them): those few travel inline instead.
+        # ones (and then fails to find them), and applies them only in the main
+        # graph: those few, and subgraph outputs (not hoisted), travel inline.
         used = read_names(compressed.model)
         declared: dict[str, onnx.TensorProto] = {}
         external: list[str] = []
@@ -238,7 +234,7 @@ def InferenceSession(path: str | os.PathLike, sess_options: Any = None, provider
         for entry in compressed.entries:
             array = arrays[entry.name]
             tensor = _declared(entry, array, _dtype_of(array))
-            if entry.name not in used:
+            if entry.name not in used or not hoistable(entry.decode):  # kept in its subgraph: inline
                 tensor.raw_data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
             else:
                 # A virtual location: the file never exists, onnxruntime takes
@@ -344,7 +340,7 @@ def inspect(path: str | os.PathLike) -> InspectResult:
             nbytes = numel * np.dtype(BITS_DTYPE[summary.dtype]).itemsize
             rows.append(InspectRow(entry.name, DTYPE_NAMES[summary.dtype], summary.dims, summary.stages,
                                    nbytes, entry.length))
-        sidecars = {e.file for e in compressed.entries}
+        sidecars = {e.file for e in compressed.entries if e.decode.location is not None}
         sidecar_bytes = sum(f.stat().st_size for f in sidecars if f.is_file())
         return InspectResult(compressed.path, compressed.path.stat().st_size, sidecar_bytes, rows)
     finally:

@@ -63,6 +63,24 @@ L2C_API int l2c_payload_info_limit(const uint8_t* payload, size_t payload_size,
 L2C_API int l2c_decode(const uint8_t* payload, size_t payload_size,
                        void* out, size_t out_size, char* err, size_t err_len);
 
+/* The one check of what a graph declares for a decoded tensor (a Decode
+ * node's dtype and shape attributes), shared by every load path: dtype 1, 10
+ * or 16; 0..8 dims, each >= 0, at most 2^40 elements (L2C_E_CORRUPT
+ * otherwise); at most max_decoded_bytes bytes (0: no limit; L2C_E_LIMIT).
+ * *out_bytes receives the declared tensor's size. */
+L2C_API int l2c_check_declared(int64_t dtype, const int64_t* dims, int64_t ndim,
+                               uint64_t max_decoded_bytes, uint64_t* out_bytes,
+                               char* err, size_t err_len);
+
+/* Decode a payload into the tensor a graph declares: l2c_check_declared,
+ * then the payload must hold exactly that dtype and shape (L2C_E_CORRUPT,
+ * checked right after its header, before its stages are parsed); out must
+ * have exactly the declared size. What the custom op runs for each node. */
+L2C_API int l2c_decode_declared(const uint8_t* payload, size_t payload_size,
+                                int64_t dtype, const int64_t* dims, int64_t ndim,
+                                uint64_t max_decoded_bytes, void* out, size_t out_size,
+                                char* err, size_t err_len);
+
 /* Encode `count` indices in [0, alphabet) as one Stream (FORMAT.md).
  * The encoder picks the mode (constant / stored / rANS) and scale_bits that
  * give the fewest bytes; lanes is 8 for rANS.

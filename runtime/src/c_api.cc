@@ -71,6 +71,29 @@ L2C_API int l2c_decode(const uint8_t* payload, size_t payload_size, void* out, s
   });
 }
 
+L2C_API int l2c_check_declared(int64_t dtype, const int64_t* dims, int64_t ndim, uint64_t max_decoded_bytes,
+                               uint64_t* out_bytes, char* err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    const l2c::Declared d = l2c::check_declared(dtype, dims, ndim, max_decoded_bytes);
+    if (out_bytes) *out_bytes = d.out_bytes;
+  });
+}
+
+L2C_API int l2c_decode_declared(const uint8_t* payload, size_t payload_size, int64_t dtype, const int64_t* dims,
+                                int64_t ndim, uint64_t max_decoded_bytes, void* out, size_t out_size, char* err,
+                                size_t err_len) {
+  return guarded(err, err_len, [&] {
+    const l2c::Declared d = l2c::check_declared(dtype, dims, ndim, max_decoded_bytes);
+    if (d.out_bytes != out_size)
+      l2c::fail(L2C_E_ARGUMENT, "output buffer has " + std::to_string(out_size) + " bytes, the declared tensor needs " +
+                                    std::to_string(d.out_bytes));
+    if (!out && out_size) l2c::fail(L2C_E_ARGUMENT, "output buffer is NULL");
+    l2c::Plan plan;
+    l2c::parse_payload(payload, payload_size, &plan, 0, false, &d);
+    l2c::execute(plan, out);
+  });
+}
+
 L2C_API int l2c_encode_stream(const int32_t* indices, uint64_t count, uint32_t alphabet,
                               uint32_t max_scale_bits, uint8_t* out, size_t out_cap,
                               size_t* out_size, char* err, size_t err_len) {

@@ -3,16 +3,17 @@
 // The library does not link onnxruntime: RegisterCustomOps receives the
 // OrtApiBase and asks it for the OrtApi of the headers' ORT_API_VERSION.
 //
-// Input 0: uint8 1-D payload. Output 0: the decoded tensor. Its element
-// type is declared UNDEFINED (any type) here, so the graph must give it,
-// either by a value_info entry for the output (elem_type and shape) or by
-// the node attributes `dtype` (int: 1, 10 or 16) together with `shape`
-// (ints), which the shape-inference function below turns into the output
-// type and shape; the converter writes both. Optional string attributes
-// `tensor` and `sidecar` name the weight in error messages. The payload is
-// decoded when the kernel is created if the input is a constant initializer
-// (session creation fails with a status naming the tensor if it is corrupt
-// or disagrees with the declared type/shape), otherwise in Compute.
+// Input 0: a uint8 1-D constant initializer, the payload. Output 0: the
+// decoded tensor, declared by the required node attributes `dtype` (int: 1,
+// 10 or 16) and `shape` (ints), which the shape-inference function below
+// turns into the output type and shape; the converter writes both. Optional
+// string attributes `tensor` and `sidecar` name the weight in error
+// messages. The payload is decoded once, when the kernel is created, by
+// l2c::check_declared and parse_payload against the declaration: the same
+// checks the fast loader and decompress run through the C API
+// (l2c_decode_declared), so the three load paths accept the same files.
+// Session creation fails with a status naming the tensor when the payload is
+// corrupt, disagrees with the declaration or exceeds the decode budget.
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -54,6 +55,21 @@ std::string string_attr(const OrtKernelInfo* info, const char* name) {
   return v;
 }
 
+// The required declaration: int attribute `dtype` and ints attribute
+// `shape` (false when either is missing or of another attribute type).
+bool declaration(const OrtKernelInfo* info, int64_t* dtype, std::vector<int64_t>* shape) {
+  OrtStatus* st = g_api->KernelInfoGetAttribute_int64(info, "dtype", dtype);
+  size_t size = 0;
+  if (!st) st = g_api->KernelInfoGetAttributeArray_int64(info, "shape", nullptr, &size);
+  if (!st && size) {
+    shape->resize(size);
+    st = g_api->KernelInfoGetAttributeArray_int64(info, "shape", shape->data(), &size);
+    shape->resize(size);
+  }
+  if (st) g_api->ReleaseStatus(st);
+  return st == nullptr;
+}
+
 std::string node_name(const OrtKernelInfo* info) {
   size_t size = 0;
   OrtStatus* st = g_api->KernelInfo_GetNodeName(info, nullptr, &size);
@@ -82,7 +98,6 @@ ONNXTensorElementDataType ort_type(int dtype) {
 
 struct Kernel {
   std::string context;  // "onnx_l2c Decode: tensor 'x' (sidecar 'y')" for messages
-  bool decoded = false;
   int dtype = 0;
   std::vector<int64_t> dims;
   std::unique_ptr<uint8_t[]> data;  // not zero-filled: execute() writes every byte
@@ -99,18 +114,20 @@ struct Kernel {
   }
 };
 
-// Reads a uint8 1-D tensor value: pointer and byte count.
+// Reads the payload (a uint8 1-D tensor value): pointer and byte count.
 OrtStatus* payload_view(const Kernel& k, const OrtValue* v, const uint8_t** data, size_t* size) {
   OrtTensorTypeAndShapeInfo* ti = nullptr;
   if (OrtStatus* st = g_api->GetTensorTypeAndShape(v, &ti)) return st;
   ONNXTensorElementDataType t = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-  size_t n = 0;
+  size_t n = 0, rank = 0;
   OrtStatus* st = g_api->GetTensorElementType(ti, &t);
   if (!st) st = g_api->GetTensorShapeElementCount(ti, &n);
+  if (!st) st = g_api->GetDimensionsCount(ti, &rank);
   g_api->ReleaseTensorTypeAndShapeInfo(ti);
   if (st) return st;
-  if (t != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8)
-    return k.error(ORT_INVALID_GRAPH, "payload input must be a uint8 tensor");
+  if (t != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 || rank != 1)
+    return k.error(ORT_INVALID_GRAPH, "the payload must be a 1-D uint8 tensor, not a " + std::to_string(rank) +
+                                          "-D tensor of element type " + std::to_string(t));
   void* p = nullptr;
   if (n) {
     if ((st = g_api->GetTensorMutableData(const_cast<OrtValue*>(v), &p))) return st;
@@ -154,30 +171,10 @@ uint64_t decode_limit(size_t stored) {
   return l2c::default_decode_limit(stored);
 }
 
-// Decodes a payload straight into an output allocated from the context.
-OrtStatus* decode_into_output(const Kernel& k, OrtKernelContext* ctx, const uint8_t* data,
-                              size_t size) {
-  try {
-    l2c::Plan plan;
-    l2c::parse_payload(data, size, &plan, decode_limit(size));
-    const std::vector<int64_t> dims(plan.dims, plan.dims + plan.ndim);  // bounded by parse_payload
-    void* p = nullptr;
-    if (OrtStatus* st = typed_output(k, ctx, plan.dtype, dims.data(), dims.size(), plan.out_bytes, &p))
-      return st;
-    l2c::execute(plan, p);
-    return nullptr;
-  } catch (const l2c::Error& e) {
-    return k.error(e);
-  } catch (const std::bad_alloc&) {
-    return k.error(ORT_FAIL, "out of memory");
-  } catch (const std::exception& e) {
-    return k.error(ORT_FAIL, e.what());
-  }
-}
-
-// Checks the graph's declared output type (and static shape, when known)
-// against the decoded payload, so that a mismatch fails at session creation.
-OrtStatus* check_declared(const Kernel& k, const OrtKernelInfo* info) {
+// Checks the output type (and static shape, when known) that onnxruntime
+// resolved for the node against its declaration, so that a value_info
+// entry of another type fails at session creation.
+OrtStatus* check_output_type(const Kernel& k, const OrtKernelInfo* info) {
   OrtTypeInfo* type_info = nullptr;
   if (OrtStatus* st = g_api->KernelInfo_GetOutputTypeInfo(info, 0, &type_info)) {
     g_api->ReleaseStatus(st);  // no declared type to compare with
@@ -202,7 +199,7 @@ OrtStatus* check_declared(const Kernel& k, const OrtKernelInfo* info) {
   if (t != ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED && t != ort_type(k.dtype))
     return k.error(ORT_INVALID_GRAPH,
                    std::string("the graph declares output element type ") + std::to_string(t) +
-                       " but the payload decodes to " + l2c::dtype_name(k.dtype) + " (" +
+                       " but its attribute dtype is " + l2c::dtype_name(k.dtype) + " (" +
                        std::to_string(ort_type(k.dtype)) + ")");
   bool static_shape = rank == k.dims.size();
   for (size_t i = 0; static_shape && i < rank; ++i) static_shape = dims[i] >= 0;
@@ -213,7 +210,7 @@ OrtStatus* check_declared(const Kernel& k, const OrtKernelInfo* info) {
       return s + "]";
     };
     return k.error(ORT_INVALID_GRAPH, "the graph declares output shape " + str(dims) +
-                                          " but the payload decodes to shape " + str(k.dims));
+                                          " but its attribute shape is " + str(k.dims));
   }
   return nullptr;
 }
@@ -236,34 +233,44 @@ OrtStatusPtr ORT_API_CALL create_kernel(const OrtCustomOp*, const OrtApi*, const
   } catch (const std::bad_alloc&) {
     return g_api->CreateStatus(ORT_FAIL, "onnx_l2c Decode: out of memory");
   }
+  int64_t dtype = 0;
+  std::vector<int64_t> shape;
+  try {
+    if (!declaration(info, &dtype, &shape))
+      return k->error(ORT_INVALID_GRAPH, "the node needs the attributes dtype (int: 1, 10 or 16) and shape (ints)");
+  } catch (const std::bad_alloc&) {
+    return k->error(ORT_FAIL, "out of memory");
+  }
   int is_const = 0;
   const OrtValue* value = nullptr;
   if (OrtStatus* st = g_api->KernelInfoGetConstantInput_tensor(info, 0, &is_const, &value))
     return k->error(ORT_FAIL, take_message(st));
-  if (is_const && value) {
-    const uint8_t* data = nullptr;
-    size_t size = 0;
-    if (OrtStatus* st = payload_view(*k, value, &data, &size)) return st;
-    try {
-      l2c::Plan plan;
-      // The decode budget is checked right after the header, the graph's
-      // declared type and shape before the output is allocated.
-      l2c::parse_payload(data, size, &plan, decode_limit(size));
-      k->dtype = plan.dtype;
-      k->dims.assign(plan.dims, plan.dims + plan.ndim);
-      if (OrtStatus* st = check_declared(*k, info)) return st;
-      if (plan.out_bytes > SIZE_MAX) throw std::bad_alloc();
-      k->size = static_cast<size_t>(plan.out_bytes);
-      k->data.reset(new uint8_t[k->size ? k->size : 1]);
-      l2c::execute(plan, k->data.get());
-      k->decoded = true;
-    } catch (const l2c::Error& e) {
-      return k->error(e);
-    } catch (const std::bad_alloc&) {
-      return k->error(ORT_FAIL, "out of memory");
-    } catch (const std::exception& e) {
-      return k->error(ORT_FAIL, e.what());
-    }
+  if (!is_const || !value)
+    return k->error(ORT_INVALID_GRAPH, "the payload must be a constant initializer (not a graph input or "
+                                       "another node's output)");
+  const uint8_t* data = nullptr;
+  size_t size = 0;
+  if (OrtStatus* st = payload_view(*k, value, &data, &size)) return st;
+  try {
+    // The declaration and the decode budget are checked before the payload,
+    // the payload's header against the declaration before its stages.
+    const l2c::Declared declared =
+        l2c::check_declared(dtype, shape.data(), static_cast<int64_t>(shape.size()), decode_limit(size));
+    k->dtype = declared.dtype;
+    k->dims = shape;
+    if (OrtStatus* st = check_output_type(*k, info)) return st;
+    l2c::Plan plan;
+    l2c::parse_payload(data, size, &plan, 0, false, &declared);
+    if (plan.out_bytes > SIZE_MAX) throw std::bad_alloc();
+    k->size = static_cast<size_t>(plan.out_bytes);
+    k->data.reset(new uint8_t[k->size ? k->size : 1]);
+    l2c::execute(plan, k->data.get());
+  } catch (const l2c::Error& e) {
+    return k->error(e);
+  } catch (const std::bad_alloc&) {
+    return k->error(ORT_FAIL, "out of memory");
+  } catch (const std::exception& e) {
+    return k->error(ORT_FAIL, e.what());
   }
   *out = k.release();
   return nullptr;
@@ -271,28 +278,17 @@ OrtStatusPtr ORT_API_CALL create_kernel(const OrtCustomOp*, const OrtApi*, const
 
 OrtStatusPtr ORT_API_CALL compute(void* kernel, OrtKernelContext* ctx) {
   const Kernel& k = *static_cast<const Kernel*>(kernel);
-  if (!k.decoded) {
-    const OrtValue* in = nullptr;
-    if (OrtStatus* st = g_api->KernelContext_GetInput(ctx, 0, &in)) return st;
-    const uint8_t* data = nullptr;
-    size_t size = 0;
-    if (OrtStatus* st = payload_view(k, in, &data, &size)) return st;
-    return decode_into_output(k, ctx, data, size);
-  }
   void* p = nullptr;
   if (OrtStatus* st = typed_output(k, ctx, k.dtype, k.dims.data(), k.dims.size(), k.size, &p)) return st;
-  if (k.size) {
-    std::memcpy(p, k.data.get(), k.size);
-  }
+  if (k.size) std::memcpy(p, k.data.get(), k.size);
   return nullptr;
 }
 
 void ORT_API_CALL destroy_kernel(void* kernel) { delete static_cast<Kernel*>(kernel); }
 
-// Shape inference from the optional node attributes `dtype` (int: 1, 10 or
-// 16) and `shape` (ints). Both are needed: an OrtTensorTypeAndShapeInfo
-// cannot express "unknown rank", so with `dtype` alone nothing is inferred
-// and the output type must come from the graph's value_info.
+// Shape inference from the node attributes `dtype` (int: 1, 10 or 16) and
+// `shape` (ints). Without both nothing is inferred, and onnxruntime refuses
+// the graph (the output type is undefined); create_kernel would too.
 OrtStatusPtr ORT_API_CALL infer_output(const OrtCustomOp*, OrtShapeInferContext* ctx) {
   const OrtOpAttr* dattr = nullptr;
   const OrtOpAttr* sattr = nullptr;

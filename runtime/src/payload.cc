@@ -25,11 +25,14 @@ const char* stage_name(uint8_t kind) {
 
 size_t elem_size(int dtype) { return dtype == kFloat32 ? 4 : 2; }
 
-std::string shape_str(const Plan& p) {
+template <class Dim>
+std::string dims_str(const Dim* dims, int64_t ndim) {
   std::string s = "[";
-  for (int i = 0; i < p.ndim; ++i) s += (i ? ", " : "") + std::to_string(p.dims[i]);
+  for (int64_t i = 0; i < ndim; ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
   return s + "]";
 }
+
+std::string shape_str(const Plan& p) { return dims_str(p.dims, p.ndim); }
 
 float read_f32(const uint8_t* b) {
   uint32_t u = static_cast<uint32_t>(b[0]) | (static_cast<uint32_t>(b[1]) << 8) |
@@ -189,7 +192,16 @@ void parse_expand(Reader& body, const std::string& what, Plan* p) {
   parse_stream(body, nblocks, what + " modes", &p->x_modes);
   if (p->x_modes.max_index > kKeep) corrupt(what + " modes: alphabet above 3");
   uint64_t unified = 0, unified_elems = 0, kept_elems = 0;
-  {
+  if (p->x_modes.mode == kConstant) {
+    // Every block has one mode: the counts follow without a pass over the
+    // blocks (a few bytes may declare 2^40 of them), and the blocks together
+    // hold every element.
+    const uint32_t mode = p->x_modes.max_index;
+    unified = mode == kUnify ? nblocks : 0;
+    unified_elems = mode == kUnify ? p->coded : 0;
+    kept_elems = mode == kKeep ? p->coded : 0;
+  } else {
+    // A stored or rANS modes stream holds at least one bit per 8 blocks...
     StreamDecoder dec(p->x_modes, 0, what + " modes");
     uint8_t mode[4096];
     uint64_t j = 0, k = 0;  // block position along n, and along inner
@@ -706,6 +718,31 @@ void execute_expand(const Plan& p, uint8_t* out) {
 
 }  // namespace
 
+Declared check_declared(int64_t dtype, const int64_t* dims, int64_t ndim, uint64_t max_decoded_bytes) {
+  Declared d;
+  if (dtype != kFloat32 && dtype != kFloat16 && dtype != kBFloat16)
+    corrupt("the graph declares dtype " + std::to_string(dtype) + "; valid: 1 (float32), 10 (float16), 16 (bfloat16)");
+  if (ndim < 0 || ndim > L2C_MAX_DIMS)
+    corrupt("the graph declares a shape of " + std::to_string(ndim) + " dims; valid: 0 to 8");
+  if (ndim && !dims) fail(L2C_E_ARGUMENT, "dims is NULL");
+  uint64_t numel = 1;
+  bool overflow = false;
+  for (int64_t i = 0; i < ndim; ++i) {
+    if (dims[i] < 0) corrupt("the graph declares shape " + dims_str(dims, ndim) + " with a negative dim");
+    d.dims[i] = static_cast<uint64_t>(dims[i]);
+    overflow |= d.dims[i] > kMaxNumel || mul_overflow(numel, d.dims[i], &numel);
+  }
+  if (overflow || numel > kMaxNumel)
+    corrupt("the graph declares shape " + dims_str(dims, ndim) + ", over 2^40 elements");
+  d.dtype = static_cast<int>(dtype);
+  d.ndim = static_cast<int>(ndim);
+  d.out_bytes = numel * elem_size(d.dtype);
+  if (max_decoded_bytes && d.out_bytes > max_decoded_bytes)
+    fail(L2C_E_LIMIT, "the graph declares " + std::to_string(d.out_bytes) + " decoded bytes " + dims_str(dims, ndim) +
+                          ", above the limit of " + std::to_string(max_decoded_bytes) + " (max_decoded_bytes)");
+  return d;
+}
+
 const char* dtype_name(int dtype) {
   switch (dtype) {
     case kFloat32: return "float32";
@@ -715,7 +752,8 @@ const char* dtype_name(int dtype) {
   }
 }
 
-void parse_payload(const uint8_t* data, size_t size, Plan* p, uint64_t out_bytes, bool exact_out_bytes) {
+void parse_payload(const uint8_t* data, size_t size, Plan* p, uint64_t out_bytes, bool exact_out_bytes,
+                   const Declared* declared) {
   if (!data && size) fail(L2C_E_ARGUMENT, "payload is NULL");
   const bool magic_ok = size >= 4 && std::memcmp(data, "L2CP", 4) == 0;
   if (size < 4 + 4) {
@@ -756,6 +794,11 @@ void parse_payload(const uint8_t* data, size_t size, Plan* p, uint64_t out_bytes
   p->numel = numel;
   p->coded = numel;
   p->out_bytes = numel * elem_size(p->dtype);
+  if (declared && (declared->dtype != p->dtype || declared->ndim != p->ndim ||
+                   !std::equal(p->dims, p->dims + p->ndim, declared->dims)))
+    corrupt(std::string("the graph declares ") + dtype_name(declared->dtype) + " " +
+            dims_str(declared->dims, declared->ndim) + " but the payload holds " + dtype_name(p->dtype) + " " +
+            shape_str(*p));
   if (exact_out_bytes && p->out_bytes != out_bytes)
     fail(L2C_E_ARGUMENT, "output buffer has " + std::to_string(out_bytes) + " bytes, the tensor needs " +
                              std::to_string(p->out_bytes));

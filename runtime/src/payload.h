@@ -95,14 +95,30 @@ struct Plan {
   std::vector<float> basis, mean;  // basis: k*cols, row-major; mean: cols
 };
 
+// What a graph declares for a Decode output (the node's dtype and shape
+// attributes), validated by check_declared: every load path (the custom op,
+// and the fast loader and decompress through the C API) runs this one check.
+struct Declared {
+  int dtype = 0;
+  int ndim = 0;
+  uint64_t dims[L2C_MAX_DIMS] = {};
+  uint64_t out_bytes = 0;
+};
+
+// Validates a declaration: dtype 1, 10 or 16; 0..8 dims, each >= 0, at most
+// 2^40 elements; with max_decoded_bytes > 0, at most that many bytes
+// (L2C_E_LIMIT). Invalid declarations are L2C_E_CORRUPT.
+Declared check_declared(int64_t dtype, const int64_t* dims, int64_t ndim, uint64_t max_decoded_bytes);
+
 // Verifies the CRC, then parses and validates header and stages. Right
 // after the header, before any stage is looked at (so this also bounds the
-// parsing time, e.g. of counting expand blocks): with exact_out_bytes, a
-// tensor of any other size than out_bytes is refused (L2C_E_ARGUMENT: the
-// caller's buffer); otherwise, with out_bytes > 0, one larger than out_bytes
-// (L2C_E_LIMIT: the caller's decode budget).
+// parsing time, e.g. of counting expand blocks): with `declared`, a payload
+// of any other dtype or shape is refused (L2C_E_CORRUPT); with
+// exact_out_bytes, a tensor of any other size than out_bytes (L2C_E_ARGUMENT:
+// the caller's buffer); otherwise, with out_bytes > 0, one larger than
+// out_bytes (L2C_E_LIMIT: the caller's decode budget).
 void parse_payload(const uint8_t* data, size_t size, Plan* plan, uint64_t out_bytes = 0,
-                   bool exact_out_bytes = false);
+                   bool exact_out_bytes = false, const Declared* declared = nullptr);
 
 // Decodes a parsed payload into out (plan.out_bytes bytes).
 void execute(const Plan& plan, void* out);
