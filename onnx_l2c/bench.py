@@ -27,6 +27,7 @@ from onnx_l2c.passes.base import entropy_bits
 from onnx_l2c.passes import PresetQuantizer
 
 from onnx_l2c.codec import native
+from onnx_l2c.errors import OptionError
 from onnx_l2c.graph.model import find_weights, load_model, tensor_bits
 from onnx_l2c.load.compressed import CompressedModel, InferenceSession, custom_op_library
 from onnx_l2c.write.compress import compress
@@ -209,6 +210,17 @@ def run_runtime_bench(args: argparse.Namespace) -> int:
     presets = [p for p in args.presets.split(",") if p]
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not args.models and args.scale is None:
+        raise OptionError("bench runtime: give models, --scale GB, or both")
+    if args.scale is not None:
+        from onnx_l2c.bench_scale import run_scale_bench
+
+        table, ok = run_scale_bench(args, out_dir)
+        print(table)
+        if not ok:
+            return 1
+        if not args.models:
+            return 0
     results = []
     with tempfile.TemporaryDirectory(prefix="l2c-bench-") as tmp:
         for model in args.models:

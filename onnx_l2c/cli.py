@@ -168,11 +168,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks (see `onnx-l2c bench runtime -h`)")
     bsub = p.add_subparsers(dest="bench", required=True)
     b = bsub.add_parser("runtime", help="entropy coder, decode throughput, session creation, latency")
-    b.add_argument("models", nargs="+", help="original .onnx models (or zoo names with --zoo)")
+    b.add_argument("models", nargs="*", help="original .onnx models (or zoo names with --zoo)")
     b.add_argument("--presets", default="lossless,int8,bits=4", help="comma-separated: lossless, int8, bits=N")
     b.add_argument("--runs", type=int, default=30, help="latency runs per model and path")
     b.add_argument("--out", default="bench-results", help="folder for the JSON and markdown results")
     b.add_argument("--zstd", action="store_true", help="also measure zstd -19 of each file (lossless baseline)")
+    b.add_argument("--scale", type=float, default=None, metavar="GB",
+                   help="also generate a model of GB gigabytes of external-data weights and measure each step's "
+                        "time per GB and peak memory on it (OUT/scale.md)")
+    b.add_argument("--scale-target-ratio", type=float, default=None, metavar="R",
+                   help="with --scale: also run the calibrated planner to ratio R")
+    b.add_argument("--scale-samples", type=int, default=128, help="with --scale-target-ratio: calibration samples")
+    b.add_argument("--scale-workdir", default=None, metavar="DIR",
+                   help="with --scale: where the generated model goes (default: the system's temp folder)")
     b.set_defaults(func=_cmd_bench)
     bsub.add_parser("compare", help="our presets beside the peers on the real-model zoo (see `bench compare -h`)")
     sub.add_parser("demo", help="compress EfficientNet-Lite0 (or --model NAME), load it both ways, compare (see `demo -h`)")

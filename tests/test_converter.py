@@ -15,6 +15,7 @@ import builders
 import onnx_l2c
 from helpers import DATA, assert_bit_identical, assert_close, decoded_by_custom_op, run_all_paths, run_plain, save
 from onnx_l2c.codec import DOMAIN, bits_to_float32, reconstruct
+from onnx_l2c.graph.model import iter_graphs
 from onnx_l2c.load.compressed import CompressedModel
 from onnx_l2c.passes import TensorInput
 from onnx_l2c.passes import PresetQuantizer
@@ -243,3 +244,51 @@ def test_cli_bench_runtime_runs(tmp_path, rng):
     res = _cli("bench", "runtime", str(src), "--presets", "lossless,bits=4", "--runs", "2", "--out", str(tmp_path / "b"))
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "b" / "runtime.json").is_file() and "| model |" in res.stdout
+
+
+@pytest.mark.parametrize("case", ["mlp_fp16", "if_true", "embedding"])
+def test_low_memory_sessions_match_the_fast_loader_and_leave_nothing(case, tmp_path, rng):
+    """low_memory=True (decode into a temporary external-data model that
+    onnxruntime loads itself) gives the same outputs, and removes its files."""
+    build, feeds_fn = CASES[case]
+    src = save(build(rng), tmp_path / "model.onnx")
+    feeds = feeds_fn(rng)
+    out = tmp_path / "small.onnx"
+    onnx_l2c.compress(src, out, preset="int8", min_elements=1)
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    fast = onnx_l2c.InferenceSession(out).run(None, feeds)
+    low = onnx_l2c.InferenceSession(out, low_memory=True, temp_dir=temp).run(None, feeds)
+    for a, b in zip(fast, low):
+        np.testing.assert_array_equal(a, b)
+    assert list(temp.iterdir()) == []
+
+
+def test_decompress_writes_the_same_tensors_inline_and_as_external_data(tmp_path, rng):
+    src = save(builders.subgraphs(rng), tmp_path / "model.onnx")
+    out = tmp_path / "small.onnx"
+    onnx_l2c.compress(src, out, preset="int8", min_elements=1)
+    tensors = {}
+    for external in (False, True):
+        plain = onnx_l2c.decompress(out, tmp_path / f"plain{external}.onnx", external_data=external)
+        model = onnx.load(str(plain))
+        tensors[external] = {t.name: onnx.numpy_helper.to_array(t) for ref in iter_graphs(model.graph)
+                             for t in ref.graph.initializer}
+    assert tensors[False].keys() == tensors[True].keys() and len(tensors[False]) >= 3
+    for name, array in tensors[False].items():
+        np.testing.assert_array_equal(array, tensors[True][name])
+
+
+def test_the_scale_bench_measures_every_step(tmp_path, monkeypatch):
+    """`bench runtime --scale` on a tiny chain: every step runs in its own
+    process and reports time and peak memory."""
+    from onnx_l2c import bench_scale
+
+    monkeypatch.setattr(bench_scale, "_SIDE", (64, 256))
+    result = bench_scale.run_scale(64 * 256 * 4 * 2 / 1e9, ["int8"], tmp_path, target_ratio=4, samples=4)
+    steps = [r["step"] for r in result["rows"]]
+    assert steps == ["plain", "compress", "fast", "fast_low_memory", "custom_op", "decompress", "planner"]
+    for row in result["rows"]:
+        assert "error" not in row, row
+        assert row["wall_s"] > 0 and row["peak_bytes"] > 0
+    assert "| fast_low_memory | int8 |" in bench_scale.markdown(result)

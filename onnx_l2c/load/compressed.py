@@ -15,7 +15,11 @@ import logging
 import mmap
 import os
 import stat
-from concurrent.futures import ThreadPoolExecutor
+import tempfile
+import itertools
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,12 +32,15 @@ from onnx_l2c.codec import (BFLOAT16, BITS_DTYPE, DECODE_LIMIT_FLOOR, DECODE_LIM
 from onnx_l2c.errors import FileError, LimitError, OptionError, OutOfMemoryError, PayloadError, UnsupportedError
 from onnx_l2c.files import AlignedWriter, AtomicOutputs
 from onnx_l2c.graph.edit import DecodeNode, decode_nodes, hoistable, read_names, restore_weights, set_external
-from onnx_l2c.graph.model import load_model
+from onnx_l2c.graph.model import iter_graphs, load_model
 
 log = logging.getLogger(__name__)
 
 _PROTO_LIMIT = 2**31 - 64 * 2**20  # stay clear of protobuf's 2 GB ceiling
 _VIRTUAL_LOCATION = "onnx_l2c.virtual"
+# Above this many decoded bytes InferenceSession goes through a temporary
+# external-data model (low_memory) instead of holding the weights twice.
+LOW_MEMORY_BYTES = 1 << 30
 
 
 def custom_op_library() -> str:
@@ -179,11 +186,44 @@ class CompressedModel:
     def decode_all(self, workers: int = 0) -> dict[str, np.ndarray]:
         """Every tensor, decoded in parallel across tensors (the GIL is released
         natively), after the whole model's declared size passed the budget."""
+        return {e.name: a for e, a in self.iter_decoded(workers)}
+
+    def iter_decoded(self, workers: int = 0) -> Iterator[tuple[DecodeEntry, np.ndarray]]:
+        """(entry, tensor) in entry order, after the whole model's declared size
+        passed the budget; at most `workers` tensors decode at once, and each
+        payload's pages leave this process's memory once it is decoded, so a
+        caller that drops each tensor holds only a few at a time."""
         self.check_budget()
         workers = workers or os.cpu_count() or 1
         with ThreadPoolExecutor(workers) as pool:
-            arrays = list(pool.map(self.decode, self.entries))
-        return {e.name: a for e, a in zip(self.entries, arrays)}
+            pending: deque[tuple[DecodeEntry, Future[np.ndarray]]] = deque()
+            entries = iter(self.entries)
+            for entry in itertools.islice(entries, workers):
+                pending.append((entry, pool.submit(self._decode_and_release, entry)))
+            while pending:
+                entry, future = pending.popleft()
+                array = future.result()
+                following = next(entries, None)
+                if following is not None:
+                    pending.append((following, pool.submit(self._decode_and_release, following)))
+                yield entry, array
+                del array
+
+    def _decode_and_release(self, entry: DecodeEntry) -> np.ndarray:
+        array = self.decode(entry)
+        self._release(entry)
+        return array
+
+    def _release(self, entry: DecodeEntry) -> None:
+        """Drop the payload's whole pages from this process's resident memory
+        (the sidecar stays mapped; a later read faults them in again)."""
+        mapped = self._maps.get(entry.file, (0, None))[1]
+        if mapped is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start = -(-entry.offset // mmap.PAGESIZE) * mmap.PAGESIZE
+        end = (entry.offset + entry.length) // mmap.PAGESIZE * mmap.PAGESIZE
+        if end > start:
+            mapped.madvise(mmap.MADV_DONTNEED, start, end - start)
 
     def close(self) -> None:
         for _, mapped in self._maps.values():
@@ -210,20 +250,44 @@ def _dtype_of(array: np.ndarray) -> int:
 
 def InferenceSession(path: str | os.PathLike, sess_options: Any = None, providers: Any = None,
                      provider_options: Any = None, *, max_decoded_bytes: int | None = None,
+                     low_memory: bool | None = None, temp_dir: str | os.PathLike | None = None,
                      **kwargs: Any):  # noqa: N802 (mirrors onnxruntime)
     """An `onnxruntime.InferenceSession` of a compressed model, at the original model's speed.
 
     Decodes every payload once and hands the tensors to onnxruntime through
     `SessionOptions.add_external_initializers` (sess_options is modified).
-    `max_decoded_bytes`: the most bytes the weights may decode to (0: no
-    limit; None: the default budget, see CompressedModel). Extra keyword
+    onnxruntime copies tensors handed over in memory, so session creation
+    peaks at about twice the decoded weights. `low_memory=True` instead
+    decodes them, a few at a time, into a temporary external-data model in
+    `temp_dir` (default: the system's temp folder) that onnxruntime loads as
+    it loads any model, deleted once the session exists: the peak is then
+    about plain onnxruntime's on the original, for one write of the weights
+    to disk (at 2.4 GB it is also faster: `bench runtime --scale`). None
+    (default): low_memory when the weights decode to more than
+    LOW_MEMORY_BYTES (1 GiB). `max_decoded_bytes`: the most bytes the weights may decode to (0:
+    no limit; None: the default budget, see CompressedModel). Extra keyword
     arguments go to `onnxruntime.InferenceSession`.
     """
     import onnxruntime as ort
 
+    if low_memory is None:
+        probe = CompressedModel(path, max_decoded_bytes)
+        try:
+            low_memory = probe.check_budget() > LOW_MEMORY_BYTES
+        finally:
+            probe.close()
+    if low_memory:
+        with tempfile.TemporaryDirectory(prefix="onnx_l2c-", dir=temp_dir,
+                                         ignore_cleanup_errors=True) as folder:
+            plain = decompress(path, Path(folder) / "model.onnx", external_data=True,
+                               max_decoded_bytes=max_decoded_bytes)
+            so = sess_options if sess_options is not None else ort.SessionOptions()
+            return ort.InferenceSession(str(plain), so, providers=providers, provider_options=provider_options,
+                                        **kwargs)
+
     compressed = CompressedModel(path, max_decoded_bytes)
     try:
-        arrays = compressed.decode_all()
+        arrays = dict((e.name, a) for e, a in compressed.iter_decoded())  # payload pages released as it goes
         # onnxruntime drops initializers no node reads before it applies external
         # ones (and then fails to find them), and applies them only in the main
         # graph: those few, and subgraph outputs (not hoisted), travel inline.
@@ -268,29 +332,33 @@ def decompress(path: str | os.PathLike, output: str | os.PathLike, *,
     output = Path(output)
     compressed = CompressedModel(path, max_decoded_bytes)
     try:
-        arrays = compressed.decode_all()
-        total = compressed.model.ByteSize() + sum(a.nbytes for a in arrays.values())
+        total = compressed.model.ByteSize() + compressed.check_budget()
         use_external = external_data if external_data is not None else total > _PROTO_LIMIT
         with AtomicOutputs() as outputs:
-            tensors: dict[str, onnx.TensorProto] = {}
+            # The output graph first, its restored initializers empty; each is
+            # filled in place as its tensor decodes (a few in flight), so the
+            # weights are never held twice (with external data, never at all).
+            empty = {e.name: onnx.TensorProto(name=e.name, data_type=e.decode.dtype, dims=list(e.decode.dims))
+                     for e in compressed.entries}
+            model = compressed.strip(empty)
+            restored = {t.name: t for ref in iter_graphs(model.graph) for t in ref.graph.initializer
+                        if t.name in empty}
             data_file = output.with_name(output.name + ".data")
             fh = open(outputs.temp_for(data_file), "wb") if use_external else None
             try:
                 writer = AlignedWriter(fh) if fh else None
-                for entry in compressed.entries:
-                    array = arrays.pop(entry.name)
-                    tensor = _declared(entry, array, _dtype_of(array))
-                    raw = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-                    if writer is not None:
-                        offset, length = writer.add(raw)
+                for entry, array in compressed.iter_decoded():
+                    tensor = restored[entry.name]
+                    little = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False)
+                    if writer is not None:  # written from the array's own memory
+                        offset, length = writer.add(memoryview(little).cast("B"))
                         set_external(tensor, data_file.name, offset, length)
                     else:
-                        tensor.raw_data = raw
-                    tensors[entry.name] = tensor
+                        tensor.raw_data = little.tobytes()
+                    del array, little
             finally:
                 if fh:
                     fh.close()
-            model = compressed.strip(tensors)
             outputs.temp_for(output).write_bytes(model.SerializeToString())
             outputs.commit()
     finally:

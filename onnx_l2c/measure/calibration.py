@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,6 @@ import numpy as np
 import onnx
 
 from onnx_l2c.errors import L2CError
-from onnx_l2c.graph.model import external_files
 
 log = logging.getLogger(__name__)
 
@@ -180,23 +178,18 @@ def batches(samples: Iterable[Feeds], inputs: list[InputSpec], max_batch: int) -
 
 
 class ScratchModel:
-    """A modified copy of a model written where onnxruntime can resolve its
-    external data (symlinked next to it), removed on close."""
+    """A modified copy of a model for onnxruntime, which reads its external
+    data from the original model's folder (session config
+    `session.model_external_initializers_file_folder_path`): nothing is
+    written, and no symlink or copy has to pass onnxruntime's check that
+    external data stays inside the model's folder."""
 
     def __init__(self, model: onnx.ModelProto, base_dir: Path) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="onnx_l2c_calib_")
-        root = Path(self._dir.name)
-        for f in external_files(model, base_dir):
-            rel = f.relative_to(base_dir) if f.is_relative_to(base_dir) else Path(f.name)
-            link = root / rel
-            link.parent.mkdir(parents=True, exist_ok=True)
-            if not link.exists():
-                os.symlink(f.resolve(), link)
-        self.path = root / "model.onnx"
-        self.path.write_bytes(model.SerializeToString())
+        self.data = model.SerializeToString()
+        self.base_dir = Path(base_dir).resolve()
 
     def close(self) -> None:
-        self._dir.cleanup()
+        self.data = b""
 
     def __enter__(self) -> "ScratchModel":
         return self
@@ -205,17 +198,18 @@ class ScratchModel:
         self.close()
 
 
-def make_session(path: Path, threads: int = 0) -> Any:
+def make_session(scratch: ScratchModel, threads: int = 0) -> Any:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
+    so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(scratch.base_dir))
     # Basic optimizations keep the intermediate tensors we expose (no fusion
     # removes a Conv's input).
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     try:
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(scratch.data, so, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own unrelated exception types
         raise L2CError(f"onnxruntime cannot run the model for calibration: {exc}") from exc

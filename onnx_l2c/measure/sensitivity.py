@@ -124,7 +124,7 @@ def measure_sensitivity(model: onnx.ModelProto, base_dir: Path, weights: list[We
     if not probe or not samples:
         return result
     with ScratchModel(proto, base_dir) as scratch:
-        session = make_session(scratch.path)
+        session = make_session(scratch)
         out_names = [o.name for o in session.get_outputs()]
 
         def run(feeds_list: list[Feeds], extra: dict[str, np.ndarray]) -> list[list[np.ndarray]]:

@@ -229,7 +229,7 @@ def collect_statistics(model: onnx.ModelProto, base_dir: Path, weights: list[Wei
     n_samples = 0
     with ScratchModel(scratch_proto, base_dir) as scratch:
         try:
-            session = make_session(scratch.path)
+            session = make_session(scratch)
         except L2CError as exc:
             if not branches or not any(BRANCH_OUTPUT_TAG in src.output for src in sources.values()):
                 raise

@@ -56,6 +56,24 @@ def _preset_encoding(opts: CompressOptions) -> Encoding | None:
     return Encoding(quantizer.name, False, None, quantizer.encode, quantizer.applies_to)
 
 
+_METRIC_CHUNK = 1 << 20  # elements: float64 temporaries of a few MiB, not of the whole tensor
+
+
+def _error_and_sparsity(ref: np.ndarray, rec: np.ndarray) -> tuple[float, float]:
+    """‖rec − ref‖ / ‖ref‖ and the share of zeros in rec, in float64, a chunk
+    at a time (a 1 GB weight would otherwise need 4 GB of temporaries)."""
+    ref, rec = ref.reshape(-1), rec.reshape(-1)
+    err = norm = 0.0
+    zeros = 0
+    for i in range(0, ref.size, _METRIC_CHUNK):
+        a = ref[i:i + _METRIC_CHUNK].astype(np.float64)
+        d = rec[i:i + _METRIC_CHUNK].astype(np.float64) - a
+        err += float(d @ d)
+        norm += float(a @ a)
+        zeros += int(np.count_nonzero(rec[i:i + _METRIC_CHUNK] == 0))
+    return float(np.sqrt(err) / max(np.sqrt(norm), 1e-30)), zeros / max(ref.size, 1)
+
+
 def _encode(w: WeightRef, base_dir: Path, encoding: Encoding) -> tuple[bytes, Recipe, TensorReport]:
     bits = tensor_bits(w.tensor, base_dir)
     tensor = TensorInput(w.name, w.dtype, w.shape, bits, w.channel_axis)
@@ -65,10 +83,7 @@ def _encode(w: WeightRef, base_dir: Path, encoding: Encoding) -> tuple[bytes, Re
     payload = serialize(recipe)
     rel, sparsity = 0.0, 0.0
     if not encoding.lossless:
-        ref = tensor.values.astype(np.float64)
-        rec = tensor.decoded_values(decode_native(payload, recipe))
-        rel = float(np.linalg.norm(rec - ref) / max(np.linalg.norm(ref), 1e-30))
-        sparsity = float((rec == 0).mean())
+        rel, sparsity = _error_and_sparsity(tensor.values, tensor.decoded_values(decode_native(payload, recipe)))
     params = encoding.params.describe() if encoding.params is not None else None
     report = TensorReport(w.name, encoding.method, DTYPE_NAMES[w.dtype], w.shape, w.nbytes, len(payload), rel,
                           sparsity, params)

@@ -17,6 +17,7 @@
 
 #include "common.h"
 #include "onnx_l2c.h"
+#include "stream.h"
 
 extern "C" size_t LLVMFuzzerMutate(uint8_t* data, size_t size, size_t max_size);
 
@@ -80,6 +81,26 @@ uint64_t interesting(uint32_t r) {
   return values[r % (sizeof values / sizeof values[0])];
 }
 
+// The streams inside a stage body: every offset where a whole stream parses
+// (mode, table and data consistent with its own count), as [start, end).
+std::vector<std::pair<size_t, size_t>> streams_in(const uint8_t* body, size_t size) {
+  std::vector<std::pair<size_t, size_t>> out;
+  for (size_t at = 0; at + 16 <= size; ++at) {
+    if (body[at] > 2 || body[at + 3] != 0) continue;  // mode 0..2, reserved 0
+    uint64_t count = 0;
+    for (int i = 0; i < 8; ++i) count |= uint64_t(body[at + 4 + i]) << (8 * i);
+    try {
+      l2c::Reader r(body + at, size - at);
+      l2c::Stream st;
+      l2c::parse_stream(r, count, "stream", &st);
+      out.push_back({at, at + r.pos()});
+      at += r.pos() - 1;
+    } catch (const l2c::Error&) {
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -117,7 +138,7 @@ extern "C" size_t LLVMFuzzerCustomMutator(uint8_t* data, size_t size, size_t max
     return r;
   };
   std::vector<Frame> fs = frames(data, size);
-  const uint32_t choice = next() % 8;
+  const uint32_t choice = next() % 9;
   if (fs.empty() || choice == 0) return LLVMFuzzerMutate(data, size, max_size);
   const Frame f = fs[next() % fs.size()];
   switch (choice) {
@@ -151,6 +172,22 @@ extern "C" size_t LLVMFuzzerCustomMutator(uint8_t* data, size_t size, size_t max
     case 6:  // the stream-header bytes: mode, scale_bits, lanes
       if (f.size >= 8) data[f.body + next() % 8] = uint8_t(next() % 20);
       break;
+    case 7: {  // one stream of a stage replaced by a constant stream of the same count and any alphabet
+      const auto found = streams_in(data + f.body, f.size);
+      if (found.empty()) break;
+      const auto [start, end] = found[next() % found.size()];
+      uint8_t constant[16] = {0, 0, 0, 0};
+      std::memcpy(constant + 4, data + f.body + start + 4, 8);  // the count
+      wr32(constant + 12, uint32_t(next() & 1 ? interesting(next()) : 1 + next() % 70000));
+      const size_t cut = end - start;
+      if (size - cut + 16 > max_size) break;
+      const size_t from = f.body + end;
+      std::memmove(data + f.body + start + 16, data + from, size - from);
+      std::memcpy(data + f.body + start, constant, 16);
+      wr32(data + f.at + 4, uint32_t(f.size - cut + 16));
+      size = size - cut + 16;
+      break;
+    }
     default: {  // byte-level mutation inside one stage body, then its frame is fixed
       if (f.size == 0 || size - f.size + 1 > max_size) break;
       const size_t tail = size - (f.body + f.size);
