@@ -21,6 +21,23 @@ _CLIP_GRID = np.linspace(0.5, 1.0, 11, dtype=np.float32)
 _MAX_THETA = 0.45
 
 
+_SLICE = 1 << 20  # elements per slice of the θ fit
+
+
+def _slices(q: np.ndarray, v: np.ndarray, step: np.ndarray):
+    """(q, v, step) in slices of about _SLICE elements along the outer or
+    inner axis of the (outer, C, inner) channel view."""
+    outer, channels, inner = q.shape
+    if outer >= inner:
+        rows = max(1, _SLICE // max(channels * inner, 1))
+        for i in range(0, outer, rows):
+            yield q[i:i + rows], v[i:i + rows], step
+    else:
+        cols = max(1, _SLICE // max(outer * channels, 1))
+        for i in range(0, inner, cols):
+            yield q[:, :, i:i + cols], v[:, :, i:i + cols], step
+
+
 class PresetQuantizer:
     """N-bit per-channel steps from each channel's max |w| (clipping searched at ≤ 6 bits)."""
 
@@ -42,9 +59,20 @@ class PresetQuantizer:
         return tensor.channel_axis is not None and bool(np.isfinite(tensor.values).all())
 
     def _quantize(self, v: np.ndarray, step: np.ndarray) -> np.ndarray:
-        a = np.abs(v) / step
-        q = np.where(a < 0.5 + self.dead_zone, 0.0, np.floor(a + 0.5))
-        return (np.sign(v) * np.minimum(q, self.qmax)).astype(np.int32)
+        # round(|v| / step) with a dead zone, clamped to qmax, signed; in place
+        # (two float32-sized temporaries, not six: compress runs several at once)
+        a = np.abs(v)
+        a /= step
+        dead = a < 0.5 + self.dead_zone
+        a += 0.5
+        np.floor(a, out=a)
+        np.minimum(a, self.qmax, out=a)
+        a[dead] = 0
+        del dead
+        q = a.astype(np.int32)
+        del a
+        np.negative(q, out=q, where=v < 0)
+        return q
 
     def _steps(self, v: np.ndarray) -> np.ndarray:
         """Per-channel step (float32, > 0), shaped (1, C, 1)."""
@@ -67,14 +95,16 @@ class PresetQuantizer:
         v = channel_view(tensor.values, tensor.channel_axis)
         step = self._steps(v)
         q = self._quantize(v, step)
-        nz = q != 0
-        if nz.any():
-            # θ minimizing Σ (Δ(|q|−θ) − |w|)² over nonzero symbols.
-            s2 = np.broadcast_to(step.astype(np.float64) ** 2, q.shape)[nz]
-            num = (s2 * (np.abs(q[nz]) - np.abs(v[nz]) / np.broadcast_to(step, q.shape)[nz])).sum()
-            theta = float(np.clip(num / s2.sum(), 0.0, _MAX_THETA))
-        else:
-            theta = 0.0
+        # θ minimizing Σ (Δ(|q|−θ) − |w|)² over nonzero symbols, in float64,
+        # summed a fixed slice at a time (the same bytes whatever the workers).
+        num = den = 0.0
+        for qs, vs, ss in _slices(q, v, step):
+            nz = qs != 0
+            st = np.broadcast_to(ss, qs.shape)[nz]
+            s2 = st.astype(np.float64) ** 2
+            num += float((s2 * (np.abs(qs[nz]) - np.abs(vs[nz]) / st)).sum())
+            den += float(s2.sum())
+        theta = float(np.clip(num / den, 0.0, _MAX_THETA)) if den > 0 else 0.0
         return q, step.reshape(-1), float(np.float32(theta))
 
     def encode(self, tensor: TensorInput) -> Recipe:
