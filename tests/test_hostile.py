@@ -292,7 +292,6 @@ def test_the_budget_is_checked_before_the_stages_are_parsed():
     blocks took ~13 s in l2c_payload_info before any limit was applied; the
     budget now refuses the declared size right after the header."""
     import time
-    import zlib
 
     import onnx_l2c
     from onnx_l2c.codec import native

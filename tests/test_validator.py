@@ -54,22 +54,22 @@ def _payload_init(m: onnx.ModelProto) -> onnx.TensorProto:
     return m.graph.initializer[0]
 
 
+def _replace(entries, named: str, new: object | None) -> None:
+    """Remove the entries called `named` (attributes by name, external-data
+    entries by key) from a repeated field, then append `new` if given."""
+    for e in [e for e in entries if getattr(e, "name", None) == named or getattr(e, "key", None) == named]:
+        entries.remove(e)
+    if new is not None:
+        entries.append(new)
+
+
 def _set_attr(m: onnx.ModelProto, name: str, value: object | None) -> None:
-    node = _decode(m)
-    for a in list(node.attribute):
-        if a.name == name:
-            node.attribute.remove(a)
-    if value is not None:
-        node.attribute.append(helper.make_attribute(name, value))
+    _replace(_decode(m).attribute, name, None if value is None else helper.make_attribute(name, value))
 
 
 def _external(m: onnx.ModelProto, key: str, value: str | None) -> None:
-    p = _payload_init(m)
-    for e in list(p.external_data):
-        if e.key == key:
-            p.external_data.remove(e)
-    if value is not None:
-        p.external_data.add(key=key, value=value)
+    entry = None if value is None else onnx.StringStringEntryProto(key=key, value=value)
+    _replace(_payload_init(m).external_data, key, entry)
 
 
 def _inline(m: onnx.ModelProto) -> None:

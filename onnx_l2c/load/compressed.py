@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import itertools
 import stat
 import tempfile
-import itertools
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnx_l2c.codec import (BFLOAT16, BITS_DTYPE, DECODE_LIMIT_FLOOR, DECODE_LIMIT_RATIO, DTYPE_NAMES, FLOAT, FLOAT16,
-                            STORAGE, default_decode_limit, describe, native, parse_header)
-from onnx_l2c.errors import FileError, LimitError, OptionError, OutOfMemoryError, PayloadError, UnsupportedError
+from onnx_l2c.codec import (BFLOAT16, BITS_DTYPE, DECODE_LIMIT_FLOOR, DECODE_LIMIT_RATIO, DTYPE_NAMES,
+                            STORAGE, default_decode_limit, describe, native)
+from onnx_l2c.errors import FileError, LimitError, OptionError, OutOfMemoryError, PayloadError
 from onnx_l2c.files import AlignedWriter, AtomicOutputs
 from onnx_l2c.graph.edit import DecodeNode, decode_nodes, hoistable, read_names, restore_weights, set_external
 from onnx_l2c.graph.model import iter_graphs, load_model
@@ -79,8 +79,7 @@ class CompressedModel:
         self.model = load_model(self.path)
         self.entries = self._entries()
         self._maps: dict[Path, tuple[object, mmap.mmap | None]] = {}
-        self._declared: dict[str, tuple[int, tuple[int, ...]]] = {}
-        self._nbytes: dict[str, int] = {}
+        self._nbytes: dict[str, int] = {}  # per tensor, once its declaration passed the native check
         if max_decoded_bytes is not None and (isinstance(max_decoded_bytes, bool)
                                               or not isinstance(max_decoded_bytes, int) or max_decoded_bytes < 0):
             raise OptionError(f"max_decoded_bytes must be an integer ≥ 0 (0 = no limit), got {max_decoded_bytes!r}")
@@ -157,15 +156,14 @@ class CompressedModel:
     def declared(self, entry: DecodeEntry) -> tuple[int, tuple[int, ...]]:
         """The (dtype, shape) the node declares for `entry`, checked natively
         (the custom op's check: a PayloadError when invalid)."""
-        if entry.name not in self._declared:
-            declared = (entry.decode.dtype, entry.decode.dims)
-            self._nbytes[entry.name] = native.check_declared(*declared, what=self.where(entry))
-            self._declared[entry.name] = declared
-        return self._declared[entry.name]
+        self.nbytes(entry)
+        return entry.decode.dtype, entry.decode.dims
 
     def nbytes(self, entry: DecodeEntry) -> int:
         """The bytes `entry` decodes to, as declared."""
-        self.declared(entry)
+        if entry.name not in self._nbytes:
+            self._nbytes[entry.name] = native.check_declared(entry.decode.dtype, entry.decode.dims,
+                                                             what=self.where(entry))
         return self._nbytes[entry.name]
 
     def _within_budget(self, total: int, what: str) -> None:
@@ -240,12 +238,9 @@ class CompressedModel:
         return restore_weights(self.model, [e.decode for e in self.entries], replace, hoist)
 
 
-def _declared(entry: DecodeEntry, array: np.ndarray, dtype: int) -> onnx.TensorProto:
-    return onnx.TensorProto(name=entry.name, data_type=dtype, dims=list(array.shape))
-
-
-def _dtype_of(array: np.ndarray) -> int:
-    return {np.dtype(np.float32): FLOAT, np.dtype(np.float16): FLOAT16, np.dtype(np.uint16): BFLOAT16}[array.dtype]
+def _empty_tensor(entry: DecodeEntry) -> onnx.TensorProto:
+    """The initializer that replaces `entry`'s Decode node, without its bytes yet."""
+    return onnx.TensorProto(name=entry.name, data_type=entry.decode.dtype, dims=list(entry.decode.dims))
 
 
 def InferenceSession(path: str | os.PathLike, sess_options: Any = None, providers: Any = None,
@@ -270,24 +265,18 @@ def InferenceSession(path: str | os.PathLike, sess_options: Any = None, provider
     """
     import onnxruntime as ort
 
-    if low_memory is None:
-        probe = CompressedModel(path, max_decoded_bytes)
-        try:
-            low_memory = probe.check_budget() > LOW_MEMORY_BYTES
-        finally:
-            probe.close()
-    if low_memory:
-        with tempfile.TemporaryDirectory(prefix="onnx_l2c-", dir=temp_dir,
-                                         ignore_cleanup_errors=True) as folder:
-            plain = decompress(path, Path(folder) / "model.onnx", external_data=True,
-                               max_decoded_bytes=max_decoded_bytes)
-            so = sess_options if sess_options is not None else ort.SessionOptions()
-            return ort.InferenceSession(str(plain), so, providers=providers, provider_options=provider_options,
-                                        **kwargs)
-
     compressed = CompressedModel(path, max_decoded_bytes)
     try:
-        arrays = dict((e.name, a) for e, a in compressed.iter_decoded())  # payload pages released as it goes
+        so = sess_options if sess_options is not None else ort.SessionOptions()
+        if low_memory is None:
+            low_memory = compressed.check_budget() > LOW_MEMORY_BYTES
+        if low_memory:
+            with tempfile.TemporaryDirectory(prefix="onnx_l2c-", dir=temp_dir,
+                                             ignore_cleanup_errors=True) as folder:
+                plain = _write_plain(compressed, Path(folder) / "model.onnx", external_data=True)
+                return ort.InferenceSession(str(plain), so, providers=providers, provider_options=provider_options,
+                                            **kwargs)
+        arrays = compressed.decode_all()  # payload pages released as it goes
         # onnxruntime drops initializers no node reads before it applies external
         # ones (and then fails to find them), and applies them only in the main
         # graph: those few, and subgraph outputs (not hoisted), travel inline.
@@ -297,7 +286,7 @@ def InferenceSession(path: str | os.PathLike, sess_options: Any = None, provider
         offset = 0
         for entry in compressed.entries:
             array = arrays[entry.name]
-            tensor = _declared(entry, array, _dtype_of(array))
+            tensor = _empty_tensor(entry)
             if entry.name not in used or not hoistable(entry.decode):  # kept in its subgraph: inline
                 tensor.raw_data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
             else:
@@ -308,7 +297,6 @@ def InferenceSession(path: str | os.PathLike, sess_options: Any = None, provider
                 external.append(entry.name)
             declared[entry.name] = tensor
         model = compressed.strip(declared, hoist=True)
-        so = sess_options if sess_options is not None else ort.SessionOptions()
         if external:
             values = [ort.OrtValue.ortvalue_from_numpy_with_onnx_type(arrays[n], BFLOAT16)
                       if arrays[n].dtype == np.uint16 else ort.OrtValue.ortvalue_from_numpy(arrays[n])
@@ -329,40 +317,43 @@ def decompress(path: str | os.PathLike, output: str | os.PathLike, *,
     model would pass protobuf's 2 GB limit. `max_decoded_bytes`: as for
     `InferenceSession`.
     """
-    output = Path(output)
     compressed = CompressedModel(path, max_decoded_bytes)
     try:
-        total = compressed.model.ByteSize() + compressed.check_budget()
-        use_external = external_data if external_data is not None else total > _PROTO_LIMIT
-        with AtomicOutputs() as outputs:
-            # The output graph first, its restored initializers empty; each is
-            # filled in place as its tensor decodes (a few in flight), so the
-            # weights are never held twice (with external data, never at all).
-            empty = {e.name: onnx.TensorProto(name=e.name, data_type=e.decode.dtype, dims=list(e.decode.dims))
-                     for e in compressed.entries}
-            model = compressed.strip(empty)
-            restored = {t.name: t for ref in iter_graphs(model.graph) for t in ref.graph.initializer
-                        if t.name in empty}
-            data_file = output.with_name(output.name + ".data")
-            fh = open(outputs.temp_for(data_file), "wb") if use_external else None
-            try:
-                writer = AlignedWriter(fh) if fh else None
-                for entry, array in compressed.iter_decoded():
-                    tensor = restored[entry.name]
-                    little = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False)
-                    if writer is not None:  # written from the array's own memory
-                        offset, length = writer.add(memoryview(little).cast("B"))
-                        set_external(tensor, data_file.name, offset, length)
-                    else:
-                        tensor.raw_data = little.tobytes()
-                    del array, little
-            finally:
-                if fh:
-                    fh.close()
-            outputs.temp_for(output).write_bytes(model.SerializeToString())
-            outputs.commit()
+        return _write_plain(compressed, Path(output), external_data)
     finally:
         compressed.close()
+
+
+def _write_plain(compressed: CompressedModel, output: Path, external_data: bool | None) -> Path:
+    """decompress's writer, on an open model (InferenceSession's low_memory path too)."""
+    total = compressed.model.ByteSize() + compressed.check_budget()
+    use_external = external_data if external_data is not None else total > _PROTO_LIMIT
+    with AtomicOutputs() as outputs:
+        # The output graph first, its restored initializers empty; each is
+        # filled in place as its tensor decodes (a few in flight), so the
+        # weights are never held twice (with external data, never at all).
+        empty = {e.name: _empty_tensor(e) for e in compressed.entries}
+        model = compressed.strip(empty)
+        restored = {t.name: t for ref in iter_graphs(model.graph) for t in ref.graph.initializer
+                    if t.name in empty}
+        data_file = output.with_name(output.name + ".data")
+        fh = open(outputs.temp_for(data_file), "wb") if use_external else None
+        try:
+            writer = AlignedWriter(fh) if fh else None
+            for entry, array in compressed.iter_decoded():
+                tensor = restored[entry.name]
+                little = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False)
+                if writer is not None:  # written from the array's own memory
+                    offset, length = writer.add(memoryview(little).cast("B"))
+                    set_external(tensor, data_file.name, offset, length)
+                else:
+                    tensor.raw_data = little.tobytes()
+                del array, little
+        finally:
+            if fh:
+                fh.close()
+        outputs.temp_for(output).write_bytes(model.SerializeToString())
+        outputs.commit()
     return output
 
 
