@@ -21,8 +21,39 @@ BLOCK = 128
 QMAX = 32767  # the entropy stage codes at most 65536 distinct symbols
 
 
+CHUNK = 1 << 20  # elements per slice of the elementwise passes over a large tensor
+
+
+def leading_slices(shape: tuple[int, ...], chunk: int = CHUNK) -> list[tuple[slice, ...]]:
+    """Index tuples that cut an array of `shape` into pieces of about `chunk`
+    elements along its first axis longer than 1 (the axes before it have one
+    element), so the pieces, in order, are the array in C order."""
+    axis = next((a for a, n in enumerate(shape) if n > 1), None)
+    if axis is None:
+        return [tuple(slice(None) for _ in shape)]
+    inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    step = max(1, chunk // max(inner, 1))
+    head = (slice(None),) * axis
+    return [head + (slice(a, a + step),) for a in range(0, shape[axis], step)]
+
+
 def quantize_nearest(w: np.ndarray, step: np.ndarray, dead_zone: float) -> np.ndarray:
-    """Round-to-nearest with a dead zone: |w|/s < 0.5 + dead_zone → 0."""
+    """Round-to-nearest with a dead zone: |w|/s < 0.5 + dead_zone → 0.
+
+    Large tensors go in slices (the same values: each element is computed
+    alone), so the float64 temporaries stay a few MB instead of several
+    copies of the tensor."""
+    step = np.asarray(step)
+    if w.size <= CHUNK or np.broadcast_shapes(w.shape, step.shape) != w.shape:
+        return _quantize_nearest(w, step, dead_zone)
+    steps = np.broadcast_to(step, w.shape)
+    q = np.empty(w.shape, np.int32)
+    for index in leading_slices(w.shape):
+        q[index] = _quantize_nearest(w[index], steps[index], dead_zone)
+    return q
+
+
+def _quantize_nearest(w: np.ndarray, step: np.ndarray, dead_zone: float) -> np.ndarray:
     a = np.abs(w) / step
     q = np.where(a < 0.5 + dead_zone, 0.0, np.floor(a + 0.5))
     return (np.sign(w) * np.minimum(q, QMAX)).astype(np.int32)

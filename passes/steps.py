@@ -16,7 +16,7 @@ serialized payloads, not estimates.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 
@@ -98,12 +98,29 @@ def shrink(v: np.ndarray, q: np.ndarray, step: np.ndarray) -> float:
 
     `step` is per channel (C,) or broadcastable to v's (outer, C, inner) shape."""
     nz = q != 0
-    if not nz.any():
+    count = int(np.count_nonzero(nz))
+    if not count:
         return 0.0
     s3 = step[None, :, None] if step.ndim == 1 else step
-    s = np.broadcast_to(s3.astype(np.float64), q.shape)[nz]
-    num = (s * s * (np.abs(q[nz]) - np.abs(v[nz]) / s)).sum()
-    return float(np.float32(np.clip(num / (s * s).sum(), 0.0, MAX_THETA)))
+    sb = np.broadcast_to(s3.astype(np.float64), q.shape)
+    # The per-element terms are computed in slices (the nonzeros in the same
+    # order as q[nz]) into one buffer, and each sum is one pairwise sum over
+    # it: the same value as the whole-array expression, with one float64
+    # array of the nonzeros instead of six.
+    terms = np.empty(count)
+
+    def fill(term: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> float:
+        pos = 0
+        for index in gptq.leading_slices(q.shape):
+            m = nz[index]
+            s = sb[index][m]
+            terms[pos:pos + s.size] = term(s, q[index][m], v[index][m])
+            pos += s.size
+        return float(terms.sum())
+
+    num = fill(lambda s, qn, vn: s * s * (np.abs(qn) - np.abs(vn) / s))
+    den = fill(lambda s, qn, vn: s * s)
+    return float(np.float32(np.clip(num / den, 0.0, MAX_THETA)))
 
 
 def quantize(tensor: TensorInput, params: QuantParams, stats: LayerStats | None, held_out: bool = False) -> Quantized:

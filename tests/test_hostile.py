@@ -336,3 +336,66 @@ def test_the_fuzzers_regression_seeds_are_refused():
             continue
         with pytest.raises((onnx_l2c.PayloadError, onnx_l2c.LimitError)):
             native.payload_info(data, seed.name, 256 << 20)
+
+
+def test_the_custom_ops_budget_covers_every_payload_it_holds(tmp_path):
+    """Three ~100-byte payloads declaring 128 MiB each: every one is within the
+    per-payload rule (the 256 MiB floor), but together they are above the
+    budget of their stored bytes. The custom op counts what all its live
+    kernels hold and refuses the third before allocating it; closing a
+    session gives its share back."""
+    dims = (1 << 12, 1 << 13)  # 128 MiB of float32
+    payload = _huge_constant(dims)
+    folder = tmp_path / "three"
+    folder.mkdir()
+    sidecar = "m.onnx.l2c"
+    (folder / sidecar).write_bytes(payload * 3)
+    from onnx_l2c.graph.edit import set_external
+
+    inits, nodes, prev = [], [], "x"
+    for i in range(3):
+        p = TensorProto(name=f"W{i}@{sidecar}", data_type=TensorProto.UINT8, dims=[len(payload)])
+        set_external(p, sidecar, i * len(payload), len(payload))
+        inits.append(p)
+        nodes.append(helper.make_node(OP_TYPE, [p.name], [f"W{i}"], domain=DOMAIN, dtype=FLOAT, shape=list(dims),
+                                      tensor=f"W{i}", sidecar=sidecar))
+        nodes.append(helper.make_node("Mul", [prev, f"W{i}"], [f"y{i}"]))
+        prev = f"y{i}"
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(dims))],
+                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, list(dims))], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
+    onnx.save(model, str(folder / "m.onnx"))
+    one = _decode_model(tmp_path / "one", payload, dims)
+    proc = run_isolated(f"""
+        import json
+        import onnxruntime as ort
+        import onnx_l2c
+        def peak_mb():
+            return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024
+        so = ort.SessionOptions()
+        so.register_custom_ops_library(onnx_l2c.custom_op_library())
+        out = {{}}
+        try:
+            ort.InferenceSession({str(folder / "m.onnx")!r}, so)
+            out["three"] = "LOADED"
+        except Exception as exc:
+            out["three"] = str(exc)
+        out["three_peak_mb"] = peak_mb()
+        sessions = [ort.InferenceSession({str(one)!r}, so) for _ in range(2)]  # 256 MiB: the floor
+        try:
+            ort.InferenceSession({str(one)!r}, so)
+            out["third_one"] = "LOADED"
+        except Exception as exc:
+            out["third_one"] = str(exc)
+        del sessions
+        ort.InferenceSession({str(one)!r}, so)  # the closed sessions gave their share back
+        out["after_close"] = "LOADED"
+        print(json.dumps(out))
+    """, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "the Decode nodes of this process would hold 402653184 decoded bytes" in out["three"], out
+    assert any(f"'W{i}'" in out["three"] for i in range(3)) and "ONNX_L2C_MAX_DECODED_BYTES" in out["three"], out
+    assert out["three_peak_mb"] < 400, out  # two of the three allocated, not the third
+    assert "would hold 402653184 decoded bytes" in out["third_one"], out
+    assert out["after_close"] == "LOADED"

@@ -209,6 +209,11 @@ def make_session(scratch: ScratchModel, threads: int = 0) -> Any:
     # Basic optimizations keep the intermediate tensors we expose (no fusion
     # removes a Conv's input).
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    # No CPU arena: the arena keeps the largest batch's exposed activations
+    # (hundreds of MB) for the session's life; without it they are freed
+    # when the run's outputs are, and the planner's peak is the batch, not
+    # the batch plus everything measured after it.
+    so.enable_cpu_mem_arena = False
     try:
         return ort.InferenceSession(scratch.data, so, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own unrelated exception types

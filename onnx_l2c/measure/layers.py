@@ -99,6 +99,15 @@ class LayerStats:
         """Drop the cached work of this layer (and of its halves)."""
         self.cache.clear()
 
+    def release_fit(self) -> None:
+        """Drop what only fitting reads (H, its halves and their cached work),
+        keeping the mean (bias correction) and the vector count: the planner's
+        last use of an uncentered layer whose methods fit on its centered twin."""
+        self.hessian = None
+        self.halves = None
+        self.halves_mean = None
+        self.forget()
+
     def centered(self) -> "LayerStats":
         """Statistics of the error that remains after bias correction: the
         mean output shift ΔW·E[x] is folded into the bias, so H becomes the

@@ -177,31 +177,45 @@ def _add(acc: _Accumulator, part: np.ndarray, count: int) -> None:
 
 
 def _finish(acc: _Accumulator) -> LayerStats | None:
+    """The layer's statistics from its running sums. The sums are consumed:
+    each half's total becomes that half's mean in place, so finishing a layer
+    needs one more H (the full mean) and one permutation copy at a time."""
     stats, view = acc.stats, acc.stats.view
     parts = [(t, c) for t, c in zip(acc.totals, acc.counts) if t is not None and c > 0]
+    sums = [(t, c) for t, c in zip(acc.sums, acc.counts) if t is not None and c > 0]
+    acc.totals, acc.sums = [None, None], [None, None]
     if not parts:
         return None
-    mean = sum(t for t, _ in parts) / sum(c for _, c in parts)
     stats.vectors = sum(c for _, c in parts)
+    total = parts[0][0] + parts[1][0] if len(parts) == 2 else parts[0][0].copy()
     if view.kind == "gather":
-        stats.row_weight = smoothed_row_weight(sum(t for t, _ in parts))
-    elif view.kind == "conv_transpose" or view.cols > MAX_FULL_DIM:
-        stats.diagonal = mean
+        stats.row_weight = smoothed_row_weight(total)
+        return stats
+    total /= stats.vectors
+    if view.kind == "conv_transpose" or view.cols > MAX_FULL_DIM:
+        stats.diagonal = total
     else:
-        stats.hessian = mean
-        sums = [(t, c) for t, c in zip(acc.sums, acc.counts) if t is not None and c > 0]
+        stats.hessian = total
         if len(sums) == len(parts):
-            stats.mean = sum(t for t, _ in sums) / sum(c for _, c in sums)
+            mean = sums[0][0] + sums[1][0] if len(sums) == 2 else sums[0][0].copy()
+            mean /= stats.vectors
+            stats.mean = mean
         if len(parts) == 2:
-            stats.halves = (parts[0][0] / parts[0][1], parts[1][0] / parts[1][1])
+            for t, c in parts:
+                t /= c
+            stats.halves = (parts[0][0], parts[1][0])
             if len(sums) == 2:
-                stats.halves_mean = (sums[0][0] / sums[0][1], sums[1][0] / sums[1][1])
+                for t, c in sums:
+                    t /= c
+                stats.halves_mean = (sums[0][0], sums[1][0])
+    del parts, sums
     if view.kind == "conv":
         perm = conv_column_order(view)
+        square = (slice(None), perm[:, None], perm[None, :])  # H[:, perm][:, :, perm] in one copy
         if stats.hessian is not None:
-            stats.hessian = np.ascontiguousarray(stats.hessian[:, perm][:, :, perm])
+            stats.hessian = stats.hessian[square]
         if stats.halves is not None:
-            stats.halves = tuple(np.ascontiguousarray(h[:, perm][:, :, perm]) for h in stats.halves)
+            stats.halves = (stats.halves[0][square], stats.halves[1][square])
         if stats.diagonal is not None:
             stats.diagonal = np.ascontiguousarray(stats.diagonal[:, perm])
         if stats.mean is not None:
@@ -249,6 +263,7 @@ def collect_statistics(model: onnx.ModelProto, base_dir: Path, weights: list[Wei
             for feeds, _ in batches(part, inputs, max_batch):
                 _run_and_accumulate(session, feeds, out_names, accs, sources)
         n_samples = len(samples)
+        del session  # its buffers before the statistics are finished
     result: dict[str, LayerStats] = {}
     for group in accs.values():
         for acc in group:

@@ -28,10 +28,11 @@ from onnx_l2c.measure.calibration import graph_inputs, iter_samples
 from onnx_l2c.measure.sensitivity import NOISE_REL, Sensitivity, measure_sensitivity, unit_error
 from onnx_l2c.measure.layers import LayerStats, LayerView, layer_view
 from onnx_l2c.measure.statistics import collect_statistics
-from onnx_l2c.passes import Knob, Lossless, Method, Params, Quantized, TensorContext, TensorInput, method_of, registry
+from onnx_l2c.passes import Knob, Lossless, Method, Params, TensorContext, TensorInput, method_of, registry
 from onnx_l2c.plan import allocate
 from onnx_l2c.plan.allocate import Allocation, Option, TensorChoices
 from onnx_l2c.plan.bias import find_biases
+from onnx_l2c.plan.sample import SAMPLED_ELEMENTS, ChannelSample, channel_sample
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class PlanContext:
     max_abs: float = 0.0  # largest |w| of the network: the top of weight fixing's shared codebook
     options: CompressOptions = field(default_factory=CompressOptions)
     methods: tuple[Method, ...] = ()  # the selected methods that run (in candidate order)
+    channel_samples: dict[str, ChannelSample] = field(default_factory=dict)  # the largest tensors, planned on a sample
 
     def tensor_input(self, name: str) -> TensorInput:
         return tensor_input(self.weights[name], self.base_dir)
@@ -105,15 +107,22 @@ class PlanContext:
     def tensor_context(self, name: str) -> TensorContext:
         return TensorContext(self.fit_stats.get(name), self.views.get(name), self.options, self.max_abs)
 
-    def quantize(self, name: str, params: Params) -> Quantized:
-        """One candidate of one tensor (the same code the final encode runs)."""
-        tensor = self.tensor_input(name)
-        ctx = self.tensor_context(name)
+    def trial(self, name: str, params: Params, grid: int | None = None) -> Option:
+        """One candidate of one tensor as the allocation sees it: coded by the
+        same code the final encode runs, on the tensor or, for the largest,
+        on its channel sample with the size and error scaled up."""
+        sample = self.channel_samples.get(name)
+        if sample is None:
+            tensor, ctx = self.tensor_input(name), self.tensor_context(name)
+        else:
+            tensor, ctx = sample.tensor, sample.context(self.options, self.max_abs)
         try:
-            return method_of(params).quantize(tensor, params, ctx)
+            q = method_of(params).quantize(tensor, params, ctx)
         finally:
             if ctx.stats is not None:
                 ctx.stats.forget()
+        option = Option(len(q.payload), q.error, params, q.sparsity, grid)
+        return sample.scaled(option) if sample is not None else option
 
     def encoding(self, name: str, option: Option) -> Encoding:
         """How the writer encodes `name` for the chosen option."""
@@ -192,10 +201,9 @@ class PlanContext:
         # none along a knob whose finest fitting value is already 0
         for _ in range(knob.steps if lo > 0 else 0):
             mid = 0.5 * (lo + hi) if knob.linear else float(np.sqrt(lo * hi))
-            params = dataclasses.replace(p, **{key: mid})
-            q = self.quantize(name, params)
-            if len(q.payload) <= room:
-                lo, best = mid, Option(len(q.payload), q.error, params, q.sparsity, chosen.grid)
+            trial = self.trial(name, dataclasses.replace(p, **{key: mid}), chosen.grid)
+            if trial.bytes <= room:
+                lo, best = mid, trial
             else:
                 hi = mid
         return best
@@ -211,9 +219,7 @@ class PlanContext:
             trial = dict(alloc.chosen)
             for name in names:
                 o = trial[name]
-                params = dataclasses.replace(o.params, alpha=o.params.alpha * mid)
-                q = self.quantize(name, params)
-                trial[name] = Option(len(q.payload), q.error, params, q.sparsity, o.grid)
+                trial[name] = self.trial(name, dataclasses.replace(o.params, alpha=o.params.alpha * mid), o.grid)
             if sum(o.bytes for o in trial.values()) <= available:
                 lo, best = mid, trial
             else:
@@ -260,8 +266,15 @@ def selected_methods(opts: CompressOptions, data_free: bool) -> tuple[Method, ..
 
 
 def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRef], opts: CompressOptions,
-                  workers: int, progress: Any = None, measured: PlanContext | None = None) -> PlanContext:
-    """Measure (or reuse `measured`'s statistics and sensitivities) and fit candidates."""
+                  workers: int, progress: Any = None, measured: PlanContext | None = None,
+                  reusable: bool = True) -> PlanContext:
+    """Measure (or reuse `measured`'s statistics and sensitivities) and fit candidates.
+
+    With `reusable=False` the measurements serve only this context: the
+    uncentered H and per-half H of bias-corrected layers (whose methods fit
+    on the centered ones) are dropped as soon as those exist, which halves
+    the statistics' memory (another method set, through `measured`, could
+    still need them)."""
     chosen = [m for name, m in registry().items() if name in opts.methods]
     # per-tensor choices unless every selected method shares one step grid position
     ctx = PlanContext(weights={w.name: w for w in weights}, base_dir=base_dir, options=opts,
@@ -290,11 +303,17 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
     ctx.methods = selected_methods(opts, ctx.data_free)
 
     ctx.views = {w.name: layer_view(w) for w in weights}
+    # What the scales below read of the uncentered statistics, before those
+    # of bias-corrected layers may be released.
+    units = {w.name: unit_error(w, ctx.stats.get(w.name)) for w in weights}
+    kinds = {w.name: _statistics_kind(ctx.stats.get(w.name)) for w in weights}
     ctx.fit_stats = dict(ctx.stats)
     if ctx.stats and any(m.corrects_bias for m in ctx.methods):
         ctx.bias_of = find_biases(model, weights, ctx.stats)
         for name in ctx.bias_of:
             ctx.fit_stats[name] = ctx.stats[name].centered()
+            if not reusable:
+                ctx.stats[name].release_fit()
     biases = set(ctx.bias_of.values())
 
     norms = {w.name: _norms(w, base_dir) for w in weights}  # one read of each weight: (mean w², max |w|)
@@ -305,7 +324,13 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
         tensor = tensor_input(w, base_dir)
         if w.name in biases:  # corrected after quantization: kept exact
             return w, [lossless_option(tensor)]
-        return w, tensor_options(tensor, ctx.tensor_context(w.name), ctx.methods)
+        sample = channel_sample(tensor, ctx.views.get(w.name), ctx.fit_stats.get(w.name))
+        if sample is None:
+            return w, tensor_options(tensor, ctx.tensor_context(w.name), ctx.methods)
+        del tensor
+        ctx.channel_samples[w.name] = sample
+        options = tensor_options(sample.tensor, sample.context(opts, ctx.max_abs), ctx.methods)
+        return w, [sample.scaled(o) for o in options]
 
     results: list[tuple[WeightRef, list[Option]]] = []
     with ThreadPoolExecutor(workers) as pool:
@@ -319,7 +344,7 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
     # Tensors without a measurement (in subgraphs, bfloat16) get the median
     # divergence per unit of *relative* noise of the measured ones.
     rms2 = {name: ms for name, (ms, _) in norms.items()}
-    rel = [measured[w.name] * rms2[w.name] * unit_error(w, ctx.stats.get(w.name))
+    rel = [measured[w.name] * rms2[w.name] * units[w.name]
            for w, _ in results if w.name in measured]
     fallback_rel = float(np.median(rel)) if rel else 1.0
     # Tensors whose noise did not move the outputs on the calibration samples
@@ -328,17 +353,19 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
     no_effect = ctx.sensitivity.no_effect if ctx.sensitivity is not None else set()
     least_rel = float(np.min(rel)) if rel else 1.0
     for w, options in results:
-        stats = ctx.stats.get(w.name)
         if w.name in measured:
             scale, is_measured = measured[w.name], True
         else:
             base_rel = least_rel if w.name in no_effect else fallback_rel
-            scale = base_rel / max(rms2[w.name] * unit_error(w, stats), 1e-300)
+            scale = base_rel / max(rms2[w.name] * units[w.name], 1e-300)
             is_measured = False
-        kind = ("none" if stats is None else "full" if stats.hessian is not None
-                else "diagonal" if stats.diagonal is not None else "rows")
+        kind = kinds[w.name]
         ctx.tensors[w.name] = TensorPlan(w.name, w.shape, w.numel, scale, is_measured, kind,
                                          TensorChoices(w.name, scale, options))
+    if ctx.channel_samples:
+        ctx.notes.append(f"{len(ctx.channel_samples)} tensors of more than {SAMPLED_ELEMENTS} weights were planned on a "
+                         "sample of their output channels (sizes and errors scaled up; the write codes them whole): "
+                         + ", ".join(sorted(ctx.channel_samples)[:8]) + ("…" if len(ctx.channel_samples) > 8 else ""))
     unmeasured = len(results) - len(rel) - len(no_effect)
     if not ctx.data_free and unmeasured > 0:
         ctx.notes.append(f"{unmeasured} tensors without a measured sensitivity use the median of the measured ones")
@@ -350,6 +377,13 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
     ctx.fixed_bytes = _graph_estimate(model, weights) + PAYLOAD_OVERHEAD * len(weights)
     return ctx
 
+
+
+def _statistics_kind(stats: LayerStats | None) -> str:
+    """What the statistics of a layer hold, for the report."""
+    if stats is None:
+        return "none"
+    return "full" if stats.hessian is not None else "diagonal" if stats.diagonal is not None else "rows"
 
 
 def _norms(w: WeightRef, base_dir: Path) -> tuple[float, float]:

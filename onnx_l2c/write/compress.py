@@ -133,7 +133,7 @@ def compress(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     opts = CompressOptions.from_kwargs(**options)
     output = Path(output)
     if opts.has_target:
-        planner = Planner(model, base_dir=base_dir, progress=progress, _options=opts)
+        planner = Planner(model, base_dir=base_dir, progress=progress, _options=opts, _single_use=True)
         return planner.compress(output, target_ratio=opts.target_ratio, target_size=opts.target_size,
                                 search=opts.search.value, report=opts.report, _start=start)
     source = _load_source(model, base_dir)
@@ -162,7 +162,7 @@ class Planner:
 
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, *, base_dir: str | os.PathLike | None = None,
                  progress: Progress | None = None, _options: CompressOptions | None = None,
-                 _reuse: "Planner | None" = None, **options: Any) -> None:
+                 _reuse: "Planner | None" = None, _single_use: bool = False, **options: Any) -> None:
         from onnx_l2c.plan import context as planning
 
         self.options = _options if _options is not None else CompressOptions.from_kwargs(**options)
@@ -172,11 +172,16 @@ class Planner:
         analysis = find_weights(self.source.proto, self.options.min_elements)
         self.context = planning.build_context(self.source.proto, self.source.src_dir, analysis.weights,
                                               self.options, self.workers,
-                                              measured=_reuse.context if _reuse is not None else None)
+                                              measured=_reuse.context if _reuse is not None else None,
+                                              reusable=not _single_use)
+        self.reusable = not _single_use
 
     def with_methods(self, methods: str | tuple[str, ...]) -> "Planner":
         """Another planner for the same model and calibration measurements,
         with other methods (only the candidates are fitted again)."""
+        if not self.reusable:
+            raise OptionError("this planner was built for one compress call (its measurements are trimmed); "
+                              "build a Planner to reuse them with other methods")
         opts = CompressOptions.from_kwargs(**(self.options.as_options() | {"methods": methods}))
         return Planner(None, progress=self.progress, _options=opts, _reuse=self)  # type: ignore[arg-type]
 

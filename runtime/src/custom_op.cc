@@ -18,12 +18,21 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <string>
 #include <vector>
 
 #include "onnxruntime_c_api.h"
 #include "payload.h"
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#if !defined(MADV_PAGEOUT)
+#define MADV_PAGEOUT 21  // Linux 5.4; older glibc headers lack the name
+#endif
+#endif
 
 namespace {
 
@@ -96,12 +105,32 @@ ONNXTensorElementDataType ort_type(int dtype) {
   }
 }
 
+// What every live Decode kernel of the process holds: decoded bytes and the
+// stored bytes they came from. The decode budget is checked against these
+// totals, not each payload alone: a model of many tiny payloads, each within
+// the rule, would otherwise add up to any size. (The op cannot see which
+// session a kernel belongs to; every model loaded at once shares the budget,
+// which scales with their stored bytes.)
+std::mutex g_held_mutex;
+uint64_t g_held_decoded = 0;
+uint64_t g_held_stored = 0;
+
+uint64_t saturating_add(uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; }
+
 struct Kernel {
   std::string context;  // "onnx_l2c Decode: tensor 'x' (sidecar 'y')" for messages
   int dtype = 0;
   std::vector<int64_t> dims;
   std::unique_ptr<uint8_t[]> data;  // not zero-filled: execute() writes every byte
   size_t size = 0;
+  uint64_t held_decoded = 0;  // this kernel's share of g_held_*, given back when it is destroyed
+  uint64_t held_stored = 0;
+
+  ~Kernel() {
+    std::lock_guard<std::mutex> lock(g_held_mutex);
+    g_held_decoded -= held_decoded;
+    g_held_stored -= held_stored;
+  }
 
   OrtStatus* error(OrtErrorCode code, const std::string& msg) const {
     return g_api->CreateStatus(code, (context + ": " + msg).c_str());
@@ -137,6 +166,29 @@ OrtStatus* payload_view(const Kernel& k, const OrtValue* v, const uint8_t** data
   return nullptr;
 }
 
+// Hands the pages of a decoded payload back to the system. onnxruntime
+// memory-maps external data and keeps every payload initializer for the
+// session's life, so without this the mapped pages of all payloads stay
+// resident after their one read here (0.8x the weights' size for lossless
+// payloads). MADV_PAGEOUT only reclaims: clean file pages are dropped and
+// read again if touched; anonymous memory (a payload onnxruntime copied)
+// keeps its contents, since nothing is written or discarded. Elsewhere, or
+// on kernels before 5.4 (EINVAL), it does nothing.
+void release_pages(const uint8_t* data, size_t size) {
+#if defined(__linux__)
+  const long page = sysconf(_SC_PAGESIZE);
+  if (page <= 0 || size == 0) return;
+  const uintptr_t p = reinterpret_cast<uintptr_t>(data);
+  const uintptr_t mask = static_cast<uintptr_t>(page) - 1;
+  const uintptr_t begin = (p + mask) & ~mask;  // whole pages inside the payload only
+  const uintptr_t end = (p + size) & ~mask;
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_PAGEOUT);
+#else
+  (void)data;
+  (void)size;
+#endif
+}
+
 // Allocates output 0 with `dims`, checks that the graph gave it the element
 // type of `dtype`, and returns its data pointer (null for empty tensors).
 OrtStatus* typed_output(const Kernel& k, OrtKernelContext* ctx, int dtype, const int64_t* dims,
@@ -159,9 +211,10 @@ OrtStatus* typed_output(const Kernel& k, OrtKernelContext* ctx, int dtype, const
   return nullptr;
 }
 
-// The decode budget of one payload of `stored` bytes: ONNX_L2C_MAX_DECODED_BYTES
-// (decimal bytes; 0 = no limit) when set, else l2c::default_decode_limit.
-uint64_t decode_limit(size_t stored) {
+// The decode budget for `stored` payload bytes (one payload, or all that the
+// process's kernels hold): ONNX_L2C_MAX_DECODED_BYTES (decimal bytes; 0 = no
+// limit) when set, else l2c::default_decode_limit.
+uint64_t decode_limit(uint64_t stored) {
   const char* env = std::getenv("ONNX_L2C_MAX_DECODED_BYTES");
   if (env && *env) {
     char* end = nullptr;
@@ -169,6 +222,26 @@ uint64_t decode_limit(size_t stored) {
     if (end && *end == '\0') return v;
   }
   return l2c::default_decode_limit(stored);
+}
+
+// Counts `decoded` bytes from `stored` payload bytes against the process's
+// budget (decode_limit of all live kernels' stored bytes), or refuses them.
+OrtStatus* reserve(Kernel& k, uint64_t decoded, uint64_t stored) {
+  std::lock_guard<std::mutex> lock(g_held_mutex);
+  const uint64_t total = saturating_add(g_held_decoded, decoded);
+  const uint64_t total_stored = saturating_add(g_held_stored, stored);
+  const uint64_t limit = decode_limit(total_stored);
+  if (limit != 0 && total > limit)
+    return k.error(ORT_FAIL, "the Decode nodes of this process would hold " + std::to_string(total) +
+                                 " decoded bytes (this one " + std::to_string(decoded) + ") from " +
+                                 std::to_string(total_stored) + " stored bytes, above the limit of " +
+                                 std::to_string(limit) +
+                                 "; set ONNX_L2C_MAX_DECODED_BYTES (bytes, 0 = no limit) to raise it");
+  g_held_decoded = total;
+  g_held_stored = total_stored;
+  k.held_decoded = decoded;
+  k.held_stored = stored;
+  return nullptr;
 }
 
 // Checks the output type (and static shape, when known) that onnxruntime
@@ -259,12 +332,14 @@ OrtStatusPtr ORT_API_CALL create_kernel(const OrtCustomOp*, const OrtApi*, const
     k->dtype = declared.dtype;
     k->dims = shape;
     if (OrtStatus* st = check_output_type(*k, info)) return st;
+    if (OrtStatus* st = reserve(*k, declared.out_bytes, size)) return st;
     l2c::Plan plan;
     l2c::parse_payload(data, size, &plan, 0, false, &declared);
     if (plan.out_bytes > SIZE_MAX) throw std::bad_alloc();
     k->size = static_cast<size_t>(plan.out_bytes);
     k->data.reset(new uint8_t[k->size ? k->size : 1]);
     l2c::execute(plan, k->data.get());
+    release_pages(data, size);
   } catch (const l2c::Error& e) {
     return k->error(e);
   } catch (const std::bad_alloc&) {
