@@ -167,7 +167,8 @@ def quantize(tensor: TensorInput, params: QuantParams, stats: LayerStats | None,
         stages.append(CastStage(tensor.dtype))
     recipe = Recipe(tensor.dtype, tensor.shape, stages)
     payload = serialize(recipe)
-    delta = tensor.decoded_values(reconstruct(recipe)).astype(np.float64) - values
+    delta = tensor.decoded_values(reconstruct(recipe)).astype(np.float64)
+    delta -= values
     return Quantized(recipe, payload, layer_error(delta, score_stats), float((q == 0).mean()))
 
 

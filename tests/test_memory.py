@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 
@@ -85,24 +84,14 @@ def test_finishing_the_statistics_gives_the_whole_array_values(rng):
         assert np.array_equal(got, want[:, perm])
 
 
-def _biased_linear(rng) -> onnx.ModelProto:
-    """x → Relu → MatMul W → Add b → y: a bias-corrected layer."""
-    w = rng.standard_normal((96, 256)).astype(np.float32) * 0.1
-    b = rng.standard_normal(256).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("MatMul", ["r", "W"], ["h"]),
-         helper.make_node("Add", ["h", "b"], ["y"])], "rl",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 96])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 256])], [tensor("W", w), tensor("b", b)])
-    return _model(graph)
-
-
 def test_a_single_use_planner_trims_its_statistics_and_writes_the_same_bytes(tmp_path: Path, rng):
     """compress() plans once: the uncentered per-half statistics of a
     bias-corrected layer (H and per-half H) are dropped (its methods fit on
     the centered ones), the report still says its statistics were full,
     and the output is byte-identical to a reusable planner's."""
-    path = save(_biased_linear(rng), tmp_path / "rl.onnx")
+    from test_target import _relu_linear
+
+    path = save(_relu_linear(rng), tmp_path / "rl.onnx")
     samples = [{"x": (rng.standard_normal((4, 96)) + 1.0).astype(np.float32)} for _ in range(24)]
     reusable = onnx_l2c.Planner(path, calibration_data=samples)
     single = onnx_l2c.Planner(path, calibration_data=samples, _single_use=True)
@@ -217,3 +206,23 @@ def test_which_tensors_are_sampled(rng):
     assert sample.channel_sample(tensor_of((4096, 4096), 1), None, None) is None  # not above the threshold
     assert sample.channel_sample(tensor_of((4608, 4096), None), None, None) is None  # no channel axis
     assert sample.channel_sample(tensor_of((2, 1 << 24), 0), None, None) is None  # too few channels
+
+
+def test_encodes_in_flight_are_bounded_by_their_memory_not_the_bytes(tmp_path: Path, rng, monkeypatch):
+    """The writer keeps fewer tensors in flight when their encodes would need
+    more than WRITE_MEMORY together (one at a time at the extreme): the same
+    files either way."""
+    from test_target import _deep_mlp
+    from onnx_l2c.write import compress as writing
+
+    path = save(_deep_mlp(rng), tmp_path / "deep.onnx")
+    outputs = {}
+    for label, memory in (("default", writing.WRITE_MEMORY), ("one_at_a_time", 1)):
+        monkeypatch.setattr(writing, "WRITE_MEMORY", memory)
+        for kind, options in (("planned", {"target_ratio": 6}), ("int8", {"preset": "int8"})):
+            out = tmp_path / label / f"{kind}.onnx"
+            out.parent.mkdir(exist_ok=True)
+            result = onnx_l2c.compress(path, out, **options)
+            outputs[label, kind] = result.sidecar.read_bytes()
+    for kind in ("planned", "int8"):
+        assert outputs["default", kind] == outputs["one_at_a_time", kind]

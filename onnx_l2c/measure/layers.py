@@ -126,13 +126,15 @@ class LayerStats:
 
     def weighted_error(self, delta: np.ndarray) -> float:
         """tr(ΔW·H·ΔWᵀ) summed over groups (or the row-weighted squared error)."""
-        m = self.view.to_matrix(delta).astype(np.float64)
+        m = self.view.to_matrix(delta).astype(np.float64)  # a copy of our own: squared in place below
         if self.hessian is not None:
             return float(np.einsum("grc,gcd,grd->", m, self.hessian, m, optimize=True))
+        np.square(m, out=m)
         if self.diagonal is not None:
-            return float(np.einsum("grc,gc->", m * m, self.diagonal))
+            return float(np.einsum("grc,gc->", m, self.diagonal))
         assert self.row_weight is not None
-        return float((self.row_weight[:, None] * m[0] ** 2).sum())
+        m[0] *= self.row_weight[:, None]
+        return float(m[0].sum())
 
     def noise_error(self) -> float:
         """E[weighted_error] of iid unit-variance noise: rows · tr(H) (or Σ row weights · cols)."""

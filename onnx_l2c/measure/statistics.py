@@ -77,13 +77,13 @@ def _conv_patches(x: np.ndarray, view: LayerView, rng: np.random.Generator) -> n
             begin[a], end[a] = (small, big) if auto == "SAME_UPPER" else (big, small)
     elif auto == "VALID":
         begin, end = [0, 0], [0, 0]
-    # Channels-last, so each gathered patch column is one contiguous C-vector.
-    xp = np.pad(x, ((0, 0), (0, 0), (begin[0], end[0]), (begin[1], end[1]))).transpose(0, 2, 3, 1)
-    xp = np.ascontiguousarray(xp, dtype=np.float32)
+    # Channels-last and zero-padded in one copy, so each gathered patch column
+    # is one contiguous C-vector.
+    n, c, height, width = x.shape
+    xp = np.zeros((n, begin[0] + height + end[0], begin[1] + width + end[1], c), dtype=np.float32)
+    xp[:, begin[0]:begin[0] + height, begin[1]:begin[1] + width] = x.transpose(0, 2, 3, 1)
     outs = [(xp.shape[1 + a] - (kernel[a] - 1) * dil[a] - 1) // strides[a] + 1 for a in range(2)]
-    n = x.shape[0]
     total = n * outs[0] * outs[1]
-    c = xp.shape[3]
     kk = kernel[0] * kernel[1]
     d = (c // view.groups) * kk
     # Enough vectors for a d×d estimate (≫ d over all samples), no more.

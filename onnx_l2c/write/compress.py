@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]
 # Re-allocations when the written output misses the budget (the graph's size is estimated).
 WRITE_ATTEMPTS = 3
+WRITE_MEMORY = 1 << 30  # bytes of working memory the encodes in flight may need together (one always runs)
+PLANNED_ENCODE_COPIES = 8  # a planned lossy encode's working memory, in multiples of its tensor's bytes
 BUDGET_TOLERANCE = 0.01  # re-allocate when the output misses the budget by more
 OUT_OF_REACH = 1.03  # an output this far over the budget: the target is out of the methods' reach
 
@@ -279,22 +281,29 @@ def _write(proto: onnx.ModelProto, analysis: Any, src_dir: Path, output: Path, o
         sidecar_tmp = outputs.temp_for(sidecar)
         with open(sidecar_tmp, "wb") as fh, ThreadPoolExecutor(workers) as pool:
             writer = AlignedWriter(fh)
-            window: deque[tuple[WeightRef, Future]] = deque()
+            window: deque[tuple[WeightRef, Future, int]] = deque()
             todo = iter(weights)
+            pending = next(todo, None)
             done = 0
             while True:
-                while len(window) < 2 * workers:
-                    w = next(todo, None)
-                    if w is None:
-                        break
+                # A few tensors in flight, and no more than their working
+                # memory allows: a planned lossy encode holds several float64
+                # copies of its tensor (GPTQ, the error on the statistics), so
+                # tensors of hundreds of MB are encoded one at a time.
+                while pending is not None and len(window) < 2 * workers:
+                    w = pending
                     if planned is not None:
                         encoding = planned.get(w.name, LOSSLESS)
                     else:
                         encoding = preset if preset is not None else LOSSLESS
-                    window.append((w, pool.submit(_encode, w, src_dir, encoding)))
+                    cost = w.nbytes * (PLANNED_ENCODE_COPIES if planned is not None and not encoding.lossless else 1)
+                    if window and sum(c for _, _, c in window) + cost > WRITE_MEMORY:
+                        break
+                    window.append((w, pool.submit(_encode, w, src_dir, encoding), cost))
+                    pending = next(todo, None)
                 if not window:
                     break
-                w, fut = window.popleft()
+                w, fut, _ = window.popleft()
                 try:
                     payload, recipe, report = fut.result()
                 except L2CError:
