@@ -186,3 +186,25 @@ def test_statistics_inside_if_branches(rng):
     for name, h in expected.items():
         np.testing.assert_allclose(stats[name].hessian[0], h, rtol=1e-4, atol=1e-5, err_msg=name)
     assert stats["Wt"].vectors == 16 and stats["We"].vectors == 8
+
+
+def test_a_calibration_folder_is_read_when_used(tmp_path: Path, rng):
+    """The planner's samples from a folder are its files, read as each pass
+    reaches them (the same feeds, in the same order, as iter_samples); other
+    sources are read once into a list; a file without an input names itself."""
+    from onnx_l2c.measure.calibration import SampleFiles, load_samples
+
+    model = mlp(rng)
+    feeds = [{"x": rng.standard_normal((2, 64)).astype(np.float32)} for _ in range(5)]
+    for i, f in enumerate(feeds):
+        np.savez(tmp_path / f"{i:03d}.npz", **f)
+    samples = load_samples(tmp_path, _inputs(model), limit=4)
+    assert isinstance(samples, SampleFiles) and len(samples) == 4
+    expected = [f["x"].tolist() for f in iter_samples(tmp_path, _inputs(model), limit=4)]
+    assert [f["x"].tolist() for f in samples] == expected
+    assert [f["x"].tolist() for f in samples[1:3]] == expected[1:3]
+    assert samples[3]["x"].tolist() == feeds[3]["x"].tolist()
+    assert isinstance(load_samples(iter(feeds), _inputs(model), limit=2), list)
+    np.savez(tmp_path / "004.npz", y=feeds[4]["x"])
+    with pytest.raises(L2CError, match=r"004\.npz: missing graph input\(s\) \['x'\]"):
+        load_samples(tmp_path, _inputs(model))[4]

@@ -8,14 +8,16 @@ Accepted inputs (the shape of onnxruntime's `CalibrationDataReader`):
 * any iterable of `{input_name: ndarray}` dicts, or an object with
   `get_next()` returning such dicts and then None (a `CalibrationDataReader`).
 
-Samples are streamed: at most one batch is held in memory.
+Statistics are streamed over the samples; the planner reads them several
+times (`load_samples`): a folder's files are read when a pass reaches them
+(one batch in memory), other sources are read once into memory.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -77,6 +79,43 @@ def iter_samples(data: CalibrationData, inputs: list[InputSpec], limit: int = DE
         count += 1
     if count == 0:
         raise L2CError(f"calibration data {_describe(data)} holds no samples")
+
+
+class SampleFiles(Sequence[Feeds]):
+    """The samples of a calibration folder, one `.npz` file each, read when a
+    pass over them gets there: the set is never all in memory (128 detector
+    images are about 1 GB)."""
+
+    def __init__(self, files: list[Path], names: list[str]) -> None:
+        self.files = files
+        self.names = names
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return SampleFiles(self.files[index], self.names)
+        path = self.files[index]
+        feeds = _load_npz(path)
+        missing = [n for n in self.names if n not in feeds]
+        if missing:
+            raise L2CError(f"calibration file {path}: missing graph input(s) {missing}; "
+                           f"the model's inputs are {self.names}")
+        return {n: np.asarray(feeds[n]) for n in self.names}
+
+
+def load_samples(data: CalibrationData, inputs: list[InputSpec], limit: int = DEFAULT_SAMPLES) -> Sequence[Feeds]:
+    """Up to `limit` samples that can be read several times: a folder's
+    files when they are used (`SampleFiles`), anything else read once."""
+    if isinstance(data, (str, os.PathLike)) and Path(data).is_dir():
+        files = sorted(Path(data).glob("*.npz"))[:max(limit, 0)]
+        if not files:
+            raise L2CError(f"calibration folder {data} holds no .npz files")
+        samples = SampleFiles(files, [spec.name for spec in inputs])
+        _ = samples[0]  # a readable first sample, or the error now
+        return samples
+    return list(iter_samples(data, inputs, limit))
 
 
 def _describe(data: Any) -> str:

@@ -44,6 +44,12 @@ NOISE_REL = 0.05  # noise std relative to the tensor's rms
 # 4.6 M weights) gets 32 samples, a 22 M-weight transformer ~18.
 PROBE_BUDGET = 16e9
 MIN_SAMPLES, MAX_SAMPLES = 4, 32
+# Samples per perturbation run: up to 16, fewer when their inputs add up to
+# more than this. A detector's activations are tens of times its input, so
+# 16 of its 736×736 images in one run took gigabytes; image classifiers at
+# 224×224 and token inputs still run 16 at a time.
+MAX_BATCH = 16
+BATCH_INPUT_BYTES = 10 << 20
 
 
 @dataclass
@@ -134,7 +140,9 @@ def measure_sensitivity(model: onnx.ModelProto, base_dir: Path, weights: list[We
                 raise L2CError(f"sensitivity: onnxruntime failed: {exc}") from exc
 
         n = probe_samples(len(probe), sum(w.numel for w in weights), len(samples))
-        feeds_list = [f for f, _ in batches(samples[:n], inputs, 16)]
+        first = sum(np.asarray(v).nbytes for v in samples[0].values())
+        max_batch = int(np.clip(BATCH_INPUT_BYTES // max(first, 1), 1, MAX_BATCH))
+        feeds_list = [f for f, _ in batches(samples[:n], inputs, max_batch)]
         reference = run(feeds_list, {})
         kinds = {}
         for k, name in enumerate(out_names):

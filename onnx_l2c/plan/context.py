@@ -24,7 +24,7 @@ import onnx
 from onnx_l2c.codec import Recipe, serialize
 from onnx_l2c.config import CompressOptions
 from onnx_l2c.graph.model import WeightRef, tensor_bits
-from onnx_l2c.measure.calibration import graph_inputs, iter_samples
+from onnx_l2c.measure.calibration import graph_inputs, load_samples
 from onnx_l2c.measure.sensitivity import NOISE_REL, Sensitivity, measure_sensitivity, unit_error
 from onnx_l2c.measure.layers import LayerStats, LayerView, layer_view
 from onnx_l2c.measure.statistics import collect_statistics
@@ -287,7 +287,7 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
         ctx.notes = [n for n in measured.notes if n.startswith("data-free")]
     elif opts.calibration_data is not None:
         inputs = graph_inputs(model)
-        samples = list(iter_samples(opts.calibration_data, inputs, opts.calibration_samples))
+        samples = load_samples(opts.calibration_data, inputs, opts.calibration_samples)
         ctx.calibration_samples = len(samples)
         ctx.stats = collect_statistics(model, base_dir, weights, samples, inputs)
         ctx.seconds["statistics"] = time.perf_counter() - t0
@@ -363,9 +363,10 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
         ctx.tensors[w.name] = TensorPlan(w.name, w.shape, w.numel, scale, is_measured, kind,
                                          TensorChoices(w.name, scale, options))
     if ctx.channel_samples:
-        ctx.notes.append(f"{len(ctx.channel_samples)} tensors of more than {SAMPLED_ELEMENTS} weights were planned on a "
-                         "sample of their output channels (sizes and errors scaled up; the write codes them whole): "
-                         + ", ".join(sorted(ctx.channel_samples)[:8]) + ("…" if len(ctx.channel_samples) > 8 else ""))
+        sampled = sorted(ctx.channel_samples)
+        ctx.notes.append(f"{len(sampled)} tensors of more than {SAMPLED_ELEMENTS} weights were planned on a sample "
+                         "of their output channels (sizes and errors scaled up; the write codes them whole): "
+                         + ", ".join(sampled[:8]) + ("…" if len(sampled) > 8 else ""))
     unmeasured = len(results) - len(rel) - len(no_effect)
     if not ctx.data_free and unmeasured > 0:
         ctx.notes.append(f"{unmeasured} tensors without a measured sensitivity use the median of the measured ones")
