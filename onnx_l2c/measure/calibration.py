@@ -71,11 +71,7 @@ def iter_samples(data: CalibrationData, inputs: list[InputSpec], limit: int = DE
     for feeds in _raw_samples(data, inputs):
         if count >= limit:
             return
-        missing = [n for n in names if n not in feeds]
-        if missing:
-            raise L2CError(f"calibration sample {count}: missing graph input(s) {missing}; "
-                           f"the model's inputs are {names}")
-        yield {n: np.asarray(feeds[n]) for n in names}
+        yield _model_feeds(feeds, names, f"calibration sample {count}")
         count += 1
     if count == 0:
         raise L2CError(f"calibration data {_describe(data)} holds no samples")
@@ -97,25 +93,33 @@ class SampleFiles(Sequence[Feeds]):
         if isinstance(index, slice):
             return SampleFiles(self.files[index], self.names)
         path = self.files[index]
-        feeds = _load_npz(path)
-        missing = [n for n in self.names if n not in feeds]
-        if missing:
-            raise L2CError(f"calibration file {path}: missing graph input(s) {missing}; "
-                           f"the model's inputs are {self.names}")
-        return {n: np.asarray(feeds[n]) for n in self.names}
+        return _model_feeds(_load_npz(path), self.names, f"calibration file {path}")
 
 
 def load_samples(data: CalibrationData, inputs: list[InputSpec], limit: int = DEFAULT_SAMPLES) -> Sequence[Feeds]:
     """Up to `limit` samples that can be read several times: a folder's
     files when they are used (`SampleFiles`), anything else read once."""
     if isinstance(data, (str, os.PathLike)) and Path(data).is_dir():
-        files = sorted(Path(data).glob("*.npz"))[:max(limit, 0)]
-        if not files:
-            raise L2CError(f"calibration folder {data} holds no .npz files")
-        samples = SampleFiles(files, [spec.name for spec in inputs])
+        samples = SampleFiles(_folder_files(Path(data))[:max(limit, 0)], [spec.name for spec in inputs])
         _ = samples[0]  # a readable first sample, or the error now
         return samples
     return list(iter_samples(data, inputs, limit))
+
+
+def _model_feeds(feeds: Feeds, names: list[str], what: str) -> Feeds:
+    """The model's inputs of one sample, or an error naming the sample."""
+    missing = [n for n in names if n not in feeds]
+    if missing:
+        raise L2CError(f"{what}: missing graph input(s) {missing}; the model's inputs are {names}")
+    return {n: np.asarray(feeds[n]) for n in names}
+
+
+def _folder_files(path: Path) -> list[Path]:
+    """A calibration folder's samples, one .npz each, in name order."""
+    files = sorted(path.glob("*.npz"))
+    if not files:
+        raise L2CError(f"calibration folder {path} holds no .npz files")
+    return files
 
 
 def _describe(data: Any) -> str:
@@ -126,10 +130,7 @@ def _raw_samples(data: CalibrationData, inputs: list[InputSpec]) -> Iterator[Fee
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)
         if path.is_dir():
-            files = sorted(path.glob("*.npz"))
-            if not files:
-                raise L2CError(f"calibration folder {path} holds no .npz files")
-            for f in files:
+            for f in _folder_files(path):
                 yield _load_npz(f)
             return
         if path.is_file():

@@ -187,7 +187,7 @@ def _finish(acc: _Accumulator) -> LayerStats | None:
     if not parts:
         return None
     stats.vectors = sum(c for _, c in parts)
-    total = parts[0][0] + parts[1][0] if len(parts) == 2 else parts[0][0].copy()
+    total = parts[0][0] + parts[1][0] if len(parts) == 2 else parts[0][0]  # the sums are ours to consume
     if view.kind == "gather":
         stats.row_weight = smoothed_row_weight(total)
         return stats
@@ -197,7 +197,7 @@ def _finish(acc: _Accumulator) -> LayerStats | None:
     else:
         stats.hessian = total
         if len(sums) == len(parts):
-            mean = sums[0][0] + sums[1][0] if len(sums) == 2 else sums[0][0].copy()
+            mean = sums[0][0] + sums[1][0] if len(sums) == 2 else sums[0][0]
             mean /= stats.vectors
             stats.mean = mean
         if len(parts) == 2:
