@@ -73,17 +73,25 @@ class Quantized:
 
 
 def layer_error(delta: np.ndarray, stats: "LayerStats | None") -> float:
+    """The layer-local error of a weight error; `delta` is consumed (a
+    float64 delta is squared in place where no H is involved)."""
     if stats is not None:
-        return stats.weighted_error(delta)
-    return float((delta.astype(np.float64) ** 2).sum())
+        return stats.weighted_error(delta, consume=True)
+    if delta.dtype != np.float64:
+        delta = delta.astype(np.float64)
+    np.square(delta, out=delta)
+    return float(delta.sum())
 
 
 def coded(tensor: TensorInput, recipe: Recipe, score: "LayerStats | None") -> Quantized:
     """Serialize a recipe and measure its exact reconstruction error on `score`."""
     payload = serialize(recipe)
-    values = tensor.values.astype(np.float64)
-    decoded = tensor.decoded_values(reconstruct(recipe)).astype(np.float64)
-    return Quantized(recipe, payload, layer_error(decoded - values, score), float((decoded == 0).mean()))
+    decoded = tensor.decoded_values(reconstruct(recipe))
+    sparsity = float((decoded == 0).mean())
+    delta = decoded.astype(np.float64)
+    del decoded
+    delta -= tensor.values  # widened exactly, element by element
+    return Quantized(recipe, payload, layer_error(delta, score), sparsity)
 
 
 def channel_view(values: np.ndarray, axis: int | None) -> np.ndarray:
@@ -241,8 +249,8 @@ def sweep(exponents: tuple[int, ...], numel: int, lossless: int, candidate: Any,
 def compensate(w0: np.ndarray, flat: np.ndarray, free: np.ndarray, stats: "LayerStats", view: "LayerView") -> np.ndarray:
     """Least squares on the layer's statistics: the free weights minimize
     tr(ΔW·H·ΔWᵀ) with the fixed ones held (a few conjugate-gradient steps)."""
-    h = stats.hessian
-    assert h is not None
+    assert stats.hessian is not None
+    h = np.asarray(stats.hessian, dtype=np.float64)  # widened once, not in each product below
     w_ref = view.to_matrix(w0)
     x = view.to_matrix(flat.reshape(w0.shape))
     mask = view.to_matrix(free.reshape(w0.shape).astype(np.float64)) > 0.5

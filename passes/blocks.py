@@ -109,8 +109,9 @@ class BlockMetric:
         if stats is not None and view is not None:
             m_shape = (view.groups, view.rows, view.cols)
             if stats.hessian is not None:
-                h = stats.hessian
-                diag = view.from_matrix(np.broadcast_to(np.einsum("gii->gi", h)[:, None, :], m_shape)).reshape(-1)
+                h = stats.hessian  # float32 as stored: what is read of it is widened
+                diag = view.from_matrix(np.broadcast_to(np.einsum("gii->gi", h).astype(np.float64)[:, None, :],
+                                                        m_shape)).reshape(-1)
                 pos = np.empty(numel, dtype=np.int64)  # matrix position of every flat element
                 pos[view.to_matrix(np.arange(numel).reshape(shape)).reshape(-1)] = np.arange(numel)
                 g, rest = np.divmod(pos[idx], view.rows * view.cols)
@@ -118,7 +119,7 @@ class BlockMetric:
                 one_row = ((g == g[:, :1]) & (r == r[:, :1])) | ~self.valid
                 if one_row.all() and members.size * members.shape[1] <= MAX_BLOCK_FORM:
                     gb = g[:, 0]
-                    self.full = h[gb[:, None, None], c[:, :, None], c[:, None, :]] * (
+                    self.full = h[gb[:, None, None], c[:, :, None], c[:, None, :]].astype(np.float64) * (
                         self.valid[:, :, None] & self.valid[:, None, :])
             elif stats.diagonal is not None:
                 diag = view.from_matrix(np.broadcast_to(stats.diagonal[:, None, :], m_shape)).reshape(-1)

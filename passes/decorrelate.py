@@ -101,7 +101,7 @@ def fit_basis(tensor: TensorInput, stats: LayerStats | None, view: LayerView, wh
     if whitened:
         if stats is None or stats.hessian is None or stats.hessian.shape[0] != 1:
             raise UnsupportedError(f"tensor {tensor.name!r}: a whitened transform needs full calibration statistics")
-        h = stats.hessian[0]
+        h = stats.hessian[0].astype(np.float64)
         h = h + WHITEN_DAMPING * max(float(np.mean(np.diag(h))), 1e-12) * np.eye(d)
         lam, q = np.linalg.eigh(h)
         lam = np.maximum(lam, lam.max() * 1e-12)
@@ -144,7 +144,8 @@ def quantize_transform(tensor: TensorInput, params: TransformParams, stats: Laye
     recipe = Recipe(tensor.dtype, tensor.shape, stages)
     payload = serialize(recipe)
     rec_values = tensor.decoded_values(decode_native(payload, recipe))
-    delta = rec_values.astype(np.float64) - tensor.values.astype(np.float64)
+    delta = rec_values.astype(np.float64)
+    delta -= tensor.values  # widened exactly, element by element
     return Quantized(recipe, payload, layer_error(delta, stats), float((rec_values == 0).mean()))
 
 

@@ -64,10 +64,14 @@ def dequantize(q: np.ndarray, step: np.ndarray, theta: float) -> np.ndarray:
     return (qf - np.sign(qf) * theta) * step
 
 
-def inverse_cholesky(h: np.ndarray, damping: float = DAMPING) -> tuple[np.ndarray, np.ndarray]:
+def inverse_cholesky(h: np.ndarray, damping: float = DAMPING, overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Upper Cholesky factor U of H⁻¹ (H⁻¹ = UᵀU) per group, with dead inputs
-    (zero diagonal) marked. h: (groups, d, d)."""
-    h = np.array(h, dtype=np.float64)
+    (zero diagonal) marked. h: (groups, d, d); with `overwrite` a float64 h
+    is the caller's to give up and is damped in place.
+
+    Each d×d intermediate is dropped as soon as the next exists: at d = 2880
+    (a PP-OCRv4 rec conv) one is 66 MB, and the planner runs two at once."""
+    h = np.asarray(h, dtype=np.float64) if overwrite else np.array(h, dtype=np.float64)
     g, d, _ = h.shape
     diag = np.einsum("gii->gi", h)
     dead = diag <= 0
@@ -84,10 +88,15 @@ def inverse_cholesky(h: np.ndarray, damping: float = DAMPING) -> tuple[np.ndarra
         damp = 0.0
         for _ in range(6):  # raise damping until H is numerically positive definite
             try:
-                lower = np.linalg.cholesky(h[k] + damp * np.eye(d))
+                damped = h[k] + damp * np.eye(d) if damp else h[k]
+                lower = np.linalg.cholesky(damped)
+                del damped
                 inv = np.linalg.inv(lower)
+                del lower
                 hinv = inv.T @ inv
+                del inv
                 u[k] = np.linalg.cholesky(hinv).T
+                del hinv
                 break
             except np.linalg.LinAlgError:
                 damp = max(damp * 10.0, mean_diag[k] * 0.1)
@@ -138,11 +147,13 @@ def gptq(w: np.ndarray, hessian: np.ndarray, step: np.ndarray, theta: float, dea
 
 def prepare(hessian: np.ndarray, damping: float = DAMPING) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Act-order permutation, inverse-Hessian Cholesky factor (permuted) and dead inputs."""
-    h = np.asarray(hessian, dtype=np.float64)
+    h = np.asarray(hessian)  # float64 or the statistics' float32: permuted first, then factorized in float64
     diag = np.einsum("gii->gi", h)
     perm = np.argsort(-diag, axis=1, kind="stable")
-    hp = np.take_along_axis(np.take_along_axis(h, perm[:, :, None], axis=1), perm[:, None, :], axis=2)
-    u, dead_p = inverse_cholesky(hp, damping)
+    hp = np.empty(h.shape, dtype=np.float64)
+    for k in range(h.shape[0]):
+        hp[k] = h[k][np.ix_(perm[k], perm[k])]
+    u, dead_p = inverse_cholesky(hp, damping, overwrite=True)
     dead = np.empty_like(dead_p)
     np.put_along_axis(dead, perm, dead_p, axis=1)
     return perm, u, dead

@@ -86,7 +86,7 @@ class UnifyParams(Params):
 def _eigh(stats: LayerStats, hessian: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """H's eigen-decomposition, computed once per statistics (candidates share it)."""
     def decompose() -> tuple[np.ndarray, np.ndarray]:
-        lam, vec = np.linalg.eigh(hessian)
+        lam, vec = np.linalg.eigh(np.asarray(hessian, dtype=np.float64))
         return np.maximum(lam, 0.0), vec
 
     return stats.cache.get(("eigh",), decompose)
@@ -102,7 +102,8 @@ def admm(w0: np.ndarray, z: np.ndarray, block_of: np.ndarray, modes: np.ndarray,
     lam, vec = _eigh(stats, hessian)  # H = Q Λ Qᵀ per group: every W-step is two products
     m0 = view.to_matrix(w0.reshape(shape))
     b = 2.0 * np.matmul(m0, hessian)  # 2 W0 H
-    rho = RHO_START * max(float(np.einsum("gii->", hessian)) / (hessian.shape[0] * hessian.shape[1]), 1e-30)
+    rho = RHO_START * max(float(np.einsum("gii->", hessian, dtype=np.float64)) / (hessian.shape[0] * hessian.shape[1]),
+                          1e-30)
     u = np.zeros_like(w0)
     w = w0.copy()
     for _ in range(rounds):

@@ -17,7 +17,7 @@ from builders import _model, tensor
 from helpers import run_isolated, save
 import onnx_l2c
 from onnx_l2c.errors import OptionError
-from onnx_l2c.measure.layers import LayerStats, LayerView
+from onnx_l2c.measure.layers import MOMENT_DTYPE, LayerStats, LayerView
 from onnx_l2c.measure.statistics import _Accumulator, _finish, conv_column_order
 from onnx_l2c.passes import gptq, steps
 
@@ -60,7 +60,8 @@ def test_sliced_quantize_and_shrink_equal_the_whole_array_forms(rng, shape, step
 
 def test_finishing_the_statistics_gives_the_whole_array_values(rng):
     """_finish turns the running sums into mean, halves and their means in
-    place, and permutes a Conv's H in one copy: the same values as before."""
+    place, and permutes a Conv's H in one copy: the same values as before,
+    H and its halves then stored in MOMENT_DTYPE (float32)."""
     node = helper.make_node("Conv", ["x", "W"], ["y"])
     view = LayerView("conv", 1, 4, 3 * 9, (4, 3, 3, 3), "x", node)
     totals = [rng.standard_normal((1, 27, 27)), rng.standard_normal((1, 27, 27))]
@@ -76,9 +77,11 @@ def test_finishing_the_statistics_gives_the_whole_array_values(rng):
     perm = conv_column_order(view)
     assert acc.totals == [None, None] and acc.sums == [None, None]  # consumed
     assert stats.vectors == 12
-    assert np.array_equal(stats.hessian, expected_h[:, perm][:, :, perm])
+    assert stats.hessian.dtype == MOMENT_DTYPE == np.float32
+    assert np.array_equal(stats.hessian, expected_h[:, perm][:, :, perm].astype(np.float32))
     for got, want in zip(stats.halves, expected_halves):
-        assert np.array_equal(got, want[:, perm][:, :, perm])
+        assert got.dtype == np.float32 and np.array_equal(got, want[:, perm][:, :, perm].astype(np.float32))
+    assert stats.noise_error() == pytest.approx(4 * np.trace(expected_h[0]), rel=1e-13)  # from the float64 moments
     assert np.array_equal(stats.mean, expected_mean[:, perm])
     for got, want in zip(stats.halves_mean, expected_halves_mean):
         assert np.array_equal(got, want[:, perm])
@@ -91,7 +94,8 @@ def test_a_single_use_planner_trims_its_statistics_and_writes_the_same_bytes(tmp
     and the output is byte-identical to a reusable planner's."""
     from test_target import _relu_linear
 
-    path = save(_relu_linear(rng), tmp_path / "rl.onnx")
+    model = _relu_linear(rng)
+    path = save(model, tmp_path / "rl.onnx")
     samples = [{"x": (rng.standard_normal((4, 96)) + 1.0).astype(np.float32)} for _ in range(24)]
     reusable = onnx_l2c.Planner(path, calibration_data=samples)
     single = onnx_l2c.Planner(path, calibration_data=samples, _single_use=True)
@@ -100,6 +104,17 @@ def test_a_single_use_planner_trims_its_statistics_and_writes_the_same_bytes(tmp
     trimmed = single.context.stats["W"]
     assert trimmed.hessian is None and trimmed.halves is None and trimmed.mean is not None
     assert single.context.fit_stats["W"].halves is not None
+    # centered in float64 from the stored float32 moments, then stored like them
+    from onnx_l2c.graph.model import find_weights
+    from onnx_l2c.measure.calibration import graph_inputs
+    from onnx_l2c.measure.statistics import collect_statistics
+
+    measured = collect_statistics(model, tmp_path, find_weights(model, 16).weights, samples, graph_inputs(model))["W"]
+    fit = single.context.fit_stats["W"]
+    assert fit.hessian.dtype == MOMENT_DTYPE == np.float32 and fit.halves[1].dtype == np.float32
+    assert np.array_equal(fit.hessian, (measured.hessian - np.einsum("gi,gj->gij", measured.mean, measured.mean))
+                          .astype(np.float32))
+    assert reusable.context.fit_stats["W"] is reusable.context.stats["W"].centered()  # one twin per layer
     with pytest.raises(OptionError, match="one compress call"):
         single.with_methods("uniform")
     assert single.context.tensors["W"].statistics == "full"
@@ -226,3 +241,38 @@ def test_encodes_in_flight_are_bounded_by_their_memory_not_the_bytes(tmp_path: P
             outputs[label, kind] = result.sidecar.read_bytes()
     for kind in ("planned", "int8"):
         assert outputs["default", kind] == outputs["one_at_a_time", kind]
+
+
+def test_sensitivity_probes_read_a_folder_per_probe_with_the_same_result(tmp_path: Path, rng, monkeypatch):
+    """The sensitivity probes hold their inputs only up to HELD_INPUT_BYTES:
+    above it each probe batches a folder's samples again from the files (32
+    detector images were 400 MB held for the whole phase), and one batch's
+    outputs are scored at a time. The result is the one the same samples
+    give from a list."""
+    from builders import mlp
+    from onnx_l2c.graph.model import find_weights
+    from onnx_l2c.measure import calibration
+    from onnx_l2c.measure import sensitivity
+    from onnx_l2c.measure.sensitivity import measure_sensitivity
+
+    model = mlp(rng)
+    weights = find_weights(model, 16).weights
+    inputs = calibration.graph_inputs(model)
+    feeds = [{"x": rng.standard_normal((1, 64)).astype(np.float32)} for _ in range(6)]
+    for i, f in enumerate(feeds):
+        np.savez(tmp_path / f"{i:03d}.npz", **f)
+    loads = []
+    real_load = calibration._load_npz
+    monkeypatch.setattr(calibration, "_load_npz", lambda path: loads.append(path) or real_load(path))
+    held = measure_sensitivity(model, tmp_path, weights, {}, calibration.load_samples(tmp_path, inputs), inputs)
+    # one read to check the folder, one for the first sample's size, one pass to batch them all
+    assert len(loads) == 1 + 1 + 6
+    loads.clear()
+    monkeypatch.setattr(sensitivity, "HELD_INPUT_BYTES", 0)
+    from_files = measure_sensitivity(model, tmp_path, weights, {}, calibration.load_samples(tmp_path, inputs), inputs)
+    probes = len(from_files.measured) + len(from_files.no_effect)
+    assert probes == len(weights) == 3 and from_files.samples == 6
+    assert len(loads) == 1 + 1 + 6 * (1 + probes)  # the reference, then a pass per probe
+    from_list = measure_sensitivity(model, tmp_path, weights, {}, feeds, inputs)
+    assert from_files.scale == from_list.scale == held.scale and from_files.scale
+

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +50,7 @@ MIN_SAMPLES, MAX_SAMPLES = 4, 32
 # 224×224 and token inputs still run 16 at a time.
 MAX_BATCH = 16
 BATCH_INPUT_BYTES = 10 << 20
+HELD_INPUT_BYTES = 64 << 20  # the probes' inputs are kept in memory up to this size, else read per probe
 
 
 @dataclass
@@ -133,17 +134,25 @@ def measure_sensitivity(model: onnx.ModelProto, base_dir: Path, weights: list[We
         session = make_session(scratch)
         out_names = [o.name for o in session.get_outputs()]
 
-        def run(feeds_list: list[Feeds], extra: dict[str, np.ndarray]) -> list[list[np.ndarray]]:
+        def run(feeds: Feeds, extra: dict[str, np.ndarray]) -> list[np.ndarray]:
             try:
-                return [session.run(None, {**f, **extra}) for f in feeds_list]
+                return session.run(None, {**feeds, **extra})
             except Exception as exc:  # onnxruntime raises its own exception types
                 raise L2CError(f"sensitivity: onnxruntime failed: {exc}") from exc
 
         n = probe_samples(len(probe), sum(w.numel for w in weights), len(samples))
         first = sum(np.asarray(v).nbytes for v in samples[0].values())
         max_batch = int(np.clip(BATCH_INPUT_BYTES // max(first, 1), 1, MAX_BATCH))
-        feeds_list = [f for f, _ in batches(samples[:n], inputs, max_batch)]
-        reference = run(feeds_list, {})
+
+        held = [f for f, _ in batches(samples[:n], inputs, max_batch)] if first * n <= HELD_INPUT_BYTES else None
+
+        def probe_batches() -> Iterator[Feeds]:
+            # Larger inputs are batched again for every probe rather than
+            # held: a folder's samples are read from disk each time (32
+            # detector images are 400 MB); the reference outputs stay.
+            return iter(held) if held is not None else (f for f, _ in batches(samples[:n], inputs, max_batch))
+
+        reference = [run(f, {}) for f in probe_batches()]
         kinds = {}
         for k, name in enumerate(out_names):
             y = np.asarray(reference[0][k])
@@ -164,9 +173,9 @@ def measure_sensitivity(model: onnx.ModelProto, base_dir: Path, weights: list[We
             sigma = NOISE_REL * rms
             noisy = values + rng.standard_normal(values.shape) * sigma
             feed = noisy.astype(onnx.helper.tensor_dtype_to_np_dtype(w.dtype))
-            outs = run(feeds_list, {w.name: feed})
             div = 0.0
-            for ref_run, out_run in zip(reference, outs):
+            for ref_run, feeds in zip(reference, probe_batches()):
+                out_run = run(feeds, {w.name: feed})  # one batch's outputs at a time
                 for k, kind in kinds.items():
                     div += _divergence(kind, np.asarray(ref_run[k]), np.asarray(out_run[k]))
             div /= max(len(reference), 1)

@@ -33,7 +33,7 @@ from onnx_l2c.measure.layers import LayerStats, LayerView, layer_view, smoothed_
 
 log = logging.getLogger(__name__)
 
-MAX_FULL_DIM = 4096  # above this a full H (d×d float64) costs too much; keep its diagonal
+MAX_FULL_DIM = 4096  # above this a full H (d×d) costs too much; keep its diagonal
 POSITIONS_PER_SAMPLE = 512  # im2col positions (or MatMul rows) drawn per sample and layer
 ACTIVATION_BUDGET = 256 << 20  # bytes of exposed activations per batch
 
@@ -222,6 +222,7 @@ def _finish(acc: _Accumulator) -> LayerStats | None:
             stats.mean = np.ascontiguousarray(stats.mean[:, perm])
         if stats.halves_mean is not None:
             stats.halves_mean = tuple(np.ascontiguousarray(m[:, perm]) for m in stats.halves_mean)
+    stats.store_moments()
     return stats
 
 

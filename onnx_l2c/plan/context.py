@@ -291,10 +291,13 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
         ctx.calibration_samples = len(samples)
         ctx.stats = collect_statistics(model, base_dir, weights, samples, inputs)
         ctx.seconds["statistics"] = time.perf_counter() - t0
+        ctx.data_free = False
+        kinds = {w.name: _statistics_kind(ctx.stats.get(w.name)) for w in weights}
+        # before the sensitivity runs, which read none of what this may drop
+        _center_and_store(ctx, model, weights, selected_methods(opts, ctx.data_free), reusable)
         t1 = time.perf_counter()
         ctx.sensitivity = measure_sensitivity(model, base_dir, weights, ctx.stats, samples, inputs)
         ctx.seconds["sensitivity"] = time.perf_counter() - t1
-        ctx.data_free = False
         del samples
     if measured is None and opts.calibration_data is None:
         ctx.notes.append("data-free: no calibration data, so distortion is the relative weight error of each "
@@ -303,17 +306,11 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
     ctx.methods = selected_methods(opts, ctx.data_free)
 
     ctx.views = {w.name: layer_view(w) for w in weights}
-    # What the scales below read of the uncentered statistics, before those
-    # of bias-corrected layers may be released.
+    # noise_error was taken from the float64 moments when they were finished
     units = {w.name: unit_error(w, ctx.stats.get(w.name)) for w in weights}
-    kinds = {w.name: _statistics_kind(ctx.stats.get(w.name)) for w in weights}
-    ctx.fit_stats = dict(ctx.stats)
-    if ctx.stats and any(m.corrects_bias for m in ctx.methods):
-        ctx.bias_of = find_biases(model, weights, ctx.stats)
-        for name in ctx.bias_of:
-            ctx.fit_stats[name] = ctx.stats[name].centered()
-            if not reusable:
-                ctx.stats[name].release_fit()
+    if measured is not None or opts.calibration_data is None:
+        kinds = {w.name: _statistics_kind(ctx.stats.get(w.name)) for w in weights}
+        _center_and_store(ctx, model, weights, ctx.methods, reusable)
     biases = set(ctx.bias_of.values())
 
     norms = {w.name: _norms(w, base_dir) for w in weights}  # one read of each weight: (mean w², max |w|)
@@ -378,6 +375,24 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
     ctx.fixed_bytes = _graph_estimate(model, weights) + PAYLOAD_OVERHEAD * len(weights)
     return ctx
 
+
+
+def _center_and_store(ctx: PlanContext, model: onnx.ModelProto, weights: list[WeightRef],
+                      methods: tuple[Method, ...], reusable: bool) -> None:
+    """The statistics the methods fit on: for a layer whose bias absorbs the
+    mean output shift (when a selected method corrects biases), its centered
+    twin, stored in MOMENT_DTYPE like the others. Without `reusable` the
+    uncentered H of such layers is dropped (only their mean is read again)."""
+    ctx.fit_stats = dict(ctx.stats)
+    if ctx.stats and any(m.corrects_bias for m in methods):
+        ctx.bias_of = find_biases(model, weights, ctx.stats)
+        for name in ctx.bias_of:
+            ctx.fit_stats[name] = ctx.stats[name].centered()
+            ctx.fit_stats[name].store_moments()
+            if not reusable:
+                ctx.stats[name].release_fit()
+    for stats in ctx.stats.values():
+        stats.store_moments()
 
 
 def _statistics_kind(stats: LayerStats | None) -> str:
