@@ -83,14 +83,21 @@ def layer_error(delta: np.ndarray, stats: "LayerStats | None") -> float:
     return float(delta.sum())
 
 
+def weight_delta(tensor: TensorInput, decoded: np.ndarray) -> np.ndarray:
+    """decoded − original in float64, with one float64 array (the float32
+    original is widened exactly, element by element)."""
+    delta = decoded.astype(np.float64)
+    delta -= tensor.values
+    return delta
+
+
 def coded(tensor: TensorInput, recipe: Recipe, score: "LayerStats | None") -> Quantized:
     """Serialize a recipe and measure its exact reconstruction error on `score`."""
     payload = serialize(recipe)
     decoded = tensor.decoded_values(reconstruct(recipe))
     sparsity = float((decoded == 0).mean())
-    delta = decoded.astype(np.float64)
+    delta = weight_delta(tensor, decoded)
     del decoded
-    delta -= tensor.values  # widened exactly, element by element
     return Quantized(recipe, payload, layer_error(delta, score), sparsity)
 
 

@@ -34,7 +34,7 @@ from onnx_l2c.errors import UnsupportedError
 from onnx_l2c.measure.layers import LayerStats, LayerView
 
 from . import gptq
-from .base import Knob, Method, Option, Params, Quantized, TensorContext, TensorInput, layer_error, sweep
+from .base import Knob, Method, Option, Params, Quantized, TensorContext, TensorInput, layer_error, sweep, weight_delta
 from .steps import ALPHA_EXPONENTS
 
 MAX_COLS = 2048  # eigendecompositions of d × d; larger inputs are not transformed
@@ -144,8 +144,7 @@ def quantize_transform(tensor: TensorInput, params: TransformParams, stats: Laye
     recipe = Recipe(tensor.dtype, tensor.shape, stages)
     payload = serialize(recipe)
     rec_values = tensor.decoded_values(decode_native(payload, recipe))
-    delta = rec_values.astype(np.float64)
-    delta -= tensor.values  # widened exactly, element by element
+    delta = weight_delta(tensor, rec_values)
     return Quantized(recipe, payload, layer_error(delta, stats), float((rec_values == 0).mean()))
 
 

@@ -27,7 +27,7 @@ from onnx_l2c.measure.layers import LayerStats
 
 from . import gptq
 from .base import (Knob, Method, Option, Params, Quantized, TensorContext, TensorInput, channel_view,
-                   layer_error, sweep)
+                   layer_error, sweep, weight_delta)
 
 MAX_THETA = 0.45
 DEAD_ZONES = (0.0, 0.3)
@@ -172,8 +172,7 @@ def quantize(tensor: TensorInput, params: QuantParams, stats: LayerStats | None,
     recipe = Recipe(tensor.dtype, tensor.shape, stages)
     payload = serialize(recipe)
     sparsity = float((q == 0).mean())
-    delta = tensor.decoded_values(reconstruct(recipe)).astype(np.float64)
-    delta -= values
+    delta = weight_delta(tensor, tensor.decoded_values(reconstruct(recipe)))
     return Quantized(recipe, payload, layer_error(delta, score_stats), sparsity)
 
 

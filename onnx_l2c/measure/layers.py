@@ -109,7 +109,6 @@ class LayerStats:
         taken first, from the moments as measured)."""
         if self.hessian is not None:
             self.noise_error()
-        if self.hessian is not None:
             self.hessian = self.hessian.astype(MOMENT_DTYPE, copy=False)
         if self.halves is not None:
             self.halves = (self.halves[0].astype(MOMENT_DTYPE, copy=False),

@@ -280,6 +280,7 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
     ctx = PlanContext(weights={w.name: w for w in weights}, base_dir=base_dir, options=opts,
                       mixed=any(m.per_tensor for m in chosen))
     t0 = time.perf_counter()
+    samples = None
     if measured is not None:
         ctx.stats, ctx.sensitivity, ctx.data_free = measured.stats, measured.sensitivity, measured.data_free
         ctx.calibration_samples = measured.calibration_samples
@@ -292,25 +293,23 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
         ctx.stats = collect_statistics(model, base_dir, weights, samples, inputs)
         ctx.seconds["statistics"] = time.perf_counter() - t0
         ctx.data_free = False
-        kinds = {w.name: _statistics_kind(ctx.stats.get(w.name)) for w in weights}
-        # before the sensitivity runs, which read none of what this may drop
-        _center_and_store(ctx, model, weights, selected_methods(opts, ctx.data_free), reusable)
+    if measured is None and opts.calibration_data is None:
+        ctx.notes.append("data-free: no calibration data, so distortion is the relative weight error of each "
+                         "tensor (all tensors equally important) and rounding is to nearest")
+    ctx.methods = selected_methods(opts, ctx.data_free)
+    kinds = {w.name: _statistics_kind(ctx.stats.get(w.name)) for w in weights}
+    # before the sensitivity runs, which read none of what this may drop
+    _center_and_store(ctx, model, weights, ctx.methods, reusable)
+    if samples is not None:
         t1 = time.perf_counter()
         ctx.sensitivity = measure_sensitivity(model, base_dir, weights, ctx.stats, samples, inputs)
         ctx.seconds["sensitivity"] = time.perf_counter() - t1
         del samples
-    if measured is None and opts.calibration_data is None:
-        ctx.notes.append("data-free: no calibration data, so distortion is the relative weight error of each "
-                         "tensor (all tensors equally important) and rounding is to nearest")
     t2 = time.perf_counter()
-    ctx.methods = selected_methods(opts, ctx.data_free)
 
     ctx.views = {w.name: layer_view(w) for w in weights}
     # noise_error was taken from the float64 moments when they were finished
     units = {w.name: unit_error(w, ctx.stats.get(w.name)) for w in weights}
-    if measured is not None or opts.calibration_data is None:
-        kinds = {w.name: _statistics_kind(ctx.stats.get(w.name)) for w in weights}
-        _center_and_store(ctx, model, weights, ctx.methods, reusable)
     biases = set(ctx.bias_of.values())
 
     norms = {w.name: _norms(w, base_dir) for w in weights}  # one read of each weight: (mean w², max |w|)
