@@ -129,6 +129,62 @@ def _outer_scope(m: onnx.ModelProto) -> None:
     m.graph.node.insert(0, helper.make_node("If", ["cond"], ["W"], **branches))
 
 
+def _identity_chain(m: onnx.ModelProto) -> None:
+    """Decode reads Identity(Identity(payload)): onnxruntime's constant
+    folding hands the op the payload itself."""
+    decode = _decode(m)
+    payload = decode.input[0]
+    m.graph.node.insert(0, helper.make_node("Identity", ["P1"], ["P2"]))
+    m.graph.node.insert(0, helper.make_node("Identity", [payload], ["P1"]))
+    decode.input[0] = "P2"
+
+
+def _identity_in_branch(m: onnx.ModelProto) -> None:
+    """As _outer_scope, each branch reading the outer payload through an Identity."""
+    _outer_scope(m)
+    for attr in m.graph.node[0].attribute:
+        decode = attr.g.node[0]
+        attr.g.node.insert(0, helper.make_node("Identity", [decode.input[0]], ["P_" + attr.name]))
+        decode.input[0] = "P_" + attr.name
+
+
+def _identity_cycle(m: onnx.ModelProto) -> None:
+    decode = _decode(m)
+    m.graph.node.insert(0, helper.make_node("Identity", ["P2"], ["P1"]))
+    m.graph.node.insert(0, helper.make_node("Identity", ["P1"], ["P2"]))
+    decode.input[0] = "P2"
+
+
+def _constant_node(m: onnx.ModelProto) -> None:
+    """The payload initializer (still external data) held by a Constant node instead."""
+    payload = _payload_init(m)
+    value = onnx.TensorProto()
+    value.CopyFrom(payload)
+    m.graph.initializer.remove(payload)
+    m.graph.node.insert(0, helper.make_node("Constant", [], [payload.name], value=value))
+
+
+def _sparse_constant(indices_edit: Callable[[np.ndarray], np.ndarray]) -> Callable[[onnx.ModelProto], None]:
+    """The payload as a Constant node's sparse_value: its nonzero bytes, in
+    reverse order (onnxruntime takes any order), indices edited by `indices_edit`."""
+    def edit(m: onnx.ModelProto) -> None:
+        payload = _payload_init(m)
+        data = np.frombuffer(PAYLOAD, np.uint8)
+        where = np.nonzero(data)[0][::-1]
+        values = helper.make_tensor("values", TensorProto.UINT8, [len(where)], data[where].tobytes(), raw=True)
+        indices = helper.make_tensor("indices", TensorProto.INT64, [len(where)], indices_edit(where).tolist())
+        sparse = helper.make_sparse_tensor(values, indices, [len(PAYLOAD)])
+        m.graph.initializer.remove(payload)
+        m.graph.node.insert(0, helper.make_node("Constant", [], [payload.name], sparse_value=sparse))
+    return edit
+
+
+def _past_the_end(indices: np.ndarray) -> np.ndarray:
+    out = indices.copy()
+    out[0] = len(PAYLOAD)
+    return out
+
+
 def _edit(fn: Callable[[onnx.ModelProto], None]) -> Callable[[onnx.ModelProto, Path], None]:
     return lambda m, folder: fn(m)
 
@@ -180,6 +236,15 @@ CASES: dict[str, tuple[Callable[[onnx.ModelProto, Path], None], bool]] = {
     "duplicate_output": (_edit(_duplicate_output), False),
     "extra_input": (_edit(_extra_input), False),
     "outer_scope_payload": (_edit(_outer_scope), True),
+    # onnxruntime makes a Constant node an initializer, and folds Identity
+    # chains to one (graph optimizations on, the default)
+    "identity_chain": (_edit(_identity_chain), True),
+    "identity_in_branch": (_edit(_identity_in_branch), True),
+    "identity_of_graph_input": (_edit(lambda m: (_identity_chain(m), _graph_input(m))), False),
+    "identity_cycle": (_edit(_identity_cycle), False),
+    "constant_node": (_edit(_constant_node), True),
+    "sparse_constant": (_edit(_sparse_constant(lambda i: i)), True),
+    "sparse_index_past_end": (_edit(_sparse_constant(_past_the_end)), False),
     "outer_scope_graph_input": (_edit(_outer_scope_input), False),
     "value_info_agrees": (_edit(_value_info(TensorProto.FLOAT, list(SHAPE))), True),
     # onnxruntime's inference from the attributes overrides a value_info shape
@@ -247,3 +312,72 @@ def test_the_three_load_paths_agree(verdicts, label):
             assert "W" in message, f"{label}/{mode} does not name the tensor: {message}"
             assert not kind.startswith("other:"), f"{label}/{mode}: not the package's error: {kind} {message}"
             assert "m.onnx" in message, f"{label}/{mode} does not name the file: {message}"
+
+
+def _save(model: onnx.ModelProto, folder: Path) -> Path:
+    folder.mkdir()
+    (folder / SIDECAR).write_bytes(PAYLOAD)
+    onnx.save(model, str(folder / "m.onnx"))
+    return folder / "m.onnx"
+
+
+def test_identity_chain_needs_constant_folding_in_the_custom_op(tmp_path):
+    """With graph optimizations disabled onnxruntime does not fold the chain:
+    the op refuses it and says why (the Python loaders accept the file)."""
+    model = _model()
+    _identity_chain(model)
+    path = _save(model, tmp_path / "m")
+    proc = run_isolated(f"""
+        import onnxruntime as ort, onnx_l2c
+        so = ort.SessionOptions()
+        so.register_custom_ops_library(onnx_l2c.custom_op_library())
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        try:
+            ort.InferenceSession({str(path)!r}, so)
+        except Exception as exc:
+            print("refused:", exc)
+        """)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "refused:" in proc.stdout and "tensor 'W'" in proc.stdout, proc.stdout
+    assert "only when graph optimizations are enabled" in proc.stdout, proc.stdout
+
+
+def test_decompress_drops_the_payload_chain_and_keeps_what_else_reads(tmp_path):
+    """The restored graph holds the weight in place of the Decode node; the
+    Identity nodes and the payload go unless something else still reads them."""
+    from onnx_l2c import decompress
+    model = _model()
+    _identity_chain(model)
+    plain = onnx.load(str(decompress(_save(model, tmp_path / "chain"), tmp_path / "chain.plain.onnx")))
+    assert [n.op_type for n in plain.graph.node] == ["Identity"]  # y = Identity(W)
+    assert [t.name for t in plain.graph.initializer] == ["W"]
+
+    model = _model()
+    _identity_chain(model)
+    model.graph.output.append(helper.make_tensor_value_info("P1", TensorProto.UINT8, None))
+    plain = onnx.load(str(decompress(_save(model, tmp_path / "shared"), tmp_path / "shared.plain.onnx")))
+    assert [(n.op_type, list(n.input)) for n in plain.graph.node] == [("Identity", ["W@" + SIDECAR]),
+                                                                       ("Identity", ["W"])]
+    assert sorted(t.name for t in plain.graph.initializer) == ["W", "W@" + SIDECAR]
+    kept = next(t for t in plain.graph.initializer if t.name == "W@" + SIDECAR)
+    assert kept.raw_data == PAYLOAD  # read into the graph: the output lives in another folder
+
+
+def test_other_folded_producers_are_refused_by_the_python_loaders(tmp_path):
+    """onnxruntime may fold other operators into a constant payload (here a
+    Concat of two initializers) and the custom op then accepts it; the Python
+    loaders refuse such a file, naming the operator (docs/FORMAT.md)."""
+    from onnx_l2c import InferenceSession, PayloadError, decompress
+    model = _model()
+    half = len(PAYLOAD) // 2
+    decode = _decode(model)
+    model.graph.initializer.pop()
+    model.graph.initializer.extend([helper.make_tensor("A", TensorProto.UINT8, [half], PAYLOAD[:half], raw=True),
+                                    helper.make_tensor("B", TensorProto.UINT8, [len(PAYLOAD) - half],
+                                                       PAYLOAD[half:], raw=True)])
+    decode.input[0] = "P"
+    model.graph.node.insert(0, helper.make_node("Concat", ["A", "B"], ["P"], axis=0))
+    path = _save(model, tmp_path / "concat")
+    for load in (lambda: InferenceSession(path), lambda: decompress(path, tmp_path / "plain.onnx")):
+        with pytest.raises(PayloadError, match="output of a Concat node"):
+            load()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 from onnx import external_data_helper, numpy_helper
 
@@ -29,7 +30,8 @@ from onnx_l2c.errors import FileError, PayloadError
 from onnx_l2c.graph.model import GraphRef, WeightRef, iter_graphs, iter_scopes
 from onnx_l2c.graph.ops import DEFAULT_DOMAINS
 
-BRANCH_OUTPUT_TAG = "::l2c_stat::"  # in the names of If outputs added to read values computed in a branch
+BRANCH_OUTPUT_TAG = "::l2c_stat::"
+SPARSE_PAYLOAD_LIMIT = 1 << 31  # bytes; inline data (what a sparse Constant stands for) stops at 2 GB anyway  # in the names of If outputs added to read values computed in a branch
 
 
 def set_external(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
@@ -131,6 +133,7 @@ class DecodeNode:
     offset: int
     length: int
     inline: bytes | None = None  # the payload bytes when stored in the graph
+    chain: tuple[str, ...] = ()  # the node's input, then any Identity outputs, to the payload's own name
 
 
 def declaration(node: onnx.NodeProto, what: str) -> tuple[int, tuple[int, ...]]:
@@ -173,30 +176,126 @@ def _payload_extent(payload: onnx.TensorProto, what: str) -> tuple[str | None, i
     return info.location, offset, length, None
 
 
-def _constant_initializer(name: str, scopes: tuple[onnx.GraphProto, ...]) -> onnx.TensorProto | str:
-    """The initializer `name` resolves to in `scopes` (the node's graph, then
-    the enclosing ones), or why it is not a constant one: as onnxruntime sees
-    it, a graph input or a node output of a nearer scope hides it."""
-    for scope in scopes:
-        if any(v.name == name for v in scope.input):
-            return "a graph input, not a constant initializer"
-        for t in scope.initializer:
-            if t.name == name:
-                return t
-        if any(name in n.output for n in scope.node):
-            return "another node's output, not a constant initializer"
-    return "not an initializer of the node's graph or an outer one"
+def _sparse_to_dense(sparse: onnx.SparseTensorProto, what: str) -> onnx.TensorProto:
+    """The dense tensor onnxruntime makes of a Constant node's `sparse_value`:
+    zeros except at `indices` (linear, or [count, 1]), which must lie inside it."""
+    dims = [int(d) for d in sparse.dims]
+    if len(dims) != 1 or dims[0] < 0:
+        raise PayloadError(f"{what}: a sparse payload of dims {dims}; the Decode op takes a 1-D uint8 tensor")
+    if dims[0] > SPARSE_PAYLOAD_LIMIT:  # what a few index bytes may make this loader allocate
+        raise PayloadError(f"{what}: a sparse payload of {dims[0]} bytes; at most {SPARSE_PAYLOAD_LIMIT} are read")
+    try:
+        values = numpy_helper.to_array(sparse.values).reshape(-1)
+        indices = numpy_helper.to_array(sparse.indices).astype(np.int64, copy=False).reshape(-1)
+    except ValueError as exc:
+        raise PayloadError(f"{what}: unreadable sparse payload ({exc})") from None
+    if sparse.values.data_type != onnx.TensorProto.UINT8:
+        raise PayloadError(f"{what}: a sparse payload of "
+                           f"{onnx.helper.tensor_dtype_to_string(sparse.values.data_type)} values; the Decode op "
+                           "takes a 1-D uint8 tensor")
+    if len(indices) != len(values) or (len(indices) and (indices.min() < 0 or indices.max() >= dims[0])):
+        raise PayloadError(f"{what}: sparse payload with {len(indices)} indices for {len(values)} values, or an "
+                           f"index outside [0, {dims[0]})")
+    # Any order; of repeated indices the last value stands, as onnxruntime writes them.
+    _, from_end = np.unique(indices[::-1], return_index=True)
+    last = len(indices) - 1 - from_end
+    dense = np.zeros(dims[0], np.uint8)
+    dense[indices[last]] = values[last]
+    return numpy_helper.from_array(dense)
+
+
+def _constant_value(node: onnx.NodeProto, what: str) -> onnx.TensorProto | None:
+    """The tensor a Constant node holds (onnxruntime makes it an initializer
+    when it loads the graph, whatever the optimization level); None when its
+    value is not a tensor (a list of ints, a string...): not a uint8 payload."""
+    for attr in node.attribute:
+        if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(attr.t)
+            return tensor
+        if attr.name == "sparse_value" and attr.type == onnx.AttributeProto.SPARSE_TENSOR:
+            return _sparse_to_dense(attr.sparse_tensor, what)
+    return None
+
+
+@dataclass
+class _ScopeIndex:
+    """One graph's names, looked up per Decode node and per chain link."""
+
+    inputs: set[str]
+    initializers: dict[str, onnx.TensorProto]
+    producers: dict[str, onnx.NodeProto]  # node output -> the (first) node that writes it
+
+    @classmethod
+    def of(cls, graph: onnx.GraphProto) -> _ScopeIndex:
+        producers: dict[str, onnx.NodeProto] = {}
+        for node in graph.node:
+            for out in node.output:
+                producers.setdefault(out, node)
+        inits: dict[str, onnx.TensorProto] = {}
+        for t in graph.initializer:
+            inits.setdefault(t.name, t)
+        return cls({v.name for v in graph.input}, inits, producers)
+
+
+def _resolve_payload(name: str, scopes: tuple[_ScopeIndex, ...],
+                     what: str) -> tuple[onnx.TensorProto, tuple[str, ...]] | str:
+    """The constant tensor the value `name` is, as onnxruntime sees it from a
+    node in scopes[0] (then the enclosing graphs), and the names along the
+    way; or why it is not one.
+
+    Constant: an initializer, a Constant node, or an Identity chain to one of
+    those (onnxruntime's constant folding, on unless graph optimizations are
+    disabled, hands the custom op the tensor at the chain's start). A graph
+    input or any other node's output hides an outer name and is not constant.
+    """
+    chain: list[str] = []
+    seen: set[str] = set()
+    while True:
+        if name in seen:
+            return "in a cycle of Identity nodes, not a constant initializer"
+        chain.append(name)
+        seen.add(name)
+        for depth, scope in enumerate(scopes):
+            if name in scope.inputs:
+                return "a graph input, not a constant initializer"
+            if name in scope.initializers:
+                return scope.initializers[name], tuple(chain)
+            node = scope.producers.get(name)
+            if node is not None:
+                break
+        else:
+            return "not an initializer of the node's graph or an outer one"
+        if node.domain not in DEFAULT_DOMAINS or node.op_type not in ("Constant", "Identity"):
+            return f"the output of a {node.op_type} node, not a constant initializer"
+        if node.op_type == "Constant":
+            tensor = _constant_value(node, what)
+            if tensor is None:
+                return "a Constant node whose value is not a tensor"
+            tensor.name = name
+            return tensor, tuple(chain)
+        if len(node.input) != 1:
+            return "the output of a malformed Identity node"
+        name, scopes = node.input[0], scopes[depth:]
 
 
 def decode_nodes(model: onnx.ModelProto, where: str) -> list[DecodeNode]:
     """Every Decode node of every graph, checked to read one 1-D uint8
-    constant initializer (of its graph or an outer one; not a graph input),
+    constant (an initializer of its graph or an outer one, a Constant node, or
+    an Identity chain to one; not a graph input: see _resolve_payload),
     to declare its output by attributes, and to agree with the graph's
     value_info on the output's element type (`where` names the model in
     errors). The custom op accepts the same nodes: onnxruntime hands it the
     payload as a constant exactly in these cases."""
     found: list[DecodeNode] = []
     seen: set[str] = set()
+    indexes: dict[int, tuple[onnx.GraphProto, _ScopeIndex]] = {}  # by id(); the graph kept so the id stays its
+
+    def index(graph: onnx.GraphProto) -> _ScopeIndex:
+        if id(graph) not in indexes:
+            indexes[id(graph)] = (graph, _ScopeIndex.of(graph))
+        return indexes[id(graph)][1]
+
     for ref, outer in iter_scopes(model.graph):
         types = {v.name: v.type for v in list(ref.graph.value_info) + list(ref.graph.output)}
         for node in ref.graph.node:
@@ -205,10 +304,12 @@ def decode_nodes(model: onnx.ModelProto, where: str) -> list[DecodeNode]:
             if len(node.input) != 1 or len(node.output) != 1:
                 raise PayloadError(f"{where}: node {node.name!r} (output {list(node.output)}) is not a well-formed "
                                    f"{DOMAIN}::{OP_TYPE} (one payload in, one tensor out)")
-            payload = _constant_initializer(node.input[0], (ref.graph,) + outer)
-            if isinstance(payload, str):
-                raise PayloadError(f"{where}: payload {node.input[0]!r} of tensor {node.output[0]!r} is {payload}; "
+            resolved = _resolve_payload(node.input[0], tuple(index(g) for g in (ref.graph,) + outer),
+                                        f"{where}: payload {node.input[0]!r} of tensor {node.output[0]!r}")
+            if isinstance(resolved, str):
+                raise PayloadError(f"{where}: payload {node.input[0]!r} of tensor {node.output[0]!r} is {resolved}; "
                                    "the Decode op takes a constant initializer")
+            payload, chain = resolved
             what = f"{where}: payload {payload.name!r} of tensor {node.output[0]!r}"
             if payload.data_type != onnx.TensorProto.UINT8 or len(payload.dims) != 1:
                 raise PayloadError(f"{what} is {onnx.helper.tensor_dtype_to_string(payload.data_type)} "
@@ -223,7 +324,8 @@ def decode_nodes(model: onnx.ModelProto, where: str) -> list[DecodeNode]:
                 raise PayloadError(f"{where}: tensor {node.output[0]!r} is the output of two "
                                    f"{DOMAIN}::{OP_TYPE} nodes")
             seen.add(node.output[0])
-            found.append(DecodeNode(node.output[0], ref, node, payload, dtype, dims, location, offset, length, inline))
+            found.append(DecodeNode(node.output[0], ref, node, payload, dtype, dims, location, offset, length, inline,
+                                    chain))
     return found
 
 
@@ -238,6 +340,42 @@ def hoistable(e: DecodeNode) -> bool:
     an output of its subgraph (onnxruntime refuses a subgraph output that is
     an outer-scope value)."""
     return e.graph.path == "main" or all(v.name != e.name for v in e.graph.graph.output)
+
+
+def _drop_unread(graph: onnx.GraphProto, names: set[str]) -> None:
+    """Remove, from `graph` and its subgraphs, the initializers and the
+    Identity or Constant nodes that define one of `names` (the payloads and
+    their Identity chains) once nothing reads them any more. Reference counts
+    and a work list: linear in the graph, however long a chain."""
+    reads: dict[str, int] = {}
+    defined: dict[str, list[tuple[int, str, int]]] = {}  # name -> (graph, "node"/"init", index)
+    graphs = [ref.graph for ref in iter_graphs(graph)]
+    for gi, g in enumerate(graphs):
+        for name in [i for n in g.node for i in n.input] + [v.name for v in g.output]:
+            reads[name] = reads.get(name, 0) + 1
+        for k, n in enumerate(g.node):
+            if n.op_type in ("Identity", "Constant") and n.domain in DEFAULT_DOMAINS and len(n.output) == 1 \
+                    and n.output[0] in names:
+                defined.setdefault(n.output[0], []).append((gi, "node", k))
+        for k, t in enumerate(g.initializer):
+            if t.name in names:
+                defined.setdefault(t.name, []).append((gi, "init", k))
+    drop: set[tuple[int, str, int]] = set()
+    todo = [name for name in defined if not reads.get(name)]
+    while todo:
+        for where in defined.pop(todo.pop(), []):
+            drop.add(where)
+            gi, kind, k = where
+            for i in graphs[gi].node[k].input if kind == "node" else ():
+                reads[i] -= 1
+                if not reads[i] and i in defined:
+                    todo.append(i)
+    for gi, g in enumerate(graphs):
+        for kind, entries in (("node", g.node), ("init", g.initializer)):
+            if any((gi, kind, k) in drop for k in range(len(entries))):
+                kept = [e for k, e in enumerate(entries) if (gi, kind, k) not in drop]
+                del entries[:]
+                entries.extend(kept)
 
 
 def restore_weights(model: onnx.ModelProto, nodes: list[DecodeNode],
@@ -255,18 +393,16 @@ def restore_weights(model: onnx.ModelProto, nodes: list[DecodeNode],
     for e in nodes:
         by_graph.setdefault("main" if hoist and hoistable(e) else e.graph.path, []).append(e.name)
     decoded = {e.name for e in nodes}
-    payload_names = {e.payload.name for e in nodes}
     for ref in iter_graphs(out.graph):
         graph = ref.graph
         kept_nodes = [n for n in graph.node
                       if not (n.domain == DOMAIN and n.op_type == OP_TYPE and n.output[0] in decoded)]
-        inits = [t for t in graph.initializer if t.name not in payload_names]
         if len(kept_nodes) != len(graph.node):
             del graph.node[:]
             graph.node.extend(kept_nodes)
-        if len(inits) != len(graph.initializer):
-            del graph.initializer[:]
-            graph.initializer.extend(inits)
+    _drop_unread(out.graph, {name for e in nodes for name in e.chain})
+    for ref in iter_graphs(out.graph):
+        graph = ref.graph
         restored = [replace[n] for n in by_graph.get(ref.path, [])]
         graph.initializer.extend(restored)
         if ref.path == "main" and out.ir_version < 4:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import external_data_helper
 
-from onnx_l2c.errors import L2CError
+from onnx_l2c.errors import FileError, L2CError
 from onnx_l2c.codec import BFLOAT16, BITS_DTYPE, DTYPE_NAMES, FLOAT, FLOAT16
 from onnx_l2c.graph.ops import DEFAULT_DOMAINS, is_passthrough, passthrough_axis, weight_input
 
@@ -126,16 +127,21 @@ def _read_external(tensor: onnx.TensorProto, base_dir: Path) -> bytes:
     location = Path(info.location)
     path = (base_dir / location).resolve()
     if location.is_absolute() or not path.is_relative_to(base_dir.resolve()):
-        raise L2CError(f"tensor {tensor.name!r}: external data location {info.location!r} is outside {base_dir}")
+        raise FileError(f"tensor {tensor.name!r}: external data location {info.location!r} is outside {base_dir}")
     try:
-        with open(path, "rb") as fh:
+        # Non-blocking open, then fstat: a named pipe or a device is refused
+        # instead of blocking the read.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with open(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise FileError(f"tensor {tensor.name!r}: external data {path} is not a regular file")
             fh.seek(info.offset or 0)
             data = fh.read(info.length) if info.length else fh.read()
     except OSError as exc:
-        raise L2CError(f"tensor {tensor.name!r}: cannot read external data {path}: {exc}") from exc
+        raise FileError(f"tensor {tensor.name!r}: cannot read external data {path}: {exc}") from exc
     if info.length and len(data) != info.length:
-        raise L2CError(f"tensor {tensor.name!r}: external data {path} is truncated "
-                       f"({len(data)} of {info.length} bytes at offset {info.offset})")
+        raise FileError(f"tensor {tensor.name!r}: external data {path} is truncated "
+                        f"({len(data)} of {info.length} bytes at offset {info.offset})")
     return data
 
 

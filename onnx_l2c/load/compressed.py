@@ -32,7 +32,7 @@ from onnx_l2c.codec import (BFLOAT16, BITS_DTYPE, DECODE_LIMIT_FLOOR, DECODE_LIM
 from onnx_l2c.errors import FileError, LimitError, OptionError, OutOfMemoryError, PayloadError
 from onnx_l2c.files import AlignedWriter, AtomicOutputs
 from onnx_l2c.graph.edit import DecodeNode, decode_nodes, hoistable, read_names, restore_weights, set_external
-from onnx_l2c.graph.model import iter_graphs, load_model
+from onnx_l2c.graph.model import embed_external, iter_graphs, load_model
 
 log = logging.getLogger(__name__)
 
@@ -234,8 +234,18 @@ class CompressedModel:
 
     def strip(self, replace: dict[str, onnx.TensorProto], hoist: bool = False) -> onnx.ModelProto:
         """The model with every Decode node replaced by the initializer
-        `replace[name]` (see graph.edit.restore_weights)."""
-        return restore_weights(self.model, [e.decode for e in self.entries], replace, hoist)
+        `replace[name]` (see graph.edit.restore_weights). Any other tensor
+        still stored as external data (a payload something else reads, a
+        weight the writer did not make) is read into the graph, since the
+        result is loaded from bytes or written to another folder: its file
+        would be looked for in the working directory or lost."""
+        model = restore_weights(self.model, [e.decode for e in self.entries], replace, hoist)
+        for ref in iter_graphs(model.graph):
+            tensors = [t for t in ref.graph.initializer if t.name not in replace]
+            tensors += [a.t for n in ref.graph.node for a in n.attribute if a.type == onnx.AttributeProto.TENSOR]
+            for tensor in tensors:
+                embed_external(tensor, self.path.parent)
+        return model
 
 
 def _empty_tensor(entry: DecodeEntry) -> onnx.TensorProto:

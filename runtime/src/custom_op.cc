@@ -3,7 +3,8 @@
 // The library does not link onnxruntime: RegisterCustomOps receives the
 // OrtApiBase and asks it for the OrtApi of the headers' ORT_API_VERSION.
 //
-// Input 0: a uint8 1-D constant initializer, the payload. Output 0: the
+// Input 0: a uint8 1-D constant initializer, the payload (or what
+// onnxruntime folds into one: a Constant node, an Identity chain). Output 0: the
 // decoded tensor, declared by the required node attributes `dtype` (int: 1,
 // 10 or 16) and `shape` (ints), which the shape-inference function below
 // turns into the output type and shape; the converter writes both. Optional
@@ -320,7 +321,8 @@ OrtStatusPtr ORT_API_CALL create_kernel(const OrtCustomOp*, const OrtApi*, const
     return k->error(ORT_FAIL, take_message(st));
   if (!is_const || !value)
     return k->error(ORT_INVALID_GRAPH, "the payload must be a constant initializer (not a graph input or "
-                                       "another node's output)");
+                                       "another node's output; onnxruntime folds an Identity chain to an "
+                                       "initializer only when graph optimizations are enabled)");
   const uint8_t* data = nullptr;
   size_t size = 0;
   if (OrtStatus* st = payload_view(*k, value, &data, &size)) return st;
