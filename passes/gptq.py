@@ -14,11 +14,55 @@ with a dead zone, dequantized as (q − sign(q)·θ)·s with a per-row step s.
 
 from __future__ import annotations
 
+import threading
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 
 DAMPING = 0.01  # fraction of mean(diag H) added to the diagonal (GPTQ's default)
 BLOCK = 128
 QMAX = 32767  # the entropy stage codes at most 65536 distinct symbols
+
+
+FACTOR_BUDGET = 256 << 20  # bytes the factorizations of the planner's threads may hold at once
+
+
+class MemoryGate:
+    """Admits work by its memory estimate, first come first served: a piece
+    starts when what is in flight plus its own fits the budget, or when
+    nothing else is in flight (so a piece over the budget runs alone). The
+    planner's threads factorize different layers at once; a d×d inverse at
+    d = 2880 (PP-OCRv4 rec) holds about 400 MB, and two of them, or one with
+    a neighbour's, set the planner's peak. Which thread waits changes no
+    result, only when it is computed."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._in_flight = 0
+        self._queue: deque[object] = deque()
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, nbytes: int) -> Iterator[None]:
+        ticket = object()
+        with self._cond:
+            self._queue.append(ticket)
+            self._cond.wait_for(lambda: self._queue[0] is ticket
+                                and (self._in_flight == 0 or self._in_flight + nbytes <= self.budget))
+            self._queue.popleft()
+            self._in_flight += nbytes
+            self._cond.notify_all()  # the next in line may fit too
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._in_flight -= nbytes
+                self._cond.notify_all()
+
+
+FACTORIZATIONS = MemoryGate(FACTOR_BUDGET)
 
 
 CHUNK = 1 << 20  # elements per slice of the elementwise passes over a large tensor
@@ -70,7 +114,7 @@ def inverse_cholesky(h: np.ndarray, damping: float = DAMPING, overwrite: bool = 
     is the caller's to give up and is damped in place.
 
     Each d×d intermediate is dropped as soon as the next exists: at d = 2880
-    (a PP-OCRv4 rec conv) one is 66 MB, and the planner runs two at once."""
+    (a PP-OCRv4 rec conv) one is 66 MB."""
     h = np.asarray(h, dtype=np.float64) if overwrite else np.array(h, dtype=np.float64)
     g, d, _ = h.shape
     diag = np.einsum("gii->gi", h)
@@ -83,7 +127,9 @@ def inverse_cholesky(h: np.ndarray, damping: float = DAMPING, overwrite: bool = 
             h[k][idx[dead[k]], idx[dead[k]]] = 1.0
     mean_diag = np.maximum(np.einsum("gii->gi", h).mean(axis=1), 1e-12)
     h[:, idx, idx] += damping * mean_diag[:, None]
-    u = np.empty_like(h)
+    # Each group's U is made only once its intermediates are gone (not
+    # allocated up front): one d×d less at the peak, inside numpy's inverse.
+    factors: list[np.ndarray] = []
     for k in range(g):
         damp = 0.0
         for _ in range(6):  # raise damping until H is numerically positive definite
@@ -95,13 +141,16 @@ def inverse_cholesky(h: np.ndarray, damping: float = DAMPING, overwrite: bool = 
                 del lower
                 hinv = inv.T @ inv
                 del inv
-                u[k] = np.linalg.cholesky(hinv).T
+                upper_t = np.linalg.cholesky(hinv)
                 del hinv
+                factors.append(np.ascontiguousarray(upper_t.T))
+                del upper_t
                 break
             except np.linalg.LinAlgError:
                 damp = max(damp * 10.0, mean_diag[k] * 0.1)
         else:
-            u[k] = np.diag(1.0 / np.sqrt(np.diag(h[k])))
+            factors.append(np.diag(1.0 / np.sqrt(np.diag(h[k]))))
+    u = factors[0][None] if g == 1 else np.stack(factors)
     return u, dead
 
 
@@ -148,12 +197,16 @@ def gptq(w: np.ndarray, hessian: np.ndarray, step: np.ndarray, theta: float, dea
 def prepare(hessian: np.ndarray, damping: float = DAMPING) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Act-order permutation, inverse-Hessian Cholesky factor (permuted) and dead inputs."""
     h = np.asarray(hessian)  # float64 or the statistics' float32: permuted first, then factorized in float64
+    g, d, _ = h.shape
     diag = np.einsum("gii->gi", h)
     perm = np.argsort(-diag, axis=1, kind="stable")
-    hp = np.empty(h.shape, dtype=np.float64)
-    for k in range(h.shape[0]):
-        hp[k] = h[k][np.ix_(perm[k], perm[k])]
-    u, dead_p = inverse_cholesky(hp, damping, overwrite=True)
+    # the permuted H and U, plus up to four d×d intermediates (numpy's inverse)
+    with FACTORIZATIONS.hold(8 * d * d * (2 * g + 4)):
+        hp = np.empty(h.shape, dtype=np.float64)
+        for k in range(g):
+            hp[k] = h[k][np.ix_(perm[k], perm[k])]
+        u, dead_p = inverse_cholesky(hp, damping, overwrite=True)
+        del hp
     dead = np.empty_like(dead_p)
     np.put_along_axis(dead, perm, dead_p, axis=1)
     return perm, u, dead

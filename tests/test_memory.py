@@ -276,3 +276,68 @@ def test_sensitivity_probes_read_a_folder_per_probe_with_the_same_result(tmp_pat
     from_list = measure_sensitivity(model, tmp_path, weights, {}, feeds, inputs)
     assert from_files.scale == from_list.scale == held.scale and from_files.scale
 
+
+
+def test_the_factorization_gate_runs_a_piece_over_its_budget_alone():
+    """Pieces that fit the budget run together; one over it waits for the
+    others and holds off later ones (first come, first served) until done."""
+    import threading
+    gate = gptq.MemoryGate(budget=100)
+    log: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    small_in = threading.Event()
+    release_small = threading.Event()
+
+    def piece(name: str, nbytes: int, started: threading.Event | None = None,
+              wait: threading.Event | None = None) -> None:
+        with gate.hold(nbytes):
+            with lock:
+                log.append(("start", name))
+            if started is not None:
+                started.set()
+            if wait is not None:
+                assert wait.wait(10)
+            with lock:
+                log.append(("end", name))
+
+    first = threading.Thread(target=piece, args=("small", 40, small_in, release_small))
+    first.start()
+    assert small_in.wait(10)
+    big = threading.Thread(target=piece, args=("big", 300))
+    big.start()
+    while not gate._queue:  # the big piece is in line
+        threading.Event().wait(0.01)
+    late = threading.Thread(target=piece, args=("late", 10))
+    late.start()
+    threading.Event().wait(0.2)
+    with lock:
+        assert log == [("start", "small")]  # the late one fits, but waits its turn behind the big one
+    release_small.set()
+    for t in (first, big, late):
+        t.join(10)
+    assert log == [("start", "small"), ("end", "small"), ("start", "big"), ("end", "big"),
+                   ("start", "late"), ("end", "late")]
+    assert gate._in_flight == 0
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_inverse_cholesky_gives_the_factor_of_the_damped_inverse(rng, groups):
+    """U (upper, C order) with UᵀU = (H + damping)⁻¹, the same values as the
+    textbook sequence; a dead input (zero diagonal) is marked and kept out."""
+    d = 40
+    x = rng.standard_normal((groups, 200, d))
+    x[:, :, 7] = 0.0  # input 7 never fires
+    h = np.einsum("gnd,gne->gde", x, x) / 200
+    u, dead = gptq.inverse_cholesky(h.copy(), damping=0.01)
+    assert u.shape == (groups, d, d) and u.flags.c_contiguous and u.dtype == np.float64
+    assert dead[:, 7].all() and dead.sum() == groups
+    for k in range(groups):
+        damped = h[k].copy()
+        damped[7, :] = damped[:, 7] = 0.0
+        damped[7, 7] = 1.0
+        damped[np.arange(d), np.arange(d)] += 0.01 * np.diag(damped).mean()
+        inv = np.linalg.inv(np.linalg.cholesky(damped))
+        expected = np.linalg.cholesky(inv.T @ inv).T
+        assert np.array_equal(u[k], expected)
+        assert np.allclose(np.triu(u[k]), u[k])
+        np.testing.assert_allclose(u[k].T @ u[k], np.linalg.inv(damped), rtol=1e-8, atol=1e-10)
