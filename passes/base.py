@@ -63,6 +63,30 @@ class TensorInput:
 
 
 @dataclass
+class RefineJob:
+    """What a refining method gets: the model as it will be written (bias
+    corrections applied), the planned recipe and parameters of every lossy
+    tensor, and the calibration samples."""
+
+    model: Any  # onnx.ModelProto, as it will be written (bias corrections applied)
+    original: Any  # onnx.ModelProto: the teacher
+    base_dir: Any  # pathlib.Path
+    tensors: dict[str, TensorInput]
+    recipes: dict[str, Recipe]
+    params: dict[str, "Params | None"]
+    samples: Any  # a sequence of feed dicts
+    options: "CompressOptions"
+    progress: Any = None  # callable(done, total, metrics) or None
+
+
+@dataclass
+class Refined:
+    recipes: dict[str, Recipe]  # the tensors whose recipe changes
+    notes: list[str] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class Quantized:
     """One candidate coded: its recipe, payload, layer-local error and sparsity."""
 
@@ -181,6 +205,10 @@ class Method(abc.ABC):
     # (the uniform baseline): with only such methods the allocator searches
     # that one shared knob instead of choosing per tensor.
     per_tensor: ClassVar[bool] = True
+    # True for a method that refines the whole plan after the allocation
+    # (the joint optimizer): the planner keeps the calibration samples for it
+    # and calls `refine` with every planned recipe.
+    refines: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -205,6 +233,10 @@ class Method(abc.ABC):
     @abc.abstractmethod
     def encode(self, tensor: TensorInput, params: Any, ctx: TensorContext) -> Recipe:
         """The final recipe of the chosen candidate (fitted on all samples)."""
+
+    def refine(self, job: "RefineJob") -> "Refined | None":
+        """Recipes that replace some planned ones (methods with `refines`)."""
+        return None
 
     def summary(self, recipes: list[Recipe]) -> dict[str, Any] | None:
         """A network-wide summary of the recipes this method encoded, for the report."""

@@ -214,16 +214,16 @@ def test_bias_correction_removes_the_mean_output_shift(tmp_path: Path, rng):
 
 
 def test_divergence_fits_the_output(rng):
-    from onnx_l2c.measure.sensitivity import _divergence, _divergence_kind
+    from onnx_l2c.measure.sensitivity import _divergence, divergence_kind
 
     logits = rng.standard_normal((8, 10))
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     emb = logits / np.linalg.norm(logits, axis=1, keepdims=True)
-    assert _divergence_kind("output", probs) == "kl_probabilities"
-    assert _divergence_kind("logits", logits) == "kl_softmax"
-    assert _divergence_kind("sentence_embedding", emb) == "cosine"
-    assert _divergence_kind("output", logits) == "relative_mse"
-    assert _divergence_kind("mask", rng.random((1, 1, 32, 32))) == "relative_mse"
+    assert divergence_kind("output", probs) == "kl_probabilities"
+    assert divergence_kind("logits", logits) == "kl_softmax"
+    assert divergence_kind("sentence_embedding", emb) == "cosine"
+    assert divergence_kind("output", logits) == "relative_mse"
+    assert divergence_kind("mask", rng.random((1, 1, 32, 32))) == "relative_mse"
     assert _divergence("cosine", emb, emb) == pytest.approx(0.0, abs=1e-12)
     assert _divergence("kl_softmax", logits, logits + 0.1) == pytest.approx(0.0, abs=1e-12)  # shift-invariant
     assert _divergence("kl_softmax", logits, 1.1 * logits) > 0

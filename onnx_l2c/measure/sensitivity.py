@@ -80,7 +80,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 _LOGIT_NAMES = ("logit", "class", "score")
 
 
-def _divergence_kind(name: str, y: np.ndarray) -> str:
+def divergence_kind(name: str, y: np.ndarray) -> str:
     """The divergence that fits an output: KL for class distributions
     (probabilities, or outputs named like logits), 1 − cosine for unit-norm
     embeddings, relative squared error for everything else."""
@@ -157,7 +157,7 @@ def measure_sensitivity(model: onnx.ModelProto, base_dir: Path, weights: list[We
         for k, name in enumerate(out_names):
             y = np.asarray(reference[0][k])
             if np.issubdtype(y.dtype, np.floating):
-                kinds[k] = _divergence_kind(name, y)
+                kinds[k] = divergence_kind(name, y)
                 result.divergences[name] = kinds[k]
         for w in probe:
             bits = tensor_bits(w.tensor, base_dir)

@@ -9,8 +9,9 @@ e = (½ + d)·s. The forward pass gives exactly those values; the backward
 pass is a straight-through estimator: rounding passes its gradient through,
 and the dead zone's hard mask takes the gradient of a sigmoid of width
 `TEMPERATURE` steps around the edge, so steps, the dead zone and the weights
-all get gradients. `soft=True` evaluates that surrogate itself (what the
-backward pass differentiates), for checking the gradients numerically.
+(or their continuous codes, `quantize_codes`) all get gradients.
+`soft=True` evaluates that surrogate itself (what the backward pass
+differentiates), for checking the gradients numerically.
 
 The rate is what the `entropy` stage's rANS stream will take: the ideal code
 length of the symbols under their own histogram (counted exactly in the
@@ -52,16 +53,19 @@ def _per_channel(t: Tensor, w: Tensor, axis: int | None) -> Tensor:
     return t.reshape(shape)
 
 
-def fake_quantize(w: Tensor, step: Tensor, dead_zone: Tensor, theta: float, axis: int | None = None,
-                  soft: bool = False) -> tuple[Tensor, Tensor]:
-    """(decoded weight, continuous signed codes) of the affine quantizer.
+def quantize_codes(u: Tensor, step: Tensor, dead_zone: Tensor, theta: float, axis: int | None = None,
+                   soft: bool = False) -> tuple[Tensor, Tensor]:
+    """(decoded weight, signed codes) from continuous codes u (weights in
+    units of their step): q = sign(u)·round(|u|) where |u| ≥ ½ + d, else 0,
+    decoded as (q − sign(q)·θ)·s.
 
-    step: per channel along `axis` (or one); dead_zone: one value or per
-    channel. The codes are |w|/s with w's sign where the weight survives
-    the dead zone (the rate's soft histogram reads them)."""
-    s = _per_channel(step, w, axis)
-    dz = _per_channel(dead_zone, w, axis)
-    a = w.abs() / s
+    The joint optimizer trains u, the steps and the dead zone: a step then
+    scales its channel's decoded weights without moving any code, so its
+    gradient is exact; rounding and the dead zone's edge pass straight-through
+    gradients to u and d. step: per channel along `axis` (or one)."""
+    s = _per_channel(step, u, axis)
+    dz = _per_channel(dead_zone, u, axis)
+    a = u.abs()
     edge = 0.5 + dz
     soft_mask = torch.sigmoid((a - edge) / TEMPERATURE)
     if soft:
@@ -69,11 +73,18 @@ def fake_quantize(w: Tensor, step: Tensor, dead_zone: Tensor, theta: float, axis
     else:
         rounded = torch.clamp(torch.floor(a + 0.5), max=QMAX)
         level = a + (rounded - a).detach()
-        hard = (a >= edge).to(w.dtype)
+        hard = (a >= edge).to(u.dtype)
         mask = soft_mask + (hard - soft_mask).detach()
-    sign = torch.sign(w)
-    decoded = sign * mask * (level - theta) * s
-    return decoded, sign * mask * level
+    sign = torch.sign(u)
+    return sign * mask * (level - theta) * s, sign * mask * level
+
+
+def fake_quantize(w: Tensor, step: Tensor, dead_zone: Tensor, theta: float, axis: int | None = None,
+                  soft: bool = False) -> tuple[Tensor, Tensor]:
+    """`quantize_codes` of the weights themselves (u = w / s): the affine
+    stage's quantizer as a function of w, with straight-through gradients to
+    w, the steps (through the codes, as LSQ) and the dead zone."""
+    return quantize_codes(w / _per_channel(step, w, axis), step, dead_zone, theta, axis, soft)
 
 
 def _varint_size(v: np.ndarray) -> np.ndarray:

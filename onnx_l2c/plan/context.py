@@ -100,6 +100,7 @@ class PlanContext:
     options: CompressOptions = field(default_factory=CompressOptions)
     methods: tuple[Method, ...] = ()  # the selected methods that run (in candidate order)
     channel_samples: dict[str, ChannelSample] = field(default_factory=dict)  # the largest tensors, planned on a sample
+    samples: Any = None  # the calibration samples, kept only for a refining method (the joint optimizer)
 
     def tensor_input(self, name: str) -> TensorInput:
         return tensor_input(self.weights[name], self.base_dir)
@@ -284,6 +285,7 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
     if measured is not None:
         ctx.stats, ctx.sensitivity, ctx.data_free = measured.stats, measured.sensitivity, measured.data_free
         ctx.calibration_samples = measured.calibration_samples
+        ctx.samples = measured.samples
         ctx.seconds = {k: v for k, v in measured.seconds.items() if k != "candidates"}
         ctx.notes = [n for n in measured.notes if n.startswith("data-free")]
     elif opts.calibration_data is not None:
@@ -304,6 +306,8 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
         t1 = time.perf_counter()
         ctx.sensitivity = measure_sensitivity(model, base_dir, weights, ctx.stats, samples, inputs)
         ctx.seconds["sensitivity"] = time.perf_counter() - t1
+        if any(m.refines for m in ctx.methods):
+            ctx.samples = samples
         del samples
     t2 = time.perf_counter()
 

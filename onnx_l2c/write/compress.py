@@ -30,6 +30,7 @@ from onnx_l2c.graph.model import (WeightRef, embed_external, external_files, fin
                                   model_bytes, tensor_bits)
 from onnx_l2c.graph.edit import defined_names, drop_initializers, mark_compressed, replace_with_decode
 from onnx_l2c.passes import PresetQuantizer, TensorInput, registry
+from onnx_l2c.passes.base import RefineJob
 from onnx_l2c.plan.bias import bias_corrections
 from onnx_l2c.plan.context import LOSSLESS, Encoding
 from onnx_l2c.write.results import CompressResult, TensorReport
@@ -42,6 +43,7 @@ WRITE_ATTEMPTS = 3
 WRITE_MEMORY = 1 << 30  # bytes of working memory the encodes in flight may need together (one always runs)
 PLANNED_ENCODE_COPIES = 8  # a planned lossy encode's working memory, in multiples of its tensor's bytes
 BUDGET_TOLERANCE = 0.01  # re-allocate when the output misses the budget by more
+REFINED_TOLERANCE = 0.03  # a refined plan's output is kept this near the budget (re-allocating drops it)
 OUT_OF_REACH = 1.03  # an output this far over the budget: the target is out of the methods' reach
 
 
@@ -178,6 +180,10 @@ class Planner:
                                               reusable=not _single_use)
         self.reusable = not _single_use
 
+    def _refine(self, work: onnx.ModelProto, encodings: dict[str, Encoding],
+                opts: CompressOptions) -> list[_Refinement]:
+        return _refine_plan(self, work, encodings, opts)
+
     def with_methods(self, methods: str | tuple[str, ...]) -> "Planner":
         """Another planner for the same model and calibration measurements,
         with other methods (only the candidates are fitted again)."""
@@ -205,6 +211,8 @@ class Planner:
         ctx = self.context
         budget = planning.budget_for(opts, self.source.source_bytes)
         result: CompressResult | None = None
+        refinements: list[_Refinement] = []
+        refined = False
         previous: dict | None = None
         fixed = ctx.fixed_bytes
         try:
@@ -225,6 +233,9 @@ class Planner:
                 for t in work.graph.initializer:
                     if t.name in new_bias:
                         t.CopyFrom(numpy_helper.from_array(new_bias[t.name], t.name))
+                if attempt == 0:
+                    refinements = self._refine(work, encodings, opts)
+                refined = attempt == 0 and any(r.changed for r in refinements)
                 work_analysis = find_weights(work, opts.min_elements)
                 result, encoded = _write(work, work_analysis, self.source.src_dir, output, opts,
                                          self.source.source_bytes, self.workers, self.progress, start, encodings,
@@ -234,12 +245,23 @@ class Planner:
                 # re-allocate if the output misses the budget by more than 1%.
                 if abs(result.output_bytes - budget) <= BUDGET_TOLERANCE * budget or allocation.total_bytes == 0:
                     break
+                if refined and abs(result.output_bytes - budget) <= REFINED_TOLERANCE * budget:
+                    break  # re-allocating would drop the refinement
                 predicted = allocation.total_bytes + ctx.fixed_bytes
                 ctx.fixed_bytes += result.output_bytes - predicted
                 log.info("output %d bytes for a budget of %d; re-allocating (attempt %d)", result.output_bytes,
                          budget, attempt + 2)
             assert result is not None
             result.plan = plan_summary(ctx, allocation, opts, budget, self.source.source_bytes)
+            for outcome in refinements:
+                notes = outcome.notes
+                if outcome.changed and not refined:
+                    notes = [*notes, f"{outcome.key}: its result was dropped, the written size missed the target by "
+                                     f"more than {REFINED_TOLERANCE:.0%} and the plan was re-allocated"]
+                result.plan["notes"] = [*result.plan["notes"], *notes]
+                if outcome.summary:
+                    result.plan[outcome.key] = outcome.summary | {"applied": outcome.summary.get("applied", False)
+                                                                  and refined}
             if result.output_bytes > OUT_OF_REACH * budget:
                 # every tensor at its smallest candidate still does not fit
                 missed = (f"the target ({budget} bytes) is out of reach of methods {','.join(opts.methods)}: "
@@ -260,6 +282,45 @@ class Planner:
         if opts.report is not None:
             write_report(result, ctx, allocation, opts.report)
         return result
+
+
+@dataclass
+class _Refinement:
+    key: str  # the method's name: its summary's key in the plan report
+    notes: list[str]
+    summary: dict[str, Any]
+    changed: bool  # some recipe was replaced
+
+
+def _refine_plan(planner: "Planner", work: onnx.ModelProto, encodings: dict[str, Encoding],
+                 opts: CompressOptions) -> list[_Refinement]:
+    """Let the refining methods (the joint optimizer) replace planned recipes.
+    Every lossy tensor is encoded here once (the writer then reuses it)."""
+    ctx = planner.context
+    refiners = [m for m in ctx.methods if m.refines]
+    if not refiners or ctx.samples is None:
+        return []
+    tensors, recipes, params = {}, {}, {}
+    for name, encoding in list(encodings.items()):
+        if encoding.lossless:
+            continue
+        tensor = ctx.tensor_input(name)
+        if not encoding.applies_to(tensor):
+            continue
+        recipe = encoding.encode(tensor)
+        tensors[name], recipes[name], params[name] = tensor, recipe, encoding.params
+        encodings[name] = dataclasses.replace(encoding, recipe=lambda _, r=recipe: r)
+    out = []
+    for method in refiners:
+        job = RefineJob(work, planner.source.proto, ctx.base_dir, tensors, recipes, params, ctx.samples, opts)
+        outcome = method.refine(job)
+        if outcome is None:
+            continue
+        for name, recipe in outcome.recipes.items():
+            encodings[name] = dataclasses.replace(encodings[name], recipe=lambda _, r=recipe: r)
+            recipes[name] = recipe
+        out.append(_Refinement(method.name, outcome.notes, outcome.summary, bool(outcome.recipes)))
+    return out
 
 
 def _write(proto: onnx.ModelProto, analysis: Any, src_dir: Path, output: Path, opts: CompressOptions,

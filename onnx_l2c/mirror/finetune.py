@@ -1,0 +1,263 @@
+"""The joint optimizer's loop: fine-tune steps, dead zones and weights of the
+planned tensors through the torch mirror, against the original model's own
+outputs, under the planned size.
+
+Starts exactly at the post-training result: each tuned tensor's parameters
+are its continuous codes (starting at its planned symbols), its per-channel
+steps and its dead zone, so the first forward pass decodes what the planner
+would write, GPTQ's rounding included. The loss is the output divergence
+(KL for class distributions, 1 − cosine for embeddings, relative squared
+error otherwise; the teacher is onnxruntime on the original) relative to
+its starting value, plus λ times the estimated payload bytes relative to the
+planned bytes; λ follows the constraint (dual ascent), so the tuned tensors
+end near the bytes the plan gave them. Phases alternate as in the method:
+the transform (steps, dead zones), then the weights with the transform
+frozen. A held-out part of the calibration samples picks the best state, and
+the result is used only if it beats the post-training plan there.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from onnx_l2c.codec import FLOAT, AffineStage, CastStage, EntropyStage, Recipe
+from onnx_l2c.errors import OptionError
+from onnx_l2c.measure.sensitivity import divergence_kind
+from onnx_l2c.mirror.graph import Mirror
+from onnx_l2c.mirror.transform import quantize_codes, rate_bytes
+from onnx_l2c.passes.gptq import quantize_nearest
+
+log = logging.getLogger(__name__)
+Tensor = torch.Tensor
+Feeds = dict[str, np.ndarray]
+
+HELD_OUT_FRACTION = 0.25  # of the calibration samples, never trained on
+EVAL_EVERY = 10  # steps between held-out checks
+BATCH = 8  # calibration samples per step
+LR_TRANSFORM = 0.01  # Adam, on log steps and dead zones
+LR_WEIGHTS = 0.02  # Adam, on the continuous codes (units of steps)
+DUAL_RATE = 0.5  # λ ← λ·exp(DUAL_RATE·(rate / budget − 1)) each step
+LAMBDA_START = 0.05
+
+
+@dataclass
+class TunedTensor:
+    """One planned tensor the optimizer may change: its planned symbols in the
+    (outer, channels, inner) view, per-channel steps, dead zone and θ."""
+
+    name: str
+    dtype: int
+    shape: tuple[int, ...]
+    symbols: np.ndarray  # int32, (outer, channels, inner)
+    step: np.ndarray  # float32, (channels,)
+    dead_zone: float
+    theta: float
+    fixed_bytes: int  # the payload's bytes other than its entropy stream
+
+    @property
+    def view(self) -> tuple[int, int, int]:
+        return tuple(self.symbols.shape)  # type: ignore[return-value]
+
+
+@dataclass
+class FinetuneOptions:
+    steps: int = 100
+    minutes: float | None = None  # wall-clock budget; the loop stops when it is spent
+    device: str = "cpu"
+    seed: int = 0
+    weights: bool = True  # False: the transform alone (steps, dead zones), the weights kept
+
+
+@dataclass
+class FinetuneResult:
+    recipes: dict[str, Recipe]  # empty when the post-training plan is kept
+    held_out_before: float  # mean held-out divergence of the post-training plan
+    held_out_after: float  # ... of the state that was chosen (equal to before when kept)
+    rate_before: float  # estimated bytes of the tuned tensors, post-training
+    rate_after: float
+    steps: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+def divergence(kind: str, ref: Tensor, out: Tensor) -> Tensor:
+    """measure.sensitivity's divergences, in torch (differentiable in `out`)."""
+    ref, out = ref.double(), out.double()
+    if kind.startswith("kl"):
+        ref, out = ref.reshape(-1, ref.shape[-1]), out.reshape(-1, out.shape[-1])
+        if kind == "kl_probabilities":
+            p, log_q = ref, torch.log(out.clamp_min(1e-12))
+        else:
+            p, log_q = torch.softmax(ref, -1), torch.log_softmax(out, -1)
+        return (p * (torch.log(p.clamp_min(1e-12)) - log_q)).sum(-1).mean()
+    if kind == "cosine":
+        ref, out = ref.reshape(-1, ref.shape[-1]), out.reshape(-1, out.shape[-1])
+        return (1 - torch.nn.functional.cosine_similarity(out, ref, dim=-1, eps=1e-30)).mean()
+    return ((out - ref) ** 2).sum() / (ref ** 2).sum().clamp_min(1e-30)
+
+
+class _State:
+    """The trainable parameters: each tensor's continuous codes (in units of
+    its planned steps, starting at the planned symbols), log steps and dead zone."""
+
+    def __init__(self, tuned: list[TunedTensor]) -> None:
+        self.tuned = tuned
+        self.codes = {t.name: torch.nn.Parameter(torch.from_numpy(t.symbols.astype(np.float32))) for t in tuned}
+        self.log_steps = {t.name: torch.nn.Parameter(torch.log(torch.from_numpy(t.step.astype(np.float32))))
+                          for t in tuned}
+        self.dead_zones = {t.name: torch.nn.Parameter(torch.tensor(float(t.dead_zone))) for t in tuned}
+
+    def decoded(self) -> tuple[dict[str, Tensor], list[tuple[TunedTensor, Tensor]]]:
+        weights: dict[str, Tensor] = {}
+        codes: list[tuple[TunedTensor, Tensor]] = []
+        for t in self.tuned:
+            dz = self.dead_zones[t.name].clamp(0.0, 0.95)
+            value, code = quantize_codes(self.codes[t.name], self.log_steps[t.name].exp(), dz, t.theta, axis=1)
+            weights[t.name] = value.reshape(t.shape)
+            codes.append((t, code))
+        return weights, codes
+
+    def rate(self, codes: list[tuple[TunedTensor, Tensor]]) -> Tensor:
+        return sum((rate_bytes(code, t.fixed_bytes) for t, code in codes), torch.zeros((), dtype=torch.float32))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"codes": {k: v.detach().clone() for k, v in self.codes.items()},
+                "log_steps": {k: v.detach().clone() for k, v in self.log_steps.items()},
+                "dead_zones": {k: v.detach().clone() for k, v in self.dead_zones.items()}}
+
+    def recipes(self, snap: dict[str, Any]) -> dict[str, Recipe]:
+        out: dict[str, Recipe] = {}
+        for t in self.tuned:
+            u = snap["codes"][t.name].numpy().astype(np.float64)
+            step = snap["log_steps"][t.name].exp().numpy().astype(np.float32)
+            dz = float(snap["dead_zones"][t.name].clamp(0.0, 0.95))
+            q = quantize_nearest(u, np.ones(1), dz)  # the codes' own rounding and dead zone, in steps
+            outer, channels, inner = t.view
+            stages = [EntropyStage(q.reshape(-1)), AffineStage(outer, channels, inner, t.theta, step)]
+            if t.dtype != FLOAT:
+                stages.append(CastStage(t.dtype))
+            out[t.name] = Recipe(t.dtype, t.shape, stages)
+        return out
+
+
+def _teacher(model: onnx.ModelProto, base_dir: Path, samples: Sequence[Feeds]) -> list[list[np.ndarray]]:
+    from onnx_l2c.measure.calibration import ScratchModel, make_session
+
+    with ScratchModel(model, base_dir) as scratch:
+        session = make_session(scratch)
+        return [session.run(None, dict(feeds)) for feeds in samples]
+
+
+def finetune(model: onnx.ModelProto, original: onnx.ModelProto, base_dir: Path, tuned: list[TunedTensor],
+             frozen: dict[str, np.ndarray], samples: Sequence[Feeds], options: FinetuneOptions,
+             progress: Callable[[int, int, dict[str, float]], None] | None = None) -> FinetuneResult:
+    """Fine-tune `tuned` in `model` (as it will be written) with every other
+    planned weight at its decoded value (`frozen`, name → array), against
+    `original`'s outputs; see the module doc."""
+    start = time.perf_counter()
+    if options.device not in ("cpu", "cuda", "auto"):
+        raise OptionError(f"--device must be cpu, cuda or auto, got {options.device!r}")
+    if options.device == "cuda" and not torch.cuda.is_available():
+        raise OptionError("--device cuda: torch sees no CUDA device (use cpu or auto)")
+    if len(samples) < 2:
+        raise OptionError("the joint optimizer needs at least 2 calibration samples (one is held out)")
+    torch.manual_seed(options.seed)
+    # every k-th sample held out: calibration folders are often in order of
+    # kind (file type, speaker...), and a tail would hold out only the last kinds
+    every = max(2, int(round(1 / HELD_OUT_FRACTION)))
+    held_idx = list(range(every - 1, len(samples), every))
+    train_idx = [i for i in range(len(samples)) if i not in set(held_idx)]
+    teacher = _teacher(original, base_dir, samples)
+    mirror = Mirror(model, base_dir)
+    names = mirror.output_names
+    kinds = [divergence_kind(n, y) for n, y in zip(names, teacher[0])]
+    fixed = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in frozen.items()}
+    state = _State(tuned)
+
+    def distortion(i: int, weights: dict[str, Tensor]) -> Tensor:
+        got = mirror(samples[i], overrides=fixed | weights)
+        terms = [divergence(k, torch.from_numpy(np.asarray(ref)), got[n])
+                 for n, k, ref in zip(names, kinds, teacher[i]) if np.issubdtype(np.asarray(ref).dtype, np.floating)]
+        return torch.stack(terms).mean()
+
+    def held_out() -> float:
+        with torch.no_grad():
+            weights, _ = state.decoded()
+            return float(np.mean([float(distortion(i, weights)) for i in held_idx]))
+
+    with torch.no_grad():
+        _, codes = state.decoded()
+        rate_before = float(state.rate(codes))
+    before = held_out()
+    train_ref = max(before, 1e-12)
+    budget = rate_before
+    best = (before, state.snapshot(), rate_before)
+    lam = LAMBDA_START
+    transform_params = list(state.log_steps.values()) + list(state.dead_zones.values())
+    weight_params = [state.codes[t.name] for t in tuned]
+    opt_transform = torch.optim.Adam(transform_params, lr=LR_TRANSFORM)
+    opt_weights = torch.optim.Adam(weight_params, lr=LR_WEIGHTS)  # codes: in steps
+    order = np.random.default_rng(options.seed).permutation(train_idx).tolist() if train_idx else held_idx
+    phase_len = max(1, options.steps // 4)
+    nonfinite: set[str] = set()
+    done = 0
+    rate = rate_before
+    for done in range(1, options.steps + 1):
+        if options.minutes is not None and time.perf_counter() - start > 60 * options.minutes:
+            done -= 1
+            break
+        weights_phase = options.weights and ((done - 1) // phase_len) % 2 == 1
+        batch = [order[(BATCH * (done - 1) + k) % len(order)] for k in range(min(BATCH, len(order)))]
+        opt_transform.zero_grad()
+        opt_weights.zero_grad()
+        weights, codes = state.decoded()
+        rate_t = state.rate(codes)
+        # one sample per forward (their shapes may differ), gradients summed over the batch
+        fit = sum(distortion(i, weights) for i in batch) / (len(batch) * train_ref)
+        loss = fit + lam * rate_t / budget
+        loss.backward()
+        if not torch.isfinite(loss):
+            log.warning("joint optimizer step %d: non-finite loss; step skipped", done)
+            continue
+        for t in tuned:  # e.g. a sqrt at 0 downstream (an STFT magnitude): that entry's gradient is dropped
+            for p in (state.codes[t.name], state.log_steps[t.name], state.dead_zones[t.name]):
+                if p.grad is not None and not torch.isfinite(p.grad).all():
+                    if t.name not in nonfinite:
+                        log.info("joint optimizer: non-finite gradients of %s set to 0", t.name)
+                        nonfinite.add(t.name)
+                    p.grad.nan_to_num_(0.0, 0.0, 0.0)
+        (opt_weights if weights_phase else opt_transform).step()
+        rate = float(rate_t.detach())
+        lam = float(np.clip(lam * math.exp(DUAL_RATE * (rate / budget - 1.0)), 1e-3, 1e3))
+        if done % EVAL_EVERY == 0 or done == options.steps:
+            score = held_out()
+            with torch.no_grad():
+                _, now_codes = state.decoded()
+                now_rate = float(state.rate(now_codes))
+            if now_rate <= budget * 1.005 and score < best[0]:
+                best = (score, state.snapshot(), now_rate)
+            log.info("joint optimizer step %d/%d: loss %.4g, rate %.4f of the plan, held-out %.4f of the plan's, "
+                     "lambda %.3g", done, options.steps, float(loss.detach()), now_rate / budget,
+                     score / max(before, 1e-30), lam)
+            if progress is not None:
+                progress(done, options.steps, {"loss": float(loss.detach()), "rate": now_rate / budget,
+                                               "held_out": score / max(before, 1e-30), "lambda": lam})
+    seconds = time.perf_counter() - start
+    notes = []
+    if best[0] >= before:
+        notes.append(f"joint optimizer: no state beat the post-training plan on the {len(held_idx)} held-out "
+                     f"samples ({before:.4g}); the post-training plan is kept")
+        return FinetuneResult({}, before, before, rate_before, rate_before, done, seconds, notes)
+    notes.append(f"joint optimizer: held-out divergence {before:.4g} -> {best[0]:.4g} over {len(held_idx)} "
+                 f"samples, {done} steps in {seconds:.0f} s")
+    return FinetuneResult(state.recipes(best[1]), before, best[0], rate_before, best[2], done, seconds, notes)

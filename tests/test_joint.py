@@ -1,0 +1,110 @@
+"""The joint optimizer as a method (`--methods ...,l2c`, issue 15): it refines
+the plan through the torch mirror, never ships a plan that scores worse on
+its held-out calibration samples, honours its time budget, and falls back to
+the post-training plan where the mirror lacks an op."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from builders import _model, tensor
+from helpers import run_custom_op, run_fast, run_plain, save
+import onnx_l2c
+from onnx_l2c.errors import OptionError
+
+
+def _classifier(rng: np.random.Generator, extra_op: str | None = None):
+    """x[N,64] → MatMul+Relu → MatMul → Softmax: a small class distribution."""
+    w0 = (rng.standard_normal((64, 256)) / 8).astype(np.float32)
+    w1 = (rng.standard_normal((256, 16)) / 16).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W0"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "W1"], ["z"])]
+    last = "z"
+    if extra_op:
+        nodes.append(helper.make_node(extra_op, ["z"], ["z2"], domain="com.microsoft"))
+        last = "z2"
+    nodes.append(helper.make_node("Softmax", [last], ["probs"], axis=-1))
+    graph = helper.make_graph(nodes, "clf", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 16])],
+                              [tensor("W0", w0), tensor("W1", w1)])
+    return _model(graph, opset=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+                  if extra_op else None)
+
+
+def _samples(rng, n=16):
+    return [{"x": rng.standard_normal((4, 64)).astype(np.float32)} for _ in range(n)]
+
+
+def test_the_joint_optimizer_refines_and_every_loader_reads_it(tmp_path: Path, rng):
+    model = save(_classifier(rng), tmp_path / "clf.onnx")
+    out = tmp_path / "small.onnx"
+    result = onnx_l2c.compress(model, out, target_ratio=10, calibration_data=_samples(rng),
+                               methods="rounding,mixed,l2c", finetune_steps=20)
+    summary = result.plan["l2c"]
+    assert summary["tensors"] == 2 and summary["steps"] == 20
+    assert summary["held_out_after"] <= summary["held_out_before"]  # never worse than post-training
+    assert any(n.startswith("joint optimizer") for n in result.plan["notes"])
+    assert abs(result.ratio / 10 - 1) <= 0.03
+    feeds = {"x": rng.standard_normal((3, 64)).astype(np.float32)}
+    fast = run_fast(out, feeds)
+    np.testing.assert_array_equal(fast, run_custom_op(out, feeds))
+    plain = tmp_path / "plain.onnx"
+    onnx_l2c.decompress(out, plain)
+    np.testing.assert_array_equal(fast, run_plain(plain, feeds))
+
+
+def test_a_spent_time_budget_keeps_the_post_training_plan(tmp_path: Path, rng):
+    model = save(_classifier(rng), tmp_path / "clf.onnx")
+    samples = _samples(rng)
+    (tmp_path / "base").mkdir()
+    (tmp_path / "l2c").mkdir()
+    # the same file name: the graph's size (which names the sidecar) is part of the budget
+    base = onnx_l2c.compress(model, tmp_path / "base" / "m.onnx", target_ratio=10, calibration_data=samples)
+    refined = onnx_l2c.compress(model, tmp_path / "l2c" / "m.onnx", target_ratio=10, calibration_data=samples,
+                                methods="rounding,mixed,l2c", finetune_minutes=0.0)
+    assert refined.plan["l2c"]["steps"] == 0 and not refined.plan["l2c"]["applied"]
+    assert (tmp_path / "base" / "m.onnx.l2c").read_bytes() == (tmp_path / "l2c" / "m.onnx.l2c").read_bytes()
+    assert base.output_bytes == refined.output_bytes
+
+
+def test_an_op_the_mirror_lacks_falls_back_with_a_note(tmp_path: Path, rng):
+    """onnxruntime runs com.microsoft::Gelu; the mirror does not: the plan stands, the report says why."""
+    model = save(_classifier(rng, extra_op="Gelu"), tmp_path / "clf.onnx")
+    result = onnx_l2c.compress(model, tmp_path / "out.onnx", target_ratio=8, calibration_data=_samples(rng),
+                               methods="rounding,mixed,l2c")
+    notes = " ".join(result.plan["notes"])
+    assert "joint optimizer skipped, post-training plan kept" in notes and "com.microsoft::Gelu" in notes
+
+
+def test_device_and_phase_options_are_checked(tmp_path: Path, rng):
+    model = save(_classifier(rng), tmp_path / "clf.onnx")
+    with pytest.raises(OptionError, match="device"):
+        onnx_l2c.compress(model, tmp_path / "a.onnx", target_ratio=8, calibration_data=_samples(rng),
+                          methods="rounding,l2c", device="tpu")
+    with pytest.raises(OptionError, match="phases"):
+        onnx_l2c.compress(model, tmp_path / "a.onnx", target_ratio=8, calibration_data=_samples(rng),
+                          methods="rounding,l2c", finetune_phases="weights-only")
+    import torch
+    if not torch.cuda.is_available():
+        with pytest.raises(OptionError, match="no CUDA device"):
+            onnx_l2c.compress(model, tmp_path / "a.onnx", target_ratio=8, calibration_data=_samples(rng),
+                              methods="rounding,l2c", device="cuda")
+
+
+def test_the_torch_divergences_equal_the_sensitivity_ones(rng):
+    import torch
+    from onnx_l2c.measure.sensitivity import _divergence
+    from onnx_l2c.mirror.finetune import divergence
+    logits = rng.standard_normal((3, 10)).astype(np.float32)
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    for kind, ref in (("kl_probabilities", probs), ("kl_softmax", logits), ("cosine", logits),
+                      ("relative_mse", logits)):
+        out = ref + 0.05 * rng.standard_normal(ref.shape).astype(np.float32)
+        if kind == "kl_probabilities":
+            out = np.abs(out) / np.abs(out).sum(-1, keepdims=True)
+        got = float(divergence(kind, torch.from_numpy(ref), torch.from_numpy(out)))
+        assert got == pytest.approx(_divergence(kind, ref, out), rel=1e-6, abs=1e-12), kind
