@@ -108,3 +108,15 @@ def test_the_torch_divergences_equal_the_sensitivity_ones(rng):
             out = np.abs(out) / np.abs(out).sum(-1, keepdims=True)
         got = float(divergence(kind, torch.from_numpy(ref), torch.from_numpy(out)))
         assert got == pytest.approx(_divergence(kind, ref, out), rel=1e-6, abs=1e-12), kind
+
+
+def test_normalized_descent_moves_the_largest_gradient_by_lr():
+    import torch
+    from onnx_l2c.mirror.finetune import NormalizedDescent
+    p = torch.nn.Parameter(torch.zeros(4))
+    opt = NormalizedDescent([p], lr=0.2)
+    (p * torch.tensor([4.0, -2.0, 1.0, 0.0])).sum().backward()
+    opt.step()
+    assert torch.allclose(p.detach(), torch.tensor([-0.2, 0.1, -0.05, 0.0]))
+    opt.zero_grad()
+    assert p.grad is None
