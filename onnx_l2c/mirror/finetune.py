@@ -73,8 +73,7 @@ class TunedTensor:
 @dataclass
 class FinetuneOptions:
     steps: int = 100
-    minutes: float | None = None  # wall-clock budget; the loop stops when it is spent
-    device: str = "cpu"
+    minutes: float | None = None  # wall-clock budget, checked before each step
     seed: int = 0
     weights: bool = True  # False: the transform alone (steps, dead zones), the weights kept
 
@@ -190,10 +189,6 @@ def finetune(model: onnx.ModelProto, original: onnx.ModelProto, base_dir: Path, 
     planned weight at its decoded value (`frozen`, name → array), against
     `original`'s outputs; see the module doc."""
     start = time.perf_counter()
-    if options.device not in ("cpu", "cuda", "auto"):
-        raise OptionError(f"--device must be cpu, cuda or auto, got {options.device!r}")
-    if options.device == "cuda" and not torch.cuda.is_available():
-        raise OptionError("--device cuda: torch sees no CUDA device (use cpu or auto)")
     if len(samples) < 2:
         raise OptionError("the joint optimizer needs at least 2 calibration samples (one is held out)")
     torch.manual_seed(options.seed)
@@ -236,7 +231,6 @@ def finetune(model: onnx.ModelProto, original: onnx.ModelProto, base_dir: Path, 
     phase_len = max(1, options.steps // 4)
     nonfinite: set[str] = set()
     done = 0
-    rate = rate_before
     for done in range(1, options.steps + 1):
         if options.minutes is not None and time.perf_counter() - start > 60 * options.minutes:
             done -= 1
