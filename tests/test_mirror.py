@@ -300,3 +300,20 @@ def test_rate_and_distortion_pull_a_tiny_layer_in_opposite_directions(rng):
         assert rate1 < 0.8 * rate0
         _, _, error0, error1 = run(0.0, 1.0, start)
         assert error1 < 0.5 * error0
+
+
+def test_float16_weights_take_overrides_in_their_own_dtype(rng):
+    w = rng.standard_normal((8, 4)).astype(np.float16)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)],
+                              [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((2, 8)).astype(np.float16)
+    assert _relative_error(Mirror(model), model, {"x": x}) <= 1e-3  # float16 arithmetic
+    new = rng.standard_normal((8, 4)).astype(np.float32)  # what the joint optimizer hands over
+    with torch.no_grad():
+        got = Mirror(model)({"x": x}, overrides={"W": torch.from_numpy(new)})["y"]
+    assert got.dtype == torch.float16
+    np.testing.assert_allclose(got.float().numpy(), (x.astype(np.float32) @ new.astype(np.float16).astype(np.float32)),
+                               rtol=2e-3, atol=2e-3)

@@ -179,8 +179,8 @@ class Mirror(torch.nn.Module):
         local = dict(self._constants[key])
         for name in self._owned.get(key, ()):
             local[name] = weights[name]
-        for name in weights.keys() & local.keys():  # overrides of other initializers
-            local[name] = weights[name]
+        for name in weights.keys() & local.keys():  # overrides of other initializers, in their dtype (fp16...)
+            local[name] = weights[name].to(local[name].dtype)
         env = scope.new_child(local)
         for step in self._steps[key]:
             node = step.node
