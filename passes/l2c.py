@@ -50,12 +50,15 @@ class JointOptimizer(Method):
         OptionSpec("finetune_steps", int, 100,
                    "joint optimizer (l2c): gradient steps, 8 calibration samples each", minimum=1),
         OptionSpec("finetune_minutes", float, None,
-                   "joint optimizer (l2c): stop after this many minutes (default: after --finetune-steps)",
+                   "joint optimizer (l2c): a time budget in minutes, checked before each step (none: only "
+                   "--finetune-steps bounds it)",
                    minimum=0.0),
         OptionSpec("finetune_phases", Phases, Phases.ALL,
                    "joint optimizer (l2c): all (steps and dead zones, then the weights, alternating) or "
                    "transform (steps and dead zones only)"),
-        OptionSpec("device", Device, Device.AUTO, "joint optimizer (l2c): cpu, cuda or auto"),
+        OptionSpec("device", Device, Device.AUTO,
+                   "joint optimizer (l2c): where it runs; auto = CUDA when torch sees one (the CPU so far: cuda "
+                   "is refused)"),
     )
 
     def candidates(self, tensor: TensorInput, ctx: TensorContext, lossless_bytes: int) -> list[Option]:
