@@ -66,10 +66,19 @@ class _Bar:
     def __call__(self, done: int, total: int, name: str) -> None:
         if not self.enabled:
             return
-        if self.bar is None:
+        # A stage that reports "label: numbers" (the joint optimizer's steps)
+        # gets its own bar with the numbers beside it; the write's bar counts tensors.
+        stage, _, numbers = name.partition(": ") if ": " in name else ("", "", "")
+        desc = stage or self.desc
+        if self.bar is None or self.bar.desc != desc or self.bar.total != total:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=self.desc, unit="tensor", file=sys.stderr, leave=False)
+            if self.bar is not None:
+                self.bar.close()
+            self.bar = tqdm(total=total, desc=desc, unit="step" if stage else "tensor", file=sys.stderr,
+                            leave=False)
+        if numbers:
+            self.bar.set_postfix_str(numbers, refresh=False)
         self.bar.update(done - self.bar.n)
 
     def close(self) -> None:

@@ -120,3 +120,25 @@ def test_normalized_descent_moves_the_largest_gradient_by_lr():
     assert torch.allclose(p.detach(), torch.tensor([-0.2, 0.1, -0.05, 0.0]))
     opt.zero_grad()
     assert p.grad is None
+
+
+def test_fine_tuning_reports_its_steps_through_the_progress_callback(tmp_path: Path, rng):
+    model = save(_classifier(rng), tmp_path / "clf.onnx")
+    seen: list[tuple[int, int, str]] = []
+    onnx_l2c.compress(model, tmp_path / "out.onnx", target_ratio=10, calibration_data=_samples(rng),
+                      methods="rounding,mixed,l2c", finetune_steps=20,
+                      progress=lambda done, total, name: seen.append((done, total, name)))
+    steps = [(d, t, n) for d, t, n in seen if n.startswith("l2c: ")]
+    assert [(d, t) for d, t, _ in steps] == [(10, 20), (20, 20)]
+    assert all(key in steps[-1][2] for key in ("loss", "rate", "held_out", "lambda"))
+    assert any(not n.startswith("l2c: ") for _, _, n in seen)  # the write's own updates follow
+
+
+def test_the_cli_bar_gives_a_reporting_stage_its_own_bar(monkeypatch):
+    from onnx_l2c.cli import _Bar
+    bar = _Bar(True, "compressing")
+    bar(10, 20, "l2c: loss 1.2, rate 1")
+    assert bar.bar.desc == "l2c" and bar.bar.total == 20 and bar.bar.n == 10
+    bar(1, 3, "W0")
+    assert bar.bar.desc == "compressing" and bar.bar.total == 3 and bar.bar.n == 1
+    bar.close()

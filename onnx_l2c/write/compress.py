@@ -312,7 +312,14 @@ def _refine_plan(planner: "Planner", work: onnx.ModelProto, encodings: dict[str,
         encodings[name] = dataclasses.replace(encoding, recipe=lambda _, r=recipe: r)
     out = []
     for method in refiners:
-        job = RefineJob(work, planner.source.proto, ctx.base_dir, tensors, recipes, params, ctx.samples, opts)
+        report = planner.progress
+
+        def progress(done: int, total: int, metrics: dict[str, float], label: str = method.name) -> None:
+            if report is not None:  # the same callback as the write's, with the step's numbers as its text
+                report(done, total, f"{label}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+
+        job = RefineJob(work, planner.source.proto, ctx.base_dir, tensors, recipes, params, ctx.samples, opts,
+                        progress)
         outcome = method.refine(job)
         if outcome is None:
             continue
