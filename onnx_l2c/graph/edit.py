@@ -21,13 +21,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import onnx
 from onnx import external_data_helper, numpy_helper
 
 from onnx_l2c.codec import DOMAIN, FORMAT_VERSION, METADATA_KEY, OP_TYPE, OPSET
 from onnx_l2c.errors import FileError, PayloadError
-from onnx_l2c.graph.model import GraphRef, WeightRef, iter_graphs, iter_scopes
+from onnx_l2c.graph.model import GraphRef, WeightRef, iter_graphs, iter_scopes, sparse_to_dense
 from onnx_l2c.graph.ops import DEFAULT_DOMAINS
 
 BRANCH_OUTPUT_TAG = "::l2c_stat::"
@@ -177,30 +176,21 @@ def _payload_extent(payload: onnx.TensorProto, what: str) -> tuple[str | None, i
 
 
 def _sparse_to_dense(sparse: onnx.SparseTensorProto, what: str) -> onnx.TensorProto:
-    """The dense tensor onnxruntime makes of a Constant node's `sparse_value`:
-    zeros except at `indices` (linear, or [count, 1]), which must lie inside it."""
+    """A Constant node's `sparse_value` as the dense payload onnxruntime makes
+    of it (graph.model.sparse_to_dense), checked to be 1-D uint8 first."""
     dims = [int(d) for d in sparse.dims]
     if len(dims) != 1 or dims[0] < 0:
         raise PayloadError(f"{what}: a sparse payload of dims {dims}; the Decode op takes a 1-D uint8 tensor")
     if dims[0] > SPARSE_PAYLOAD_LIMIT:  # what a few index bytes may make this loader allocate
         raise PayloadError(f"{what}: a sparse payload of {dims[0]} bytes; at most {SPARSE_PAYLOAD_LIMIT} are read")
-    try:
-        values = numpy_helper.to_array(sparse.values).reshape(-1)
-        indices = numpy_helper.to_array(sparse.indices).astype(np.int64, copy=False).reshape(-1)
-    except ValueError as exc:
-        raise PayloadError(f"{what}: unreadable sparse payload ({exc})") from None
     if sparse.values.data_type != onnx.TensorProto.UINT8:
         raise PayloadError(f"{what}: a sparse payload of "
                            f"{onnx.helper.tensor_dtype_to_string(sparse.values.data_type)} values; the Decode op "
                            "takes a 1-D uint8 tensor")
-    if len(indices) != len(values) or (len(indices) and (indices.min() < 0 or indices.max() >= dims[0])):
-        raise PayloadError(f"{what}: sparse payload with {len(indices)} indices for {len(values)} values, or an "
-                           f"index outside [0, {dims[0]})")
-    # Any order; of repeated indices the last value stands, as onnxruntime writes them.
-    _, from_end = np.unique(indices[::-1], return_index=True)
-    last = len(indices) - 1 - from_end
-    dense = np.zeros(dims[0], np.uint8)
-    dense[indices[last]] = values[last]
+    try:
+        dense = sparse_to_dense(sparse)
+    except ValueError as exc:
+        raise PayloadError(f"{what}: sparse payload: {exc}") from None
     return numpy_helper.from_array(dense)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import external_data_helper
+from onnx import external_data_helper, numpy_helper
 
 from onnx_l2c.errors import FileError, L2CError
 from onnx_l2c.codec import BFLOAT16, BITS_DTYPE, DTYPE_NAMES, FLOAT, FLOAT16
@@ -143,6 +143,32 @@ def _read_external(tensor: onnx.TensorProto, base_dir: Path) -> bytes:
         raise FileError(f"tensor {tensor.name!r}: external data {path} is truncated "
                         f"({len(data)} of {info.length} bytes at offset {info.offset})")
     return data
+
+
+def sparse_to_dense(sparse: onnx.SparseTensorProto) -> np.ndarray:
+    """The dense array onnxruntime makes of a sparse tensor (a Constant node's
+    `sparse_value`): zeros except at `indices`, linear ([count]) or per axis
+    ([count, rank]), in any order, the last of repeated ones standing. An
+    index outside the tensor, or a count that differs from the values',
+    raises ValueError."""
+    dims = [int(d) for d in sparse.dims]
+    if any(d < 0 for d in dims):
+        raise ValueError(f"negative dims {dims}")
+    values = numpy_helper.to_array(sparse.values).reshape(-1)
+    indices = numpy_helper.to_array(sparse.indices).astype(np.int64, copy=False)
+    total = int(np.prod(dims, dtype=np.int64))
+    if indices.ndim == 2 and indices.shape[1] == len(dims) and len(dims) > 1:
+        if indices.size and ((indices < 0).any() or (indices >= np.asarray(dims)).any()):
+            raise ValueError(f"an index outside dims {dims}")
+        indices = indices @ np.array([int(np.prod(dims[j + 1:], dtype=np.int64)) for j in range(len(dims))])
+    indices = indices.reshape(-1)
+    if len(indices) != len(values) or (len(indices) and (indices.min() < 0 or indices.max() >= total)):
+        raise ValueError(f"{len(indices)} indices for {len(values)} values, or an index outside [0, {total})")
+    _, from_end = np.unique(indices[::-1], return_index=True)
+    last = len(indices) - 1 - from_end
+    dense = np.zeros(total, values.dtype)
+    dense[indices[last]] = values[last]
+    return dense.reshape(dims)
 
 
 def embed_external(tensor: onnx.TensorProto, base_dir: Path) -> None:

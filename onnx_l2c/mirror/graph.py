@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 
 from onnx_l2c.errors import ModelError, UnsupportedError
-from onnx_l2c.graph.model import embed_external
+from onnx_l2c.graph.model import embed_external, sparse_to_dense
 from onnx_l2c.graph.ops import DEFAULT_DOMAINS
 from onnx_l2c.mirror.ops import OPS, OpContext, to_torch
 
@@ -50,14 +51,10 @@ def _constant_value(node: onnx.NodeProto, base_dir: Path) -> Tensor:
         embed_external(tensor, base_dir)
         return to_torch(tensor)
     if attr.name == "sparse_value":
-        sparse = attr.sparse_tensor
-        values, indices = to_torch(sparse.values), to_torch(sparse.indices).to(torch.int64)
-        dense = torch.zeros(int(np.prod(sparse.dims)), dtype=values.dtype)
-        dims = [int(d) for d in sparse.dims]
-        strides = torch.tensor([int(np.prod(dims[j + 1:])) for j in range(len(dims))], dtype=torch.int64)
-        flat = indices if indices.dim() == 1 else (indices * strides).sum(dim=1)
-        dense[flat] = values
-        return dense.reshape(list(sparse.dims))
+        try:
+            return to_torch(numpy_helper.from_array(sparse_to_dense(attr.sparse_tensor)))
+        except ValueError as exc:
+            raise ModelError(f"Constant node {node.name or node.output[0]!r}: bad sparse_value ({exc})") from None
     simple = {"value_float": torch.float32, "value_floats": torch.float32, "value_int": torch.int64,
               "value_ints": torch.int64}
     if attr.name in simple:
