@@ -43,17 +43,45 @@ QUICK_SETTINGS = [OUR_SETTINGS[0], OUR_SETTINGS[1], OUR_SETTINGS[4]]
 # Size targets (calibrated on the task's calibration split), as an ablation:
 # each row adds one method to the one before, at the same target ratios.
 QUICK_TARGET_RATIOS = (6.0,)
-ABLATION: list[tuple[str, str, str, tuple[float, ...]]] = [  # (label, methods, search, target ratios)
-    ("onnx_l2c target: uniform", "uniform", "lagrange", (4.0, 6.0, 8.0)),
-    ("onnx_l2c target: +rounding", "uniform,rounding", "lagrange", (4.0, 6.0, 8.0, 10.0)),
-    ("onnx_l2c target: +mixed", "rounding,mixed", "lagrange", (4.0, 5.0, 6.0, 8.0, 9.0, 10.0, 11.0, 12.0, 16.0)),
-    ("onnx_l2c target: +mixed, path search", "rounding,mixed", "path", (6.0, 10.0)),
-    ("onnx_l2c target: +decorrelate", "rounding,mixed,decorrelate", "lagrange", (6.0, 10.0)),
+GOAL_RATIOS = (4.0, 6.0, 8.0, 10.0, 12.0, 16.0)
+L2C_MINUTES = 10.0  # the joint optimizer's time budget per target in these rows
+
+
+@dataclass(frozen=True)
+class TargetSet:
+    """One row group of the size-target ablation: methods (and their options) at several ratios."""
+
+    label: str
+    methods: str
+    search: str
+    ratios: tuple[float, ...]
+    options: tuple[tuple[str, Any], ...] = ()  # compress options beyond the methods
+    variant: str = ""  # told apart from another set of the same methods by this
+
+    @property
+    def key(self) -> str:
+        """How --ablation names it: the methods joined by '+', then ':variant'."""
+        return self.methods.replace(",", "+") + (f":{self.variant}" if self.variant else "")
+
+
+ABLATION: list[TargetSet] = [
+    TargetSet("onnx_l2c target: uniform", "uniform", "lagrange", (4.0, 6.0, 8.0)),
+    TargetSet("onnx_l2c target: +rounding", "uniform,rounding", "lagrange", (4.0, 6.0, 8.0, 10.0)),
+    TargetSet("onnx_l2c target: +mixed", "rounding,mixed", "lagrange",
+              (4.0, 5.0, 6.0, 8.0, 9.0, 10.0, 11.0, 12.0, 16.0)),
+    TargetSet("onnx_l2c target: +mixed, path search", "rounding,mixed", "path", (6.0, 10.0)),
+    TargetSet("onnx_l2c target: +decorrelate", "rounding,mixed,decorrelate", "lagrange", (6.0, 10.0)),
     # each method of issue 5 alone (rate–fidelity curves), and every method together
-    ("onnx_l2c target: fixing alone", "fixing", "lagrange", (4.0, 6.0, 8.0, 10.0)),
-    ("onnx_l2c target: unify alone", "unify", "lagrange", (4.0, 6.0, 8.0, 10.0)),
-    ("onnx_l2c target: rounding+unify", "rounding,unify", "lagrange", (6.0, 8.0, 10.0)),
-    ("onnx_l2c target: all methods", "rounding,mixed,decorrelate,fixing,unify", "lagrange", (6.0, 8.0, 10.0)),
+    TargetSet("onnx_l2c target: fixing alone", "fixing", "lagrange", (4.0, 6.0, 8.0, 10.0)),
+    TargetSet("onnx_l2c target: unify alone", "unify", "lagrange", (4.0, 6.0, 8.0, 10.0)),
+    TargetSet("onnx_l2c target: rounding+unify", "rounding,unify", "lagrange", (6.0, 8.0, 10.0)),
+    TargetSet("onnx_l2c target: all methods", "rounding,mixed,decorrelate,fixing,unify", "lagrange", (6.0, 8.0, 10.0)),
+    # the joint optimizer (issue 15): its default (the transform: steps and dead zones), then the weights too;
+    # each bounded by the 15 minutes a target may take
+    TargetSet("onnx_l2c target: +l2c", "rounding,mixed,l2c", "lagrange", GOAL_RATIOS,
+              (("finetune_phases", "transform"), ("finetune_minutes", L2C_MINUTES)), "transform"),
+    TargetSet("onnx_l2c target: +l2c weights", "rounding,mixed,l2c", "lagrange", GOAL_RATIOS,
+              (("finetune_phases", "all"), ("finetune_minutes", L2C_MINUTES)), "all"),
 ]
 QUICK_ABLATION = [ABLATION[2]]
 
@@ -105,7 +133,8 @@ def _measure(row: Row, name: str, original: Path, candidate: Path, ref: Any, bas
 
 
 def compare_model(name: str, workdir: Path, quick: bool, runs: int, peers: list[str] | None,
-                  ablation: list[str] | None = None, ablation_only: bool = False) -> list[Row]:
+                  ablation: list[str] | None = None, ablation_only: bool = False,
+                  ratios: tuple[float, ...] | None = None) -> list[Row]:
     import onnx_l2c
     from onnx_l2c.bench import random_feeds
 
@@ -128,7 +157,7 @@ def compare_model(name: str, workdir: Path, quick: bool, runs: int, peers: list[
         row.convert_s = time.perf_counter() - start
         rows.append(_measure(row, name, original, target, ref, base, feeds, runs))
         log.info("%s %s %s: ratio %.2f %s", name, method, opts, row.ratio or 0, row.metrics)
-    rows += _target_rows(name, original, workdir, quick, ref, base, feeds, runs, ablation)
+    rows += _target_rows(name, original, workdir, quick, ref, base, feeds, runs, ablation, ratios)
     if ablation_only:
         return rows
     try:
@@ -154,7 +183,7 @@ def compare_model(name: str, workdir: Path, quick: bool, runs: int, peers: list[
 
 
 def _target_rows(name: str, original: Path, workdir: Path, quick: bool, ref: Any, base: Any, feeds: dict | None,
-                 runs: int, ablation: list[str] | None = None) -> list[Row]:
+                 runs: int, ablation: list[str] | None = None, ratios: tuple[float, ...] | None = None) -> list[Row]:
     """The size-target ablation: one planner per method set (calibration
     statistics and sensitivities measured once per model), several ratios."""
     import onnx_l2c
@@ -169,27 +198,29 @@ def _target_rows(name: str, original: Path, workdir: Path, quick: bool, ref: Any
     planners: dict[str, Any] = {}
     measure_s = 0.0
     settings = QUICK_ABLATION if quick else ABLATION
-    if ablation is not None:  # method sets named with '+' (e.g. fixing, rounding+unify)
-        settings = [a for a in ABLATION if a[1].replace(",", "+") in ablation]
-    for label, methods, search, ratios in settings:
+    if ablation is not None:  # method sets named by their key (e.g. fixing, rounding+unify, rounding+mixed+l2c:all)
+        settings = [a for a in ABLATION if a.key in ablation]
+    for group in settings:
+        label, methods, search, options = group.label, group.methods, group.search, dict(group.options)
+        planner_key = (methods, group.options)
         try:
-            if methods not in planners:
-                t0 = time.perf_counter()
+            if planner_key not in planners:
                 first = next(iter(planners.values()), None)
-                planners[methods] = (first.with_methods(methods) if first is not None else
-                                     onnx_l2c.Planner(original, calibration_data=samples,
-                                                      calibration_samples=CALIBRATION_SAMPLES, methods=methods))
+                planners[planner_key] = (first.with_methods(methods, **options) if first is not None else
+                                         onnx_l2c.Planner(original, calibration_data=samples,
+                                                          calibration_samples=CALIBRATION_SAMPLES, methods=methods,
+                                                          **options))
                 if first is None:
                     measure_s = time.perf_counter() - start
-            planner = planners[methods]
+            planner = planners[planner_key]
         except Exception as exc:  # a model our planner cannot handle is a finding, like a peer's failure
-            rows.append(Row(name, label, {"methods": methods}, error=f"{type(exc).__name__}: {exc}"))
+            rows.append(Row(name, label, {"methods": methods, **options}, error=f"{type(exc).__name__}: {exc}"))
             continue
         fit_s = planner.context.seconds.get("candidates", 0.0)
-        for ratio in (QUICK_TARGET_RATIOS if quick else ratios):
-            params = {"target_ratio": ratio, "methods": methods, "search": search}
+        for ratio in (QUICK_TARGET_RATIOS if quick else ratios or group.ratios):
+            params = {"target_ratio": ratio, "methods": methods, "search": search, **options}
             row = Row(name, label, params)
-            target = workdir / name / f"l2c_target{ratio:g}_{methods.replace(',', '+')}_{search}.onnx"
+            target = workdir / name / f"l2c_target{ratio:g}_{group.key.replace(':', '_')}_{search}.onnx"
             target.parent.mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
             try:
@@ -202,9 +233,10 @@ def _target_rows(name: str, original: Path, workdir: Path, quick: bool, ref: Any
             # calibration + sensitivity + candidate fitting + allocation and write
             row.convert_s = measure_s + fit_s + (time.perf_counter() - t0)
             row.params["peak_memory_mb"] = round(result.plan["peak_memory_bytes"] / 1e6)
-            for method in registry().values():  # each summarizing method's headline numbers
-                if method.summary_key is not None and method.summary_key in result.plan:
-                    row.params.update(method.headline(result.plan[method.summary_key]))
+            for method in registry().values():  # each summarizing or refining method's headline numbers
+                key = method.summary_key or (method.name if method.refines else None)
+                if key is not None and key in result.plan:
+                    row.params.update(method.headline(result.plan[key]))
             rows.append(_measure(row, name, original, target, ref, base, feeds, runs))
             log.info("%s %s %s: ratio %.2f %s", name, label, params, row.ratio or 0, row.metrics)
     return rows
@@ -293,9 +325,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peers", default=None, help="comma-separated peer methods (default: all)")
     p.add_argument("--quick", action="store_true", help="fewer settings of our own")
     p.add_argument("--runs", type=int, default=20, help="latency runs per result")
-    known = ", ".join(dict.fromkeys(a[1].replace(",", "+") for a in ABLATION))
+    known = ", ".join(dict.fromkeys(a.key for a in ABLATION))
     p.add_argument("--ablation", default=None, metavar="SETS",
                    help=f"comma-separated method sets of the size-target rows to run (default: all): {known}")
+    p.add_argument("--ratios", default=None, metavar="R,R",
+                   help="target ratios of the size-target rows, instead of each method set's own (e.g. 8,12)")
     p.add_argument("--ablation-only", action="store_true",
                    help="only the size-target rows: no presets, no peers (to add rows to an earlier run)")
     p.add_argument("--out", type=Path, default=Path("bench-results"))
@@ -313,6 +347,14 @@ def main(argv: list[str] | None = None) -> int:
         bad = [a for a in args.ablation.split(",") if a not in known.split(", ")]
         if bad:
             p.error(f"unknown method set(s) {', '.join(bad)}; known: {known}")
+    ratios: tuple[float, ...] | None = None
+    if args.ratios:
+        try:
+            ratios = tuple(float(r) for r in args.ratios.split(",") if r)
+        except ValueError:
+            p.error(f"--ratios: expected comma-separated numbers ≥ 1, got {args.ratios!r}")
+        if not ratios or min(ratios) < 1:
+            p.error(f"--ratios: expected comma-separated numbers ≥ 1, got {args.ratios!r}")
     names = [n for n in args.models.split(",") if n]
     unknown = [n for n in names if n not in TASKS]
     if unknown:
@@ -323,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             rows += compare_model(name, Path(tmp), args.quick, args.runs,
                                   args.peers.split(",") if args.peers else None,
-                                  args.ablation.split(",") if args.ablation else None, args.ablation_only)
+                                  args.ablation.split(",") if args.ablation else None, args.ablation_only, ratios)
             # after every model, so a long run's finished models are never lost
             (args.out / "compare.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
     return _merge_and_render(rows, args.merge, args.out)

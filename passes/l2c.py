@@ -41,6 +41,20 @@ class Phases(Choice):
     TRANSFORM = "transform"  # per-channel steps and the dead zone only
 
 
+def torch_device(device: Device) -> str:
+    """The torch device for --device: auto takes CUDA when torch sees one."""
+    import torch
+
+    if device is Device.CPU:
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if device is Device.CUDA:
+        raise OptionError("--device cuda: torch sees no CUDA device (valid: cpu, cuda, auto; auto falls back to "
+                          "the CPU)")
+    return "cpu"
+
+
 class JointOptimizer(Method):
     name: ClassVar[str] = "l2c"
     order: ClassVar[int] = 90
@@ -53,13 +67,22 @@ class JointOptimizer(Method):
                    "joint optimizer (l2c): a time budget in minutes, checked before each step (none: only "
                    "--finetune-steps bounds it)",
                    minimum=0.0),
-        OptionSpec("finetune_phases", Phases, Phases.ALL,
-                   "joint optimizer (l2c): all (steps and dead zones, then the weights, alternating) or "
-                   "transform (steps and dead zones only)"),
+        OptionSpec("finetune_phases", Phases, Phases.TRANSFORM,
+                   "joint optimizer (l2c): transform (per-channel steps and dead zones; the default: on the zoo "
+                   "the weight phase raised the held-out divergence) or all (then the weights too, alternating)"),
         OptionSpec("device", Device, Device.AUTO,
-                   "joint optimizer (l2c): where it runs; auto = CUDA when torch sees one (the CPU so far: cuda "
-                   "is refused)"),
+                   "joint optimizer (l2c): where it runs; auto = CUDA when torch sees one, else the CPU"),
     )
+
+    def headline(self, summary: dict[str, Any]) -> dict[str, Any]:
+        out = {"l2c_applied": summary.get("applied", False), "l2c_steps": summary.get("steps"),
+               "l2c_seconds": round(float(summary.get("seconds", 0.0)), 1)}
+        before, after = summary.get("held_out_before"), summary.get("held_out_after")
+        if before:
+            out["l2c_held_out"] = round(after / before, 4)  # of the post-training plan's divergence
+        if summary.get("coded_after"):  # the differentiable rate estimate against the coder's bytes
+            out["l2c_rate_estimate_error"] = round(summary["rate_after"] / summary["coded_after"] - 1, 4)
+        return out
 
     def candidates(self, tensor: TensorInput, ctx: TensorContext, lossless_bytes: int) -> list[Option]:
         return []  # it refines the other methods' plan
@@ -73,12 +96,7 @@ class JointOptimizer(Method):
     def refine(self, job: RefineJob) -> Refined | None:
         from onnx_l2c.mirror.finetune import FinetuneOptions, TunedTensor, finetune  # torch, imported on use
 
-        device = Device.parse(job.options.option("device"))
-        if device is Device.CUDA:
-            import torch
-            if not torch.cuda.is_available():
-                raise OptionError("--device cuda: torch sees no CUDA device (valid: cpu, cuda, auto)")
-            raise UnsupportedError("--device cuda: the joint optimizer runs on the CPU so far (use cpu or auto)")
+        device = torch_device(Device.parse(job.options.option("device")))
         tuned: list[TunedTensor] = []
         frozen: dict[str, np.ndarray] = {}
         for name, recipe in job.recipes.items():
@@ -100,12 +118,17 @@ class JointOptimizer(Method):
             return Refined({}, ["joint optimizer: no step-grid tensors in the plan to fine-tune"])
         options = FinetuneOptions(steps=job.options.option("finetune_steps"),
                                   minutes=job.options.option("finetune_minutes"),
-                                  weights=Phases.parse(job.options.option("finetune_phases")) is Phases.ALL)
+                                  weights=Phases.parse(job.options.option("finetune_phases")) is Phases.ALL,
+                                  device=device)
         try:
             result = finetune(job.model, job.original, job.base_dir, tuned, frozen, job.samples, options, job.progress)
         except UnsupportedError as exc:  # an op or dtype the mirror lacks: the post-training plan stands
             return Refined({}, [f"joint optimizer skipped, post-training plan kept: {exc}"])
+        # the estimate beside the entropy coder's real bytes for the same tensors
+        coded_before = sum(len(serialize(job.recipes[t.name])) for t in tuned)
+        coded_after = sum(len(serialize(result.recipes.get(t.name, job.recipes[t.name]))) for t in tuned)
         summary = {"held_out_before": result.held_out_before, "held_out_after": result.held_out_after,
-                   "rate_before": result.rate_before, "rate_after": result.rate_after, "steps": result.steps,
+                   "rate_before": result.rate_before, "rate_after": result.rate_after,
+                   "coded_before": coded_before, "coded_after": coded_after, "steps": result.steps,
                    "seconds": result.seconds, "tensors": len(tuned), "applied": bool(result.recipes)}
         return Refined(result.recipes, result.notes, summary)

@@ -173,6 +173,49 @@ def test_if_lstm_and_constant_node_weights_match_and_take_gradients(rng):
     assert grads["slow_head"] is None  # the branch not taken
 
 
+def test_layer_outputs_are_the_values_the_weights_produce_and_taps_return_them(rng):
+    model = _vad_like(rng)
+    mirror = Mirror(model)
+    # the Conv reads conv_w; the LSTM reads its weights; the If's branch weights are not in the main graph
+    assert mirror.layer_outputs(["conv_w", "lstm_w"]) == ["c"]  # the LSTM's first output is unused (empty)
+    assert mirror.layer_outputs(["conv_w"]) == ["c"]
+    assert mirror.layer_outputs(["fast_head"]) == []
+    # a weight reached through weight-only nodes (a Transpose of it) still counts; a constant alone does not
+    w = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w")
+    k = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "k")
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["w"], ["wt"]), helper.make_node("MatMul", ["x", "wt"], ["h"]),
+         helper.make_node("MatMul", ["h", "k"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], [w, k])
+    small = Mirror(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert small.layer_outputs(["w"]) == ["h"]
+    assert small.layer_outputs(["k"]) == ["y"]
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    got = small({"x": x}, taps=["h"])
+    np.testing.assert_allclose(got["h"].numpy(), x @ numpy_helper.to_array(w).T, rtol=1e-6)
+    assert set(got) == {"y", "h"}
+
+
+def test_to_device_moves_constants_parameters_and_feeds(rng):
+    """What --device cuda relies on, checked on torch's meta device (no data,
+    but a CPU tensor mixed into an op there is an error, as on CUDA)."""
+    w = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
+    fc = numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "fc")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("GlobalAveragePool", ["r"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+         helper.make_node("MatMul", ["f", "fc"], ["z"]), helper.make_node("Softmax", ["z"], ["y"], axis=-1)], "cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], [w, fc])
+    mirror = Mirror(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), trainable=["w"])
+    mirror.to_device("meta")
+    assert mirror.weight("w").device.type == "meta"
+    out = mirror({"x": rng.standard_normal((2, 3, 8, 8)).astype(np.float32)}, taps=["c"])
+    assert out["y"].device.type == "meta" and tuple(out["y"].shape) == (2, 4)
+    assert out["c"].device.type == "meta"
+
+
 def test_overrides_replace_weights_as_onnxruntime_would_see_them(rng):
     model = _vad_like(rng)
     x = rng.standard_normal((2, 1, 16)).astype(np.float32)

@@ -78,6 +78,21 @@ def test_bench_merge_replaces_rows_of_the_same_model_and_method():
                       ("n", "onnx_l2c a", {}), ("n", "onnx_l2c b", {})]
 
 
+def test_bench_target_sets_have_distinct_keys_and_ratios_are_checked(capsys):
+    import pytest
+
+    from onnx_l2c.models.compare import ABLATION, main
+
+    keys = [a.key for a in ABLATION if a.search == "lagrange"]
+    assert len(keys) == len(set(keys))  # --ablation names one set each (the l2c phases by their option)
+    assert {"rounding+mixed+l2c:transform", "rounding+mixed+l2c:all"} <= set(keys)
+    for bad in ("8,x", "0.5"):
+        with pytest.raises(SystemExit) as exc:
+            main(["--ratios", bad, "--models", "magika"])
+        assert exc.value.code == 2
+        assert "--ratios" in capsys.readouterr().err
+
+
 def test_zoo_modules_import_each_other_relatively():
     """models/ is installed as onnx_l2c.models: an absolute `models.` import
     works only from a source checkout (it broke `onnx-l2c zoo build`)."""

@@ -8,12 +8,17 @@ steps and its dead zone, so the first forward pass decodes what the planner
 would write, GPTQ's rounding included. The loss is the output divergence
 (KL for class distributions, 1 − cosine for embeddings, relative squared
 error otherwise; the teacher is onnxruntime on the original) relative to
-its starting value, plus λ times the estimated payload bytes relative to the
-planned bytes; λ follows the constraint (dual ascent), so the tuned tensors
-end near the bytes the plan gave them. Phases alternate as in the method:
-the transform (steps, dead zones), then the weights with the transform
-frozen. A held-out part of the calibration samples picks the best state, and
-the result is used only if it beats the post-training plan there.
+its starting value, plus the relative squared error of a few layer outputs
+against the original's (the same layers evaluated by a second mirror of the
+original: every position of an activation is a target, which fits a small
+calibration set less closely than the outputs alone), plus λ times the
+estimated payload bytes relative to the planned bytes; λ follows the
+constraint (dual ascent), so the tuned tensors end near the bytes the plan
+gave them. Phases alternate as in the method: the transform (steps, dead
+zones), then the weights with the transform frozen; or the transform alone.
+A held-out part of the calibration samples picks the best state, and the
+result is used only if it beats the post-training plan there. Everything
+runs on one torch device (`FinetuneOptions.device`).
 """
 
 from __future__ import annotations
@@ -44,11 +49,13 @@ Feeds = dict[str, np.ndarray]
 HELD_OUT_FRACTION = 0.25  # of the calibration samples, never trained on
 EVAL_EVERY = 10  # steps between held-out checks
 BATCH = 8  # calibration samples per step
-LR_TRANSFORM = 0.005  # largest move of a log step or the dead zone per step
+LR_TRANSFORM = 0.002  # largest move of a log step or the dead zone per step (0.005 and 0.01 oscillate)
 LR_WEIGHTS = 0.2  # largest move of a continuous code per step (units of steps)
 DUAL_RATE = 0.5  # λ ← λ·exp(DUAL_RATE·(rate / budget − 1)) each step
 LAMBDA_START = 0.05
 RATE_WINDOW = (0.98, 1.005)  # of the planned bytes: the states that may be chosen
+TAP_COUNT = 16  # layer outputs matched to the original's as well (evenly spaced in graph order; 0: none)
+TAP_WEIGHT = 1.0  # of their relative squared error, against the output term (both start at 1)
 
 
 @dataclass
@@ -76,6 +83,7 @@ class FinetuneOptions:
     minutes: float | None = None  # wall-clock budget, checked before each step
     seed: int = 0
     weights: bool = True  # False: the transform alone (steps, dead zones), the weights kept
+    device: str = "cpu"  # a torch device: where the mirror, the parameters and the teacher's outputs live
 
 
 @dataclass
@@ -134,12 +142,15 @@ class _State:
     """The trainable parameters: each tensor's continuous codes (in units of
     its planned steps, starting at the planned symbols), log steps and dead zone."""
 
-    def __init__(self, tuned: list[TunedTensor]) -> None:
+    def __init__(self, tuned: list[TunedTensor], device: torch.device) -> None:
         self.tuned = tuned
-        self.codes = {t.name: torch.nn.Parameter(torch.from_numpy(t.symbols.astype(np.float32))) for t in tuned}
-        self.log_steps = {t.name: torch.nn.Parameter(torch.log(torch.from_numpy(t.step.astype(np.float32))))
-                          for t in tuned}
-        self.dead_zones = {t.name: torch.nn.Parameter(torch.tensor(float(t.dead_zone))) for t in tuned}
+
+        def param(array: np.ndarray | float) -> torch.nn.Parameter:
+            return torch.nn.Parameter(torch.as_tensor(array, dtype=torch.float32).to(device))
+
+        self.codes = {t.name: param(t.symbols) for t in tuned}
+        self.log_steps = {t.name: param(np.log(t.step.astype(np.float32))) for t in tuned}
+        self.dead_zones = {t.name: param(float(t.dead_zone)) for t in tuned}
 
     def decoded(self) -> tuple[dict[str, Tensor], list[tuple[TunedTensor, Tensor]]]:
         weights: dict[str, Tensor] = {}
@@ -152,12 +163,12 @@ class _State:
         return weights, codes
 
     def rate(self, codes: list[tuple[TunedTensor, Tensor]]) -> Tensor:
-        return sum((rate_bytes(code, t.fixed_bytes) for t, code in codes), torch.zeros((), dtype=torch.float32))
+        return torch.stack([rate_bytes(code, t.fixed_bytes) for t, code in codes]).sum()
 
     def snapshot(self) -> dict[str, Any]:
-        return {"codes": {k: v.detach().clone() for k, v in self.codes.items()},
-                "log_steps": {k: v.detach().clone() for k, v in self.log_steps.items()},
-                "dead_zones": {k: v.detach().clone() for k, v in self.dead_zones.items()}}
+        return {"codes": {k: v.detach().cpu().clone() for k, v in self.codes.items()},
+                "log_steps": {k: v.detach().cpu().clone() for k, v in self.log_steps.items()},
+                "dead_zones": {k: v.detach().cpu().clone() for k, v in self.dead_zones.items()}}
 
     def recipes(self, snap: dict[str, Any]) -> dict[str, Recipe]:
         out: dict[str, Recipe] = {}
@@ -198,22 +209,38 @@ def finetune(model: onnx.ModelProto, original: onnx.ModelProto, base_dir: Path, 
     held_idx = list(range(every - 1, len(samples), every))
     train_idx = [i for i in range(len(samples)) if i not in set(held_idx)]
     teacher = _teacher(original, base_dir, samples)
-    mirror = Mirror(model, base_dir)
+    device = torch.device(options.device)
+    mirror = Mirror(model, base_dir).to_device(device)
     names = mirror.output_names
     kinds = [divergence_kind(n, y) for n, y in zip(names, teacher[0])]
-    fixed = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in frozen.items()}
-    state = _State(tuned)
+    fixed = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in frozen.items()}
+    state = _State(tuned, device)
 
-    def distortion(i: int, weights: dict[str, Tensor]) -> Tensor:
-        got = mirror(samples[i], overrides=fixed | weights)
-        terms = [divergence(k, torch.from_numpy(np.asarray(ref)), got[n])
+    layers = [n for n in mirror.layer_outputs(t.name for t in tuned) if n not in set(names)]
+    if TAP_COUNT and layers:
+        picks = np.unique(np.linspace(0, len(layers) - 1, min(TAP_COUNT, len(layers))).round().astype(int))
+        taps = [layers[k] for k in picks]
+        teacher_mirror = Mirror(original, base_dir).to_device(device)
+    else:
+        taps = []
+
+    def distortion(i: int, weights: dict[str, Tensor], tapped: bool = False) -> tuple[Tensor, Tensor]:
+        got = mirror(samples[i], overrides=fixed | weights, taps=taps if tapped else ())
+        terms = [divergence(k, torch.from_numpy(np.asarray(ref)).to(device), got[n])
                  for n, k, ref in zip(names, kinds, teacher[i]) if np.issubdtype(np.asarray(ref).dtype, np.floating)]
-        return torch.stack(terms).mean()
+        inner = torch.zeros((), dtype=torch.float64, device=device)
+        if tapped and taps:
+            with torch.no_grad():
+                ref = teacher_mirror(samples[i], taps=taps)
+            errors = [divergence("relative", ref[n], got[n]) for n in taps
+                      if got[n].is_floating_point() and got[n].shape == ref[n].shape]
+            inner = torch.stack(errors).mean() if errors else inner
+        return torch.stack(terms).mean(), inner
 
     def held_out() -> float:
         with torch.no_grad():
             weights, _ = state.decoded()
-            return float(np.mean([float(distortion(i, weights)) for i in held_idx]))
+            return float(np.mean([float(distortion(i, weights)[0]) for i in held_idx]))
 
     with torch.no_grad():
         _, codes = state.decoded()
@@ -230,6 +257,7 @@ def finetune(model: onnx.ModelProto, original: onnx.ModelProto, base_dir: Path, 
     order = np.random.default_rng(options.seed).permutation(train_idx).tolist() if train_idx else held_idx
     phase_len = max(1, options.steps // 4)
     nonfinite: set[str] = set()
+    tap_ref: float | None = None
     done = 0
     for done in range(1, options.steps + 1):
         if options.minutes is not None and time.perf_counter() - start > 60 * options.minutes:
@@ -242,8 +270,14 @@ def finetune(model: onnx.ModelProto, original: onnx.ModelProto, base_dir: Path, 
         weights, codes = state.decoded()
         rate_t = state.rate(codes)
         # one sample per forward (their shapes may differ), gradients summed over the batch
-        fit = sum(distortion(i, weights) for i in batch) / (len(batch) * train_ref)
+        parts = [distortion(i, weights, tapped=True) for i in batch]
+        fit = sum(p[0] for p in parts) / (len(batch) * train_ref)
+        inner = sum(p[1] for p in parts) / len(batch)
+        if taps and tap_ref is None:
+            tap_ref = max(float(inner.detach()), 1e-12)
         loss = fit + lam * rate_t / budget
+        if taps:
+            loss = loss + TAP_WEIGHT * inner / tap_ref
         loss.backward()
         if not torch.isfinite(loss):
             log.warning("joint optimizer step %d: non-finite loss; step skipped", done)

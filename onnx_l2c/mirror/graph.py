@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections import ChainMap
 from collections.abc import Iterable, Mapping
@@ -101,6 +102,17 @@ class Mirror(torch.nn.Module):
             raise ModelError(f"not a float initializer or Constant of the model: {sorted(absent)[:5]}")
         self.input_names = [v.name for v in model.graph.input if v.name not in self._constants["main"]]
         self.output_names = [v.name for v in model.graph.output]
+        self.device = torch.device("cpu")
+
+    def to_device(self, device: str | torch.device) -> "Mirror":
+        """Move the graph's constants and parameters to `device`; `forward`
+        then takes its feeds there and creates the ops' new tensors there."""
+        self.device = torch.device(device)
+        for constants in self._constants.values():
+            for name, value in constants.items():
+                constants[name] = value.to(self.device)
+        self.to(self.device)
+        return self
 
     # --- building -----------------------------------------------------------------------
 
@@ -154,7 +166,28 @@ class Mirror(torch.nn.Module):
 
     # --- running ------------------------------------------------------------------------
 
-    def forward(self, feeds: Mapping[str, Any], overrides: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+    def layer_outputs(self, weights: Iterable[str]) -> list[str]:
+        """The main graph's values that layers of `weights` produce: outputs of
+        the nodes that read one of them (directly or through nodes that read
+        only weights and constants, such as a Transpose of the weight) together
+        with an activation; in graph order."""
+        tuned = set(weights)
+        static = tuned | set(self._constants["main"]) | set(self._keys)
+        found: list[str] = []
+        for step in self._steps["main"]:
+            used = [n for n in step.node.input if n]
+            if not used or step.subgraphs:
+                continue
+            if all(n in static for n in used):  # weight-only: its outputs count as weights
+                static.update(o for o in step.node.output if o)
+                if any(n in tuned for n in used):
+                    tuned.update(o for o in step.node.output if o)
+            elif any(n in tuned for n in used):
+                found += [o for o in step.node.output[:1] if o]
+        return found
+
+    def forward(self, feeds: Mapping[str, Any], overrides: Mapping[str, Tensor] | None = None,
+                taps: Iterable[str] = ()) -> dict[str, Tensor]:
         values: dict[str, Tensor] = {}
         for name, value in feeds.items():
             if not isinstance(value, Tensor):
@@ -162,17 +195,21 @@ class Mirror(torch.nn.Module):
                 if array.dtype.kind not in "biuf":
                     raise UnsupportedError(f"input {name!r}: element type {array.dtype} is not supported by the mirror")
                 value = torch.from_numpy(array if array.flags.writeable else array.copy())
-            values[name] = value
+            values[name] = value.to(self.device)
         absent = [n for n in self.input_names if n not in values]
         if absent:
             raise ModelError(f"the mirror needs the inputs {absent}")
         weights = {name: self.params[key] for name, key in self._keys.items()}
         if overrides:
             weights.update(overrides)
-        outs = self._run("main", ChainMap(values), weights)
-        return dict(zip(self.output_names, outs))
+        tapped: dict[str, Tensor] = dict.fromkeys(taps)  # type: ignore[arg-type]
+        # on an accelerator, the ops' own new tensors (shapes, ranges, masks) are created there too
+        with self.device if self.device.type != "cpu" else contextlib.nullcontext():
+            outs = self._run("main", ChainMap(values), weights, tapped)
+        return dict(zip(self.output_names, outs)) | tapped
 
-    def _run(self, key: str, scope: ChainMap, weights: Mapping[str, Tensor]) -> list[Tensor]:
+    def _run(self, key: str, scope: ChainMap, weights: Mapping[str, Tensor],
+             tapped: dict[str, Tensor] | None = None) -> list[Tensor]:
         local = dict(self._constants[key])
         for name in self._owned.get(key, ()):
             local[name] = weights[name]
@@ -199,9 +236,14 @@ class Mirror(torch.nn.Module):
                     raise ModelError(f"node {node.name or node.output[0]!r} ({node.op_type}) failed in the torch "
                                      f"mirror: {exc}") from exc
                 outs = list(result) if isinstance(result, tuple) else [result]
+                if self.device.type != "cpu":  # an op that built a tensor from an attribute (numpy) on the CPU
+                    outs = [o.to(self.device) if isinstance(o, Tensor) and o.device != self.device else o
+                            for o in outs]
             for name, value in zip(node.output, outs):
                 if name:
                     env.maps[0][name] = value
+                    if tapped is not None and name in tapped:
+                        tapped[name] = value
         return [env[v.name] for v in self._graphs[key].output]
 
     def _loop(self, step: _Step, inputs: list[Tensor | None], env: ChainMap,

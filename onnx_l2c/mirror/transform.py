@@ -134,15 +134,16 @@ def rate_bytes(codes: Tensor, fixed_bytes: int = 0) -> Tensor:
     below = torch.floor(position.detach()).to(torch.int64).clamp(max=span - 1)
     frac = position - below
     above = (below + 1).clamp(max=span - 1)
-    soft_counts = torch.zeros(span, dtype=flat.dtype).index_add(0, below, 1 - frac).index_add(0, above, frac)
+    soft_counts = torch.zeros(span, dtype=flat.dtype, device=flat.device).index_add(0, below, 1 - frac)
+    soft_counts = soft_counts.index_add(0, above, frac)
     counts = soft_counts + (hard_counts - soft_counts).detach()
     present = hard_counts > 0
     if int(present.sum()) < 2:  # a constant stream: its header only
         return torch.zeros((), dtype=flat.dtype) * flat.sum() + 16 + fixed_bytes
     used = counts[present]
     ideal_bits = -(used * torch.log2(used / n)).sum()
-    extra_bits, overhead = stream_overhead(hard_counts[present].numpy().astype(np.float64),
-                                           np.nonzero(present.numpy())[0])
+    extra_bits, overhead = stream_overhead(hard_counts[present].cpu().numpy().astype(np.float64),
+                                           np.nonzero(present.cpu().numpy())[0])
     stored = 16 + n * (1 if span <= 256 else 2)
     estimate = (ideal_bits + extra_bits) / 8 + overhead
     if float(estimate.detach()) >= stored:  # the encoder would store the indices raw

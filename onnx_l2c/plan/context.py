@@ -306,7 +306,7 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
         t1 = time.perf_counter()
         ctx.sensitivity = measure_sensitivity(model, base_dir, weights, ctx.stats, samples, inputs)
         ctx.seconds["sensitivity"] = time.perf_counter() - t1
-        if any(m.refines for m in ctx.methods):
+        if reusable or any(m.refines for m in ctx.methods):  # a reused planner may add a refining method
             ctx.samples = samples
         del samples
     t2 = time.perf_counter()

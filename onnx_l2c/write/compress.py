@@ -184,13 +184,14 @@ class Planner:
                 opts: CompressOptions) -> list[_Refinement]:
         return _refine_plan(self, work, encodings, opts)
 
-    def with_methods(self, methods: str | tuple[str, ...]) -> "Planner":
+    def with_methods(self, methods: str | tuple[str, ...], **options: Any) -> "Planner":
         """Another planner for the same model and calibration measurements,
-        with other methods (only the candidates are fitted again)."""
+        with other methods and method options (only the candidates are
+        fitted again)."""
         if not self.reusable:
             raise OptionError("this planner was built for one compress call (its measurements are trimmed); "
                               "build a Planner to reuse them with other methods")
-        opts = CompressOptions.from_kwargs(**(self.options.as_options() | {"methods": methods}))
+        opts = CompressOptions.from_kwargs(**(self.options.as_options() | options | {"methods": methods}))
         return Planner(None, progress=self.progress, _options=opts, _reuse=self)  # type: ignore[arg-type]
 
     def compress(self, output: str | os.PathLike, *, target_ratio: float | None = None,
