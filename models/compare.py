@@ -15,6 +15,7 @@ headline fidelity metric on y, one line per method).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import statistics
@@ -333,9 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ablation-only", action="store_true",
                    help="only the size-target rows: no presets, no peers (to add rows to an earlier run)")
     p.add_argument("--out", type=Path, default=Path("bench-results"))
+    p.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                   help="write the compressed models under DIR and keep them (default: a temporary folder, removed)")
     p.add_argument("--merge", type=Path, default=None, metavar="JSON",
                    help="merge this run (or the --render JSON) into a saved compare.json: its rows replace the "
-                        "saved rows of the same model and method, the rest are kept (written to --out)")
+                        "saved rows of the same model, method and target ratio, the rest are kept (written to --out)")
     p.add_argument("--render", type=Path, default=None, metavar="JSON",
                    help="only re-render compare.md and the plots from a saved compare.json (e.g. a partial run)")
     args = p.parse_args(argv)
@@ -361,7 +364,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory(prefix="l2c-compare-") as tmp:
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    with (contextlib.nullcontext(str(args.keep)) if args.keep is not None
+          else tempfile.TemporaryDirectory(prefix="l2c-compare-")) as tmp:
         for name in names:
             rows += compare_model(name, Path(tmp), args.quick, args.runs,
                                   args.peers.split(",") if args.peers else None,
@@ -384,25 +390,37 @@ def _merge_and_render(rows: list[Row], merge: Path | None, out: Path) -> int:
     return 0
 
 
+def _merge_key(row: Row) -> tuple[str, str, Any]:
+    return row.model, row.method, row.params.get("target_ratio")
+
+
 def merge_rows(saved: list[Row], new: list[Row]) -> list[Row]:
-    """`saved` with its rows of every (model, method) that `new` has replaced by
-    `new`'s; models keep their order, a model's replaced rows their place."""
-    replaced = {(r.model, r.method) for r in new}
+    """`saved` with its rows of every (model, method, target ratio) that `new`
+    has replaced by `new`'s (rows without a target ratio: by model and
+    method); models keep their order, a replaced row its place."""
+    replaced = {_merge_key(r) for r in new}
     out: list[Row] = []
-    placed: set[tuple[str, str]] = set()
+    placed: set[tuple[str, str, Any]] = set()
     for r in saved:
-        key = (r.model, r.method)
+        key = _merge_key(r)
         if key not in replaced:
             out.append(r)
         elif key not in placed:
-            out += [n for n in new if (n.model, n.method) == key]
+            out += [n for n in new if _merge_key(n) == key]
             placed.add(key)
-    for key in dict.fromkeys((r.model, r.method) for r in new):
-        if key not in placed:  # new methods go after the model's onnx_l2c rows
+    for key in dict.fromkeys(_merge_key(r) for r in new):
+        if key in placed:
+            continue
+        group = [n for n in new if _merge_key(n) == key]
+        same = [i for i, r in enumerate(out) if r.model == key[0] and r.method == key[1]]
+        if same:  # another ratio of a saved method: in ratio order among its rows
+            ratio = key[2] if key[2] is not None else float("inf")
+            before = [i for i in same if (out[i].params.get("target_ratio") or 0) < ratio]
+            at = (before[-1] + 1) if before else same[0]
+        else:  # a new method goes after the model's onnx_l2c rows
             at = max((i for i, r in enumerate(out) if r.model == key[0] and r.method.startswith("onnx_l2c")),
-                     default=len(out) - 1)
-            group = [n for n in new if (n.model, n.method) == key]
-            out[at + 1:at + 1] = group
+                     default=len(out) - 1) + 1
+        out[at:at] = group
     return out
 
 

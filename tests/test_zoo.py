@@ -76,6 +76,12 @@ def test_bench_merge_replaces_rows_of_the_same_model_and_method():
     merged = [(r.model, r.method, r.params) for r in merge_rows(saved, new)]
     assert merged == [("m", "onnx_l2c a", {"r": 3}), ("m", "onnx_l2c b", {}), ("m", "peer", {}),
                       ("n", "onnx_l2c a", {}), ("n", "onnx_l2c b", {})]
+    # size-target rows are replaced per ratio; a new ratio joins its method's rows in ratio order
+    saved = [Row("m", "t", {"target_ratio": 4.0}), Row("m", "t", {"target_ratio": 8.0}), Row("m", "peer", {})]
+    new = [Row("m", "t", {"target_ratio": 8.0, "x": 1}), Row("m", "t", {"target_ratio": 6.0})]
+    merged = [(r.method, r.params) for r in merge_rows(saved, new)]
+    assert merged == [("t", {"target_ratio": 4.0}), ("t", {"target_ratio": 6.0}), ("t", {"target_ratio": 8.0, "x": 1}),
+                      ("peer", {})]
 
 
 def test_bench_target_sets_have_distinct_keys_and_ratios_are_checked(capsys):
