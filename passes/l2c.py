@@ -68,8 +68,9 @@ class JointOptimizer(Method):
                    "--finetune-steps bounds it)",
                    minimum=0.0),
         OptionSpec("finetune_phases", Phases, Phases.TRANSFORM,
-                   "joint optimizer (l2c): transform (per-channel steps and dead zones; the default: on the zoo "
-                   "the weight phase raised the held-out divergence) or all (then the weights too, alternating)"),
+                   "joint optimizer (l2c): transform (per-channel steps and dead zones; the default) or all (then "
+                   "the weights too, alternating; on the zoo it fit the calibration samples and lost fidelity on "
+                   "other inputs)"),
         OptionSpec("device", Device, Device.AUTO,
                    "joint optimizer (l2c): where it runs; auto = CUDA when torch sees one, else the CPU"),
     )
