@@ -99,6 +99,7 @@ class JointOptimizer(Method):
 
         device = torch_device(Device.parse(job.options.option("device")))
         tuned: list[TunedTensor] = []
+        planned_bytes: dict[str, int] = {}  # each tuned tensor's payload as planned, serialized once
         frozen: dict[str, np.ndarray] = {}
         for name, recipe in job.recipes.items():
             tensor = job.tensors[name]
@@ -110,9 +111,10 @@ class JointOptimizer(Method):
                 entropy, affine = stages[0], stages[1]
                 symbols = np.asarray(entropy.symbols, np.int32).reshape(affine.outer, affine.channels, affine.inner)
                 stream = len(entropy.body(recipe, symbols.size)) - 4  # less the stage's 4-byte symbol offset
+                planned_bytes[name] = len(serialize(recipe))
                 tuned.append(TunedTensor(name, tensor.dtype, tensor.shape, symbols,
                                          np.asarray(affine.scale, np.float32), params.dead_zone,
-                                         float(affine.theta), len(serialize(recipe)) - stream))
+                                         float(affine.theta), planned_bytes[name] - stream))
             else:
                 frozen[name] = tensor.decoded_values(reconstruct(recipe))
         if not tuned:
@@ -126,8 +128,8 @@ class JointOptimizer(Method):
         except UnsupportedError as exc:  # an op or dtype the mirror lacks: the post-training plan stands
             return Refined({}, [f"joint optimizer skipped, post-training plan kept: {exc}"])
         # the estimate beside the entropy coder's real bytes for the same tensors
-        coded_before = sum(len(serialize(job.recipes[t.name])) for t in tuned)
-        coded_after = sum(len(serialize(result.recipes.get(t.name, job.recipes[t.name]))) for t in tuned)
+        coded_before = sum(planned_bytes.values())
+        coded_after = coded_before + sum(len(serialize(r)) - planned_bytes[n] for n, r in result.recipes.items())
         summary = {"held_out_before": result.held_out_before, "held_out_after": result.held_out_after,
                    "rate_before": result.rate_before, "rate_after": result.rate_after,
                    "coded_before": coded_before, "coded_after": coded_after, "steps": result.steps,
