@@ -58,24 +58,25 @@ def _option_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 class _Bar:
-    """tqdm progress bar on stderr, created on the first update."""
+    """tqdm progress bars on stderr, one per phase (see `onnx_l2c.progress`),
+    with counts, elapsed time and the time left; created on the first update."""
 
-    def __init__(self, enabled: bool, desc: str) -> None:
-        self.enabled, self.desc, self.bar = enabled, desc, None
+    UNITS = {"statistics": "sample", "l2c": "step"}  # the rest count tensors
 
-    def __call__(self, done: int, total: int, name: str) -> None:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.bar = enabled, None
+
+    def __call__(self, done: int, total: int, label: str) -> None:
         if not self.enabled:
             return
-        # A stage that reports "label: numbers" (the joint optimizer's steps)
-        # gets its own bar with the numbers beside it; the write's bar counts tensors.
-        stage, _, numbers = name.partition(": ") if ": " in name else ("", "", "")
-        desc = stage or self.desc
-        if self.bar is None or self.bar.desc != desc or self.bar.total != total:
+        # "phase: numbers" (the joint optimizer's steps) shows the numbers beside the bar
+        phase, _, numbers = label.partition(": ")
+        if self.bar is None or self.bar.desc != phase or self.bar.total != total:
             from tqdm import tqdm
 
             if self.bar is not None:
                 self.bar.close()
-            self.bar = tqdm(total=total, desc=desc, unit="step" if stage else "tensor", file=sys.stderr,
+            self.bar = tqdm(total=total, desc=phase, unit=self.UNITS.get(phase, "tensor"), file=sys.stderr,
                             leave=False)
         if numbers:
             self.bar.set_postfix_str(numbers, refresh=False)
@@ -89,7 +90,7 @@ class _Bar:
 def _cmd_compress(args: argparse.Namespace) -> int:
     from onnx_l2c.write.compress import compress
 
-    bar = _Bar(not args.quiet and sys.stderr.isatty(), "compressing")
+    bar = _Bar(not args.quiet and sys.stderr.isatty())
     try:
         result = compress(args.model, args.output, progress=bar, **_option_values(args))
     finally:

@@ -37,6 +37,7 @@ class Choice(str, enum.Enum):
 class Preset(Choice):
     """Named starting points; explicit options override them."""
 
+    SAFE = "safe"  # data-free mixed precision within a fidelity estimate (SAFE_MAX_DISTORTION): the default
     LOSSLESS = "lossless"  # bit-exact: every weight coded by the `raw` stage
     INT8 = "int8"  # per-output-channel 8-bit, dead zone, entropy coded
 
@@ -49,6 +50,13 @@ class Search(Choice):
 
 
 DEFAULT_METHODS = ("rounding", "mixed")
+
+# The safe preset's fidelity estimate: the data-free planner's summed
+# distortion (each weight's squared relative error, weighted by its
+# sensitivity estimate) that the plan may not exceed. Measured on the zoo
+# (README, "The default"): the largest value at which every model keeps its
+# fidelity bar on both evaluation sets, with a margin.
+SAFE_MAX_DISTORTION = 1e-4
 
 
 def parse_methods(value: "str | tuple[str, ...] | list[str]") -> tuple[str, ...]:
@@ -80,8 +88,9 @@ class OptionSpec:
 
 
 CORE_OPTIONS: tuple[OptionSpec, ...] = (
-    OptionSpec("preset", Preset, Preset.INT8,
-               "starting point: lossless (bit-exact) or int8 (8-bit per-channel)"),
+    OptionSpec("preset", Preset, Preset.SAFE,
+               "starting point: safe (data-free mixed precision that keeps the model's behaviour), "
+               "lossless (bit-exact) or int8 (8-bit per-channel)"),
     OptionSpec("bits", int, None,
                "quantize matrix weights to this many bits per-channel (2-16); implies a lossy preset",
                minimum=2, maximum=16),
@@ -145,7 +154,7 @@ def __getattr__(name: str) -> Any:
 class CompressOptions:
     """Resolved options of one compression run (see `OPTIONS` for meanings)."""
 
-    preset: Preset = Preset.INT8
+    preset: Preset = Preset.SAFE
     bits: int | None = None
     dead_zone: float = 0.15
     min_elements: int = 1024
@@ -195,8 +204,13 @@ class CompressOptions:
         return spec.default
 
     @property
+    def safe_plan(self) -> bool:
+        """The safe preset without a size target or `bits`: planned data-free within SAFE_MAX_DISTORTION."""
+        return self.preset is Preset.SAFE and self.bits is None and not self.has_target
+
+    @property
     def quant_bits(self) -> int | None:
-        """Bits for the uniform quantizer, or None for the lossless preset."""
+        """Bits for the uniform quantizer, or None (lossless, or the safe preset's plan)."""
         if self.bits is not None:
             return self.bits
         if self.preset is Preset.INT8:

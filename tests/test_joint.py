@@ -132,14 +132,16 @@ def test_fine_tuning_reports_its_steps_through_the_progress_callback(tmp_path: P
     steps = [(d, t, n) for d, t, n in seen if n.startswith("l2c: ")]
     assert [(d, t) for d, t, _ in steps] == [(10, 20), (20, 20)]
     assert all(key in steps[-1][2] for key in ("loss", "rate", "held_out", "lambda"))
-    assert any(not n.startswith("l2c: ") for _, _, n in seen)  # the write's own updates follow
+    phases = [n.partition(": ")[0] for _, _, n in seen]
+    # every phase reports, in order: the measurements, the candidates, the fine-tuning, the write
+    assert list(dict.fromkeys(phases)) == ["statistics", "sensitivity", "candidates", "l2c", "writing"]
 
 
 def test_the_cli_bar_gives_a_reporting_stage_its_own_bar(monkeypatch):
     from onnx_l2c.cli import _Bar
-    bar = _Bar(True, "compressing")
+    bar = _Bar(True)
     bar(10, 20, "l2c: loss 1.2, rate 1")
     assert bar.bar.desc == "l2c" and bar.bar.total == 20 and bar.bar.n == 10
-    bar(1, 3, "W0")
-    assert bar.bar.desc == "compressing" and bar.bar.total == 3 and bar.bar.n == 1
+    bar(1, 3, "writing")
+    assert bar.bar.desc == "writing" and bar.bar.total == 3 and bar.bar.n == 1
     bar.close()

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 from builders import _model, tensor
 from helpers import run_fast, run_plain, save
 import onnx_l2c
-from onnx_l2c.plan.allocate import Option, TensorChoices, lagrange, path, shared_grid
+from onnx_l2c.plan.allocate import Option, TensorChoices, lagrange, path, shared_grid, within_distortion
 from onnx_l2c.errors import L2CError
 
 
@@ -153,6 +153,43 @@ def test_allocators_respect_the_budget_and_lagrange_is_near_optimal(rng):
             assert alloc.total_bytes <= budget or search is shared_grid
         # λ search is optimal on the convex hull; allow the hull gap.
         assert lagrange(tensors, budget).distortion <= best[0] * 1.0 + max(t.scale for t in tensors) + 1e-12
+
+
+def test_distortion_limit_takes_the_fewest_bytes_within_it(rng):
+    for trial in range(20):
+        tensors = _random_choices(rng)
+        least = sum(min(t.distortion(o) for o in t.options) for t in tensors)
+        limit = least * 3 + 1e-9
+        alloc = within_distortion(tensors, limit)
+        assert alloc.distortion <= limit
+        fitting = [sum(o.bytes for o in combo) for combo in itertools.product(*(t.options for t in tensors))
+                   if sum(t.distortion(o) for t, o in zip(tensors, combo)) <= limit]
+        # the multiplier search is optimal on each tensor's convex hull: within one tensor's largest step of
+        # the exhaustive optimum, never below it
+        assert min(fitting) <= alloc.total_bytes <= min(fitting) + max(o.bytes for t in tensors for o in t.options)
+    # a limit below what the most precise choices reach gives those choices
+    tensors = _random_choices(rng)
+    alloc = within_distortion(tensors, 0.0)
+    assert alloc.chosen == {t.name: min(t.options, key=lambda o: (t.distortion(o), o.bytes)) for t in tensors}
+
+
+def test_safe_default_is_planned_data_free_within_its_fidelity_estimate(deep: Path, tmp_path: Path, rng):
+    from onnx_l2c.config import SAFE_MAX_DISTORTION
+
+    result = onnx_l2c.compress(deep, tmp_path / "safe.onnx")  # no options: the safe preset
+    assert result.plan["data_free"] and result.options["preset"] == "safe"
+    assert 0 < result.plan["predicted_divergence"] <= SAFE_MAX_DISTORTION
+    assert {t.method for t in result.tensors} == {"mixed"}
+    # each weight within a fraction of a percent of its rms, while int8's outlier-wide steps are coarser
+    assert max(t.rel_rmse for t in result.tensors) < 0.01
+    int8 = onnx_l2c.compress(deep, tmp_path / "int8.onnx", preset="int8")
+    assert result.ratio > 2.5 and sum(t.rel_rmse for t in result.tensors) < sum(t.rel_rmse for t in int8.tensors)
+    x = rng.standard_normal((4, 128)).astype(np.float32)
+    ref, got = run_plain(deep, {"x": x})[0], run_fast(tmp_path / "safe.onnx", {"x": x})[0]
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.01
+    # the same plan every time
+    again = onnx_l2c.compress(deep, tmp_path / "again.onnx")
+    assert (tmp_path / "again.onnx.l2c").read_bytes() == (tmp_path / "safe.onnx.l2c").read_bytes()
 
 
 def test_planner_reuses_calibration_across_targets(deep: Path, tmp_path: Path, rng):

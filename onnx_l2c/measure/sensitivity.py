@@ -33,6 +33,7 @@ from onnx_l2c.codec import bits_to_float32
 from onnx_l2c.graph.edit import make_feedable
 from onnx_l2c.graph.model import WeightRef, tensor_bits
 from onnx_l2c.measure.layers import LayerStats
+from onnx_l2c.progress import SENSITIVITY, Progress
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def probe_samples(probed: int, weight_elements: int, available: int) -> int:
 
 def measure_sensitivity(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRef],
                         stats: dict[str, LayerStats], samples: Sequence[Feeds],
-                        inputs: list[InputSpec]) -> Sensitivity:
+                        inputs: list[InputSpec], progress: Progress | None = None) -> Sensitivity:
     start = time.perf_counter()
     result = Sensitivity()
     proto = onnx.ModelProto()
@@ -159,7 +160,9 @@ def measure_sensitivity(model: onnx.ModelProto, base_dir: Path, weights: list[We
             if np.issubdtype(y.dtype, np.floating):
                 kinds[k] = divergence_kind(name, y)
                 result.divergences[name] = kinds[k]
-        for w in probe:
+        for i, w in enumerate(probe):
+            if progress is not None:
+                progress(i, len(probe), SENSITIVITY)
             bits = tensor_bits(w.tensor, base_dir)
             values = bits_to_float32(bits, w.dtype).reshape(w.shape).astype(np.float64)
             if not np.isfinite(values).all():
@@ -185,6 +188,8 @@ def measure_sensitivity(model: onnx.ModelProto, base_dir: Path, weights: list[We
             result.scale[w.name] = div / (sigma ** 2 * unit_error(w, stats.get(w.name)))
             result.measured.add(w.name)
         result.samples = n
+        if progress is not None:
+            progress(len(probe), len(probe), SENSITIVITY)
     result.seconds = time.perf_counter() - start
     log.info("sensitivity of %d tensors from %d samples in %.1f s", len(result.measured), result.samples,
              result.seconds)

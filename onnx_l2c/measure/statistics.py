@@ -25,6 +25,7 @@ import onnx
 
 from onnx_l2c.measure.calibration import Feeds, InputSpec, ScratchModel, batches, make_session
 from onnx_l2c.errors import L2CError
+from onnx_l2c.progress import STATISTICS, Progress
 from onnx_l2c.graph.edit import (BRANCH_OUTPUT_TAG, expose, expose_from_branch, if_branches, main_values,
                                  node_scopes)
 from onnx_l2c.graph.model import WeightRef
@@ -228,14 +229,15 @@ def _finish(acc: _Accumulator) -> LayerStats | None:
 
 def collect_statistics(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRef],
                        samples: Sequence[Feeds], inputs: list[InputSpec],
-                       branches: bool = True) -> dict[str, LayerStats]:
+                       branches: bool = True, progress: Progress | None = None) -> dict[str, LayerStats]:
     """H = E[x xᵀ] for every weight whose consumer we model, from the samples
     (and separately from their first and second halves).
 
     Consumers inside the branches of main-graph If nodes count the runs that
     took their branch. With `branches`, values computed inside a branch are
     routed out through the If; if onnxruntime rejects that rewrite, the
-    statistics are collected without them.
+    statistics are collected without them. `progress(done, total, "statistics")`
+    follows the samples.
     """
     scratch_proto, accs, sources = _scratch_model(model, weights, inputs, branches)
     if not accs:
@@ -249,20 +251,26 @@ def collect_statistics(model: onnx.ModelProto, base_dir: Path, weights: list[Wei
             if not branches or not any(BRANCH_OUTPUT_TAG in src.output for src in sources.values()):
                 raise
             log.warning("statistics inside If branches skipped: %s", exc)
-            return collect_statistics(model, base_dir, weights, samples, inputs, branches=False)
+            return collect_statistics(model, base_dir, weights, samples, inputs, branches=False, progress=progress)
         out_names = [o.name for o in session.get_outputs()]
         if not samples:
             return {}
         # One sample first, to size the batches by their activation memory.
         per_sample = _run_and_accumulate(session, samples[0], out_names, accs, sources)
+        done = 1
+        if progress is not None:
+            progress(done, len(samples), STATISTICS)
         max_batch = max(1, min(32, ACTIVATION_BUDGET // max(per_sample, 1)))
         mid = (len(samples) + 1) // 2
         for half, part in ((0, samples[1:mid]), (1, samples[mid:])):
             for group in accs.values():
                 for acc in group:
                     acc.half = half
-            for feeds, _ in batches(part, inputs, max_batch):
+            for feeds, count in batches(part, inputs, max_batch):
                 _run_and_accumulate(session, feeds, out_names, accs, sources)
+                done += count
+                if progress is not None:
+                    progress(done, len(samples), STATISTICS)
         n_samples = len(samples)
         del session  # its buffers before the statistics are finished
     result: dict[str, LayerStats] = {}

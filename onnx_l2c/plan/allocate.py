@@ -84,6 +84,41 @@ def lagrange(tensors: list[TensorChoices], budget: int) -> Allocation:
     return _result(best, tensors, "lagrange", hi)
 
 
+def within_distortion(tensors: list[TensorChoices], limit: float) -> Allocation:
+    """Fewest bytes whose estimated divergence stays within `limit`: the
+    largest λ whose choices keep the summed distortion at or below it (the
+    dual of `lagrange`, for a fidelity goal instead of a size)."""
+    def pick(lam: float) -> dict[str, Option]:
+        return {t.name: _pick(t, lam) for t in tensors}
+
+    def distortion(chosen: dict[str, Option]) -> float:
+        return sum(t.distortion(chosen[t.name]) for t in tensors)
+
+    lo = 1e-30
+    best = pick(lo)
+    if distortion(best) > limit:  # even the most precise choices exceed it: take them
+        return _result(best, tensors, "lagrange", lo)
+    hi = lo
+    while hi < 1e30:
+        hi *= 1e3
+        chosen = pick(hi)
+        if distortion(chosen) > limit:
+            break
+        lo, best = hi, chosen
+    else:
+        return _result(best, tensors, "lagrange", lo)
+    for _ in range(200):  # bisection in log λ
+        if hi / lo < 1 + 1e-9:
+            break
+        mid = math.sqrt(lo * hi)
+        chosen = pick(mid)
+        if distortion(chosen) <= limit:
+            lo, best = mid, chosen
+        else:
+            hi = mid
+    return _result(best, tensors, "lagrange", lo)
+
+
 def path(tensors: list[TensorChoices], budget: int) -> Allocation:
     """Greedy steps from the most precise point, least ΔD per byte saved first."""
     order = {t.name: sorted(t.options, key=lambda o: (-o.bytes, t.distortion(o))) for t in tensors}

@@ -33,6 +33,7 @@ from onnx_l2c.plan import allocate
 from onnx_l2c.plan.allocate import Allocation, Option, TensorChoices
 from onnx_l2c.plan.bias import find_biases
 from onnx_l2c.plan.sample import SAMPLED_ELEMENTS, ChannelSample, channel_sample
+from onnx_l2c.progress import CANDIDATES, Progress
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,10 @@ class PlanContext:
         choices = [t.choices for t in self.tensors.values()]
         available = max(budget - self.fixed_bytes, 0)
         return self._fill(allocate.SEARCHES[search](choices, available), available)
+
+    def allocate_within(self, max_distortion: float) -> Allocation:
+        """The fewest bytes whose estimated divergence stays within `max_distortion`."""
+        return allocate.within_distortion([t.choices for t in self.tensors.values()], max_distortion)
 
     def _fill(self, alloc: Allocation, available: int) -> Allocation:
         """Spend what the discrete grid leaves over: refine the step (or weight
@@ -267,7 +272,7 @@ def selected_methods(opts: CompressOptions, data_free: bool) -> tuple[Method, ..
 
 
 def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRef], opts: CompressOptions,
-                  workers: int, progress: Any = None, measured: PlanContext | None = None,
+                  workers: int, progress: Progress | None = None, measured: PlanContext | None = None,
                   reusable: bool = True) -> PlanContext:
     """Measure (or reuse `measured`'s statistics and sensitivities) and fit candidates.
 
@@ -292,7 +297,7 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
         inputs = graph_inputs(model)
         samples = load_samples(opts.calibration_data, inputs, opts.calibration_samples)
         ctx.calibration_samples = len(samples)
-        ctx.stats = collect_statistics(model, base_dir, weights, samples, inputs)
+        ctx.stats = collect_statistics(model, base_dir, weights, samples, inputs, progress=progress)
         ctx.seconds["statistics"] = time.perf_counter() - t0
         ctx.data_free = False
     if measured is None and opts.calibration_data is None:
@@ -304,7 +309,8 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
     _center_and_store(ctx, model, weights, ctx.methods, reusable)
     if samples is not None:
         t1 = time.perf_counter()
-        ctx.sensitivity = measure_sensitivity(model, base_dir, weights, ctx.stats, samples, inputs)
+        ctx.sensitivity = measure_sensitivity(model, base_dir, weights, ctx.stats, samples, inputs,
+                                              progress=progress)
         ctx.seconds["sensitivity"] = time.perf_counter() - t1
         if reusable or any(m.refines for m in ctx.methods):  # a reused planner may add a refining method
             ctx.samples = samples
@@ -337,7 +343,7 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
         for i, item in enumerate(pool.map(work, weights)):
             results.append(item)
             if progress is not None:
-                progress(i + 1, len(weights), item[0].name)
+                progress(i + 1, len(weights), CANDIDATES)
     ctx.seconds["candidates"] = time.perf_counter() - t2
 
     measured = ctx.sensitivity.scale if ctx.sensitivity is not None else {}

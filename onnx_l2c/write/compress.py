@@ -12,7 +12,6 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnx_l2c.codec import DOMAIN, DTYPE_NAMES, SIDECAR_SUFFIX, Recipe, decode_native, serialize
-from onnx_l2c.config import CompressOptions
+from onnx_l2c.config import SAFE_MAX_DISTORTION, CompressOptions
 from onnx_l2c.errors import L2CError, ModelError, OptionError
 from onnx_l2c.files import AlignedWriter, AtomicOutputs
 from onnx_l2c.graph.model import (WeightRef, embed_external, external_files, find_weights, iter_graphs, load_model,
@@ -33,11 +32,11 @@ from onnx_l2c.passes import PresetQuantizer, TensorInput, registry
 from onnx_l2c.passes.base import RefineJob
 from onnx_l2c.plan.bias import bias_corrections
 from onnx_l2c.plan.context import LOSSLESS, Encoding
+from onnx_l2c.progress import WRITING, Progress
 from onnx_l2c.write.results import CompressResult, TensorReport
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int, str], None]
 # Re-allocations when the written output misses the budget (the graph's size is estimated).
 WRITE_ATTEMPTS = 3
 WRITE_MEMORY = 1 << 30  # bytes of working memory the encodes in flight may need together (one always runs)
@@ -140,6 +139,9 @@ def compress(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         planner = Planner(model, base_dir=base_dir, progress=progress, _options=opts, _single_use=True)
         return planner.compress(output, target_ratio=opts.target_ratio, target_size=opts.target_size,
                                 search=opts.search.value, report=opts.report, _start=start)
+    if opts.safe_plan:
+        planner = Planner(model, base_dir=base_dir, progress=progress, _options=opts, _single_use=True)
+        return planner.compress(output, report=opts.report, _start=start, _max_distortion=SAFE_MAX_DISTORTION)
     source = _load_source(model, base_dir)
     _check_output(source, output)
     analysis = find_weights(source.proto, opts.min_elements)
@@ -175,7 +177,7 @@ class Planner:
         self.workers = self.options.workers or os.cpu_count() or 1
         analysis = find_weights(self.source.proto, self.options.min_elements)
         self.context = planning.build_context(self.source.proto, self.source.src_dir, analysis.weights,
-                                              self.options, self.workers,
+                                              self.options, self.workers, progress=progress,
                                               measured=_reuse.context if _reuse is not None else None,
                                               reusable=not _single_use)
         self.reusable = not _single_use
@@ -196,7 +198,10 @@ class Planner:
 
     def compress(self, output: str | os.PathLike, *, target_ratio: float | None = None,
                  target_size: int | None = None, search: str | None = None,
-                 report: str | os.PathLike | None = None, _start: float | None = None) -> CompressResult:
+                 report: str | os.PathLike | None = None, _start: float | None = None,
+                 _max_distortion: float | None = None) -> CompressResult:
+        """Write the model at a size target, or (`_max_distortion`, the safe
+        preset) at the fewest bytes whose estimated divergence stays within it."""
         from onnx_l2c.plan import context as planning
         from onnx_l2c.write.report import plan_summary, write_report
 
@@ -205,12 +210,12 @@ class Planner:
         if search is not None:
             updates["search"] = search
         opts = CompressOptions.from_kwargs(**(self.options.as_options() | updates))
-        if not opts.has_target:
+        if not opts.has_target and _max_distortion is None:
             raise OptionError("Planner.compress needs target_ratio or target_size")
         output = Path(output)
         _check_output(self.source, output)
         ctx = self.context
-        budget = planning.budget_for(opts, self.source.source_bytes)
+        budget = planning.budget_for(opts, self.source.source_bytes) if opts.has_target else 0
         result: CompressResult | None = None
         refinements: list[_Refinement] = []
         refined = False
@@ -221,7 +226,11 @@ class Planner:
             summarizing = [m for m in registry().values() if m.summary_key is not None]
             summarized = {m.name for m in summarizing}
             for attempt in range(WRITE_ATTEMPTS):
-                allocation = ctx.allocate(budget, opts.search.value)
+                if _max_distortion is not None:
+                    allocation = ctx.allocate_within(_max_distortion)
+                    budget = allocation.total_bytes + ctx.fixed_bytes  # what the plan spends (for the report)
+                else:
+                    allocation = ctx.allocate(budget, opts.search.value)
                 if previous is not None and allocation.chosen == previous:
                     break  # the candidates cannot get closer to the budget
                 previous = dict(allocation.chosen)
@@ -244,6 +253,8 @@ class Planner:
                 # The payload sizes are exact; the graph's size was estimated.
                 # Correct the estimate by what the written files show and
                 # re-allocate if the output misses the budget by more than 1%.
+                if _max_distortion is not None:
+                    break  # no size to land on
                 if abs(result.output_bytes - budget) <= BUDGET_TOLERANCE * budget or allocation.total_bytes == 0:
                     break
                 if refined and abs(result.output_bytes - budget) <= REFINED_TOLERANCE * budget:
@@ -263,7 +274,7 @@ class Planner:
                 if outcome.summary:
                     result.plan[outcome.key] = outcome.summary | {"applied": outcome.summary.get("applied", False)
                                                                   and refined}
-            if result.output_bytes > OUT_OF_REACH * budget:
+            if _max_distortion is None and result.output_bytes > OUT_OF_REACH * budget:
                 # every tensor at its smallest candidate still does not fit
                 missed = (f"the target ({budget} bytes) is out of reach of methods {','.join(opts.methods)}: "
                           f"their smallest candidates give {result.output_bytes} bytes "
@@ -390,7 +401,7 @@ def _write(proto: onnx.ModelProto, analysis: Any, src_dir: Path, output: Path, o
                     encoded.setdefault(report.method, []).append(recipe)
                 done += 1
                 if progress is not None:
-                    progress(done, len(weights), w.name)
+                    progress(done, len(weights), WRITING)
         drop_initializers(proto, {w.name for w in weights if w.constant_node is None})
         payload_names = set(used_names) - original_names
         for ref in iter_graphs(proto.graph):
