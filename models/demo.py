@@ -2,6 +2,9 @@
 
     onnx-l2c demo [--model efficientnet_lite0|minilm] [--preset int8 | --bits N] [--out FOLDER]
 
+The compressed model goes to a temporary folder, removed at the end, unless
+--out names a folder to keep it in.
+
 Builds the model from its PyPI packages (cached; EfficientNet-Lite0 by
 default), compresses it, loads the result both ways (the zero-overhead loader
 and the native custom op in a plain onnxruntime session), and prints the
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,17 +51,25 @@ def _embeddings(sess: ort.InferenceSession, texts: list[str], batch: int = 32) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="onnx-l2c demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="efficientnet_lite0", choices=["efficientnet_lite0", "minilm"])
-    parser.add_argument("--preset", default="int8", choices=[p.value for p in onnx_l2c.Preset])
-    parser.add_argument("--bits", type=int, default=None)
-    parser.add_argument("--out", default="demo-out", help="folder for the compressed model")
+    parser.add_argument("--model", default="efficientnet_lite0", choices=["efficientnet_lite0", "minilm"],
+                        help="the zoo model (default: efficientnet_lite0)")
+    parser.add_argument("--preset", default=None, choices=[p.value for p in onnx_l2c.Preset],
+                        help="compress's --preset (default: compress's default)")
+    parser.add_argument("--bits", type=int, default=None, metavar="N", help="compress's --bits (a lossy preset)")
+    parser.add_argument("--out", type=Path, default=None, metavar="FOLDER",
+                        help="keep the compressed model in FOLDER (default: a temporary folder, removed at the end)")
     args = parser.parse_args(argv)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        return _run(args, args.out)
+    with tempfile.TemporaryDirectory(prefix="onnx_l2c-demo-") as folder:
+        return _run(args, Path(folder))
 
+
+def _run(args: argparse.Namespace, out_dir: Path) -> int:
     original = zoo_path(args.model)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     small = out_dir / f"{args.model}.l2c.onnx"
-    result = onnx_l2c.compress(original, small, preset=args.preset, bits=args.bits)
+    result = onnx_l2c.compress(original, small, preset=args.preset, bits=args.bits)  # None: not given
 
     providers = ["CPUExecutionProvider"]
     plain, t_plain = _timed(lambda: ort.InferenceSession(str(original), providers=providers))
@@ -79,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         ref, got_fast, got_op = (_logits(s, images) for s in (plain, fast, op))
         what = f"{len(images)} evaluation photos (scikit-image)"
     print(f"model:        {args.model} ({original})")
+    if args.out is not None:
+        print(f"compressed:   {small} (+ {small.name}.l2c)")
     print(f"options:      {result.options}")
     print(f"size:         {result.source_bytes / 1e6:.2f} MB -> {result.output_bytes / 1e6:.2f} MB "
           f"(ratio {result.ratio:.2f}x), compressed in {result.seconds:.1f} s")

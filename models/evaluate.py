@@ -2,7 +2,6 @@
 evaluation split.
 
     onnx-l2c eval ORIGINAL.onnx CANDIDATE.onnx --model NAME
-    onnx-l2c eval ORIGINAL.onnx CANDIDATE.onnx --model NAME
     onnx-l2c zoo calibration NAME FOLDER [--samples 128]   # the task's calibration feeds
 
 The candidate loads through onnx_l2c's fast loader or custom op when it is an
@@ -29,7 +28,7 @@ import onnx
 # the feeds the bench calibrates on: compress's default count, so a saved folder
 # (`zoo calibration`) reproduces a bench row with compress's defaults
 from onnx_l2c.measure.calibration import DEFAULT_SAMPLES as CALIBRATION_SAMPLES
-from onnx_l2c.errors import L2CError
+from onnx_l2c.errors import L2CError, ModelError
 from onnx_l2c.files import AtomicOutputs
 
 from .tasks import TASKS, Task
@@ -117,11 +116,31 @@ class EvalResult:
         return self.metrics.get(self.headline, float("-inf")) >= self.bar
 
 
+def input_mismatch(name: str, path: Path) -> str | None:
+    """Why task `name` cannot run the model at `path` (its graph inputs are
+    not the task's), or None when they match."""
+    from onnx_l2c.graph.model import load_model
+
+    model = load_model(path)
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in initializers]
+    task = TASKS[name]
+    if not task.inputs or set(inputs) == set(task.inputs):
+        return None
+    valid = "; ".join(f"{t.name} ({', '.join(t.inputs)})" for t in TASKS.values())
+    return (f"{path} has inputs {', '.join(inputs) or 'none'}, but task {name} feeds {', '.join(task.inputs)}; "
+            f"valid tasks (their inputs): {valid}")
+
+
 def evaluate(name: str, original: Path, candidate: Path, how: str = "auto", split: str = "evaluation",
              reference: Any = None) -> EvalResult:
     if name not in TASKS:
-        raise KeyError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+        raise L2CError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
     task = TASKS[name]
+    for path in (original, candidate):
+        mismatch = input_mismatch(name, path)
+        if mismatch is not None:
+            raise ModelError(mismatch)
     start = time.perf_counter()
     ref = reference if reference is not None else reference_results(task, original, split)
     load = how if how != "auto" else ("fast" if is_l2c_model(candidate) else "plain")
@@ -170,13 +189,21 @@ def calibration_main(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="onnx-l2c eval", description="Fidelity of CANDIDATE against ORIGINAL.")
-    p.add_argument("original", type=Path)
-    p.add_argument("candidate", type=Path)
-    p.add_argument("--model", required=True, choices=sorted(TASKS), help="which task's inputs and metrics")
-    p.add_argument("--load", default="auto", choices=LOAD_MODES)
-    p.add_argument("--split", default="evaluation", choices=["evaluation", "calibration"])
-    p.add_argument("--json", action="store_true")
+    p.add_argument("original", type=Path, help="the original .onnx (its results on the split are cached)")
+    p.add_argument("candidate", type=Path,
+                   help="the model to score: an onnx_l2c-compressed .onnx or any plain ONNX model (a peer's)")
+    p.add_argument("--model", required=True, choices=sorted(TASKS),
+                   help="which zoo task's inputs and metrics (the models' inputs must be the task's)")
+    p.add_argument("--load", default="auto", choices=LOAD_MODES,
+                   help="how to load the candidate (auto: the fast loader for onnx_l2c models, else plain)")
+    p.add_argument("--split", default="evaluation", choices=["evaluation", "calibration"],
+                   help="which split of the task's data (default: evaluation)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     args = p.parse_args(argv)
+    for path in (args.original, args.candidate):
+        mismatch = input_mismatch(args.model, path)  # a FileError for a missing file
+        if mismatch is not None:
+            p.error(f"argument --model: {mismatch}")
     res = evaluate(args.model, args.original, args.candidate, args.load, args.split)
     if args.json:
         print(json.dumps(asdict(res) | {"ratio": res.ratio, "passes": res.passes}, indent=2))

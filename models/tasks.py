@@ -30,6 +30,7 @@ class Task:
     data_version: str = "1"  # bump when the task's inputs change: cached reference results are keyed by it
     # calibration(n): up to n feed dicts from the calibration split (disjoint from evaluation)
     calibration: Callable[[int], list[dict[str, np.ndarray]]] | None = None
+    inputs: tuple[str, ...] = ()  # the graph inputs the task feeds (checked before a run)
 
 
 def _spread(items: list, n: int) -> list:
@@ -132,8 +133,9 @@ def _embedding_metrics(ref: np.ndarray, cand: np.ndarray) -> dict[str, float]:
 
 TASKS: dict[str, Task] = {
     "efficientnet_lite0": Task("efficientnet_lite0", _effnet_run, _classifier_metrics, "top1_agreement", 0.99, "2",
-                               _effnet_calibration),
-    "minilm": Task("minilm", _minilm_run, _embedding_metrics, "mean_cosine", 0.99, "2", _minilm_calibration),
+                               _effnet_calibration, inputs=("input",)),
+    "minilm": Task("minilm", _minilm_run, _embedding_metrics, "mean_cosine", 0.99, "2", _minilm_calibration,
+                   inputs=("input_ids", "attention_mask")),
 }
 
 
@@ -254,10 +256,12 @@ def _vad_metrics(ref: np.ndarray, cand: np.ndarray) -> dict[str, float]:
 
 
 TASKS.update({
-    "magika": Task("magika", _magika_run, _magika_metrics, "label_agreement", 0.99, calibration=_magika_calibration),
-    "ocr_det": Task("ocr_det", _ocr_det_run, _ocr_det_metrics, "mean_iou", 0.95, calibration=_ocr_det_calibration),
+    "magika": Task("magika", _magika_run, _magika_metrics, "label_agreement", 0.99, calibration=_magika_calibration,
+                   inputs=("bytes",)),
+    "ocr_det": Task("ocr_det", _ocr_det_run, _ocr_det_metrics, "mean_iou", 0.95, calibration=_ocr_det_calibration,
+                    inputs=("x",)),
     "ocr_rec": Task("ocr_rec", _ocr_rec_run, _ocr_rec_metrics, "string_agreement", 0.98,
-                    calibration=_ocr_rec_calibration),
+                    calibration=_ocr_rec_calibration, inputs=("x",)),
     "silero_vad": Task("silero_vad", _vad_run, _vad_metrics, "decision_agreement", 0.99,
-                       calibration=_vad_calibration),
+                       calibration=_vad_calibration, inputs=("input", "state", "sr")),
 })

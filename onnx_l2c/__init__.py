@@ -24,7 +24,7 @@ if not (_HERE / "passes").is_dir() and (_HERE.parent / "passes" / "base.py").is_
                       "`python -P` so the installed package is used")
 
 from onnx_l2c.errors import (ErrorCode, FileError, L2CError, LimitError, ModelError, OptionError, PayloadError,
-                             UnsupportedError, VersionError)
+                             TargetError, UnsupportedError, VersionError)
 
 __version__ = "0.1.0"
 
@@ -61,6 +61,6 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "OPTIONS", "BlockShape", "CompressOptions", "CompressResult", "ErrorCode", "FileError", "InferenceSession", "LimitError",
-    "L2CError", "ModelError", "OptionError", "PayloadError", "Planner", "Preset", "TensorReport",
+    "L2CError", "ModelError", "OptionError", "PayloadError", "Planner", "Preset", "TargetError", "TensorReport",
     "UnsupportedError", "VersionError", "compress", "custom_op_library", "decompress", "inspect",
 ]

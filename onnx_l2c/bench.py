@@ -27,7 +27,7 @@ from onnx_l2c.passes.base import entropy_bits
 from onnx_l2c.passes import PresetQuantizer
 
 from onnx_l2c.codec import native
-from onnx_l2c.errors import OptionError
+from onnx_l2c.errors import FileError, OptionError
 from onnx_l2c.graph.model import find_weights, load_model, tensor_bits
 from onnx_l2c.load.compressed import CompressedModel, InferenceSession, custom_op_library
 from onnx_l2c.write.compress import compress
@@ -208,10 +208,14 @@ def run_runtime_bench(args: argparse.Namespace) -> int:
     import onnxruntime as ort
 
     presets = [p for p in args.presets.split(",") if p]
+    if not args.models and args.scale is None:
+        raise OptionError("give models, --scale GB, or both")
+    for model in args.models:
+        if not Path(model).is_file():
+            raise FileError(f"{model}: no such model file (bench runtime takes .onnx paths; for zoo models by "
+                            "name: python -P -m onnx_l2c.models.bench_runtime --models NAME,...)")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if not args.models and args.scale is None:
-        raise OptionError("bench runtime: give models, --scale GB, or both")
     if args.scale is not None:
         from onnx_l2c.bench_scale import run_scale_bench
 

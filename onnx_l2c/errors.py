@@ -9,6 +9,8 @@ the file and tensor involved and, for options, the valid choices.
 from __future__ import annotations
 
 import enum
+import string
+from collections.abc import Callable
 
 
 class ErrorCode(enum.IntEnum):
@@ -33,8 +35,71 @@ class L2CError(Exception):
             self.code = ErrorCode(code)
 
 
-class OptionError(L2CError):
-    """A compression option (a keyword argument or its CLI flag) is unknown or out of range."""
+# Messages about options name them by placeholders, so that the API can say
+# `target_ratio=R` and the CLI `--target-ratio R`: "{target_ratio}" is the
+# option's name, "{target_ratio:R}" the option given a value (R: what to give).
+# Text from elsewhere that goes into such a message passes through `literal`.
+OptionNamer = Callable[[str, "str | None"], str]
+
+
+def literal(value: object) -> str:
+    """`value` as text inside a message with option placeholders (braces escaped)."""
+    return str(value).replace("{", "{{").replace("}", "}}")
+
+
+def keyword(name: str, value: str | None) -> str:
+    """An option as the Python API spells it: `name` or `name=VALUE`."""
+    return name if value is None else f"{name}={value}"
+
+
+class _Named:
+    def __init__(self, name: str, namer: OptionNamer) -> None:
+        self.name, self.namer = name, namer
+
+    def __format__(self, spec: str) -> str:
+        return self.namer(self.name, spec or None)
+
+
+class _Names(dict):
+    def __init__(self, namer: OptionNamer) -> None:
+        super().__init__()
+        self.namer = namer
+
+    def __missing__(self, name: str) -> _Named:
+        return _Named(name, self.namer)
+
+
+class NamesOptions:
+    """An error whose message names options through placeholders (above);
+    `detail(namer)` renders it for one interface."""
+
+    template: str
+
+    def detail(self, namer: OptionNamer = keyword) -> str:
+        return string.Formatter().vformat(self.template, (), _Names(namer))
+
+
+class OptionError(NamesOptions, L2CError):
+    """A compression option (a keyword argument or its CLI flag) is unknown, out
+    of range, in conflict with another, or has no effect where it was given.
+
+    `option` is the option the error is about (its name in the option table,
+    e.g. "target_ratio"), or None; the message is then "option NAME: DETAIL",
+    where the CLI says "argument --FLAG: DETAIL" (`detail` with its flags)."""
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        self.template = message
+        self.option = option
+        text = self.detail()
+        super().__init__(f"option {option}: {text}" if option is not None else text)
+
+
+class TargetError(NamesOptions, L2CError):
+    """The size target cannot be reached by the selected methods (nothing is written)."""
+
+    def __init__(self, message: str) -> None:
+        self.template = message
+        super().__init__(self.detail())
 
 
 class ModelError(L2CError):

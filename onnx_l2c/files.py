@@ -108,13 +108,17 @@ class AtomicOutputs:
             finally:
                 os.close(fd)
 
+    def discard(self) -> None:
+        """Delete the temporary files not yet committed (none after `commit()`)."""
+        for temp, _ in self._pending:
+            temp.unlink(missing_ok=True)
+        self._pending.clear()
+
     def __enter__(self) -> "AtomicOutputs":
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for temp, _ in self._pending:
-            temp.unlink(missing_ok=True)
-        self._pending.clear()
+        self.discard()
 
 
 class AlignedWriter:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from onnx_l2c.codec import Recipe, bits_to_float32, reconstruct, serialize
-from onnx_l2c.errors import OptionError
+from onnx_l2c.errors import OptionError, literal
 from onnx_l2c.plan.allocate import Option
 
 if TYPE_CHECKING:
@@ -260,7 +260,7 @@ def method(name: str) -> Method:
     try:
         return methods[name]
     except KeyError:
-        raise OptionError(f"unknown method {name!r}; valid methods: {', '.join(methods)}") from None
+        raise OptionError(f"unknown method {literal(repr(name))}; valid methods: {', '.join(methods)}") from None
 
 
 def method_of(params: Params) -> Method:

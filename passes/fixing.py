@@ -64,9 +64,9 @@ def build_codebook(max_abs: float, delta: float, order: int, smallest: float = S
     """Sorted float32 codebook: ±(sums of at most order + 1 powers of two near
     a geometric grid from smallest·max_abs to max_abs), and 0."""
     if not 0.0 < delta < 1.0:
-        raise OptionError(f"fixing delta {delta} must be in (0, 1)")
+        raise OptionError(f"must be in (0, 1), got {delta}", "fixing_delta")
     if not 0 <= order <= MAX_ORDER:
-        raise OptionError(f"pow2 order {order} must be in 0..{MAX_ORDER}")
+        raise OptionError(f"must be in 0..{MAX_ORDER}, got {order}", "pow2_order")
     if not np.isfinite(max_abs) or max_abs <= 0:
         return np.zeros(1, np.float32)
     ratio = (1.0 + delta) / (1.0 - delta)
@@ -223,11 +223,11 @@ class WeightFixing(Method):
     summary_key = "fixing"
     options = (
         OptionSpec("fixing_delta", float, None,
-                   "weight fixing: relative tolerance δ of the shared power-of-two codebook (default: the "
-                   "allocator tries 0.01 to 0.2)", minimum=0.001, maximum=0.5),
+                   "weight fixing: relative tolerance δ of the shared power-of-two codebook", minimum=0.001,
+                   maximum=0.5, metavar="DELTA", default_text="the allocator tries 0.01 to 0.2"),
         OptionSpec("pow2_order", int, 0,
                    "weight fixing: starting order of the codebook (0 = single powers of two; each order adds a "
-                   "term; raised where no value is close enough)", minimum=0, maximum=3),
+                   "term; raised where no value is close enough)", minimum=0, maximum=3, metavar="N"),
     )
 
     def candidates(self, tensor: TensorInput, ctx: TensorContext, lossless_bytes: int) -> list[Option]:

@@ -50,8 +50,8 @@ def torch_device(device: Device) -> str:
     if torch.cuda.is_available():
         return "cuda"
     if device is Device.CUDA:
-        raise OptionError("--device cuda: torch sees no CUDA device (valid: cpu, cuda, auto; auto falls back to "
-                          "the CPU)")
+        raise OptionError("cuda: torch sees no CUDA device (valid: cpu, cuda, auto; auto falls back to the CPU)",
+                          "device")
     return "cpu"
 
 
@@ -62,11 +62,10 @@ class JointOptimizer(Method):
     refines: ClassVar[bool] = True
     options: ClassVar[tuple[OptionSpec, ...]] = (
         OptionSpec("finetune_steps", int, 100,
-                   "joint optimizer (l2c): gradient steps, 8 calibration samples each", minimum=1),
+                   "joint optimizer (l2c): gradient steps, 8 calibration samples each", minimum=1, metavar="N"),
         OptionSpec("finetune_minutes", float, None,
-                   "joint optimizer (l2c): a time budget in minutes, checked before each step (none: only "
-                   "--finetune-steps bounds it)",
-                   minimum=0.0),
+                   "joint optimizer (l2c): a time budget in minutes, checked before each step",
+                   minimum=0.0, metavar="MINUTES", default_text="none: only the step count bounds it"),
         OptionSpec("finetune_phases", Phases, Phases.TRANSFORM,
                    "joint optimizer (l2c): transform (per-channel steps and dead zones; the default) or all (then "
                    "the weights too, alternating; on the zoo it fit the calibration samples and lost fidelity on "

@@ -46,9 +46,9 @@ class PresetQuantizer:
 
     def __init__(self, bits: int = 8, dead_zone: float = 0.15) -> None:
         if not 2 <= bits <= 16:
-            raise OptionError(f"uniform quantization needs 2 ≤ bits ≤ 16, got {bits}")
+            raise OptionError(f"uniform quantization needs 2 ≤ bits ≤ 16, got {bits}", "bits")
         if not 0.0 <= dead_zone <= 0.5:
-            raise OptionError(f"dead_zone must be in [0, 0.5], got {dead_zone}")
+            raise OptionError(f"must be in [0, 0.5], got {dead_zone}", "dead_zone")
         self.bits = bits
         self.dead_zone = dead_zone
         self.qmax = 2 ** (bits - 1) - 1

@@ -227,8 +227,8 @@ class Unification(Method):
     summary_key = "unify"
     options = (
         OptionSpec("block", BlockShape, None,
-                   "unification: micro-block shape, 1xN along input channels or kernel (a Conv's spatial kernel) "
-                   "(default: the allocator tries 1x4, 1x8 and, for spatial Conv weights, kernel)"),
+                   "unification: micro-block shape, 1xN along input channels or kernel (a Conv's spatial kernel)",
+                   default_text="the allocator tries 1x4, 1x8 and, for spatial Conv weights, kernel"),
     )
 
     def candidates(self, tensor: TensorInput, ctx: TensorContext, lossless_bytes: int) -> list[Option]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -208,16 +209,249 @@ def test_not_an_onnx_file(tmp_path):
 
 def test_option_errors_name_the_choices(tmp_path, rng):
     src = save(builders.mlp(rng), tmp_path / "model.onnx")
-    with pytest.raises(onnx_l2c.L2CError, match="lossless, int8"):
+    with pytest.raises(onnx_l2c.OptionError) as info:
         onnx_l2c.compress(src, tmp_path / "s.onnx", preset="int3")
-    with pytest.raises(onnx_l2c.L2CError, match="bits"):
+    assert str(info.value) == "option preset: invalid choice 'int3' (valid values: lossless, int8)"
+    assert info.value.option == "preset"
+    with pytest.raises(onnx_l2c.OptionError) as info:
         onnx_l2c.compress(src, tmp_path / "s.onnx", bits=1)
-    with pytest.raises(onnx_l2c.L2CError, match="valid options"):
+    assert str(info.value) == "option bits: must be ≥ 2, got 1" and info.value.option == "bits"
+    with pytest.raises(onnx_l2c.OptionError, match="^unknown option 'bitz'; valid options: preset, bits"):
         onnx_l2c.compress(src, tmp_path / "s.onnx", bitz=4)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-P", "-m", "onnx_l2c", *args], capture_output=True, text=True, timeout=120)
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-P", "-m", "onnx_l2c", *args], capture_output=True, text=True, timeout=120,
+                          cwd=cwd)
+
+
+def _error_line(res: subprocess.CompletedProcess) -> str:
+    """The one error line (argparse puts its usage before it); no traceback."""
+    assert "Traceback" not in res.stderr, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert lines and all(line.startswith(("usage:", " ")) for line in lines[:-1]), res.stderr
+    return lines[-1]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--target-ratio", "0.5"], "onnx-l2c compress: error: argument --target-ratio: must be ≥ 1, got 0.5"),
+    (["--fixing-delta", "0.1"], "onnx-l2c compress: error: argument --fixing-delta: has no effect without a size "
+                                "target: add --target-ratio R or --target-size BYTES, or drop --fixing-delta"),
+    (["--calibration", "c.npz"], "onnx-l2c compress: error: argument --calibration: has no effect without a size "
+                                 "target: add --target-ratio R or --target-size BYTES, or drop --calibration"),
+    (["--calibration-samples", "8"], "onnx-l2c compress: error: argument --calibration-samples: has no effect "
+                                     "without a size target: add --target-ratio R or --target-size BYTES, or drop "
+                                     "--calibration-samples"),
+    (["--search", "path"], "onnx-l2c compress: error: argument --search: has no effect without a size target: add "
+                           "--target-ratio R or --target-size BYTES, or drop --search"),
+    (["--methods", "fixing"], "onnx-l2c compress: error: argument --methods: has no effect without a size target: "
+                              "add --target-ratio R or --target-size BYTES, or drop --methods"),
+    (["--preset", "lossless", "--bits", "4"], "onnx-l2c compress: error: argument --bits: not allowed with --preset "
+                                              "lossless, which codes every weight bit-exactly: drop --bits, or choose "
+                                              "a lossy --preset"),
+    (["--preset", "lossless", "--dead-zone", "0.1"], "onnx-l2c compress: error: argument --dead-zone: not allowed "
+                                                     "with --preset lossless, which codes every weight bit-exactly: "
+                                                     "drop --dead-zone, or choose a lossy --preset"),
+    (["--target-ratio", "4", "--methods", "rounding,mixed", "--fixing-delta", "0.1"],
+     "onnx-l2c compress: error: argument --fixing-delta: belongs to method fixing, which the selected methods "
+     "(rounding,mixed) do not include: add fixing to --methods, or drop --fixing-delta"),
+    (["--target-ratio", "4", "--target-size", "100"], "onnx-l2c compress: error: argument --target-size: give "
+                                                      "--target-ratio R or --target-size BYTES, not both"),
+    (["--target-ratio", "4", "--allow-target-miss", "--methods", "rounding"],
+     "onnx-l2c compress: error: argument --methods: method rounding needs calibration data and would be left out: "
+     "add --calibration PATH, or drop rounding from --methods"),
+])
+def test_cli_option_errors_name_the_flag_and_exit_2(tmp_path, rng, flags, message):
+    src = save(builders.mlp(rng), tmp_path / "model.onnx")
+    res = _cli("compress", str(src), str(tmp_path / "out.onnx"), *flags)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.startswith("usage: onnx-l2c compress ")
+    assert _error_line(res) == message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_cli_unreachable_target(tmp_path, rng):
+    """A target out of reach: exit 1, one line naming the flags, nothing written;
+    --allow-target-miss writes the smallest file and warns, -q hides the warning."""
+    src = save(builders.mlp(rng), tmp_path / "model.onnx")
+    out = tmp_path / "out" / "small.onnx"
+    out.parent.mkdir()
+    res = _cli("compress", str(src), str(out), "--target-ratio", "1000", "--min-elements", "1")
+    assert res.returncode == 1 and res.stdout == ""
+    line = _error_line(res)
+    assert line.startswith("onnx-l2c: error: the target --target-ratio 1000 (")
+    assert "is out of reach of methods rounding,mixed: their smallest candidates give " in line
+    assert line.endswith("; nothing was written. Lower the target, add methods to --methods, or give "
+                         "--allow-target-miss to write that smallest file")
+    assert list(out.parent.iterdir()) == []
+    res = _cli("compress", str(src), str(out), "--target-ratio", "1000", "--min-elements", "1",
+               "--allow-target-miss")
+    assert res.returncode == 0, res.stderr
+    assert "WARNING the target (" in res.stderr and "out of reach of methods rounding,mixed" in res.stderr
+    assert "data-free:  no --calibration; distortion is each weight's relative error" in res.stdout
+    assert "target:     missed: " in res.stdout and out.is_file()
+    res = _cli("compress", str(src), str(out), "--target-ratio", "1000", "--min-elements", "1",
+               "--allow-target-miss", "-q")
+    assert res.returncode == 0 and res.stdout == "" and res.stderr == ""
+    res = _cli("compress", str(src), str(out), "--target-ratio", "3", "--min-elements", "1")
+    assert res.returncode == 0 and "data-free:  no --calibration" in res.stdout and "target:" not in res.stdout
+
+
+def test_cli_one_line_errors(tmp_path, rng):
+    src = save(builders.mlp(rng), tmp_path / "model.onnx")
+    for args in (["compress", "missing.onnx", "o.onnx"], ["inspect", "missing.onnx"],
+                 ["decompress", "missing.onnx", "o.onnx"]):
+        res = _cli(*args, cwd=tmp_path)
+        assert res.returncode == 1 and _error_line(res) == "onnx-l2c: error: missing.onnx: no such model file"
+    res = _cli("bench", "runtime", "efficientnet_lite0", "--out", str(tmp_path / "b"))
+    assert res.returncode == 1 and _error_line(res) == (
+        "onnx-l2c: error: efficientnet_lite0: no such model file (bench runtime takes .onnx paths; for zoo models "
+        "by name: python -P -m onnx_l2c.models.bench_runtime --models NAME,...)")
+    res = _cli("inspect", str(src))
+    assert res.returncode == 1 and _error_line(res) == (
+        f"onnx-l2c: error: {src} is not an onnx_l2c-compressed model (no ai.onnx_l2c Decode nodes); compress it "
+        "with onnx-l2c compress")
+    res = _cli("eval", str(src), str(src), "--model", "minilm")
+    assert res.returncode == 2 and _error_line(res) == (
+        f"onnx-l2c eval: error: argument --model: {src} has inputs x, but task minilm feeds input_ids, "
+        "attention_mask; valid tasks (their inputs): efficientnet_lite0 (input); minilm (input_ids, attention_mask); "
+        "magika (bytes); ocr_det (x); ocr_rec (x); silero_vad (input, state, sr)")
+    for group, commands in (("zoo", "build, calibration"), ("bench", "runtime, compare")):
+        res = _cli(group)
+        assert res.returncode == 2 and _error_line(res) == (
+            f"onnx-l2c {group}: error: choose a command: {commands} (see `onnx-l2c {group} -h`)")
+
+
+def test_cli_broken_pipe_exits_quietly(tmp_path, rng):
+    """`onnx-l2c inspect x.onnx --json | head`: the reader goes away; no traceback."""
+    src = save(builders.mlp(rng), tmp_path / "model.onnx")
+    out = tmp_path / "small.onnx"
+    onnx_l2c.compress(src, out, bits=6, min_elements=1)
+    # stdout is a pipe whose reader is gone: every write fails with EPIPE
+    script = "\n".join(["import os, sys", "r, w = os.pipe()", "os.close(r)", "os.dup2(w, 1)",
+                         "from onnx_l2c.cli import main",
+                         f"code = main(['inspect', {str(out)!r}, '--json'])",
+                         "sys.stderr.write(f'code={code}')"])
+    res = subprocess.run([sys.executable, "-P", "-c", script], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stderr == "code=1"
+
+
+def test_cli_verbose_anywhere(tmp_path, rng):
+    src = save(builders.mlp(rng), tmp_path / "model.onnx")
+    np.savez(tmp_path / "c.npz", x=rng.standard_normal((4, 64)).astype(np.float32))
+    args = ["compress", str(src), str(tmp_path / "o.onnx"), "--target-ratio", "3", "--calibration",
+            str(tmp_path / "c.npz"), "--min-elements", "1"]
+    quiet = _cli(*args)
+    assert quiet.returncode == 0 and "INFO" not in quiet.stderr
+    for verbose in ([*args, "-v"], ["-v", *args], [*args[:2], "--verbose", *args[2:]]):
+        res = _cli(*verbose)
+        assert res.returncode == 0 and "INFO calibration statistics" in res.stderr, res.stderr
+    # the commands of the zoo package (entry points) too
+    for line, prog in ((["eval", "-h", "-v"], "eval"), (["-v", "eval", "-h"], "eval"),
+                       (["zoo", "calibration", "--verbose", "-h"], "zoo calibration")):
+        res = _cli(*line)
+        assert res.returncode == 0 and res.stdout.startswith(f"usage: onnx-l2c {prog} "), res.stderr
+
+
+def test_cli_help_is_current():
+    from onnx_l2c.cli import _spec_help
+    from onnx_l2c.config import all_options
+
+    res = _cli("-h")
+    assert "Commands: compress, inspect, decompress, bench, demo, eval, zoo." in res.stdout
+    for spec in all_options():
+        assert _spec_help(spec).count("(default:") <= 1, spec.name
+    help_text = _cli("compress", "-h").stdout
+    assert "(default: the allocator tries 0.01 to 0.2)" in " ".join(help_text.split())
+    assert "--zoo" not in _cli("bench", "runtime", "-h").stdout
+    eval_help = " ".join(_cli("eval", "-h").stdout.split())
+    assert "original the original .onnx" in eval_help and "candidate the model to score" in eval_help
+
+
+def test_inspect_says_what_each_method_did(tmp_path, rng):
+    """Per tensor and in total: the codebook's unique values and entropy (checked
+    against the decoded weights), the expand stage's block modes, the affine steps."""
+    from onnx_l2c.codec.stages import entropy_of
+
+    src = save(builders.mlp(rng), tmp_path / "model.onnx")
+    fixed, unified, uniform = tmp_path / "fixed.onnx", tmp_path / "unified.onnx", tmp_path / "uniform.onnx"
+    onnx_l2c.compress(src, fixed, target_ratio=8, methods="fixing", min_elements=1)
+    onnx_l2c.compress(src, unified, target_ratio=8, methods="unify", min_elements=1)
+    onnx_l2c.compress(src, uniform, bits=6, min_elements=1)
+
+    res = onnx_l2c.inspect(fixed)
+    cm = CompressedModel(fixed)
+    try:
+        decoded = {e.name: cm.decode(e) for e in cm.entries}
+    finally:
+        cm.close()
+    coded = [r for r in res.rows if "codebook" in r.stages]
+    assert coded
+    for row in coded:
+        values, counts = np.unique(decoded[row.name], return_counts=True)
+        assert row.details["codebook"]["unique_values"] == values.size
+        assert row.details["codebook"]["entropy_bits"] == pytest.approx(entropy_of(counts))
+        assert row.notes["codebook"].startswith(f"{values.size} unique value")
+    everything = np.concatenate([decoded[r.name].reshape(-1) for r in coded])
+    values, counts = np.unique(everything, return_counts=True)
+    assert res.totals["codebook"]["unique_values"] == values.size
+    assert res.totals["codebook"]["entropy_bits"] == pytest.approx(entropy_of(counts))
+
+    res = onnx_l2c.inspect(unified)
+    rows = [r for r in res.rows if "expand" in r.stages]
+    assert rows and all(sum(r.details["expand"][k] for k in ("kept", "unified", "pruned"))
+                        == r.details["expand"]["blocks"] for r in rows)
+    assert res.totals["expand"]["blocks"] == sum(r.details["expand"]["blocks"] for r in rows)
+
+    res = _cli("inspect", str(uniform))  # W1 and W2 quantized, the bias b1 coded losslessly
+    assert res.returncode == 0 and "affine: step " in res.stdout
+    assert "affine (whole model): 2 tensors, step " in res.stdout
+    doc = json.loads(_cli("inspect", str(uniform), "--json").stdout)
+    assert set(doc["totals"]) == {"affine"} and doc["totals"]["affine"]["tensors"] == 2
+    details = {t["name"]: t["details"] for t in doc["tensors"]}
+    assert details["b1"] == {} and all(details[w]["affine"]["step_min"] > 0 for w in ("W1", "W2"))
+    assert doc["totals"]["affine"]["step_min"] == min(details[w]["affine"]["step_min"] for w in ("W1", "W2"))
+    doc = json.loads(_cli("inspect", str(fixed), "--json").stdout)
+    assert doc["totals"]["codebook"]["unique_values"] == values.size
+
+
+def test_inference_session_takes_bytes_and_model_protos(tmp_path, rng):
+    """What onnxruntime.InferenceSession takes (a path or bytes), and an
+    onnx.ModelProto; the sidecar is resolved in base_dir, never the working directory."""
+    src = save(builders.mlp(rng), tmp_path / "model.onnx")
+    out = tmp_path / "small.onnx"
+    onnx_l2c.compress(src, out, bits=6, min_elements=1)
+    feeds = _feeds_mlp(rng)
+    expected = onnx_l2c.InferenceSession(out).run(None, feeds)
+    data = out.read_bytes()
+    for model in (data, onnx.load(str(out), load_external_data=False)):
+        got = onnx_l2c.InferenceSession(model, base_dir=tmp_path).run(None, feeds)
+        assert_bit_identical(expected, got, type(model).__name__)
+        with pytest.raises(onnx_l2c.FileError, match="cannot be found without base_dir: pass base_dir="):
+            onnx_l2c.InferenceSession(model)
+        with pytest.raises(onnx_l2c.FileError, match="small.onnx.l2c not found"):
+            onnx_l2c.InferenceSession(model, base_dir=tmp_path / "elsewhere")
+    with pytest.raises(onnx_l2c.OptionError, match="base_dir is for a model given as bytes"):
+        onnx_l2c.InferenceSession(out, base_dir=tmp_path)
+    with pytest.raises(onnx_l2c.ModelError, match="expected a model path, the model's bytes or an onnx.ModelProto, "
+                                                  "got int"):
+        onnx_l2c.InferenceSession(3)
+    with pytest.raises(onnx_l2c.ModelError, match="not a readable ONNX model"):
+        onnx_l2c.InferenceSession(b"\x00\xff not a model", base_dir=tmp_path)
+
+
+def test_demo_leaves_no_folder_behind(tmp_path, monkeypatch):
+    """`onnx-l2c demo` writes into a temporary folder (removed) unless --out names one."""
+    from onnx_l2c.models import demo
+
+    seen = []
+    monkeypatch.setattr(demo, "_run", lambda args, out_dir: seen.append((out_dir, out_dir.is_dir())) or 0)
+    monkeypatch.chdir(tmp_path)
+    assert demo.main([]) == 0
+    (folder, existed), = seen
+    assert existed and not folder.exists() and list(tmp_path.iterdir()) == []
+    assert demo.main(["--out", "kept"]) == 0
+    assert seen[-1] == (Path("kept"), True) and (tmp_path / "kept").is_dir()
 
 
 def test_cli_round_trip(tmp_path, rng):

@@ -50,9 +50,9 @@ def test_pow2_approx_terms():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"delta": 0.0}, r"fixing delta 0.0 must be in \(0, 1\)"),
+    ({"delta": 0.0}, r"^option fixing_delta: must be in \(0, 1\), got 0.0$"),
     ({"delta": 1.0}, r"must be in \(0, 1\)"),
-    ({"order": 4}, r"pow2 order 4 must be in 0\.\.3"),
+    ({"order": 4}, r"^option pow2_order: must be in 0\.\.3, got 4$"),
 ])
 def test_bad_codebook_parameters(kwargs, message):
     args = {"max_abs": 1.0, "delta": 0.05, "order": 0} | kwargs
@@ -182,11 +182,11 @@ def test_fixing_in_the_global_allocation(tmp_path, rng):
 def test_fixing_options_from_the_cli_table():
     from onnx_l2c.config import CompressOptions
 
-    opts = CompressOptions.from_kwargs(methods="fixing", fixing_delta=0.05, pow2_order=1)
+    opts = CompressOptions.from_kwargs(target_ratio=8, methods="fixing", fixing_delta=0.05, pow2_order=1)
     assert opts.option("fixing_delta") == 0.05 and opts.option("pow2_order") == 1
-    with pytest.raises(L2CError, match=r"option 'pow2_order' must be ≤ 3"):
+    with pytest.raises(L2CError, match=r"^option pow2_order: must be ≤ 3, got 4$"):
         CompressOptions.from_kwargs(pow2_order=4)
-    with pytest.raises(L2CError, match=r"option 'fixing_delta' must be ≥ 0.001"):
+    with pytest.raises(L2CError, match=r"^option fixing_delta: must be ≥ 0.001, got 0$"):
         CompressOptions.from_kwargs(fixing_delta=0.0)
 
 
@@ -202,6 +202,11 @@ def test_planner_reuse_after_a_fixing_target(tmp_path, rng):
     second = planner.compress(tmp_path / "b.onnx", target_ratio=6)
     assert first.plan["fixing"]["tensors"] >= 2 and second.plan["fixing"]["tensors"] >= 2
     assert abs(first.ratio / 8 - 1) <= 0.03 and abs(second.ratio / 6 - 1) <= 0.03
-    # a target beyond the method's smallest candidates is reported, not silently missed
-    far = planner.compress(tmp_path / "c.onnx", target_ratio=200)
+    # a target beyond the method's smallest candidates is an error that writes nothing ...
+    with pytest.raises(onnx_l2c.TargetError, match=r"out of reach of methods fixing: .*allow_target_miss=True"):
+        planner.compress(tmp_path / "c.onnx", target_ratio=200)
+    assert not (tmp_path / "c.onnx").exists() and not (tmp_path / "c.onnx.l2c").exists()
+    # ... or, when allowed, the smallest file, with the miss in the notes
+    far = planner.compress(tmp_path / "c.onnx", target_ratio=200, allow_target_miss=True)
     assert far.ratio < 150 and any("out of reach of methods fixing" in n for n in far.plan["notes"])
+    assert far.plan["target_missed"] and (tmp_path / "c.onnx").is_file()

@@ -211,6 +211,50 @@ def test_payload_version(name):
     assert (6 in kinds) == name.startswith("transform") or name == "exponent_transform"
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_parse_reads_back_every_golden(name):
+    """codec.parse is the inverse of serialize: the golden bytes read back
+    into a recipe that serializes to the same bytes and reconstructs the same
+    tensor."""
+    from onnx_l2c.codec import parse
+
+    payload = (GOLDEN / f"{name}.bin").read_bytes()
+    recipe = parse(payload)
+    assert [type(s) for s in recipe.stages] == [type(s) for s in recipes()[name].stages]
+    assert serialize(recipe) == payload
+    assert digest(reconstruct(recipe)) == digest(reconstruct(recipes()[name]))
+
+
+def test_stage_summaries_of_the_goldens():
+    """Each stage describes itself (what `onnx-l2c inspect` shows)."""
+    from onnx_l2c.codec import parse, summarize, summarize_totals
+
+    def read(name):
+        return summarize(parse((GOLDEN / f"{name}.bin").read_bytes()))
+
+    codebook = read("codebook")["codebook"]
+    symbols = (hashed(250, 2) >> np.uint64(28)).astype(np.int64)
+    counts = np.bincount(symbols, minlength=16)
+    p = counts[counts > 0] / counts.sum()
+    assert codebook.fields == {"unique_values": int((counts > 0).sum()), "table_size": 16,
+                               "entropy_bits": pytest.approx(float(-(p * np.log2(p)).sum()))}
+    assert read("stream_constant")["codebook"].text == "1 unique value, entropy 0.00 bits/weight"
+    affine = read("affine_theta_offset")["affine"].fields
+    assert affine == {"steps": 6, "step_min": pytest.approx(1 / 128), "step_max": pytest.approx(6 / 128),
+                      "theta": 0.25, "offset": True}
+    expand = read("expand_conv_kernels")["expand"].fields
+    assert expand["block"] == 9 and expand["blocks"] == 20
+    assert expand["kept"] + expand["unified"] + expand["pruned"] == 20
+    assert set(read("raw_float32")) == set()
+    assert read("transform_mean")["transform"].fields == {"rank": 3, "cols": 10, "mean": True}
+    # model-wide: codebook values counted across tensors, expand modes added up
+    totals = summarize_totals([read("codebook"), read("stream_constant"), read("expand_conv_kernels"),
+                               read("expand_blocks_exponent_float16")])
+    both = codebook.tally + read("stream_constant")["codebook"].tally
+    assert totals["codebook"].fields["unique_values"] == len(both) and totals["codebook"].fields["tensors"] == 2
+    assert totals["expand"].fields["blocks"] == 20 + read("expand_blocks_exponent_float16")["expand"].fields["blocks"]
+
+
 @pytest.mark.parametrize("name", sorted(STREAM_MODES))
 def test_stream_modes(name):
     payload = (GOLDEN / f"{name}.bin").read_bytes()

@@ -109,15 +109,137 @@ def test_path_search_and_target_size(deep: Path, tmp_path: Path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"target_ratio": 8, "target_size": 1000}, "not both"),
-    ({"target_ratio": 0.5}, "must be ≥ 1.0"),
-    ({"target_ratio": 8, "methods": "uniform,telepathy"}, "valid methods"),
-    ({"target_ratio": 8, "search": "random"}, "valid search values"),
-    ({"target_ratio": 8, "report": 3}, "must be a path"),
+    ({"target_ratio": 8, "target_size": 1000}, "option target_size: give target_ratio=R or target_size=BYTES, "
+                                                "not both"),
+    ({"target_ratio": 0.5}, "option target_ratio: must be ≥ 1, got 0.5"),
+    ({"target_ratio": 8, "methods": "uniform,telepathy"}, "option methods: unknown method(s) telepathy; "
+                                                           "valid methods: mixed, uniform"),
+    ({"target_ratio": 8, "search": "random"}, "option search: invalid choice 'random' (valid values: lagrange, path)"),
+    ({"target_ratio": 8, "report": 3}, "option report: must be a path, got 3"),
 ])
 def test_bad_target_options(deep: Path, tmp_path: Path, kwargs, message):
-    with pytest.raises(L2CError, match=message):
+    with pytest.raises(L2CError) as info:
         onnx_l2c.compress(deep, tmp_path / "x.onnx", **kwargs)
+    assert str(info.value).startswith(message)
+
+
+def _method_option_values() -> list[tuple[str, object]]:
+    """Every method's own option with a valid value."""
+    from onnx_l2c.config import CORE_OPTIONS, Choice, all_options
+
+    core = {s.name for s in CORE_OPTIONS}
+    out = []
+    for spec in all_options():
+        if spec.name in core:
+            continue
+        if isinstance(spec.type, type) and issubclass(spec.type, Choice):
+            value: object = next(iter(spec.type)).value
+        else:
+            value = spec.default if spec.default is not None else spec.minimum if spec.minimum else 0.1
+        out.append((spec.name, value))
+    return out
+
+
+@pytest.mark.parametrize("name, value", _method_option_values())
+def test_every_method_option_needs_a_target_and_its_method(name, value):
+    from onnx_l2c.config import CompressOptions, option_owner
+
+    with pytest.raises(onnx_l2c.OptionError) as info:
+        CompressOptions.from_kwargs(**{name: value})
+    assert info.value.option == name
+    assert str(info.value) == (f"option {name}: has no effect without a size target: add target_ratio=R or "
+                               f"target_size=BYTES, or drop {name}")
+    owner = option_owner(name)
+    others = "mixed" if owner != "mixed" else "uniform"
+    with pytest.raises(onnx_l2c.OptionError) as info:
+        CompressOptions.from_kwargs(target_ratio=4, methods=others, **{name: value})
+    assert str(info.value) == (f"option {name}: belongs to method {owner}, which the selected methods ({others}) "
+                               f"do not include: add {owner} to methods, or drop {name}")
+    methods = owner if owner not in ("rounding", "l2c") else f"mixed,{owner}"
+    opts = CompressOptions.from_kwargs(target_ratio=4, methods=methods, calibration_data="c.npz", **{name: value})
+    assert opts.given == {"target_ratio", "methods", "calibration_data", name}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"methods": "fixing"}, "option methods: has no effect without a size target: add target_ratio=R or "
+                            "target_size=BYTES, or drop methods"),
+    ({"calibration_data": "c.npz"}, "option calibration_data: has no effect without a size target"),
+    ({"calibration_samples": 8}, "option calibration_samples: has no effect without a size target"),
+    ({"search": "path"}, "option search: has no effect without a size target"),
+    ({"allow_target_miss": True}, "option allow_target_miss: has no effect without a size target"),
+    ({"preset": "lossless", "bits": 4}, "option bits: not allowed with preset=lossless, which codes every weight "
+                                        "bit-exactly: drop bits, or choose a lossy preset"),
+    ({"preset": "lossless", "dead_zone": 0.1}, "option dead_zone: not allowed with preset=lossless"),
+    ({"target_ratio": 4, "bits": 4}, "option bits: has no effect with a size target (target_ratio; the planner "
+                                     "chooses each tensor's quantization): drop bits, or drop target_ratio"),
+    ({"target_size": 999, "dead_zone": 0.1}, "option dead_zone: has no effect with a size target (target_size;"),
+    ({"target_ratio": 4, "calibration_samples": 8}, "option calibration_samples: has no effect without "
+                                                    "calibration_data: add calibration_data=PATH, or drop "
+                                                    "calibration_samples"),
+    ({"target_ratio": 4, "methods": "rounding,mixed"}, "option methods: method rounding needs calibration data and "
+                                                       "would be left out: add calibration_data=PATH, or drop "
+                                                       "rounding from methods"),
+])
+def test_options_without_effect_are_errors(tmp_path: Path, rng, kwargs, message):
+    src = save(builders_mlp(rng), tmp_path / "m.onnx")
+    with pytest.raises(onnx_l2c.OptionError) as info:
+        onnx_l2c.compress(src, tmp_path / "o.onnx", **kwargs)
+    assert str(info.value).startswith(message)
+    assert list(tmp_path.iterdir()) == [src]
+
+
+def builders_mlp(rng):
+    from builders import mlp
+
+    return mlp(rng)
+
+
+def test_the_planner_takes_its_target_later(tmp_path: Path, rng):
+    """A Planner's options are checked as for a target (which each compress call gives);
+    with_methods keeps the method options of the methods that stay."""
+    src = save(builders_mlp(rng), tmp_path / "m.onnx")
+    planner = onnx_l2c.Planner(src, methods="mixed,unify", block="1x4", min_elements=1)
+    result = planner.compress(tmp_path / "a.onnx", target_ratio=4)
+    assert result.plan["data_free"] and result.ratio > 3
+    assert result.options["block"] == "1x4"
+    assert planner.with_methods("mixed").options.given == {"methods", "min_elements"}
+    assert planner.with_methods("unify").options.option("block").value == "1x4"
+    with pytest.raises(onnx_l2c.OptionError, match="^option bits: has no effect on a Planner"):
+        onnx_l2c.Planner(src, bits=4)
+    with pytest.raises(onnx_l2c.OptionError, match="^option fixing_delta: belongs to method fixing"):
+        onnx_l2c.Planner(src, fixing_delta=0.1)
+    with pytest.raises(onnx_l2c.OptionError, match="^Planner.compress needs target_ratio or target_size"):
+        planner.compress(tmp_path / "b.onnx")
+
+
+def test_an_unreachable_target_writes_nothing(tmp_path: Path, rng):
+    """Out of the methods' reach: TargetError, the previous output untouched and no
+    temporary file left; with allow_target_miss the smallest file, and a warning."""
+    src = save(builders_mlp(rng), tmp_path / "m.onnx")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "o.onnx"
+    out.write_bytes(b"previous")
+    with pytest.raises(onnx_l2c.TargetError) as info:
+        onnx_l2c.compress(src, out, target_ratio=1000, min_elements=1)
+    budget = int(src.stat().st_size / 1000)
+    assert str(info.value).startswith(f"the target target_ratio=1000 ({budget} bytes) is out of reach of methods "
+                                      "rounding,mixed: their smallest candidates give ")
+    assert str(info.value).endswith("; nothing was written. Lower the target, add methods to methods, or give "
+                                    "allow_target_miss=True to write that smallest file")
+    assert sorted(p.name for p in out_dir.iterdir()) == ["o.onnx"] and out.read_bytes() == b"previous"
+    with pytest.raises(onnx_l2c.TargetError, match=r"^the target target_size=100 is out of reach"):
+        onnx_l2c.compress(src, out, target_size=100, min_elements=1)
+
+
+def test_an_allowed_target_miss_writes_the_smallest_file(tmp_path: Path, rng, caplog):
+    src = save(builders_mlp(rng), tmp_path / "m.onnx")
+    out = tmp_path / "o.onnx"
+    with caplog.at_level("WARNING", logger="onnx_l2c"):
+        result = onnx_l2c.compress(src, out, target_ratio=1000, min_elements=1, allow_target_miss=True)
+    assert result.plan["target_missed"] and result.ratio < 1000 and out.is_file()
+    assert any("is out of reach of methods rounding,mixed" in r.getMessage() for r in caplog.records)
+    assert any("out of reach" in n for n in result.plan["notes"])
 
 
 def test_cli_target_with_npz_calibration(deep: Path, tmp_path: Path, rng):

@@ -154,8 +154,9 @@ def test_unification_method_and_bad_block():
 def test_block_option_from_the_cli_table():
     from onnx_l2c.config import CompressOptions
 
-    assert CompressOptions.from_kwargs(methods="unify", block="1x8").option("block") is BlockShape.B1X8
-    with pytest.raises(L2CError, match=r"unknown blockshape '2x2'; valid blockshape values: 1x2, 1x4, 1x8"):
+    opts = CompressOptions.from_kwargs(target_ratio=8, methods="unify", block="1x8")
+    assert opts.option("block") is BlockShape.B1X8
+    with pytest.raises(L2CError, match=r"^option block: invalid choice '2x2' \(valid values: 1x2, 1x4, 1x8"):
         CompressOptions.from_kwargs(block="2x2")
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import PayloadError
 from . import native
-from .stages import Buffer, Stage, _is_int
+from .stages import BodyReader, Buffer, Stage, StageSummary, _is_int
 
 if TYPE_CHECKING:
     from .payload import Recipe
@@ -101,6 +101,45 @@ class ExpandStage(Stage):
 
     def apply(self, buf: np.ndarray | None, recipe: "Recipe") -> np.ndarray:
         return expand_symbols(self)
+
+    @classmethod
+    def parse(cls, body: BodyReader, recipe: "Recipe", count: int) -> "ExpandStage":
+        outer, n, inner, block, lo = body.unpack("<QQQIi")
+        if block < 1:
+            raise PayloadError(f"{body.what}: expand stage block {block} must be at least 1")
+        per_row = -(-n // block) if n else 0
+        modes = body.stream(outer * per_row * inner).astype(np.uint8)
+        lengths = np.minimum(block, n - np.arange(per_row) * block) if n else np.zeros(0, np.int64)
+        per_block = np.broadcast_to(lengths[None, :, None], (outer, per_row, inner)).reshape(-1)
+        unified = modes == BlockMode.UNIFY
+        magnitudes = body.stream(int(unified.sum())) + np.int32(1)
+        signs = body.stream(int(per_block[unified].sum())).astype(np.uint8)
+        kept = body.stream(int(per_block[modes == BlockMode.KEEP].sum())) + np.int32(lo)
+        return cls(outer, n, inner, block, modes, magnitudes, signs, kept)
+
+    def summary(self, recipe: "Recipe") -> StageSummary:
+        """Blocks (and weights) per mode."""
+        modes = np.asarray(self.modes).reshape(-1)
+        fields: dict[str, int] = {"block": int(self.block), "blocks": int(modes.size)}
+        for mode in (BlockMode.KEEP, BlockMode.UNIFY, BlockMode.PRUNE):
+            fields[_MODE_NAMES[mode]] = int((modes == mode).sum())
+        return StageSummary(fields, f"blocks of {self.block}: " + _mode_text(fields))
+
+    @classmethod
+    def total(cls, summaries: list[StageSummary]) -> StageSummary | None:
+        if not summaries:
+            return None
+        fields = {"tensors": len(summaries)}
+        for key in ("blocks", *_MODE_NAMES.values()):
+            fields[key] = sum(s.fields[key] for s in summaries)
+        return StageSummary(fields, f"{len(summaries)} tensors, {fields['blocks']} blocks: " + _mode_text(fields))
+
+
+_MODE_NAMES = {BlockMode.KEEP: "kept", BlockMode.UNIFY: "unified", BlockMode.PRUNE: "pruned"}
+
+
+def _mode_text(fields: dict[str, int]) -> str:
+    return ", ".join(f"{fields[name]} {name}" for name in _MODE_NAMES.values())
 
 
 def expand_blocks(outer: int, n: int, inner: int, block: int) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import PayloadError, UnsupportedError
 from . import native
 from .dtypes import DTYPE_NAMES, FLOAT, STORAGE, check_dtype
-from .stages import STAGES, Buffer, Stage, stage_class
+from .stages import STAGES, BodyReader, Buffer, Stage, StageSummary, stage_class
 
 MAGIC = b"L2CP"
 # The version of payloads holding only the stages of version 1, and the model
@@ -217,3 +217,50 @@ def describe(payload: np.ndarray | bytes, what: str = "payload") -> PayloadSumma
     native.payload_info(payload, what)
     header = parse_header(payload, what)
     return PayloadSummary(header.dtype, header.dims, header.stage_names)
+
+
+def parse(payload: np.ndarray | bytes | memoryview, what: str = "payload", max_decoded_bytes: int = 0) -> Recipe:
+    """The recipe a payload holds (the inverse of `serialize`: serializing it
+    again gives the same bytes). The payload is validated natively first; its
+    arrays take memory in proportion to the decoded tensor, refused
+    (LimitError) above `max_decoded_bytes` (> 0)."""
+    native.payload_info(payload, what, max_decoded_bytes)
+    data = payload.tobytes() if isinstance(payload, np.ndarray) else bytes(payload)
+    header = parse_header(data, what)
+    recipe = Recipe(header.dtype, header.dims)
+    bodies = [(stage_class(kind), data[start:start + size]) for kind, start, size in header.stages]
+    # the element count the stages see: the tensor's, or what a transform stage expands
+    count = recipe.numel
+    for cls, body in bodies:
+        coded = cls.coded_count(BodyReader(body, what))
+        if coded is not None:
+            count = coded
+    for cls, body in bodies:
+        stage_count = recipe.numel if cls.coded_count(BodyReader(body, what)) is not None else count
+        recipe.stages.append(cls.parse(BodyReader(body, what), recipe, stage_count))
+    return recipe
+
+
+def summarize(recipe: Recipe) -> dict[str, StageSummary]:
+    """What each stage of a recipe did (the stages that have something to say), by stage name."""
+    out: dict[str, StageSummary] = {}
+    for stage in recipe.stages:
+        summary = stage.summary(recipe)
+        if summary is not None:
+            out[type(stage).name] = summary
+    return out
+
+
+def summarize_totals(summaries: list[dict[str, StageSummary]]) -> dict[str, StageSummary]:
+    """The model-wide summary of each stage kind (`Stage.total`) from the tensors' summaries."""
+    by_name: dict[str, list[StageSummary]] = {}
+    for per_tensor in summaries:
+        for name, summary in per_tensor.items():
+            by_name.setdefault(name, []).append(summary)
+    classes = {cls.name: cls for cls in STAGES.values()}
+    out: dict[str, StageSummary] = {}
+    for name, items in by_name.items():
+        total = classes[name].total(items)
+        if total is not None:
+            out[name] = total
+    return out

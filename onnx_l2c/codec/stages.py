@@ -3,8 +3,9 @@
 A stage class carries everything about its kind: the kind number, the lowest
 format version that holds it, the buffer it consumes and produces (and which
 stages may come right before it), the limits the decoder enforces, its
-validation, its serialized body and its reconstruction (bit-identical to the
-native decoder). `payload.py` only loops over the stages; the C++ decoder
+validation, its serialized body and how to read it back (`parse`), its
+reconstruction (bit-identical to the native decoder), and what it says about
+a tensor and a whole model in `onnx-l2c inspect` (`summary`, `total`). `payload.py` only loops over the stages; the C++ decoder
 (runtime/src/payload.h, payload.cc) mirrors this table, and
 tests/test_layout.py keeps the two equal.
 
@@ -17,8 +18,9 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -40,6 +42,57 @@ class Buffer(enum.Enum):
 
 
 STAGES: dict[int, type["Stage"]] = {}  # kind number → class, filled as the classes are defined
+
+
+@dataclass
+class StageSummary:
+    """What one stage did, for `inspect`: JSON fields, a short line for the
+    table, and counts that the stage class's `total` adds up across tensors
+    (not shown; e.g. how often each codebook value is used)."""
+
+    fields: dict[str, Any]
+    text: str
+    tally: Counter = field(default_factory=Counter)
+
+
+def entropy_of(counts: "Counter | np.ndarray") -> float:
+    """Order-0 entropy in bits per element of a histogram."""
+    c = np.asarray(list(counts.values()) if isinstance(counts, Counter) else counts, dtype=np.float64)
+    c = c[c > 0]
+    total = c.sum()
+    if c.size <= 1 or total <= 0:
+        return 0.0
+    p = c / total
+    return float(-(p * np.log2(p)).sum())
+
+
+class BodyReader:
+    """Reads one stage body (`Stage.parse`); running past its end is a PayloadError."""
+
+    def __init__(self, body: bytes, what: str) -> None:
+        self.body, self.pos, self.what = body, 0, what
+
+    def unpack(self, fmt: str) -> tuple:
+        try:
+            values = struct.unpack_from(fmt, self.body, self.pos)
+        except struct.error:
+            raise PayloadError(f"{self.what}: stage body truncated ({len(self.body)} bytes)") from None
+        self.pos += struct.calcsize(fmt)
+        return values
+
+    def array(self, dtype: str, count: int) -> np.ndarray:
+        size = np.dtype(dtype).itemsize * count
+        if self.pos + size > len(self.body):
+            raise PayloadError(f"{self.what}: stage body truncated ({len(self.body)} bytes)")
+        out = np.frombuffer(self.body, dtype=dtype, count=count, offset=self.pos).astype(np.dtype(dtype).newbyteorder("="))
+        self.pos += size
+        return out
+
+    def stream(self, count: int) -> np.ndarray:
+        """One entropy-coded stream of `count` indices (int32)."""
+        indices, used = native.decode_stream(self.body[self.pos:], count)
+        self.pos += used
+        return indices
 
 
 class Stage:
@@ -77,6 +130,26 @@ class Stage:
         """The stage's output from its input buffer, as the native decoder computes it."""
         raise NotImplementedError
 
+    @classmethod
+    def parse(cls, body: BodyReader, recipe: "Recipe", count: int) -> "Stage":
+        """The stage from its serialized body (the inverse of `body`); `recipe`
+        holds the tensor's dtype, shape and the stages before this one."""
+        raise NotImplementedError
+
+    @classmethod
+    def coded_count(cls, body: BodyReader) -> int | None:
+        """`coded_elements` read from a serialized body, before the stages are parsed."""
+        return None
+
+    def summary(self, recipe: "Recipe") -> StageSummary | None:
+        """What this stage did to the tensor (for inspect), or None when there is nothing to say."""
+        return None
+
+    @classmethod
+    def total(cls, summaries: list[StageSummary]) -> StageSummary | None:
+        """The model-wide summary of this stage kind from the tensors' summaries."""
+        return None
+
 
 def _is_int(*values: object) -> bool:
     return all(isinstance(v, (int, np.integer)) for v in values)
@@ -111,6 +184,11 @@ class EntropyStage(Stage):
 
     def apply(self, buf: np.ndarray | None, recipe: "Recipe") -> np.ndarray:
         return np.asarray(self.symbols, dtype=np.int32).reshape(-1)
+
+    @classmethod
+    def parse(cls, body: BodyReader, recipe: "Recipe", count: int) -> "EntropyStage":
+        (lo,) = body.unpack("<i")
+        return cls(body.stream(count) + np.int32(lo))
 
 
 @dataclass
@@ -158,6 +236,34 @@ class AffineStage(Stage):
             w = w + np.asarray(self.offset, dtype=np.float32)[None, :, None]
         return w.reshape(-1).astype(np.float32, copy=False)
 
+    @classmethod
+    def parse(cls, body: BodyReader, recipe: "Recipe", count: int) -> "AffineStage":
+        outer, channels, inner, theta, has_offset = body.unpack("<QIQfB3x")
+        scale = body.array("<f4", channels)
+        offset = body.array("<f4", channels) if has_offset else None
+        return cls(outer, channels, inner, theta, scale, offset)
+
+    def summary(self, recipe: "Recipe") -> StageSummary:
+        steps = np.abs(np.asarray(self.scale, dtype=np.float64))
+        lo, hi = (float(steps.min()), float(steps.max())) if steps.size else (0.0, 0.0)
+        fields = {"steps": int(steps.size), "step_min": lo, "step_max": hi, "theta": float(self.theta),
+                  "offset": self.offset is not None}
+        text = f"step {lo:.3g}..{hi:.3g} ({steps.size} ch), θ {self.theta:.3g}" + (", offset" if self.offset
+                                                                                    is not None else "")
+        return StageSummary(fields, text)
+
+    @classmethod
+    def total(cls, summaries: list[StageSummary]) -> StageSummary | None:
+        if not summaries:
+            return None
+        lo = min(s.fields["step_min"] for s in summaries)
+        hi = max(s.fields["step_max"] for s in summaries)
+        thetas = [s.fields["theta"] for s in summaries]
+        fields = {"tensors": len(summaries), "step_min": lo, "step_max": hi, "theta_min": min(thetas),
+                  "theta_max": max(thetas)}
+        return StageSummary(fields, f"{len(summaries)} tensors, step {lo:.3g}..{hi:.3g}, "
+                                    f"θ {min(thetas):.3g}..{max(thetas):.3g}")
+
 
 @dataclass
 class CodebookStage(Stage):
@@ -188,6 +294,43 @@ class CodebookStage(Stage):
         assert buf is not None and buf.dtype == np.int32
         return np.asarray(self.values, dtype=np.float32)[buf]
 
+    @classmethod
+    def parse(cls, body: BodyReader, recipe: "Recipe", count: int) -> "CodebookStage":
+        (size,) = body.unpack("<I")
+        return cls(body.array("<f4", size))
+
+    def summary(self, recipe: "Recipe") -> StageSummary:
+        """The distinct values the tensor uses and their entropy (bits per weight)."""
+        values = np.asarray(self.values, dtype=np.float32).reshape(-1)
+        symbols = np.asarray(recipe.stages[0].symbols).reshape(-1)  # type: ignore[attr-defined]  # after entropy
+        uses = np.bincount(symbols, minlength=values.size)
+        tally: Counter = Counter()
+        for value, n in zip(values.tolist(), uses.tolist()):
+            if n:
+                tally[value] += n  # equal values (0.0 and -0.0 too) are one value
+        return StageSummary(_codebook_fields(tally, values.size), _codebook_text(tally), tally)
+
+    @classmethod
+    def total(cls, summaries: list[StageSummary]) -> StageSummary | None:
+        if not summaries:
+            return None
+        tally: Counter = Counter()
+        for s in summaries:
+            tally.update(s.tally)
+        fields = {"tensors": len(summaries)} | _codebook_fields(tally, None)
+        return StageSummary(fields, f"{len(summaries)} tensors, " + _codebook_text(tally), tally)
+
+
+def _codebook_fields(tally: Counter, table: int | None) -> dict[str, Any]:
+    fields: dict[str, Any] = {"unique_values": len(tally), "entropy_bits": entropy_of(tally)}
+    if table is not None:
+        fields["table_size"] = table
+    return fields
+
+
+def _codebook_text(tally: Counter) -> str:
+    return f"{len(tally)} unique value{'s' if len(tally) != 1 else ''}, entropy {entropy_of(tally):.2f} bits/weight"
+
 
 @dataclass
 class CastStage(Stage):
@@ -211,6 +354,11 @@ class CastStage(Stage):
     def apply(self, buf: np.ndarray | None, recipe: "Recipe") -> np.ndarray:
         assert buf is not None and buf.dtype == np.float32
         return float32_to(buf, self.target)
+
+    @classmethod
+    def parse(cls, body: BodyReader, recipe: "Recipe", count: int) -> "CastStage":
+        (target,) = body.unpack("<B3x")
+        return cls(target)
 
 
 def byte_planes(bits: np.ndarray, elem_bytes: int, rotate: int) -> list[np.ndarray]:
@@ -254,6 +402,17 @@ class RawStage(Stage):
         if recipe.dtype == FLOAT16:
             return out.view(np.float16)
         return out
+
+    @classmethod
+    def parse(cls, body: BodyReader, recipe: "Recipe", count: int) -> "RawStage":
+        elem_bytes, rotate = body.unpack("<BB2x")
+        utype = np.uint32 if elem_bytes == 4 else np.uint16
+        width = 8 * elem_bytes
+        rot = np.zeros(count, utype)
+        for k in reversed(range(elem_bytes)):  # most significant plane first
+            rot |= body.stream(count).astype(utype) << utype(8 * k)
+        bits = ((rot >> utype(rotate)) | (rot << utype(width - rotate))) if rotate else rot
+        return cls(bits.astype(BITS_DTYPE[recipe.dtype]), rotate)
 
 
 def stage_class(kind: int) -> type[Stage]:

@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import PayloadError
 from . import native
 from .dtypes import FLOAT, FLOAT16
-from .stages import Buffer, Stage, _is_int
+from .stages import BodyReader, Buffer, Stage, StageSummary, _is_int
 
 if TYPE_CHECKING:
     from .payload import Recipe
@@ -125,6 +125,22 @@ class TransformStage(Stage):
             acc = acc.T  # (r, j) lands at j*rows + r
         return np.ascontiguousarray(acc).reshape(-1)
 
+    @classmethod
+    def coded_count(cls, body: BodyReader) -> int | None:
+        rows, k = body.unpack("<QI")
+        return rows * k
+
+    @classmethod
+    def parse(cls, body: BodyReader, recipe: "Recipe", count: int) -> "TransformStage":
+        rows, k, cols, layout, basis_dtype, has_mean = body.unpack("<QIIBBBx")
+        basis = body.array("<f2" if basis_dtype == FLOAT16 else "<f4", k * cols).astype(np.float32)
+        mean = body.array("<f4", cols) if has_mean else None
+        return cls(rows, k, cols, basis, layout, basis_dtype, mean)
+
+    def summary(self, recipe: "Recipe") -> StageSummary:
+        return StageSummary({"rank": int(self.k), "cols": int(self.cols), "mean": self.mean is not None},
+                            f"rank {self.k} of {self.cols}" + (", mean" if self.mean is not None else ""))
+
 
 def exponent_multipliers(exponents: np.ndarray) -> np.ndarray:
     """2^(−e) as float32 (exact: e ≤ 31)."""
@@ -183,3 +199,14 @@ class ExponentStage(Stage):
         with np.errstate(under="ignore"):
             w = buf.reshape(self.outer, self.groups, self.inner) * mult[None, :, None]
         return w.reshape(-1).astype(np.float32, copy=False)
+
+    @classmethod
+    def parse(cls, body: BodyReader, recipe: "Recipe", count: int) -> "ExponentStage":
+        outer, groups, inner = body.unpack("<QIQ")
+        return cls(outer, groups, inner, body.stream(groups))
+
+    def summary(self, recipe: "Recipe") -> StageSummary:
+        e = np.asarray(self.exponents).reshape(-1)
+        hi = int(e.max()) if e.size else 0
+        return StageSummary({"groups": int(self.groups), "exponent_max": hi},
+                            f"{self.groups} groups, step × 2^-0..2^-{hi}")

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import external_data_helper, numpy_helper
 
-from onnx_l2c.errors import FileError, L2CError
+from onnx_l2c.errors import FileError, L2CError, ModelError
 from onnx_l2c.codec import BFLOAT16, BITS_DTYPE, DTYPE_NAMES, FLOAT, FLOAT16
 from onnx_l2c.graph.ops import DEFAULT_DOMAINS, is_passthrough, passthrough_axis, weight_input
 
@@ -86,11 +86,11 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Read a model's graph without its external data (read lazily later)."""
     path = Path(path)
     if not path.is_file():
-        raise L2CError(f"{path}: no such model file")
+        raise FileError(f"{path}: no such model file")
     try:
         return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises several unrelated types on garbage
-        raise L2CError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
+        raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
 
 
 def tensor_bits(tensor: onnx.TensorProto, base_dir: Path) -> np.ndarray:

@@ -20,16 +20,18 @@ import tempfile
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
+from onnx import external_data_helper
 
-from onnx_l2c.codec import (BFLOAT16, BITS_DTYPE, DECODE_LIMIT_FLOOR, DECODE_LIMIT_RATIO, DTYPE_NAMES,
-                            STORAGE, default_decode_limit, describe, native)
-from onnx_l2c.errors import FileError, LimitError, OptionError, OutOfMemoryError, PayloadError
+from onnx_l2c.codec import (BFLOAT16, BITS_DTYPE, DECODE_LIMIT_FLOOR, DECODE_LIMIT_RATIO, DOMAIN, DTYPE_NAMES,
+                            STORAGE, default_decode_limit, native, parse, summarize, summarize_totals)
+from onnx_l2c.errors import (FileError, LimitError, ModelError, OptionError, OutOfMemoryError, PayloadError,
+                             literal)
 from onnx_l2c.files import AlignedWriter, AtomicOutputs
 from onnx_l2c.graph.edit import DecodeNode, decode_nodes, hoistable, read_names, restore_weights, set_external
 from onnx_l2c.graph.model import embed_external, iter_graphs, load_model
@@ -69,34 +71,65 @@ class DecodeEntry:
         return self.decode.length
 
 
+ModelSource = str | os.PathLike | bytes | bytearray | memoryview | onnx.ModelProto
+
+
 class CompressedModel:
     """A compressed model's graph plus access to its payloads (memory-mapped)."""
 
-    def __init__(self, path: str | os.PathLike, max_decoded_bytes: int | None = None) -> None:
-        """`max_decoded_bytes`: what all payloads together may decode to (0: no
-        limit); None: max(DECODE_LIMIT_FLOOR, DECODE_LIMIT_RATIO × their stored bytes)."""
-        self.path = Path(path)
-        self.model = load_model(self.path)
+    def __init__(self, model: ModelSource, max_decoded_bytes: int | None = None, *,
+                 base_dir: str | os.PathLike | None = None) -> None:
+        """`model`: a path, the serialized model's bytes, or an onnx.ModelProto.
+        Sidecars are resolved in the model file's folder, or for bytes and a
+        ModelProto in `base_dir` (the folder the model was saved in), and must
+        lie inside it. `max_decoded_bytes`: what all payloads together may
+        decode to (0: no limit); None: max(DECODE_LIMIT_FLOOR,
+        DECODE_LIMIT_RATIO × their stored bytes)."""
+        self.path: Path | None = None
+        if isinstance(model, onnx.ModelProto):
+            self.model, self.label = model, "onnx.ModelProto"
+        elif isinstance(model, (bytes, bytearray, memoryview)):
+            self.model, self.label = _parse_model(bytes(model)), f"model bytes ({len(model)})"
+        elif isinstance(model, (str, os.PathLike)):
+            if base_dir is not None:
+                raise OptionError("base_dir is for a model given as bytes or an onnx.ModelProto; a model file's "
+                                  "sidecar is always resolved in the file's own folder: drop base_dir")
+            self.path = Path(model)
+            self.model, self.label = load_model(self.path), str(self.path)
+            base_dir = self.path.parent
+        else:
+            raise ModelError(f"expected a model path, the model's bytes or an onnx.ModelProto, got "
+                             f"{literal(type(model).__name__)}")
+        self.base_dir = Path(base_dir) if base_dir is not None else None
         self.entries = self._entries()
         self._maps: dict[Path, tuple[object, mmap.mmap | None]] = {}
         self._nbytes: dict[str, int] = {}  # per tensor, once its declaration passed the native check
         if max_decoded_bytes is not None and (isinstance(max_decoded_bytes, bool)
                                               or not isinstance(max_decoded_bytes, int) or max_decoded_bytes < 0):
-            raise OptionError(f"max_decoded_bytes must be an integer ≥ 0 (0 = no limit), got {max_decoded_bytes!r}")
+            raise OptionError(f"max_decoded_bytes must be an integer ≥ 0 (0 = no limit), got "
+                              f"{literal(repr(max_decoded_bytes))}")
         stored = sum(e.length for e in self.entries)
         self.max_decoded_bytes = default_decode_limit(stored) if max_decoded_bytes is None else max_decoded_bytes
 
+    def folder(self, what: str) -> Path:
+        """The folder external files are resolved in; a FileError naming
+        `base_dir` for a model given in memory without one."""
+        if self.base_dir is None:
+            raise FileError(f"{self.label}: {what} cannot be found without base_dir: pass base_dir=, the folder "
+                            "the model was saved in (its sidecar lies beside it)")
+        return self.base_dir
+
     def _entries(self) -> list[DecodeEntry]:
         entries: list[DecodeEntry] = []
-        base = self.path.parent.resolve()
-        for found in decode_nodes(self.model, str(self.path)):
+        for found in decode_nodes(self.model, self.label):
             if found.location is None:
-                entries.append(DecodeEntry(found, self.path))
+                entries.append(DecodeEntry(found, self.path or Path(self.label)))
                 continue
+            base = self.folder(f"tensor {found.name!r} in sidecar {found.location!r}").resolve()
             location = Path(found.location)
             file = (base / location).resolve()
             if location.is_absolute() or not file.is_relative_to(base):
-                raise FileError(f"{self.path}: tensor {found.name!r}: sidecar location "
+                raise FileError(f"{self.label}: tensor {found.name!r}: sidecar location "
                                 f"{found.location!r} is outside the model's folder")
             entries.append(DecodeEntry(found, file))
         return entries
@@ -119,18 +152,18 @@ class CompressedModel:
         try:
             fd = os.open(entry.file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
         except FileNotFoundError:
-            raise FileError(f"{self.path}: sidecar {entry.file} not found "
+            raise FileError(f"{self.label}: sidecar {entry.file} not found "
                             f"(it holds tensor {entry.name!r})") from None
         except OSError as exc:
-            raise FileError(f"{self.path}: cannot read sidecar {entry.file} (tensor {entry.name!r}): {exc}") from exc
+            raise FileError(f"{self.label}: cannot read sidecar {entry.file} (tensor {entry.name!r}): {exc}") from exc
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
-                raise FileError(f"{self.path}: sidecar {entry.file} (tensor {entry.name!r}) is not a regular file")
+                raise FileError(f"{self.label}: sidecar {entry.file} (tensor {entry.name!r}) is not a regular file")
             try:
                 mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if info.st_size else None
             except OSError as exc:
-                raise FileError(f"{self.path}: cannot map sidecar {entry.file}: {exc}") from exc
+                raise FileError(f"{self.label}: cannot map sidecar {entry.file}: {exc}") from exc
             return info.st_size, mapped
         finally:
             os.close(fd)
@@ -178,7 +211,7 @@ class CompressedModel:
         """The bytes all tensors decode to, refused (LimitError) above
         `max_decoded_bytes` before anything is allocated."""
         total = sum(self.nbytes(entry) for entry in self.entries)
-        self._within_budget(total, f"{self.path}: all payloads together")
+        self._within_budget(total, f"{self.label}: all payloads together")
         return total
 
     def decode_all(self, workers: int = 0) -> dict[str, np.ndarray]:
@@ -244,8 +277,18 @@ class CompressedModel:
             tensors = [t for t in ref.graph.initializer if t.name not in replace]
             tensors += [a.t for n in ref.graph.node for a in n.attribute if a.type == onnx.AttributeProto.TENSOR]
             for tensor in tensors:
-                embed_external(tensor, self.path.parent)
+                if external_data_helper.uses_external_data(tensor):
+                    embed_external(tensor, self.folder(f"tensor {tensor.name!r} (external data)"))
         return model
+
+
+def _parse_model(data: bytes) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception as exc:  # protobuf raises several unrelated types on garbage
+        raise ModelError(f"model bytes ({len(data)}): not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
+    return model
 
 
 def _empty_tensor(entry: DecodeEntry) -> onnx.TensorProto:
@@ -253,11 +296,16 @@ def _empty_tensor(entry: DecodeEntry) -> onnx.TensorProto:
     return onnx.TensorProto(name=entry.name, data_type=entry.decode.dtype, dims=list(entry.decode.dims))
 
 
-def InferenceSession(path: str | os.PathLike, sess_options: Any = None, providers: Any = None,
-                     provider_options: Any = None, *, max_decoded_bytes: int | None = None,
-                     low_memory: bool | None = None, temp_dir: str | os.PathLike | None = None,
-                     **kwargs: Any):  # noqa: N802 (mirrors onnxruntime)
+def InferenceSession(path_or_bytes: ModelSource, sess_options: Any = None, providers: Any = None,
+                     provider_options: Any = None, *, base_dir: str | os.PathLike | None = None,
+                     max_decoded_bytes: int | None = None, low_memory: bool | None = None,
+                     temp_dir: str | os.PathLike | None = None, **kwargs: Any):  # noqa: N802 (mirrors onnxruntime)
     """An `onnxruntime.InferenceSession` of a compressed model, at the original model's speed.
+
+    `path_or_bytes`: what onnxruntime takes (a path or the serialized model's
+    bytes) or an `onnx.ModelProto`. The sidecar is found beside a model file;
+    for bytes or a ModelProto, pass `base_dir=` (the folder the model was
+    saved in), or get a FileError that asks for it.
 
     Decodes every payload once and hands the tensors to onnxruntime through
     `SessionOptions.add_external_initializers` (sess_options is modified).
@@ -275,7 +323,7 @@ def InferenceSession(path: str | os.PathLike, sess_options: Any = None, provider
     """
     import onnxruntime as ort
 
-    compressed = CompressedModel(path, max_decoded_bytes)
+    compressed = CompressedModel(path_or_bytes, max_decoded_bytes, base_dir=base_dir)
     try:
         so = sess_options if sess_options is not None else ort.SessionOptions()
         if low_memory is None:
@@ -375,6 +423,10 @@ class InspectRow:
     stages: tuple[str, ...]
     original_bytes: int
     payload_bytes: int
+    # what each stage that has something to say did (`Stage.summary`), by stage name:
+    # its fields, and one short line each
+    details: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
 
     @property
     def bits_per_weight(self) -> float:
@@ -388,6 +440,9 @@ class InspectResult:
     graph_bytes: int
     sidecar_bytes: int
     rows: list[InspectRow]
+    # the model-wide summary of each stage kind (`Stage.total`), by stage name
+    totals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    total_notes: dict[str, str] = field(default_factory=dict)
 
     @property
     def original_bytes(self) -> int:
@@ -398,19 +453,35 @@ class InspectResult:
         return sum(r.payload_bytes for r in self.rows)
 
 
-def inspect(path: str | os.PathLike) -> InspectResult:
-    """Per-tensor description of a compressed model (headers are CRC-checked)."""
-    compressed = CompressedModel(path)
+def inspect(path: str | os.PathLike, *, max_decoded_bytes: int | None = None) -> InspectResult:
+    """Per-tensor description of a compressed model: each payload is validated
+    natively, read back (`codec.parse`) and each stage says what it did
+    (`Stage.summary`, and model-wide `Stage.total`). Reading the payloads
+    back takes memory in proportion to the decoded weights, so the decode
+    budget applies (`max_decoded_bytes`: as for `InferenceSession`). A model
+    without Decode nodes that onnx_l2c never wrote is a ModelError."""
+    compressed = CompressedModel(Path(path), max_decoded_bytes)
     try:
+        assert compressed.path is not None
+        if not compressed.entries and not any(op.domain == DOMAIN for op in compressed.model.opset_import):
+            raise ModelError(f"{compressed.path} is not an onnx_l2c-compressed model (no {DOMAIN} Decode nodes); "
+                             "compress it with onnx-l2c compress")
+        compressed.check_budget()
         rows = []
+        summaries = []
         for entry in compressed.entries:
-            summary = describe(compressed.payload(entry), compressed.where(entry))
-            numel = int(np.prod(summary.dims, dtype=np.int64)) if summary.dims else 1
-            nbytes = numel * np.dtype(BITS_DTYPE[summary.dtype]).itemsize
-            rows.append(InspectRow(entry.name, DTYPE_NAMES[summary.dtype], summary.dims, summary.stages,
-                                   nbytes, entry.length))
+            recipe = parse(compressed.payload(entry), compressed.where(entry), compressed.max_decoded_bytes)
+            nbytes = recipe.numel * np.dtype(BITS_DTYPE[recipe.dtype]).itemsize
+            stages = summarize(recipe)
+            summaries.append(stages)
+            rows.append(InspectRow(entry.name, DTYPE_NAMES[recipe.dtype], recipe.dims,
+                                   tuple(type(s).name for s in recipe.stages), nbytes, entry.length,
+                                   {k: v.fields for k, v in stages.items()}, {k: v.text for k, v in stages.items()}))
+            del recipe
+        totals = summarize_totals(summaries)
         sidecars = {e.file for e in compressed.entries if e.decode.location is not None}
         sidecar_bytes = sum(f.stat().st_size for f in sidecars if f.is_file())
-        return InspectResult(compressed.path, compressed.path.stat().st_size, sidecar_bytes, rows)
+        return InspectResult(compressed.path, compressed.path.stat().st_size, sidecar_bytes, rows,
+                             {k: v.fields for k, v in totals.items()}, {k: v.text for k, v in totals.items()})
     finally:
         compressed.close()

@@ -201,7 +201,8 @@ def finetune(model: onnx.ModelProto, original: onnx.ModelProto, base_dir: Path, 
     `original`'s outputs; see the module doc."""
     start = time.perf_counter()
     if len(samples) < 2:
-        raise OptionError("the joint optimizer needs at least 2 calibration samples (one is held out)")
+        raise OptionError("the joint optimizer needs at least 2 calibration samples (one is held out)",
+                          "calibration_samples")
     torch.manual_seed(options.seed)
     # every k-th sample held out: calibration folders are often in order of
     # kind (file type, speaker...), and a tail would hold out only the last kinds

@@ -436,7 +436,7 @@ def budget_for(opts: CompressOptions, source_bytes: int) -> int:
     if opts.target_size is not None:
         return int(opts.target_size)
     assert opts.target_ratio is not None
-    return int(source_bytes / opts.target_ratio)
+    return max(1, int(source_bytes / opts.target_ratio))
 
 
 def noise_note() -> str:

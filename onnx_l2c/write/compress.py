@@ -22,8 +22,8 @@ import onnx
 from onnx import numpy_helper
 
 from onnx_l2c.codec import DOMAIN, DTYPE_NAMES, SIDECAR_SUFFIX, Recipe, decode_native, serialize
-from onnx_l2c.config import SAFE_MAX_DISTORTION, CompressOptions
-from onnx_l2c.errors import L2CError, ModelError, OptionError
+from onnx_l2c.config import SAFE_MAX_DISTORTION, CompressOptions, option_owner, parse_methods
+from onnx_l2c.errors import L2CError, ModelError, OptionError, TargetError, literal
 from onnx_l2c.files import AlignedWriter, AtomicOutputs
 from onnx_l2c.graph.model import (WeightRef, embed_external, external_files, find_weights, iter_graphs, load_model,
                                   model_bytes, tensor_bits)
@@ -43,7 +43,7 @@ WRITE_MEMORY = 1 << 30  # bytes of working memory the encodes in flight may need
 PLANNED_ENCODE_COPIES = 8  # a planned lossy encode's working memory, in multiples of its tensor's bytes
 BUDGET_TOLERANCE = 0.01  # re-allocate when the output misses the budget by more
 REFINED_TOLERANCE = 0.03  # a refined plan's output is kept this near the budget (re-allocating drops it)
-OUT_OF_REACH = 1.03  # an output this far over the budget: the target is out of the methods' reach
+OUT_OF_REACH = 1.03  # an output this far over the budget: the target is out of the methods' reach (TargetError)
 
 
 def sidecar_path(output: Path) -> Path:
@@ -119,7 +119,7 @@ def _load_source(model: str | os.PathLike | onnx.ModelProto, base_dir: str | os.
 
 def _check_output(source: _Source, output: Path) -> None:
     if source.path is not None and output.resolve() == source.path.resolve():
-        raise OptionError(f"{output}: output would overwrite the input model")
+        raise OptionError(f"{literal(output)}: output would overwrite the input model")
 
 
 def compress(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike, *,
@@ -130,7 +130,10 @@ def compress(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     `model` is a path or an `onnx.ModelProto` (whose external data, if any, is
     read relative to `base_dir`). Options: see `onnx_l2c.config.OPTIONS`.
     With `target_ratio` / `target_size` the model is calibrated and planned
-    first (see `Planner`, which reuses that work across several targets).
+    first (see `Planner`, which reuses that work across several targets); a
+    target the selected methods cannot reach raises TargetError and writes
+    nothing, unless `allow_target_miss=True` (then the smallest file they
+    reach is written, with a warning).
     """
     start = time.perf_counter()
     opts = CompressOptions.from_kwargs(**options)
@@ -138,7 +141,8 @@ def compress(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     if opts.has_target:
         planner = Planner(model, base_dir=base_dir, progress=progress, _options=opts, _single_use=True)
         return planner.compress(output, target_ratio=opts.target_ratio, target_size=opts.target_size,
-                                search=opts.search.value, report=opts.report, _start=start)
+                                search=opts.search.value, report=opts.report,
+                                allow_target_miss=opts.allow_target_miss or None, _start=start)
     if opts.safe_plan:
         planner = Planner(model, base_dir=base_dir, progress=progress, _options=opts, _single_use=True)
         return planner.compress(output, report=opts.report, _start=start, _max_distortion=SAFE_MAX_DISTORTION)
@@ -146,8 +150,10 @@ def compress(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     _check_output(source, output)
     analysis = find_weights(source.proto, opts.min_elements)
     workers = opts.workers or os.cpu_count() or 1
-    result, _ = _write(source.proto, analysis, source.src_dir, output, opts, source.source_bytes, workers,
-                       progress, start, None)
+    with AtomicOutputs() as outputs:
+        result, _ = _write(source.proto, analysis, source.src_dir, output, opts, source.source_bytes, workers,
+                           progress, start, None, outputs)
+        outputs.commit()
     if opts.report is not None:
         from onnx_l2c.write.report import write_report
 
@@ -163,7 +169,9 @@ class Planner:
         for r in (6, 8, 10):
             planner.compress(f"small{r}.onnx", target_ratio=r)
 
-    Options as for `compress` (targets, search and report are per call).
+    Options as for `compress` (targets, search, report and allow_target_miss
+    are per call; the options that only mean something with a target are
+    checked as if it were given).
     """
 
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, *, base_dir: str | os.PathLike | None = None,
@@ -171,7 +179,7 @@ class Planner:
                  _reuse: "Planner | None" = None, _single_use: bool = False, **options: Any) -> None:
         from onnx_l2c.plan import context as planning
 
-        self.options = _options if _options is not None else CompressOptions.from_kwargs(**options)
+        self.options = _options if _options is not None else CompressOptions.for_planner(**options)
         self.progress = progress
         self.source = _reuse.source if _reuse is not None else _load_source(model, base_dir)
         self.workers = self.options.workers or os.cpu_count() or 1
@@ -189,29 +197,37 @@ class Planner:
     def with_methods(self, methods: str | tuple[str, ...], **options: Any) -> "Planner":
         """Another planner for the same model and calibration measurements,
         with other methods and method options (only the candidates are
-        fitted again)."""
+        fitted again). The method options given before are kept for the
+        methods that stay selected."""
         if not self.reusable:
             raise OptionError("this planner was built for one compress call (its measurements are trimmed); "
                               "build a Planner to reuse them with other methods")
-        opts = CompressOptions.from_kwargs(**(self.options.as_options() | options | {"methods": methods}))
+        chosen = parse_methods(methods)
+        kept = {name: value for name, value in self.options.given_options().items()
+                if option_owner(name) in (None, *chosen)}
+        opts = CompressOptions.for_planner(**(kept | options | {"methods": chosen}))
         return Planner(None, progress=self.progress, _options=opts, _reuse=self)  # type: ignore[arg-type]
 
     def compress(self, output: str | os.PathLike, *, target_ratio: float | None = None,
                  target_size: int | None = None, search: str | None = None,
-                 report: str | os.PathLike | None = None, _start: float | None = None,
-                 _max_distortion: float | None = None) -> CompressResult:
-        """Write the model at a size target, or (`_max_distortion`, the safe
-        preset) at the fewest bytes whose estimated divergence stays within it."""
+                 report: str | os.PathLike | None = None, allow_target_miss: bool | None = None,
+                 _start: float | None = None, _max_distortion: float | None = None) -> CompressResult:
+        """Write `output` at one size target. A target the methods cannot reach
+        raises TargetError and writes nothing, unless `allow_target_miss`.
+        (`_max_distortion`, the safe preset: no target, but the fewest bytes
+        whose estimated divergence stays within it.)"""
         from onnx_l2c.plan import context as planning
         from onnx_l2c.write.report import plan_summary, write_report
 
         start = _start if _start is not None else time.perf_counter()
+        if target_ratio is None and target_size is None and _max_distortion is None:
+            raise OptionError("Planner.compress needs target_ratio or target_size")
         updates: dict[str, Any] = {"target_ratio": target_ratio, "target_size": target_size, "report": report}
         if search is not None:
             updates["search"] = search
-        opts = CompressOptions.from_kwargs(**(self.options.as_options() | updates))
-        if not opts.has_target and _max_distortion is None:
-            raise OptionError("Planner.compress needs target_ratio or target_size")
+        if allow_target_miss is not None:
+            updates["allow_target_miss"] = allow_target_miss
+        opts = CompressOptions.from_kwargs(**(self.options.given_options() | updates))
         output = Path(output)
         _check_output(self.source, output)
         ctx = self.context
@@ -221,6 +237,9 @@ class Planner:
         refined = False
         previous: dict | None = None
         fixed = ctx.fixed_bytes
+        # Each attempt writes temporary files; only the last one's become the
+        # output, and only once the target was reached (or a miss allowed).
+        staged: AtomicOutputs | None = None
         try:
             # only the recipes of methods that summarize them are kept (a few arrays, not the model)
             summarizing = [m for m in registry().values() if m.summary_key is not None]
@@ -247,9 +266,12 @@ class Planner:
                     refinements = self._refine(work, encodings, opts)
                 refined = attempt == 0 and any(r.changed for r in refinements)
                 work_analysis = find_weights(work, opts.min_elements)
+                if staged is not None:
+                    staged.discard()
+                staged = AtomicOutputs()
                 result, encoded = _write(work, work_analysis, self.source.src_dir, output, opts,
                                          self.source.source_bytes, self.workers, self.progress, start, encodings,
-                                         summarized)
+                                         staged, summarized)
                 # The payload sizes are exact; the graph's size was estimated.
                 # Correct the estimate by what the written files show and
                 # re-allocate if the output misses the budget by more than 1%.
@@ -263,7 +285,21 @@ class Planner:
                 ctx.fixed_bytes += result.output_bytes - predicted
                 log.info("output %d bytes for a budget of %d; re-allocating (attempt %d)", result.output_bytes,
                          budget, attempt + 2)
-            assert result is not None
+            assert result is not None and staged is not None
+            if _max_distortion is None and result.output_bytes > OUT_OF_REACH * budget:
+                # every tensor at its smallest candidate still does not fit
+                reach = (f"out of reach of methods {','.join(opts.methods)}: their smallest candidates give "
+                         f"{result.output_bytes} bytes (ratio {result.ratio:.2f})")
+                if not opts.allow_target_miss:
+                    target = (f"{{target_size:{opts.target_size}}}" if opts.target_size is not None
+                              else f"{{target_ratio:{opts.target_ratio:g}}} ({budget} bytes)")
+                    raise TargetError(f"the target {target} is {reach}; nothing was written. Lower the target, "
+                                      "add methods to {methods}, or give {allow_target_miss:True} to write that "
+                                      "smallest file")
+                missed = f"the target ({budget} bytes, ratio {self.source.source_bytes / budget:.4g}) is {reach}"
+                log.warning("%s; wrote that smallest file, as allowed", missed)
+            else:
+                missed = None
             result.plan = plan_summary(ctx, allocation, opts, budget, self.source.source_bytes)
             for outcome in refinements:
                 notes = outcome.notes
@@ -274,13 +310,9 @@ class Planner:
                 if outcome.summary:
                     result.plan[outcome.key] = outcome.summary | {"applied": outcome.summary.get("applied", False)
                                                                   and refined}
-            if _max_distortion is None and result.output_bytes > OUT_OF_REACH * budget:
-                # every tensor at its smallest candidate still does not fit
-                missed = (f"the target ({budget} bytes) is out of reach of methods {','.join(opts.methods)}: "
-                          f"their smallest candidates give {result.output_bytes} bytes "
-                          f"(ratio {result.ratio:.2f})")
-                log.warning("%s", missed)
+            if missed is not None:
                 result.plan["notes"] = [*result.plan["notes"], missed]
+            result.plan["target_missed"] = missed is not None
             # network-wide summaries of the recipes each method encoded (e.g. weight
             # fixing's codebook, unification's blocks), under the method's report key
             for method in summarizing:
@@ -288,8 +320,11 @@ class Planner:
                     summary = method.summary(encoded[method.name])
                     if summary is not None:
                         result.plan[method.summary_key] = summary
+            staged.commit()
         finally:
             ctx.fixed_bytes = fixed  # the correction is specific to this output's names
+            if staged is not None:
+                staged.discard()  # what was not committed (a failed or superseded attempt)
         result.seconds = time.perf_counter() - start
         if opts.report is not None:
             write_report(result, ctx, allocation, opts.report)
@@ -344,10 +379,11 @@ def _refine_plan(planner: "Planner", work: onnx.ModelProto, encodings: dict[str,
 
 def _write(proto: onnx.ModelProto, analysis: Any, src_dir: Path, output: Path, opts: CompressOptions,
            source_bytes: int, workers: int, progress: Progress | None, start: float,
-           planned: dict[str, Encoding] | None,
+           planned: dict[str, Encoding] | None, outputs: AtomicOutputs,
            summarized: frozenset[str] | set[str] = frozenset()) -> tuple[CompressResult, dict[str, list[Recipe]]]:
     """Encode every weight (the plan's encodings, else the preset's quantizer
-    where it applies and lossless elsewhere) and write the graph and sidecar.
+    where it applies and lossless elsewhere) and write the graph and sidecar
+    as temporary files of `outputs` (the caller commits them).
     Also returns the recipes of the methods in `summarized`, for their summaries."""
     weights = analysis.weights
     preset = _preset_encoding(opts)
@@ -357,63 +393,61 @@ def _write(proto: onnx.ModelProto, analysis: Any, src_dir: Path, output: Path, o
     used_names = defined_names(proto.graph)
     original_names = set(used_names)
 
-    with AtomicOutputs() as outputs:
-        sidecar_tmp = outputs.temp_for(sidecar)
-        with open(sidecar_tmp, "wb") as fh, ThreadPoolExecutor(workers) as pool:
-            writer = AlignedWriter(fh)
-            window: deque[tuple[WeightRef, Future, int]] = deque()
-            todo = iter(weights)
-            pending = next(todo, None)
-            done = 0
-            while True:
-                # A few tensors in flight, and no more than their working
-                # memory allows: a planned lossy encode holds several float64
-                # copies of its tensor (GPTQ, the error on the statistics), so
-                # tensors of hundreds of MB are encoded one at a time.
-                while pending is not None and len(window) < 2 * workers:
-                    w = pending
-                    if planned is not None:
-                        encoding = planned.get(w.name, LOSSLESS)
-                    else:
-                        encoding = preset if preset is not None else LOSSLESS
-                    cost = w.nbytes * (PLANNED_ENCODE_COPIES if planned is not None and not encoding.lossless else 1)
-                    if window and sum(c for _, _, c in window) + cost > WRITE_MEMORY:
-                        break
-                    window.append((w, pool.submit(_encode, w, src_dir, encoding), cost))
-                    pending = next(todo, None)
-                if not window:
+    sidecar_tmp = outputs.temp_for(sidecar)
+    with open(sidecar_tmp, "wb") as fh, ThreadPoolExecutor(workers) as pool:
+        writer = AlignedWriter(fh)
+        window: deque[tuple[WeightRef, Future, int]] = deque()
+        todo = iter(weights)
+        pending = next(todo, None)
+        done = 0
+        while True:
+            # A few tensors in flight, and no more than their working
+            # memory allows: a planned lossy encode holds several float64
+            # copies of its tensor (GPTQ, the error on the statistics), so
+            # tensors of hundreds of MB are encoded one at a time.
+            while pending is not None and len(window) < 2 * workers:
+                w = pending
+                if planned is not None:
+                    encoding = planned.get(w.name, LOSSLESS)
+                else:
+                    encoding = preset if preset is not None else LOSSLESS
+                cost = w.nbytes * (PLANNED_ENCODE_COPIES if planned is not None and not encoding.lossless else 1)
+                if window and sum(c for _, _, c in window) + cost > WRITE_MEMORY:
                     break
-                w, fut, _ = window.popleft()
-                try:
-                    payload, recipe, report = fut.result()
-                except L2CError:
-                    raise
-                except (ValueError, TypeError, MemoryError, OverflowError) as exc:
-                    raise L2CError(f"tensor {w.name!r} in {w.graph.path}: encoding failed: "
-                                   f"{type(exc).__name__}: {exc}") from exc
-                offset, length = writer.add(payload)
-                replace_with_decode(w, offset, length, sidecar.name, used_names)
-                if w.constant_node is None:
-                    for key in ("raw_data", "float_data", "int32_data"):
-                        w.tensor.ClearField(key)  # free the bytes now; dropped below
-                reports.append(report)
-                if report.method in summarized:
-                    encoded.setdefault(report.method, []).append(recipe)
-                done += 1
-                if progress is not None:
-                    progress(done, len(weights), WRITING)
-        drop_initializers(proto, {w.name for w in weights if w.constant_node is None})
-        payload_names = set(used_names) - original_names
-        for ref in iter_graphs(proto.graph):
-            for t in ref.graph.initializer:
-                if t.name not in payload_names:
-                    embed_external(t, src_dir)  # kept tensors travel inside the small graph
-        mark_compressed(proto)
-        graph_tmp = outputs.temp_for(output)
-        data = proto.SerializeToString()
-        graph_tmp.write_bytes(data)
-        sidecar_bytes = sidecar_tmp.stat().st_size
-        outputs.commit()
+                window.append((w, pool.submit(_encode, w, src_dir, encoding), cost))
+                pending = next(todo, None)
+            if not window:
+                break
+            w, fut, _ = window.popleft()
+            try:
+                payload, recipe, report = fut.result()
+            except L2CError:
+                raise
+            except (ValueError, TypeError, MemoryError, OverflowError) as exc:
+                raise L2CError(f"tensor {w.name!r} in {w.graph.path}: encoding failed: "
+                               f"{type(exc).__name__}: {exc}") from exc
+            offset, length = writer.add(payload)
+            replace_with_decode(w, offset, length, sidecar.name, used_names)
+            if w.constant_node is None:
+                for key in ("raw_data", "float_data", "int32_data"):
+                    w.tensor.ClearField(key)  # free the bytes now; dropped below
+            reports.append(report)
+            if report.method in summarized:
+                encoded.setdefault(report.method, []).append(recipe)
+            done += 1
+            if progress is not None:
+                progress(done, len(weights), WRITING)
+    drop_initializers(proto, {w.name for w in weights if w.constant_node is None})
+    payload_names = set(used_names) - original_names
+    for ref in iter_graphs(proto.graph):
+        for t in ref.graph.initializer:
+            if t.name not in payload_names:
+                embed_external(t, src_dir)  # kept tensors travel inside the small graph
+    mark_compressed(proto)
+    graph_tmp = outputs.temp_for(output)
+    data = proto.SerializeToString()
+    graph_tmp.write_bytes(data)
+    sidecar_bytes = sidecar_tmp.stat().st_size
 
     result = CompressResult(output=output, sidecar=sidecar, source_bytes=source_bytes, graph_bytes=len(data),
                             sidecar_bytes=sidecar_bytes, seconds=time.perf_counter() - start,
