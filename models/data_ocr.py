@@ -56,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import OTHER, SPLITS, _check_split, check_split, sentences
+from .data import OTHER, SPLITS, check_split, sentences
 from .data_cache import cached_arrays
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,7 +88,7 @@ def test_magika_other_files():
     assert not _row_hashes(x) & zoo and len(_row_hashes(x)) == len(x)
 
 
-def test_magika_other_selection_is_deterministic(tmp_path, monkeypatch):
+def test_magika_other_selection_is_deterministic():
     """A fresh build of the other split (into an empty cache) equals the cached one."""
     from onnx_l2c.models import data_files
 
@@ -126,9 +128,7 @@ def test_vad_other_clips():
     info = data_audio.vad_other_info()
     assert set(np.unique(info["kind_8k"])) == {0, 1, 2, 3}  # non-speech, recorded prompts, flite, espeak
     cached = data_audio._other_arrays()
-    with __import__("tempfile").TemporaryDirectory() as tmp:
-        from pathlib import Path
-
+    with tempfile.TemporaryDirectory() as tmp:
         for rate, i, tag in ((8000, 3, "8k"), (8000, 8, "8k"), (16000, 2, "16k"), (16000, 6, "16k")):
             clip, kind, _ = data_audio._other_clip(rate, i, Path(tmp))
             assert np.array_equal(clip, cached[f"audio_{tag}"][i]) and kind == cached[f"kind_{tag}"][i]
@@ -219,3 +219,23 @@ def test_eval_cli_scores_both_sets_with_their_sample_counts(capsys):
     assert res["metrics"]["label_agreement_margin_samples"] == res["metrics"]["label_agreement_samples"] // 100
     with pytest.raises(SystemExit):
         main([original, original, "--model", "magika", "--split", "bogus"])
+
+
+def test_bench_compare_decides_on_the_worse_set_and_reads_saved_rows():
+    from onnx_l2c.models.compare import Row, best_at_bar, markdown
+
+    m = {"label_agreement": 0.996, "label_agreement_samples": 500.0, "label_agreement_disagree": 2.0,
+         "label_agreement_margin_samples": 3.0}
+    worse = {"label_agreement": 0.98, "label_agreement_samples": 600.0, "label_agreement_disagree": 12.0,
+             "label_agreement_margin_samples": -6.0}
+    rows = [Row("magika", "onnx_l2c t", {"target_ratio": 8.0}, ratio=8.0, metrics=m, metrics_other=worse,
+                passes_eval=True, passes_other=False, passes=False),
+            Row("magika", "onnx_l2c t", {"target_ratio": 6.0}, ratio=6.0, metrics=m, metrics_other=m,
+                passes_eval=True, passes_other=True, passes=True)]
+    assert best_at_bar(rows, True).ratio == 6.0  # 8x passes the evaluation split only
+    saved = json.loads(json.dumps([{"model": "magika", "method": "onnx_l2c old", "params": {}, "ratio": 9.0,
+                                    "metrics": {"label_agreement": 1.0}, "passes": True}]))
+    old = Row(**saved[0])  # a row saved before the other split existed
+    assert old.passes_eval is True and old.passes_other is None
+    table = markdown(rows + [old])
+    assert "2/500 (allows 5); 12/600 (allows 6)" in table and "no (other)" in table and "yes (eval only)" in table
