@@ -10,6 +10,14 @@ conversion seconds, session-creation seconds and per-run latency against the
 original. Tool failures are results with the exact error. Writes
 OUT/compare.json, OUT/compare.md and OUT/<model>.png (size ratio on x, the
 headline fidelity metric on y, one line per method).
+
+Every result is scored on two sets: the task's evaluation split and its
+``other`` split (inputs from other sources). A row meets the bar only if it
+meets it on both (``passes_eval``, ``passes_other``, ``passes``), so "largest
+ratio that meets the bar" is decided by the worse of the two; the table shows
+how many samples decided each (disagreements and what the bar allows). Rows
+saved before the other split existed load with ``passes_other`` unset and are
+marked "eval only".
 """
 
 from __future__ import annotations
@@ -26,7 +34,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .evaluate import CALIBRATION_SAMPLES, evaluate, model_size, open_session, reference_results
+from .evaluate import CALIBRATION_SAMPLES, SCORED_SPLITS, evaluate, model_size, open_session, reference_results
+from .fidelity import is_confidence_key
 from .tasks import TASKS
 from .zoo import zoo_path
 
@@ -94,12 +103,19 @@ class Row:
     params: dict[str, Any]
     ratio: float | None = None
     size_bytes: int | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    passes: bool | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # on the evaluation split
+    passes: bool | None = None  # meets the bar on every set it was scored on
     convert_s: float | None = None
     create_s: float | None = None
     latency_ratio: float | None = None
     error: str | None = None
+    metrics_other: dict[str, float] = field(default_factory=dict)  # on the other split
+    passes_eval: bool | None = None
+    passes_other: bool | None = None  # None: not scored on the other split (a row saved before it existed)
+
+    def __post_init__(self) -> None:
+        if self.passes_eval is None and self.passes is not None and not self.metrics_other:
+            self.passes_eval = self.passes  # a saved row from before the other split: its verdict was the evaluation's
 
 
 def _timings(base: Any, candidate: Path, feeds: dict | None, runs: int) -> tuple[float, float | None]:
@@ -122,11 +138,15 @@ def _timings(base: Any, candidate: Path, feeds: dict | None, runs: int) -> tuple
     return statistics.median(create), statistics.median(lat_c) / statistics.median(lat_o)
 
 
-def _measure(row: Row, name: str, original: Path, candidate: Path, ref: Any, base: Any, feeds: dict | None,
-             runs: int) -> Row:
+def _measure(row: Row, name: str, original: Path, candidate: Path, ref: dict[str, Any], base: Any,
+             feeds: dict | None, runs: int) -> Row:
+    """Score `candidate` on both sets (`ref`: the original's results per split) and time it."""
     try:
-        res = evaluate(name, original, candidate, reference=ref)
-        row.size_bytes, row.ratio, row.metrics, row.passes = res.size_bytes, res.ratio, res.metrics, res.passes
+        res = evaluate(name, original, candidate, split="evaluation", reference=ref["evaluation"])
+        other = evaluate(name, original, candidate, split="other", reference=ref["other"])
+        row.size_bytes, row.ratio, row.metrics, row.passes_eval = res.size_bytes, res.ratio, res.metrics, res.passes
+        row.metrics_other, row.passes_other = other.metrics, other.passes
+        row.passes = res.passes and other.passes
         row.create_s, row.latency_ratio = _timings(base, candidate, feeds, runs)
     except Exception as exc:  # a peer's model that does not load or run is a finding
         row.error = f"{type(exc).__name__}: {exc}"
@@ -140,7 +160,7 @@ def compare_model(name: str, workdir: Path, quick: bool, runs: int, peers: list[
     from onnx_l2c.bench import random_feeds
 
     original = zoo_path(name)
-    ref = reference_results(TASKS[name], original)
+    ref = {split: reference_results(TASKS[name], original, split) for split in SCORED_SPLITS}
     feeds: dict | None = random_feeds(original)
     base = open_session(original, "plain")  # the latency reference, opened once per model
     try:
@@ -183,7 +203,8 @@ def compare_model(name: str, workdir: Path, quick: bool, runs: int, peers: list[
     return rows
 
 
-def _target_rows(name: str, original: Path, workdir: Path, quick: bool, ref: Any, base: Any, feeds: dict | None,
+def _target_rows(name: str, original: Path, workdir: Path, quick: bool, ref: dict[str, Any], base: Any,
+                 feeds: dict | None,
                  runs: int, ablation: list[str] | None = None, ratios: tuple[float, ...] | None = None) -> list[Row]:
     """The size-target ablation: one planner per method set (calibration
     statistics and sensitivities measured once per model), several ratios."""
@@ -245,38 +266,71 @@ def _target_rows(name: str, original: Path, workdir: Path, quick: bool, ref: Any
 
 
 def best_at_bar(rows: list[Row], ours: bool) -> Row | None:
+    """The largest-ratio row (ours or the peers') that meets the bar on every set it was scored on."""
     ok = [r for r in rows if r.passes and r.ratio and r.method.startswith("onnx_l2c") == ours]
     return max(ok, key=lambda r: r.ratio) if ok else None
+
+
+def deciding_samples(metrics: dict[str, float], headline: str) -> str:
+    """Short text of the samples that decided the headline: 'disagreeing/samples (bar allows N)'
+    for an agreement, 'below the bar/samples, CI low' for a mean; '' without the fields."""
+    m = metrics
+    if f"{headline}_disagree" in m:
+        d, n = int(m[f"{headline}_disagree"]), int(m[f"{headline}_samples"])
+        allows = f" (allows {d + int(m[f'{headline}_margin_samples'])})" if f"{headline}_margin_samples" in m else ""
+        return f"{d}/{n}{allows}"
+    if f"{headline}_samples" in m:
+        below = f"{int(m[f'{headline}_below_bar'])}/" if f"{headline}_below_bar" in m else ""
+        return f"{below}{int(m[f'{headline}_samples'])} below, CI ≥ {m[f'{headline}_ci_low']:.4g}"
+    return ""
+
+
+def _verdict(r: Row) -> str:
+    if r.passes is None:
+        return ""
+    if r.passes_other is None:
+        return ("yes" if r.passes else "no") + " (eval only)"
+    return "yes" if r.passes else "no (" + ", ".join(
+        s for s, ok in (("eval", r.passes_eval), ("other", r.passes_other)) if ok is False) + ")"
 
 
 def markdown(rows: list[Row]) -> str:
     out = []
     for name in dict.fromkeys(r.model for r in rows):
         task = TASKS[name]
+        h = task.headline
         sub = [r for r in rows if r.model == name]
-        out.append(f"### {name} (bar: {task.headline} ≥ {task.bar})\n")
-        keys = list(dict.fromkeys(k for r in sub for k in r.metrics))
+        out.append(f"### {name} (bar: {h} ≥ {task.bar} on the evaluation and the other split)\n")
+        keys = list(dict.fromkeys(k for r in sub for k in r.metrics if not is_confidence_key(k, r.metrics)))
         out.append("| method | params | ratio | MB | " + " | ".join(keys) +
-                   " | passes | convert s | create s | latency × | error |")
-        out.append("|---|---|---:|---:|" + "---:|" * len(keys) + "---|---:|---:|---:|---|")
+                   f" | {h} (other) | deciding samples: eval; other | passes | convert s | create s | latency × "
+                   "| error |")
+        out.append("|---|---|---:|---:|" + "---:|" * len(keys) + "---:|---|---|---:|---:|---:|---|")
         for r in sub:
             vals = " | ".join(f"{r.metrics[k]:.4g}" if k in r.metrics else "" for k in keys)
             fmt = lambda v, f: (f.format(v) if v is not None else "")  # noqa: E731
             err = (r.error or "").replace("|", "/").replace("\n", " ")[:160]
+            other = f"{r.metrics_other[h]:.4g}" if h in r.metrics_other else ""
+            deciding = "; ".join(x for x in (deciding_samples(r.metrics, h), deciding_samples(r.metrics_other, h)) if x)
             out.append(f"| {r.method} | {json.dumps(r.params)} | {fmt(r.ratio, '{:.2f}')} | "
-                       f"{fmt(r.size_bytes and r.size_bytes / 1e6, '{:.2f}')} | {vals} | "
-                       f"{'yes' if r.passes else ('no' if r.passes is False else '')} | {fmt(r.convert_s, '{:.1f}')} | "
+                       f"{fmt(r.size_bytes and r.size_bytes / 1e6, '{:.2f}')} | {vals} | {other} | {deciding} | "
+                       f"{_verdict(r)} | {fmt(r.convert_s, '{:.1f}')} | "
                        f"{fmt(r.create_s, '{:.3f}')} | {fmt(r.latency_ratio, '{:.2f}')} | {err} |")
         ours, peer = best_at_bar(sub, True), best_at_bar(sub, False)
         out.append("")
-        out.append("Largest ratio meeting the bar, per method (the ablation at equal fidelity):\n")
-        out.append("| method | ratio at the bar | " + task.headline + " there |")
-        out.append("|---|---:|---:|")
+        out.append("Largest ratio meeting the bar on both sets, per method (the ablation at equal fidelity):\n")
+        out.append(f"| method | ratio at the bar | {h} there (eval) | {h} there (other) | deciding samples: eval; other |")
+        out.append("|---|---:|---:|---:|---|")
         for method in dict.fromkeys(r.method for r in sub):
             ok = [r for r in sub if r.method == method and r.passes and r.ratio]
             best = max(ok, key=lambda r: r.ratio) if ok else None
-            out.append(f"| {method} | {f'{best.ratio:.2f}' if best else 'none'} | "
-                       f"{f'{best.metrics[task.headline]:.4g}' if best else ''} |")
+            if best is None:
+                out.append(f"| {method} | none | | | |")
+                continue
+            other = f"{best.metrics_other[h]:.4g}" if h in best.metrics_other else "not scored"
+            deciding = "; ".join(x for x in (deciding_samples(best.metrics, h),
+                                             deciding_samples(best.metrics_other, h)) if x)
+            out.append(f"| {method} | {best.ratio:.2f} | {best.metrics[h]:.4g} | {other} | {deciding} |")
         out.append("")
         out.append(f"Best ratio at the bar: onnx_l2c {f'{ours.ratio:.2f}x ({ours.params})' if ours else 'none'}; "
                    f"best peer {f'{peer.ratio:.2f}x ({peer.method} {peer.params})' if peer else 'none'}.\n")
@@ -302,6 +356,12 @@ def plot(rows: list[Row], out_dir: Path) -> list[Path]:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=markers[i % len(markers)],
                     color=colors[i % len(colors)], linestyle="-" if method.startswith("onnx_l2c") else "--",
                     label=method)
+            # the same rows on the other split: hollow markers, no line
+            other = sorted((r.ratio, r.metrics_other[task.headline]) for r in sub
+                           if r.method == method and task.headline in r.metrics_other)
+            if other:
+                ax.plot([p[0] for p in other], [p[1] for p in other], marker=markers[i % len(markers)],
+                        linestyle="none", markerfacecolor="none", color=colors[i % len(colors)])
         ax.axhline(task.bar, color="gray", linestyle="--", linewidth=1)
         ax.set_xscale("log")
         ratios = [r.ratio for r in sub] or [1.0]
@@ -311,7 +371,7 @@ def plot(rows: list[Row], out_dir: Path) -> list[Path]:
         ax.minorticks_off()
         ax.set_xlabel("size ratio (original / compressed)")
         ax.set_ylabel(task.headline)
-        ax.set_title(f"{name}: fidelity vs size")
+        ax.set_title(f"{name}: fidelity vs size (hollow: the other split)")
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         path = out_dir / f"{name}.png"

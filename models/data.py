@@ -9,6 +9,11 @@
 
 Splits ``"calibration"`` and ``"evaluation"`` are disjoint: images by source
 photo, sentences by a hash-based alternation over a de-duplicated pool.
+
+The ``"other"`` split of every task is gathered from other sources again
+(``imagenet_other`` below; models/data_text.py, data_files.py, data_ocr.py,
+data_audio.py), so that a fidelity claim is checked on inputs nobody chose
+alongside the calibration data.
 """
 
 from __future__ import annotations
@@ -23,9 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
+from onnx_l2c.errors import L2CError
+
 log = logging.getLogger(__name__)
 
-SPLITS = ("calibration", "evaluation")
+SPLITS = ("calibration", "evaluation")  # the two splits drawn from one pool of sources
+OTHER = "other"  # the split drawn from other sources
+ALL_SPLITS = (*SPLITS, OTHER)  # what Task.run accepts
 IMAGE_SIZE = 224
 
 # EfficientNet-Lite preprocessing: the TF reference (efficientnet/lite/
@@ -118,9 +127,17 @@ _PHOTOS: dict[str, dict[str, Callable[[], np.ndarray]]] = {
 }
 
 
+class SplitError(L2CError, ValueError):
+    """A split name that a task or data function does not have."""
+
+
+def check_split(split: str, valid: tuple[str, ...] = ALL_SPLITS) -> None:
+    if split not in valid:
+        raise SplitError(f"unknown split {split!r}; valid splits: {', '.join(valid)}")
+
+
 def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    check_split(split, SPLITS)
 
 
 def _to_rgb_uint8(img: np.ndarray) -> np.ndarray:
@@ -188,6 +205,95 @@ def imagenet_photos(split: str, per_photo: int = len(_VARIANTS)) -> np.ndarray:
     if not 1 <= per_photo <= len(_VARIANTS):
         raise ValueError(f"per_photo must be in 1..{len(_VARIANTS)}")
     return _photos_cached(split, per_photo).copy()
+
+
+# --------------------------------------------------------------------- other photos
+# Photos no calibration/evaluation split uses: matplotlib's sample photo of
+# Grace Hopper and the 100 face photos of scikit-image's Labeled Faces in the
+# Wild subset (25x25 grey crops of news photos; its 100 non-face patches are
+# mostly flat and left out). Each is viewed with other augmentations than the
+# splits' fixed crops: seeded random crop, small rotation, flip, contrast,
+# brightness, gamma and blur.
+
+OTHER_GRACE_VIEWS = 40
+OTHER_FACE_VIEWS = 2  # per face photo
+N_FACES = 100  # lfw_subset()[:100] are faces, [100:] non-faces
+
+
+def _other_sources() -> list[tuple[str, np.ndarray, int]]:
+    """(name, RGB uint8 photo, number of views), in a fixed order."""
+    from matplotlib import cbook
+    from PIL import Image
+    import skimage.data
+
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as im:
+        grace = np.asarray(im.convert("RGB"))
+    faces = skimage.data.lfw_subset()[:N_FACES]
+    out = [("grace_hopper", grace, OTHER_GRACE_VIEWS)]
+    out += [(f"lfw_face{i:03d}", _to_rgb_uint8(np.round(f * 255).astype(np.uint8)), OTHER_FACE_VIEWS)
+            for i, f in enumerate(faces)]
+    return out
+
+
+def _other_view(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One augmented 224x224 view (float32 HWC, 0..255) of an RGB uint8 photo
+    (tiny photos, the 25x25 faces, are cropped less and never blurred)."""
+    from scipy.ndimage import gaussian_filter
+    from skimage.transform import resize, rotate
+
+    x = img.astype(np.float32)
+    angle = float(rng.uniform(-12, 12))
+    if abs(angle) > 1:
+        x = rotate(x, angle, resize=False, mode="reflect", preserve_range=True, order=1)
+    h, w = x.shape[:2]
+    tiny = min(img.shape[:2]) < 64
+    frac = float(rng.uniform(0.8, 1.0) if tiny else rng.uniform(0.5, 1.0))
+    side = max(8, round(frac * min(h, w)))
+    top = int(rng.integers(0, h - side + 1))
+    left = int(rng.integers(0, w - side + 1))
+    crop = x[top : top + side, left : left + side]
+    out = resize(crop, (IMAGE_SIZE, IMAGE_SIZE), order=1, anti_aliasing=side > IMAGE_SIZE,
+                 preserve_range=True, mode="reflect")
+    if rng.random() < 0.5:
+        out = out[:, ::-1]
+    sigma = float(rng.uniform(0.0, 1.5)) if rng.random() < 0.3 and not tiny else 0.0
+    if sigma > 0:
+        out = gaussian_filter(out, sigma=(sigma, sigma, 0))
+    contrast, brightness = float(rng.uniform(0.7, 1.3)), float(rng.uniform(-25, 25))
+    gamma = float(rng.uniform(0.8, 1.25))
+    out = np.clip((out - 128.0) * contrast + 128.0 + brightness, 0.0, 255.0)
+    out = 255.0 * (out / 255.0) ** gamma
+    return np.clip(out, 0.0, 255.0).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def _other_cached() -> tuple[np.ndarray, tuple[str, ...]]:
+    sources = _other_sources()
+    total = sum(n for _, _, n in sources)
+    out = np.empty((total, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    names = []
+    i = 0
+    for name, img, views in sources:
+        for v in range(views):
+            rng = np.random.default_rng(int(hashlib.sha256(f"other-view:{name}:{v}".encode()).hexdigest()[:16], 16))
+            out[i] = preprocess(_other_view(img, rng))
+            names.append(name)
+            i += 1
+    log.info("built %d other images from %d photos", i, len(sources))
+    out.flags.writeable = False
+    return out, tuple(names)
+
+
+def imagenet_other() -> tuple[np.ndarray, list[str]]:
+    """(float32 [240, 3, 224, 224] EfficientNet-Lite inputs of the ``other`` split,
+    source photo of each): 40 views of Grace Hopper, 2 of each of 100 faces."""
+    images, names = _other_cached()
+    return images.copy(), list(names)
+
+
+def other_photo_names() -> list[str]:
+    """Names of the ``other`` split's source photos (disjoint from ``photo_names`` of both splits)."""
+    return list(dict.fromkeys(_other_cached()[1]))
 
 
 # ----------------------------------------------------------------------------- text

@@ -20,6 +20,13 @@ allows (``EXT_LABELS``); it is approximate (a ``.txt`` may hold anything).
 The prepared arrays are cached under ``<cache>/data/`` (the file walk takes a
 few seconds); which files exist depends on the machine, so the set is fixed by
 the first preparation there.
+
+The ``other`` split (``magika_other_inputs``) takes files from other places:
+``/usr/include``, ``/usr/lib``, ``/usr/libexec`` and ``/etc`` (headers,
+libraries, compiler and Perl/Python system files, configuration), skipping
+anything below the calibration/evaluation roots and any file whose model
+input equals a calibration or evaluation input; up to ``OTHER_PER_TYPE``
+files per extension, chosen by path hash.
 """
 
 from __future__ import annotations
@@ -40,6 +47,10 @@ log = logging.getLogger(__name__)
 
 CACHE_NAME = "magika_files_v1"
 PER_TYPE = 10  # files per extension per split
+OTHER_CACHE_NAME = "magika_other_v1"
+OTHER_PER_TYPE = 20  # files per extension in the other split
+OTHER_ROOTS = (("include", Path("/usr/include")), ("lib", Path("/usr/lib")), ("libexec", Path("/usr/libexec")),
+               ("etc", Path("/etc")))
 
 # extension -> magika model labels (from the model's target_labels_space) that are correct
 EXT_LABELS: dict[str, tuple[str, ...]] = {
@@ -81,15 +92,20 @@ def _hash(s: str, salt: str) -> bytes:
     return hashlib.sha256(f"{salt}:{s}".encode()).digest()
 
 
-def _candidates() -> dict[str, list[tuple[str, Path]]]:
-    """extension -> [(root-relative key, path)] of regular files, hash-ordered."""
+def _candidates(roots: list[tuple[str, Path]] | None = None,
+                exclude: tuple[Path, ...] = ()) -> dict[str, list[tuple[str, Path]]]:
+    """extension -> [(root-relative key, path)] of regular files, hash-ordered
+    (below `roots`, default the calibration/evaluation roots; none below `exclude`)."""
     out: dict[str, list[tuple[str, Path]]] = {e: [] for e in EXT_LABELS}
     seen_real: set[Path] = set()
-    for tag, root in _roots():
+    for tag, root in roots if roots is not None else _roots():
         if not root.is_dir():
             continue
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
+            if exclude and any(Path(dirpath).resolve().is_relative_to(x) for x in exclude):
+                dirnames.clear()
+                continue
             for fn in sorted(filenames):
                 ext = fn.rsplit(".", 1)[-1].lower() if "." in fn else ""
                 if ext not in out:
@@ -106,12 +122,25 @@ def _candidates() -> dict[str, list[tuple[str, Path]]]:
     return out
 
 
-def _build() -> dict[str, np.ndarray]:
-    from magika import Magika
+def _model_input(m, path: Path) -> np.ndarray | None:  # noqa: ANN001 - magika.Magika
+    """magika's model input of one file (int32 [2048]), None when magika decides without the model."""
     from magika.types import Seekable
 
-    m = Magika()
     cfg = m._model_config
+    try:
+        with open(path, "rb") as f:
+            _, feats = m._get_result_or_features_from_seekable(Seekable(f), path)
+    except OSError:
+        return None
+    if feats is None:  # decided without the model (empty / too few bytes)
+        return None
+    return np.asarray(feats.beg[: cfg.beg_size] + feats.end[-cfg.end_size :], dtype=np.int32)
+
+
+def _build() -> dict[str, np.ndarray]:
+    from magika import Magika
+
+    m = Magika()
     taken: dict[str, dict[str, list]] = {s: {"x": [], "key": [], "ext": []} for s in SPLITS}
     seen_inputs: set[bytes] = set()
     counts = {s: {} for s in SPLITS}
@@ -122,14 +151,9 @@ def _build() -> dict[str, np.ndarray]:
                 if all(counts[s].get(ext, 0) >= PER_TYPE for s in SPLITS):
                     break
                 continue
-            try:
-                with open(path, "rb") as f:
-                    result, feats = m._get_result_or_features_from_seekable(Seekable(f), path)
-            except OSError:
+            x = _model_input(m, path)
+            if x is None:
                 continue
-            if feats is None:  # decided without the model (empty / too few bytes)
-                continue
-            x = np.asarray(feats.beg[: cfg.beg_size] + feats.end[-cfg.end_size :], dtype=np.int32)
             digest = hashlib.sha256(x.tobytes()).digest()
             if digest in seen_inputs:
                 continue
@@ -159,6 +183,47 @@ def magika_inputs(split: str) -> tuple[np.ndarray, list[str], list[str]]:
     _check_split(split)
     a = _arrays()
     return a[f"{split}_bytes"].copy(), a[f"{split}_ext"].tolist(), a[f"{split}_key"].tolist()
+
+
+def _build_other() -> dict[str, np.ndarray]:
+    from magika import Magika
+
+    m = Magika()
+    zoo = {hashlib.sha256(x.tobytes()).digest() for s in SPLITS for x in magika_inputs(s)[0]}
+    exclude = tuple(root.resolve() for _, root in _roots())
+    xs, keys, exts = [], [], []
+    for ext, items in _candidates(list(OTHER_ROOTS), exclude).items():
+        n = 0
+        for key, path in items:
+            if n >= OTHER_PER_TYPE:
+                break
+            x = _model_input(m, path)
+            if x is None:
+                continue
+            digest = hashlib.sha256(x.tobytes()).digest()
+            if digest in zoo:  # the same input as a calibration/evaluation file (or an earlier pick)
+                continue
+            zoo.add(digest)
+            xs.append(x)
+            keys.append(key)
+            exts.append(ext)
+            n += 1
+    if not xs:
+        raise RuntimeError(f"no files for magika's other split under {', '.join(str(r) for _, r in OTHER_ROOTS)}")
+    log.info("magika other: %d files, %d extensions", len(xs), len(set(exts)))
+    return {"bytes": np.stack(xs).astype(np.int32), "key": np.array(keys, dtype=str),
+            "ext": np.array(exts, dtype=str)}
+
+
+@functools.lru_cache(maxsize=1)
+def _other_arrays() -> dict[str, np.ndarray]:
+    return cached_arrays(OTHER_CACHE_NAME, _build_other)
+
+
+def magika_other_inputs() -> tuple[np.ndarray, list[str], list[str]]:
+    """The ``other`` split: (int32 [N, 2048] model inputs, extension per file, file key per file)."""
+    a = _other_arrays()
+    return a["bytes"].copy(), a["ext"].tolist(), a["key"].tolist()
 
 
 @functools.lru_cache(maxsize=1)
@@ -222,6 +287,8 @@ def _main() -> None:  # python -P -m onnx_l2c.models.data_files: summary of the 
     for s in SPLITS:
         x, exts, keys = magika_inputs(s)
         print(s, x.shape, dict(sorted(collections.Counter(exts).items())))
+    x, exts, _ = magika_other_inputs()
+    print("other", x.shape, dict(sorted(collections.Counter(exts).items())))
     print(f"{time.perf_counter() - t0:.1f} s")
 
 

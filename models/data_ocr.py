@@ -33,6 +33,16 @@ widest ratio, zero padded). ``ctc_decode`` is RapidOCR's ``CTCLabelDecode``
 with the character dictionary stored in the original model's metadata.
 
 Images and crops are cached as PNG bytes under ``<cache>/data/``.
+
+The ``other`` split is rendered from other sources: lines of Debian's English
+man pages (models/data_text.py) in the DejaVu faces of ``fonts-dejavu-extra``
+the splits above do not use (Condensed, ExtraLight, oblique/italic bold...),
+at sizes outside theirs (10-13 px and 45-64 px on detector images, 12-15 and
+41-56 px on crops), on plain, two-colour gradient and faded photo backgrounds
+(scikit-learn's and scikit-image's photos, none used by the OCR splits), with
+larger rotations. ``OTHER_DET`` detector images are at most 640 px a side (the
+detector scales the short side to 736, so they stay fast); ``OTHER_CROPS``
+recognizer crops are rendered as single text lines (the text is known).
 """
 
 from __future__ import annotations
@@ -46,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import SPLITS, _check_split, sentences
+from .data import OTHER, SPLITS, check_split, sentences
 from .data_cache import cached_arrays
 
 log = logging.getLogger(__name__)
@@ -368,13 +378,18 @@ def _arrays() -> dict[str, np.ndarray]:
 
 def ocr_images(split: str) -> list[np.ndarray]:
     """BGR uint8 images as the detector stage receives them (after RapidOCR.preprocess/letterbox)."""
-    _check_split(split)
+    check_split(split)
+    if split == OTHER:
+        a = _other_arrays()
+        return _unpack(a["det_png"], a["det_off"])
     a = _arrays()
     return _unpack(a[f"{split}_det_png"], a[f"{split}_det_off"])
 
 
 def ocr_image_names(split: str) -> list[str]:
-    _check_split(split)
+    check_split(split)
+    if split == OTHER:
+        return [f"other{i}" for i in range(len(_other_arrays()["det_off"]) - 1)]
     return _arrays()[f"{split}_det_name"].tolist()
 
 
@@ -414,10 +429,18 @@ def ocr_det_inputs(split: str) -> list[np.ndarray]:
 
 
 def ocr_crops(split: str) -> list[np.ndarray]:
-    """BGR uint8 text crops found by the original RapidOCR pipeline."""
-    _check_split(split)
+    """BGR uint8 text crops found by the original RapidOCR pipeline (``other``: rendered lines)."""
+    check_split(split)
+    if split == OTHER:
+        a = _other_arrays()
+        return _unpack(a["rec_png"], a["rec_off"])
     a = _arrays()
     return _unpack(a[f"{split}_rec_png"], a[f"{split}_rec_off"])
+
+
+def ocr_other_texts() -> list[str]:
+    """The text rendered on each crop of the ``other`` split (ground truth)."""
+    return _other_arrays()["rec_text"].tolist()
 
 
 class _RecShape:
@@ -471,12 +494,178 @@ def ctc_decode(preds: np.ndarray) -> list[tuple[str, float]]:
     return _ctc()(preds)
 
 
+# ----------------------------------------------------------------------------- the other split
+
+OTHER_CACHE_NAME = "ocr_other_v1"
+OTHER_DET = 200
+OTHER_CROPS = 400
+OTHER_MAX_SIDE = 640
+_OTHER_FACES = ("DejaVuSansCondensed.ttf", "DejaVuSansCondensed-Bold.ttf", "DejaVuSansCondensed-Oblique.ttf",
+                "DejaVuSansCondensed-BoldOblique.ttf", "DejaVuSans-ExtraLight.ttf", "DejaVuSans-BoldOblique.ttf",
+                "DejaVuSerifCondensed.ttf", "DejaVuSerifCondensed-Bold.ttf", "DejaVuSerifCondensed-Italic.ttf",
+                "DejaVuSerif-BoldItalic.ttf", "DejaVuSansMono-Oblique.ttf", "DejaVuSansMono-BoldOblique.ttf")
+DEJAVU_DIR = Path("/usr/share/fonts/truetype/dejavu")
+
+
+@functools.lru_cache(maxsize=1)
+def _other_fonts() -> tuple[Path, ...]:
+    fonts = tuple(DEJAVU_DIR / n for n in _OTHER_FACES if (DEJAVU_DIR / n).is_file())
+    if len(fonts) < len(_OTHER_FACES):
+        missing = sorted(set(_OTHER_FACES) - {f.name for f in fonts})
+        raise RuntimeError(f"DejaVu faces missing in {DEJAVU_DIR}: {', '.join(missing)} "
+                           "(fonts-dejavu-extra: run scripts/install_system_deps.sh)")
+    return fonts
+
+
+@functools.lru_cache(maxsize=1)
+def _other_photos() -> tuple[np.ndarray, ...]:
+    """RGB uint8 photos for backgrounds (none of them used by the OCR splits)."""
+    import skimage.data
+    from sklearn.datasets import load_sample_image
+
+    photos = [load_sample_image("china.jpg"), load_sample_image("flower.jpg")]
+    photos += [np.asarray(getattr(skimage.data, n)())[..., :3] for n in ("coffee", "chelsea", "astronaut", "rocket")]
+    return tuple(photos)
+
+
+@functools.lru_cache(maxsize=1)
+def _other_lines() -> tuple[str, ...]:
+    from .data_text import man_lines
+
+    lines = man_lines(min_chars=12, max_chars=60)
+    return tuple(sorted(lines, key=lambda ln: _h("ocr-other-line", ln)))
+
+
+def _other_background(rng: np.random.Generator, w: int, h: int) -> tuple[np.ndarray, bool]:
+    """(RGB uint8 background, whether it is dark): plain, a two-colour gradient or a faded photo."""
+    kind = int(rng.integers(3))
+    dark = rng.random() < 0.3
+    if kind == 0:
+        col = rng.integers(0, 60, 3) if dark else rng.integers(205, 256, 3)
+        img = np.broadcast_to(col.astype(np.float32), (h, w, 3)).copy()
+    elif kind == 1:
+        lo, hi = (0, 90) if dark else (170, 256)
+        a, b = rng.integers(lo, hi, 3).astype(np.float32), rng.integers(lo, hi, 3).astype(np.float32)
+        angle = rng.uniform(0, np.pi)
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        t = xx * np.cos(angle) + yy * np.sin(angle)
+        t = (t - t.min()) / max(float(t.max() - t.min()), 1.0)
+        img = a + (b - a) * t[..., None]
+    else:
+        from skimage.transform import resize
+
+        photo = _other_photos()[int(rng.integers(len(_other_photos())))]
+        ph, pw = photo.shape[:2]
+        scale = rng.uniform(max(h / ph, w / pw), max(h / ph, w / pw) * 2.0)
+        ch, cw = min(ph, int(np.ceil(h / scale))), min(pw, int(np.ceil(w / scale)))
+        top, left = int(rng.integers(0, ph - ch + 1)), int(rng.integers(0, pw - cw + 1))
+        crop = resize(photo[top : top + ch, left : left + cw].astype(np.float32), (h, w), order=1,
+                      preserve_range=True, anti_aliasing=True)
+        fade = rng.uniform(0.35, 0.7)  # how far toward the base colour, so text stays readable
+        img = crop * (1 - fade) + (20.0 if dark else 235.0) * fade
+    return np.clip(img, 0, 255).astype(np.uint8), dark
+
+
+def _text_colour(rng: np.random.Generator, dark: bool) -> tuple[int, int, int]:
+    lo, hi = (200, 256) if dark else (0, 70)
+    return tuple(int(c) for c in rng.integers(lo, hi, 3))
+
+
+def _other_size(rng: np.random.Generator, small: tuple[int, int], large: tuple[int, int]) -> int:
+    lo, hi = small if rng.random() < 0.5 else large
+    return int(rng.integers(lo, hi + 1))
+
+
+def _render_other_det(i: int) -> np.ndarray:
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(_h("ocr-other-det", i))
+    w, h = int(rng.integers(320, OTHER_MAX_SIDE + 1)), int(rng.integers(240, OTHER_MAX_SIDE + 1))
+    bg, dark = _other_background(rng, w, h)
+    img = Image.fromarray(bg)
+    draw = ImageDraw.Draw(img)
+    fonts, lines = _other_fonts(), _other_lines()
+    start = int(rng.integers(len(lines)))
+    k = 0
+    y = int(rng.integers(4, max(5, h // 3)))
+    for _ in range(int(rng.integers(1, 4))):  # text blocks one below the other, each its own face, size, colour
+        size = _other_size(rng, (10, 13), (45, 64))
+        font = ImageFont.truetype(str(fonts[int(rng.integers(len(fonts)))]), size)
+        colour = _text_colour(rng, dark)
+        x = int(rng.integers(4, max(5, w // 3)))
+        step = int(size * rng.uniform(1.25, 2.0))
+        for _ in range(int(rng.integers(1, 12))):
+            if y + size > h - 2:
+                break
+            text = lines[(start + k) % len(lines)]
+            k += 1
+            while text and x + font.getlength(text) > w - 2:  # cut the line at a word to fit
+                text = text.rsplit(" ", 1)[0] if " " in text else ""
+            if text:
+                draw.text((x, y), text, font=font, fill=colour)
+            y += step
+        y += int(rng.integers(0, 40))
+    if rng.random() < 0.3:  # larger rotations than the splits' +-4 degrees
+        angle = float(rng.uniform(5, 15) * rng.choice([-1, 1]))
+        fill = tuple(int(c) for c in np.asarray(img)[0, 0])
+        img = img.rotate(angle, resample=Image.BICUBIC, expand=True, fillcolor=fill)
+        if max(img.size) > OTHER_MAX_SIDE:
+            f = OTHER_MAX_SIDE / max(img.size)
+            img = img.resize((max(1, round(img.size[0] * f)), max(1, round(img.size[1] * f))), Image.BICUBIC)
+    return np.ascontiguousarray(np.asarray(img)[..., ::-1])  # RGB -> BGR
+
+
+def _render_other_crop(i: int) -> tuple[np.ndarray, str]:
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(_h("ocr-other-crop", i))
+    fonts, lines = _other_fonts(), _other_lines()
+    words = lines[(i * 7919) % len(lines)].split()  # crops read other lines than the detector images' start
+    n = int(rng.integers(2, 8))
+    s0 = int(rng.integers(0, max(1, len(words) - n + 1)))
+    text = " ".join(words[s0 : s0 + n])[:48].strip()
+    size = _other_size(rng, (12, 15), (41, 56))
+    font = ImageFont.truetype(str(fonts[int(rng.integers(len(fonts)))]), size)
+    x0, y0, x1, y1 = font.getbbox(text)
+    px, py = int(rng.integers(2, 11)), int(rng.integers(2, max(3, int(size * 0.35))))
+    w, h = x1 - x0 + 2 * px, y1 - y0 + 2 * py
+    bg, dark = _other_background(rng, w, h)
+    img = Image.fromarray(bg)
+    ImageDraw.Draw(img).text((px - x0, py - y0), text, font=font, fill=_text_colour(rng, dark))
+    if rng.random() < 0.4:
+        fill = tuple(int(c) for c in np.asarray(img)[0, 0])
+        img = img.rotate(float(rng.uniform(-2, 2)), resample=Image.BICUBIC, expand=False, fillcolor=fill)
+    return np.ascontiguousarray(np.asarray(img)[..., ::-1]), text
+
+
+def _build_other() -> dict[str, np.ndarray]:
+    from rapidocr_onnxruntime.main import RapidOCR
+
+    det = []
+    for i in range(OTHER_DET):  # as RapidOCR prepares an image for its detector (what ocr_images holds)
+        img, _, _ = RapidOCR.preprocess(_PreprocessCfg(), _render_other_det(i))
+        img, _ = RapidOCR.maybe_add_letterbox(_PreprocessCfg(), img, {})
+        det.append(_png(img))
+    crops, texts = zip(*(_render_other_crop(i) for i in range(OTHER_CROPS)))
+    arrays: dict[str, np.ndarray] = {}
+    arrays["det_png"], arrays["det_off"] = _pack(det)
+    arrays["rec_png"], arrays["rec_off"] = _pack([_png(c) for c in crops])
+    arrays["rec_text"] = np.array(texts, dtype=str)
+    log.info("ocr other: %d detector images, %d text crops", len(det), len(crops))
+    return arrays
+
+
+@functools.lru_cache(maxsize=1)
+def _other_arrays() -> dict[str, np.ndarray]:
+    return cached_arrays(OTHER_CACHE_NAME, _build_other)
+
+
 def _main() -> None:
     import time
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     t0 = time.perf_counter()
-    for s in SPLITS:
+    for s in (*SPLITS, OTHER):
         imgs = ocr_images(s)
         crops = ocr_crops(s)
         sizes = np.array([i.shape[:2] for i in imgs])

@@ -1,7 +1,7 @@
 """Fidelity evaluator: a candidate model against the original on a task's
-evaluation split.
+evaluation split, its ``other`` split (inputs from other sources), or both.
 
-    onnx-l2c eval ORIGINAL.onnx CANDIDATE.onnx --model NAME
+    onnx-l2c eval ORIGINAL.onnx CANDIDATE.onnx --model NAME [--split evaluation|other|both|calibration]
     onnx-l2c zoo calibration NAME FOLDER [--samples 128]   # the task's calibration feeds
 
 The candidate loads through onnx_l2c's fast loader or custom op when it is an
@@ -31,12 +31,16 @@ from onnx_l2c.measure.calibration import DEFAULT_SAMPLES as CALIBRATION_SAMPLES
 from onnx_l2c.errors import L2CError, ModelError
 from onnx_l2c.files import AtomicOutputs
 
-from .tasks import TASKS, Task
+from .data import ALL_SPLITS, OTHER, check_split
 from .data_cache import cache_root
+from .fidelity import is_confidence_key
+from .tasks import TASKS, Task
 
 log = logging.getLogger(__name__)
 
 LOAD_MODES = ("auto", "fast", "custom_op", "plain")
+BOTH = "both"  # --split both: the evaluation and the other split, the candidate must pass both
+SCORED_SPLITS = ("evaluation", OTHER)  # the sets a fidelity claim is made on
 
 
 def model_size(path: Path) -> int:
@@ -82,6 +86,7 @@ def _sha16(path: Path) -> str:
 
 def reference_results(task: Task, original: Path, split: str = "evaluation") -> Any:
     """The original model's results on `split`, cached by file hash."""
+    check_split(split, task.splits)
     cache = cache_root() / "refs" / f"{task.name}-v{task.data_version}-{_sha16(original)}-{split}.pkl"
     if cache.is_file():
         with open(cache, "rb") as fh:
@@ -106,6 +111,7 @@ class EvalResult:
     headline: str = ""
     bar: float = 0.0
     seconds: float = 0.0
+    split: str = "evaluation"
 
     @property
     def ratio(self) -> float:
@@ -145,9 +151,48 @@ def evaluate(name: str, original: Path, candidate: Path, how: str = "auto", spli
     ref = reference if reference is not None else reference_results(task, original, split)
     load = how if how != "auto" else ("fast" if is_l2c_model(candidate) else "plain")
     cand = task.run(open_session(candidate, load), split)
-    metrics = {k: float(v) for k, v in task.metrics(ref, cand).items()}
+    metrics = task.score(ref, cand)
     return EvalResult(name, str(candidate), load, model_size(candidate), model_size(original), metrics,
-                      task.headline, task.bar, time.perf_counter() - start)
+                      task.headline, task.bar, time.perf_counter() - start, split)
+
+
+def _count(v: float) -> str:
+    return f"{int(v)}" if float(v).is_integer() else f"{v:g}"
+
+
+def confidence_text(metrics: dict[str, float], key: str, bar: float | None = None) -> str:
+    """How many samples decided `key` and how much room the bar leaves, in words
+    (empty when `metrics` has no confidence fields for it)."""
+    m = metrics
+    if f"{key}_disagree" in m:
+        n, d = m[f"{key}_samples"], m[f"{key}_disagree"]
+        text = (f"{_count(d)} of {_count(n)} disagree, 95% CI [{m[f'{key}_wilson_low']:.4f}, "
+                f"{m[f'{key}_wilson_high']:.4f}]")
+        if f"{key}_margin_samples" in m and bar is not None:
+            margin = int(m[f"{key}_margin_samples"])
+            text += f"; bar {bar} allows {int(d) + margin}: margin {margin:+d}"
+        return text
+    if f"{key}_ci_low" in m:
+        text = f"{_count(m[f'{key}_samples'])} samples, 95% CI [{m[f'{key}_ci_low']:.5g}, {m[f'{key}_ci_high']:.5g}]"
+        if f"{key}_below_bar" in m and bar is not None:
+            text += f", {_count(m[f'{key}_below_bar'])} below {bar} on their own"
+        if f"{key}_margin" in m:
+            text += f"; margin {m[f'{key}_margin']:+.4g}"
+        return text
+    return ""
+
+
+def format_result(res: EvalResult) -> list[str]:
+    """The eval CLI's text for one result: a header line, then one line per metric with its confidence."""
+    lines = [f"{res.model} [{res.split}]: {res.candidate} via {res.load}: size {res.size_bytes / 1e6:.2f} MB "
+             f"(ratio {res.ratio:.2f}x)"]
+    for key, value in res.metrics.items():
+        if is_confidence_key(key, res.metrics):
+            continue
+        conf = confidence_text(res.metrics, key, res.bar if key == res.headline else None)
+        mark = f"  (bar {res.bar}: {'pass' if res.passes else 'FAIL'})" if key == res.headline else ""
+        lines.append(f"  {key:<24} {value:.5g}{mark}" + (f"  [{conf}]" if conf else ""))
+    return lines
 
 
 def save_calibration(name: str, folder: Path, samples: int) -> list[Path]:
@@ -196,23 +241,26 @@ def main(argv: list[str] | None = None) -> int:
                    help="which zoo task's inputs and metrics (the models' inputs must be the task's)")
     p.add_argument("--load", default="auto", choices=LOAD_MODES,
                    help="how to load the candidate (auto: the fast loader for onnx_l2c models, else plain)")
-    p.add_argument("--split", default="evaluation", choices=["evaluation", "calibration"],
-                   help="which split of the task's data (default: evaluation)")
+    p.add_argument("--split", default="evaluation", choices=[*ALL_SPLITS, BOTH],
+                   help="which inputs: the evaluation split (default), the other split (inputs from other "
+                        "sources), both (the candidate passes only if it passes both), or calibration")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     args = p.parse_args(argv)
     for path in (args.original, args.candidate):
         mismatch = input_mismatch(args.model, path)  # a FileError for a missing file
         if mismatch is not None:
             p.error(f"argument --model: {mismatch}")
-    res = evaluate(args.model, args.original, args.candidate, args.load, args.split)
+    splits = SCORED_SPLITS if args.split == BOTH else (args.split,)
+    results = [evaluate(args.model, args.original, args.candidate, args.load, s) for s in splits]
+    passes = all(r.passes for r in results)
     if args.json:
-        print(json.dumps(asdict(res) | {"ratio": res.ratio, "passes": res.passes}, indent=2))
+        payload = {r.split: asdict(r) | {"ratio": r.ratio, "passes": r.passes} for r in results}
+        print(json.dumps(payload[splits[0]] if len(results) == 1 else payload | {"passes": passes}, indent=2))
     else:
-        print(f"{res.model}: {res.candidate} via {res.load}: size {res.size_bytes / 1e6:.2f} MB "
-              f"(ratio {res.ratio:.2f}x)")
-        for key, value in res.metrics.items():
-            mark = f"  (bar {res.bar}: {'pass' if res.passes else 'FAIL'})" if key == res.headline else ""
-            print(f"  {key:<20} {value:.5g}{mark}")
+        for res in results:
+            print("\n".join(format_result(res)))
+        if len(results) > 1:
+            print(f"passes on {' and '.join(splits)}: {'yes' if passes else 'NO'}")
     return 0
 
 

@@ -57,3 +57,64 @@ def cosine_stats(ref_emb: np.ndarray, cand_emb: np.ndarray) -> tuple[float, floa
     nc = np.linalg.norm(c, axis=1)
     cos = (r * c).sum(axis=1) / np.maximum(nr * nc, 1e-12)
     return float(cos.mean()), float(cos.min())
+
+
+# ------------------------------------------------------------------- confidence beside each metric
+# How sure a fidelity claim is depends on how many samples decided it: the
+# fields below say how many samples there were, how many disagreed and (for
+# the headline, in tasks.Task.score) how many more the bar allows.
+
+CONFIDENCE_SUFFIXES = ("_samples", "_disagree", "_wilson_low", "_wilson_high", "_margin_samples", "_below_bar",
+                       "_ci_low", "_ci_high", "_margin")
+
+
+def is_confidence_key(key: str, metrics: dict[str, float]) -> bool:
+    """Whether `key` is a confidence field of another metric in `metrics` (not a metric itself)."""
+    return any(key.endswith(s) and key[: -len(s)] in metrics for s in CONFIDENCE_SUFFIXES)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval (95% for z = 1.96) of a proportion successes / n."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    # at k = 0 or k = n the exact bound is 0 or 1; rounding would put it a hair inside
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return float(lo), float(hi)
+
+
+def agreement_fields(key: str, agree: np.ndarray) -> dict[str, float]:
+    """`key` (the agreeing fraction) with its sample count, disagreements and Wilson 95% interval."""
+    a = np.asarray(agree, dtype=bool).ravel()
+    n, k = int(a.size), int(np.count_nonzero(a))
+    lo, hi = wilson_interval(k, n)
+    return {key: float(k / n) if n else float("nan"), f"{key}_samples": float(n), f"{key}_disagree": float(n - k),
+            f"{key}_wilson_low": lo, f"{key}_wilson_high": hi}
+
+
+def mean_fields(key: str, values: np.ndarray, bar: float | None = None) -> dict[str, float]:
+    """`key` (the mean of per-sample values) with its sample count, a normal 95% interval of the
+    mean and, given the bar, how many samples are below it on their own."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    n = int(v.size)
+    mean = float(v.mean())
+    half = 1.96 * float(v.std(ddof=1)) / np.sqrt(n) if n > 1 else 0.0
+    out = {key: mean, f"{key}_samples": float(n), f"{key}_ci_low": mean - half, f"{key}_ci_high": mean + half}
+    if bar is not None:
+        out[f"{key}_below_bar"] = float(np.count_nonzero(v < bar))
+    return out
+
+
+def allowed_disagreements(n: int, bar: float) -> int:
+    """The most disagreements among n samples that keep the agreeing fraction >= bar
+    (with the same float comparison as the pass/fail test)."""
+    d = int(np.floor(n * (1.0 - bar) + 1e-9))
+    while d >= 0 and (n - d) / n < bar:
+        d -= 1
+    while d + 1 <= n and (n - d - 1) / n >= bar:
+        d += 1
+    return d

@@ -3,8 +3,15 @@ candidate against the original.
 
 A `Task` runs an onnxruntime session over one split of its inputs and returns
 whatever the model's outputs are (`run`), and turns the original's and a
-candidate's results into metrics (`metrics`). The headline metric and its bar
-(issue 3's fidelity bars) decide "same behaviour".
+candidate's results into metrics (`metrics`; `score` adds how much room the
+bar leaves). The headline metric and its bar (issue 3's fidelity bars) decide
+"same behaviour".
+
+Splits: ``calibration`` and ``evaluation`` (disjoint, from one pool of
+sources) and ``other`` (issue 16: inputs gathered from other sources, so that a
+claim made on the evaluation split is checked on data nobody chose with it).
+Every agreement metric comes with its sample count, the number of samples that
+disagree and a Wilson 95% interval; mean metrics with a 95% interval.
 """
 
 from __future__ import annotations
@@ -15,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from .fidelity import cosine_stats, mean_kl, top1_agreement, top5_overlap
+from .data import ALL_SPLITS, OTHER, check_split
+from .fidelity import agreement_fields, allowed_disagreements, mean_fields, mean_kl, top5_overlap
 
 Session = Any  # onnxruntime.InferenceSession (or anything with .run)
 
@@ -27,10 +35,36 @@ class Task:
     metrics: Callable[[Any, Any], dict[str, float]]  # (original results, candidate results) -> metrics
     headline: str  # metric key the fidelity bar applies to
     bar: float  # candidate passes when metrics[headline] >= bar
-    data_version: str = "1"  # bump when the task's inputs change: cached reference results are keyed by it
+    # bump when the inputs of any split change: cached reference results are keyed by it (and the split)
+    data_version: str = "1"
     # calibration(n): up to n feed dicts from the calibration split (disjoint from evaluation)
     calibration: Callable[[int], list[dict[str, np.ndarray]]] | None = None
     inputs: tuple[str, ...] = ()  # the graph inputs the task feeds (checked before a run)
+    splits: tuple[str, ...] = ALL_SPLITS
+
+    def __post_init__(self) -> None:
+        # every run goes through the split check, so a typo names the valid splits
+        # instead of failing deep inside a data module
+        run, splits = self.run, self.splits
+
+        def checked(session: Session, split: str) -> Any:
+            check_split(split, splits)
+            return run(session, split)
+
+        object.__setattr__(self, "run", checked)
+
+    def score(self, ref: Any, cand: Any) -> dict[str, float]:
+        """`metrics` plus the headline's room under the bar: for an agreement,
+        ``<headline>_margin_samples`` (how many more samples may disagree; negative:
+        that many too many); for a mean, ``<headline>_margin`` (value - bar)."""
+        m = {k: float(v) for k, v in self.metrics(ref, cand).items()}
+        h = self.headline
+        if f"{h}_disagree" in m:
+            n = int(m[f"{h}_samples"])
+            m[f"{h}_margin_samples"] = float(allowed_disagreements(n, self.bar) - int(m[f"{h}_disagree"]))
+        elif h in m:
+            m[f"{h}_margin"] = m[h] - self.bar
+        return m
 
 
 def _spread(items: list, n: int) -> list:
@@ -101,26 +135,44 @@ def _batched(sess: Session, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
 
 
 def _effnet_run(sess: Session, split: str) -> np.ndarray:
-    from .data import imagenet_photos
+    from .data import imagenet_other, imagenet_photos
 
-    images = imagenet_photos(split)
+    images = imagenet_other()[0] if split == OTHER else imagenet_photos(split)
     return _batched(sess, [{"input": images[i:i + 25]} for i in range(0, len(images), 25)])
 
 
 def _classifier_metrics(ref: np.ndarray, cand: np.ndarray) -> dict[str, float]:
-    return {"top1_agreement": top1_agreement(ref, cand), "top5_overlap": top5_overlap(ref, cand),
-            "mean_kl": mean_kl(ref, cand)}
+    r, c = np.asarray(ref), np.asarray(cand)
+    if r.shape != c.shape or r.ndim != 2:
+        raise ValueError(f"expected two [N, C] logits of one shape, got {r.shape} and {c.shape}")
+    return {**agreement_fields("top1_agreement", r.argmax(1) == c.argmax(1)), "top5_overlap": top5_overlap(r, c),
+            "mean_kl": mean_kl(r, c)}
 
 
-def _minilm_run(sess: Session, split: str) -> np.ndarray:
+MINILM_BAR = 0.99
+
+
+def _minilm_run(sess: Session, split: str) -> np.ndarray | dict[str, np.ndarray]:
+    """Sentence embeddings [N, 384]; on ``other`` with, per sentence, whether it holds a
+    token the calibration split never used (``unseen``)."""
     from .data import minilm_feeds, sentences
+    from .data_text import sentences_other, sentences_other_info
 
-    texts = sentences(split)
-    return _batched(sess, [minilm_feeds(texts[i:i + 32]) for i in range(0, len(texts), 32)])
+    texts = sentences_other() if split == OTHER else sentences(split)
+    emb = _batched(sess, [minilm_feeds(texts[i:i + 32]) for i in range(0, len(texts), 32)])
+    if split == OTHER:
+        return {"embeddings": emb, "unseen": sentences_other_info()["unseen_tokens"] > 0}
+    return emb
 
 
-def _embedding_metrics(ref: np.ndarray, cand: np.ndarray) -> dict[str, float]:
-    mean_cos, min_cos = cosine_stats(ref, cand)
+def _embedding_metrics(ref: np.ndarray | dict, cand: np.ndarray | dict) -> dict[str, float]:
+    unseen = ref.get("unseen") if isinstance(ref, dict) else None
+    r = np.asarray(ref["embeddings"] if isinstance(ref, dict) else ref, np.float64)
+    c = np.asarray(cand["embeddings"] if isinstance(cand, dict) else cand, np.float64)
+    if r.shape != c.shape or r.ndim != 2:
+        raise ValueError(f"expected two [N, D] embeddings of one shape, got {r.shape} and {c.shape}")
+    cos = (r * c).sum(1) / np.maximum(np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1), 1e-12)
+
     # nearest-neighbour retrieval agreement: each embedding's nearest other
     # embedding is the same for both models
     def nn(e: np.ndarray) -> np.ndarray:
@@ -128,13 +180,21 @@ def _embedding_metrics(ref: np.ndarray, cand: np.ndarray) -> dict[str, float]:
         np.fill_diagonal(sims, -np.inf)
         return sims.argmax(axis=1)
 
-    return {"mean_cosine": mean_cos, "min_cosine": min_cos, "nn_agreement": float(np.mean(nn(ref) == nn(cand)))}
+    out = {**mean_fields("mean_cosine", cos, MINILM_BAR), "min_cosine": float(cos.min()),
+           **agreement_fields("nn_agreement", nn(r) == nn(c))}
+    if unseen is not None:  # the sentences whose embedding rows calibration never saw
+        mask = np.asarray(unseen, dtype=bool)
+        out["unseen_token_sentences"] = float(mask.sum())
+        if mask.any():
+            out["mean_cosine_unseen"] = float(cos[mask].mean())
+            out["min_cosine_unseen"] = float(cos[mask].min())
+    return out
 
 
 TASKS: dict[str, Task] = {
     "efficientnet_lite0": Task("efficientnet_lite0", _effnet_run, _classifier_metrics, "top1_agreement", 0.99, "2",
                                _effnet_calibration, inputs=("input",)),
-    "minilm": Task("minilm", _minilm_run, _embedding_metrics, "mean_cosine", 0.99, "2", _minilm_calibration,
+    "minilm": Task("minilm", _minilm_run, _embedding_metrics, "mean_cosine", MINILM_BAR, "2", _minilm_calibration,
                    inputs=("input_ids", "attention_mask")),
 }
 
@@ -145,9 +205,9 @@ TASKS: dict[str, Task] = {
 # models/data_ocr.py, models/data_audio.py.
 
 def _magika_run(sess: Session, split: str) -> dict[str, Any]:
-    from .data_files import magika_inputs
+    from .data_files import magika_inputs, magika_other_inputs
 
-    x, exts, _ = magika_inputs(split)
+    x, exts, _ = magika_other_inputs() if split == OTHER else magika_inputs(split)
     scores = np.concatenate([sess.run(None, {"bytes": x[i:i + 256]})[0] for i in range(0, len(x), 256)])
     return {"scores": scores, "exts": exts}
 
@@ -165,8 +225,9 @@ def _magika_metrics(ref: dict[str, Any], cand: dict[str, Any]) -> dict[str, floa
 
     pr, pc = np.clip(r, 1e-12, 1), np.clip(c, 1e-12, 1)
     return {
-        "label_agreement": float(np.mean(lr == lc)),
-        "output_label_agreement": float(np.mean(np.array(magika_output_labels(r)) == np.array(magika_output_labels(c)))),
+        **agreement_fields("label_agreement", lr == lc),
+        **agreement_fields("output_label_agreement",
+                           np.array(magika_output_labels(r)) == np.array(magika_output_labels(c))),
         "accuracy_ref": accuracy(lr),
         "accuracy_cand": accuracy(lc),
         "mean_kl": float(np.mean(np.maximum((pr * (np.log(pr) - np.log(pc))).sum(1), 0.0))),
@@ -185,6 +246,9 @@ def _ocr_det_run(sess: Session, split: str) -> list[tuple[np.ndarray, tuple[int,
     return out
 
 
+OCR_DET_BAR = 0.95
+
+
 def _ocr_det_metrics(ref: list, cand: list) -> dict[str, float]:
     ious, agree, frac_r, frac_c = [], [], [], []
     for (pr, shape_r), (pc, shape_c) in zip(ref, cand, strict=True):
@@ -198,7 +262,7 @@ def _ocr_det_metrics(ref: list, cand: list) -> dict[str, float]:
         agree.append(float(np.mean(mr == mc)))
         frac_r.append(float(mr.mean()))
         frac_c.append(float(mc.mean()))
-    return {"mean_iou": float(np.mean(ious)), "min_iou": float(np.min(ious)),
+    return {**mean_fields("mean_iou", np.array(ious), OCR_DET_BAR), "min_iou": float(np.min(ious)),
             "pixel_agreement": float(np.mean(agree)),
             "text_fraction_ref": float(np.mean(frac_r)), "text_fraction_cand": float(np.mean(frac_c))}
 
@@ -232,34 +296,49 @@ def _ocr_rec_metrics(ref: list[tuple[str, float]], cand: list[tuple[str, float]]
         raise ValueError(f"result count mismatch: {len(ref)} vs {len(cand)}")
     edits = sum(_edit_distance(r[0], c[0]) for r, c in zip(ref, cand))
     chars = sum(len(r[0]) for r in ref)
-    return {"string_agreement": float(np.mean([r[0] == c[0] for r, c in zip(ref, cand)])),
+    return {**agreement_fields("string_agreement", np.array([r[0] == c[0] for r, c in zip(ref, cand)])),
             "cer": edits / max(chars, 1),
             "mean_confidence_ref": float(np.mean([r[1] for r in ref])),
             "mean_confidence_cand": float(np.mean([c[1] for c in cand]))}
 
 
-def _vad_run(sess: Session, split: str) -> np.ndarray:
-    """Speech probability per 512-sample chunk [N clips, 128], state/context carried across chunks."""
-    from .data_audio import run_silero, vad_clips
+def _vad_run(sess: Session, split: str) -> np.ndarray | dict[str, np.ndarray]:
+    """Speech probability per chunk [N clips, 128], state/context carried across chunks
+    (16 kHz: 512-sample chunks; ``other`` adds 8 kHz clips, 256-sample chunks: then a
+    dict of the probabilities of all clips and each clip's sample rate)."""
+    from .data_audio import SAMPLE_RATE, SAMPLE_RATE_8K, run_silero, vad_clips, vad_other_clips
 
-    return run_silero(sess, vad_clips(split))
+    if split != OTHER:
+        return run_silero(sess, vad_clips(split))
+    a8, a16 = vad_other_clips()
+    probs = np.concatenate([run_silero(sess, a8, sample_rate=SAMPLE_RATE_8K), run_silero(sess, a16)])
+    rate = np.array([SAMPLE_RATE_8K] * len(a8) + [SAMPLE_RATE] * len(a16), np.int32)
+    return {"probs": probs, "rate": rate}
 
 
-def _vad_metrics(ref: np.ndarray, cand: np.ndarray) -> dict[str, float]:
-    r, c = np.asarray(ref, np.float64), np.asarray(cand, np.float64)
+def _vad_metrics(ref: np.ndarray | dict, cand: np.ndarray | dict) -> dict[str, float]:
+    rate = ref.get("rate") if isinstance(ref, dict) else None
+    r = np.asarray(ref["probs"] if isinstance(ref, dict) else ref, np.float64)
+    c = np.asarray(cand["probs"] if isinstance(cand, dict) else cand, np.float64)
     if r.shape != c.shape:
         raise ValueError(f"shape mismatch: {r.shape} vs {c.shape}")
     d = np.abs(r - c)
-    return {"decision_agreement": float(np.mean((r > 0.5) == (c > 0.5))),
-            "mean_abs_prob_diff": float(d.mean()), "max_abs_prob_diff": float(d.max()),
-            "speech_fraction_ref": float(np.mean(r > 0.5)), "speech_fraction_cand": float(np.mean(c > 0.5))}
+    # samples are chunks (neighbouring chunks of a clip are not independent)
+    out = {**agreement_fields("decision_agreement", (r > 0.5) == (c > 0.5)),
+           "mean_abs_prob_diff": float(d.mean()), "max_abs_prob_diff": float(d.max()),
+           "speech_fraction_ref": float(np.mean(r > 0.5)), "speech_fraction_cand": float(np.mean(c > 0.5))}
+    if rate is not None:
+        for sr in sorted(set(np.asarray(rate).tolist())):
+            m = np.asarray(rate) == sr
+            out.update(agreement_fields(f"decision_agreement_{sr // 1000}k", (r[m] > 0.5) == (c[m] > 0.5)))
+    return out
 
 
 TASKS.update({
     "magika": Task("magika", _magika_run, _magika_metrics, "label_agreement", 0.99, calibration=_magika_calibration,
                    inputs=("bytes",)),
-    "ocr_det": Task("ocr_det", _ocr_det_run, _ocr_det_metrics, "mean_iou", 0.95, calibration=_ocr_det_calibration,
-                    inputs=("x",)),
+    "ocr_det": Task("ocr_det", _ocr_det_run, _ocr_det_metrics, "mean_iou", OCR_DET_BAR,
+                    calibration=_ocr_det_calibration, inputs=("x",)),
     "ocr_rec": Task("ocr_rec", _ocr_rec_run, _ocr_rec_metrics, "string_agreement", 0.98,
                     calibration=_ocr_rec_calibration, inputs=("x",)),
     "silero_vad": Task("silero_vad", _vad_run, _vad_metrics, "decision_agreement", 0.99,

@@ -211,7 +211,7 @@ def test_option_errors_name_the_choices(tmp_path, rng):
     src = save(builders.mlp(rng), tmp_path / "model.onnx")
     with pytest.raises(onnx_l2c.OptionError) as info:
         onnx_l2c.compress(src, tmp_path / "s.onnx", preset="int3")
-    assert str(info.value) == "option preset: invalid choice 'int3' (valid values: lossless, int8)"
+    assert str(info.value) == "option preset: invalid choice 'int3' (valid values: safe, lossless, int8)"
     assert info.value.option == "preset"
     with pytest.raises(onnx_l2c.OptionError) as info:
         onnx_l2c.compress(src, tmp_path / "s.onnx", bits=1)
