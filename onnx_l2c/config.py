@@ -274,7 +274,8 @@ class CompressOptions:
         if self.given_value("preset") is Preset.SAFE and "bits" in self.given:
             raise OptionError("not allowed with {preset:safe}, which chooses each weight's precision: drop "
                               "{bits}, or drop {preset}", "bits")
-        if self.preset is Preset.SAFE and "bits" not in self.given and "dead_zone" in self.given:
+        if (self.preset is Preset.SAFE and not targeted and "bits" not in self.given
+                and "dead_zone" in self.given):
             raise OptionError("has no effect with the safe preset, which chooses each weight's quantizer: add "
                               "{bits:N} or {preset:int8}, or drop {dead_zone}", "dead_zone")
         for name in sorted(self.given, key=list(specs).index):

@@ -508,3 +508,13 @@ def test_sensitivity_sample_count_is_deterministic():
     assert probe_samples(55, 4_616_960, 128) == MAX_SAMPLES  # EfficientNet-Lite0
     assert probe_samples(400, 100_000_000, 128) == MIN_SAMPLES  # a large model: the floor
     assert probe_samples(3, 10_000, 10) == 10  # never more than there are
+
+
+def test_safe_preset_conflicts_name_what_to_drop(deep: Path, tmp_path: Path):
+    with pytest.raises(onnx_l2c.OptionError, match=r"option bits: not allowed with preset=safe.*drop bits"):
+        onnx_l2c.compress(deep, tmp_path / "x.onnx", preset="safe", bits=4)
+    with pytest.raises(onnx_l2c.OptionError, match=r"option dead_zone: has no effect with the safe preset.*add bits"):
+        onnx_l2c.compress(deep, tmp_path / "x.onnx", dead_zone=0.1)
+    # --bits alone still chooses the fixed quantizer
+    assert {t.method for t in onnx_l2c.compress(deep, tmp_path / "b.onnx", bits=6).tensors} == {"uniform"}
+    assert not (tmp_path / "x.onnx").exists()
