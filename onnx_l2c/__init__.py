@@ -1,6 +1,6 @@
 """onnx_l2c: make ONNX models much smaller; load them with onnxruntime.
 
-    onnx_l2c.compress("model.onnx", "small.onnx", preset="int8")
+    onnx_l2c.compress("model.onnx", "small.onnx")      # the safe preset (or preset="int8", target_ratio=...)
     sess = onnx_l2c.InferenceSession("small.onnx")     # zero-overhead loader
     so.register_custom_ops_library(onnx_l2c.custom_op_library())  # any ORT binding
 

@@ -102,3 +102,26 @@ def test_efficientnet_size_target_with_calibration(effnet: Path, tmp_path: Path)
     got = _batched(run_fast, out, images)
     assert top1_agreement(ref, got) >= 0.75
     assert mean_kl(ref, got) <= 0.15
+
+
+def _default_keeps_behaviour(name: str, tmp_path: Path) -> None:
+    """`compress` with no options: the safe preset meets the model's bar on both evaluation sets."""
+    from onnx_l2c.models.evaluate import evaluate
+
+    original, out = zoo_path(name), tmp_path / f"{name}.onnx"
+    result = onnx_l2c.compress(original, out)
+    assert result.options["preset"] == "safe" and result.plan["data_free"]
+    assert result.ratio > 2.0  # above fp16, the safe peer
+    for split in ("evaluation", "other"):
+        scored = evaluate(name, original, out, split=split)
+        assert scored.passes, (split, scored.metrics)
+
+
+def test_default_keeps_magika_behaviour(tmp_path: Path):
+    _default_keeps_behaviour("magika", tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "minilm", "ocr_det", "ocr_rec", "silero_vad"])
+def test_default_keeps_every_zoo_models_behaviour(name: str, tmp_path: Path):
+    _default_keeps_behaviour(name, tmp_path)

@@ -48,6 +48,37 @@ def _samples(rng, n=24):
     return [{"x": rng.standard_normal((2, 128)).astype(np.float32)} for _ in range(n)]
 
 
+def _convnet(rng: np.random.Generator) -> onnx.ModelProto:
+    """x[N,3,16,16] → three 3x3 Conv+Relu layers (~56k weights)."""
+    nodes, inits, prev, channels = [], [], "x", 3
+    for i, out in enumerate([32, 64, 64]):
+        w = (rng.standard_normal((out, channels, 3, 3)) / np.sqrt(9 * channels)).astype(np.float32)
+        inits.append(tensor(f"W{i}", w))
+        nodes += [helper.make_node("Conv", [prev, f"W{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        prev, channels = f"r{i}", out
+    graph = helper.make_graph(nodes, "convnet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, ["N", 64, 16, 16])], inits)
+    return _model(graph)
+
+
+def _table(rng: np.random.Generator) -> onnx.ModelProto:
+    """A 4000x64 lookup table (Gather), as token embeddings are."""
+    graph = helper.make_graph([helper.make_node("Gather", ["T", "ids"], ["y"])], "table",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])],
+                              [tensor("T", rng.standard_normal((4000, 64)).astype(np.float32))])
+    return _model(graph)
+
+
+@pytest.mark.parametrize("kind", ["convnet", "table"])
+def test_data_free_targets_land_within_3_percent_on_other_model_types(kind: str, tmp_path: Path, rng):
+    model = save({"convnet": _convnet, "table": _table}[kind](rng), tmp_path / f"{kind}.onnx")
+    for ratio in (4.0, 7.0, 10.0):
+        result = onnx_l2c.compress(model, tmp_path / f"out{ratio:g}.onnx", target_ratio=ratio)
+        assert abs(result.ratio / ratio - 1) <= 0.03, (ratio, result.ratio)
+
+
 @pytest.mark.parametrize("ratio", [4.0, 7.0, 10.0])
 def test_data_free_target_ratio_is_met_on_the_written_files(deep: Path, tmp_path: Path, ratio: float):
     out = tmp_path / "small.onnx"
