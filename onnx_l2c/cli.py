@@ -139,7 +139,12 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         print(f"ratio:      {result.ratio:.2f}x")
         print(f"time:       {result.seconds:.1f} s")
         print(f"tensors:    {len(result.tensors)} compressed ({summary}); {result.skipped_small} small kept as is")
-        if result.plan is not None and result.plan.get("data_free"):
+        options = result.options
+        if options.get("preset") == "safe" and options.get("bits") is None and result.plan is not None \
+                and options.get("target_ratio") is None and options.get("target_size") is None:
+            print("preset:     safe: each weight's precision planned without data, within the fidelity estimate; "
+                  "a size target with --calibration compresses further")
+        elif result.plan is not None and result.plan.get("data_free"):
             print("data-free:  no --calibration; distortion is each weight's relative error")
         if result.plan is not None and result.plan.get("target_missed"):
             print(f"target:     missed: {_human(result.plan['target_bytes'])} asked, the smallest file the "

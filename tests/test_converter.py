@@ -526,3 +526,12 @@ def test_the_scale_bench_measures_every_step(tmp_path, monkeypatch):
         assert "error" not in row, row
         assert row["wall_s"] > 0 and row["peak_bytes"] > 0
     assert "| fast_low_memory | int8 |" in bench_scale.markdown(result)
+
+
+def test_cli_default_is_the_safe_preset_and_says_so(tmp_path, rng):
+    src = save(builders.mlp(rng), tmp_path / "model.onnx")
+    res = _cli("compress", str(src), str(tmp_path / "s.onnx"), "--min-elements", "16")
+    assert res.returncode == 0, res.stderr
+    assert "preset:     safe" in res.stdout and "ratio:" in res.stdout
+    res = _cli("inspect", str(tmp_path / "s.onnx"))
+    assert res.returncode == 0 and "entropy" in res.stdout
