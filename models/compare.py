@@ -42,13 +42,18 @@ from .zoo import zoo_path
 log = logging.getLogger(__name__)
 
 OUR_SETTINGS: list[tuple[str, dict[str, Any]]] = [
+    ("onnx_l2c safe (default)", {}),  # compress with no options
     ("onnx_l2c lossless", {"preset": "lossless"}),
     ("onnx_l2c uniform", {"preset": "int8"}),
     ("onnx_l2c uniform", {"bits": 6}),
     ("onnx_l2c uniform", {"bits": 5}),
     ("onnx_l2c uniform", {"bits": 4}),
 ]
-QUICK_SETTINGS = [OUR_SETTINGS[0], OUR_SETTINGS[1], OUR_SETTINGS[4]]
+QUICK_SETTINGS = [OUR_SETTINGS[0], OUR_SETTINGS[1], OUR_SETTINGS[2], OUR_SETTINGS[5]]
+
+# A row's conversion time or peak memory this much above the baseline run's
+# same row is a regression (`--baseline`, shown in the summary).
+REGRESSION = 1.20
 
 # Size targets (calibrated on the task's calibration split), as an ablation:
 # each row adds one method to the one before, at the same target ratios.
@@ -400,13 +405,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--merge", type=Path, default=None, metavar="JSON",
                    help="merge this run (or the --render JSON) into a saved compare.json: its rows replace the "
                         "saved rows of the same model, method and target ratio, the rest are kept (written to --out)")
+    p.add_argument("--baseline", type=Path, default=None, metavar="JSON",
+                   help="a saved compare.json (e.g. the committed docs/results/compare.json): rows whose conversion "
+                        f"time or peak memory exceed the same row's there by more than {REGRESSION - 1:.0%} are "
+                        "listed as regressions in the summary")
     p.add_argument("--render", type=Path, default=None, metavar="JSON",
                    help="only re-render compare.md and the plots from a saved compare.json (e.g. a partial run)")
     args = p.parse_args(argv)
     if args.render is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         # with --merge: a saved partial run into a saved full one
-        return _merge_and_render([Row(**r) for r in json.loads(args.render.read_text())], args.merge, args.out)
+        return _merge_and_render([Row(**r) for r in json.loads(args.render.read_text())], args.merge, args.out,
+                                 args.baseline)
     if args.ablation:
         bad = [a for a in args.ablation.split(",") if a not in known.split(", ")]
         if bad:
@@ -435,16 +445,41 @@ def main(argv: list[str] | None = None) -> int:
                                   args.ablation.split(",") if args.ablation else None, args.ablation_only, ratios)
             # after every model, so a long run's finished models are never lost
             (args.out / "compare.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
-    return _merge_and_render(rows, args.merge, args.out)
+    return _merge_and_render(rows, args.merge, args.out, args.baseline)
 
 
-def _merge_and_render(rows: list[Row], merge: Path | None, out: Path) -> int:
+def regressions(rows: list[Row], baseline: list[Row]) -> list[str]:
+    """One line per row whose conversion time or peak memory is more than
+    REGRESSION times the same row's (model, method, parameters) in `baseline`."""
+    def key(r: Row) -> tuple[str, str, str]:
+        params = {k: v for k, v in r.params.items() if k != "peak_memory_mb"}
+        return r.model, r.method, json.dumps(params, sort_keys=True, default=str)
+
+    saved = {key(r): r for r in baseline}
+    out = []
+    for r in rows:
+        b = saved.get(key(r))
+        if b is None:
+            continue
+        for what, new, old in (("conversion s", r.convert_s, b.convert_s),
+                               ("peak MB", r.params.get("peak_memory_mb"), b.params.get("peak_memory_mb"))):
+            if new is not None and old and new > REGRESSION * old:
+                out.append(f"{r.model} {r.method} {key(r)[2]}: {what} {new:.4g} vs {old:.4g} ({new / old:.2f}x)")
+    return out
+
+
+def _merge_and_render(rows: list[Row], merge: Path | None, out: Path, baseline: Path | None = None) -> int:
     """Merge `rows` into the saved run `merge` (if given, written back as
-    out/compare.json), then write compare.md and the plots and print the table."""
+    out/compare.json), then write compare.md and the plots and print the table
+    (with the regressions against `baseline`, if given)."""
     if merge is not None:
         rows = merge_rows([Row(**r) for r in json.loads(merge.read_text())], rows)
         (out / "compare.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
     table = markdown(rows)
+    if baseline is not None:
+        found = regressions(rows, [Row(**r) for r in json.loads(baseline.read_text())])
+        table += (f"\n## Regressions against {baseline.name} (more than {REGRESSION - 1:.0%} slower or larger)\n\n"
+                  + ("\n".join(f"- {line}" for line in found) if found else "none") + "\n")
     (out / "compare.md").write_text(table)
     plot(rows, out)
     print(table)

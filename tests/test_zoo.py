@@ -41,6 +41,8 @@ def test_bench_compare_quick_on_magika(tmp_path: Path):
     by_method = {(r["method"], json.dumps(r["params"], sort_keys=True)): r for r in rows}
     lossless = by_method[("onnx_l2c lossless", json.dumps({"preset": "lossless"}))]
     assert lossless["passes"] and lossless["metrics"]["label_agreement"] == 1.0 and lossless["ratio"] > 1.0
+    default = by_method[("onnx_l2c safe (default)", json.dumps({}))]
+    assert default["passes"] and default["ratio"] > 2.0  # on both sets
     assert {"zstd-19", "fp16", "ort-int8-per-channel"} <= {r["method"] for r in rows}
     assert all(r["ratio"] or r["error"] for r in rows)
     assert (out / "magika.png").is_file() and "Best ratio at the bar" in (out / "compare.md").read_text()
@@ -65,6 +67,19 @@ def test_magika_with_fixing_and_unification_end_to_end(tmp_path: Path):
         score = evaluate("magika", original, out)
         assert score.metrics["label_agreement"] >= 0.95, (methods, score.metrics)
     assert result.plan["unify"]["unify_blocks"] + result.plan["unify"]["prune_blocks"] > 0
+
+
+def test_bench_summary_lists_time_and_memory_regressions_against_a_baseline():
+    from onnx_l2c.models.compare import Row, regressions
+
+    base = [Row("m", "onnx_l2c target", {"target_ratio": 4, "peak_memory_mb": 1000}, convert_s=100.0),
+            Row("m", "onnx_l2c lossless", {"preset": "lossless"}, convert_s=1.0)]
+    new = [Row("m", "onnx_l2c target", {"target_ratio": 4, "peak_memory_mb": 1300}, convert_s=119.0),
+           Row("m", "onnx_l2c lossless", {"preset": "lossless"}, convert_s=1.5),
+           Row("m", "onnx_l2c target", {"target_ratio": 8, "peak_memory_mb": 9000}, convert_s=900.0)]  # no baseline
+    found = regressions(new, base)
+    assert len(found) == 2
+    assert "peak MB 1300 vs 1000 (1.30x)" in found[0] and "conversion s 1.5 vs 1 (1.50x)" in found[1]
 
 
 def test_bench_merge_replaces_rows_of_the_same_model_and_method():
