@@ -81,21 +81,7 @@ def _h(*parts: object) -> int:
 
 def _read_wav(path: Path) -> np.ndarray:
     """Mono float32 in [-1, 1] at 16 kHz."""
-    from scipy.io import wavfile
-    from scipy.signal import resample_poly
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sr, x = wavfile.read(path)
-    if x.ndim == 2:
-        x = x.mean(axis=1)
-    if np.issubdtype(x.dtype, np.integer):
-        x = x.astype(np.float64) / float(np.iinfo(x.dtype).max + 1)
-    x = np.asarray(x, dtype=np.float64)
-    if sr != SAMPLE_RATE:
-        g = math.gcd(sr, SAMPLE_RATE)
-        x = resample_poly(x, SAMPLE_RATE // g, sr // g)
-    return x.astype(np.float32)
+    return _read_wav_at(path, SAMPLE_RATE)
 
 
 def _espeak(text: str, voice: str, rate: int, pitch: int, workdir: Path) -> np.ndarray:
@@ -277,7 +263,7 @@ _OTHER_ESPEAK_VARIANTS = ("+m2", "+m4", "+m5", "+m6", "+f5", "+Andy", "+belinda"
 
 
 def _read_wav_at(path: Path, rate: int) -> np.ndarray:
-    """Mono float32 at `rate` (resampled with a polyphase filter when needed)."""
+    """Mono float32 in [-1, 1] at `rate` (resampled with a polyphase filter when needed)."""
     from scipy.io import wavfile
     from scipy.signal import resample_poly
 
