@@ -19,8 +19,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from onnx_l2c.config import Choice, OptionSpec, all_options
+from onnx_l2c.config import Choice, OptionSpec, Preset, all_options
 from onnx_l2c.errors import L2CError, NamesOptions, OptionError
+from onnx_l2c.progress import STATISTICS
 
 PROG = "onnx-l2c"
 VERBOSE_FLAGS = ("-v", "--verbose")
@@ -92,7 +93,7 @@ class _Bar:
     """tqdm progress bars on stderr, one per phase (see `onnx_l2c.progress`),
     with counts, elapsed time and the time left; created on the first update."""
 
-    UNITS = {"statistics": "sample", "l2c": "step"}  # the rest count tensors
+    UNITS = {STATISTICS: "sample"}  # a phase with numbers counts steps, the rest count tensors
 
     def __init__(self, enabled: bool) -> None:
         self.enabled, self.bar = enabled, None
@@ -107,7 +108,8 @@ class _Bar:
 
             if self.bar is not None:
                 self.bar.close()
-            self.bar = tqdm(total=total, desc=phase, unit=self.UNITS.get(phase, "tensor"), file=sys.stderr,
+            unit = "step" if numbers else self.UNITS.get(phase, "tensor")
+            self.bar = tqdm(total=total, desc=phase, unit=unit, file=sys.stderr,
                             leave=False)
         if numbers:
             self.bar.set_postfix_str(numbers, refresh=False)
@@ -121,13 +123,16 @@ class _Bar:
 def _cmd_compress(args: argparse.Namespace) -> int:
     from onnx_l2c.write.compress import compress
 
+    package_log = logging.getLogger("onnx_l2c")
+    level = package_log.level
     if args.quiet:  # -q: no summary, no warnings (errors still go to stderr)
-        logging.getLogger("onnx_l2c").setLevel(logging.ERROR)
+        package_log.setLevel(logging.ERROR)
     bar = _Bar(not args.quiet and sys.stderr.isatty())
     try:
         result = compress(args.model, args.output, progress=bar, **_option_values(args))
     finally:
         bar.close()
+        package_log.setLevel(level)  # for callers of main() in the same process
     if not args.quiet:
         methods: dict[str, int] = {}
         for t in result.tensors:
@@ -140,7 +145,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         print(f"time:       {result.seconds:.1f} s")
         print(f"tensors:    {len(result.tensors)} compressed ({summary}); {result.skipped_small} small kept as is")
         options = result.options
-        if options.get("preset") == "safe" and options.get("bits") is None and result.plan is not None \
+        if options.get("preset") == Preset.SAFE.value and options.get("bits") is None and result.plan is not None \
                 and options.get("target_ratio") is None and options.get("target_size") is None:
             print("preset:     safe: each weight's precision planned without data, within the fidelity estimate; "
                   "a size target with --calibration compresses further")
@@ -327,6 +332,11 @@ def _run(argv: list[str]) -> int:
     verbose, argv = _pop_verbose(argv)
     try:
         code = _plugin_command(argv, verbose)
+    except OptionError as exc:  # a plugin command's option (e.g. demo --target-ratio): as argparse reports it
+        detail = exc.detail(flag_name)
+        message = f"argument {flag_name(exc.option, None)}: {detail}" if exc.option is not None else detail
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 2
     except L2CError as exc:
         return _error(exc)
     if code is not None:

@@ -240,6 +240,10 @@ class CompressOptions:
     def for_planner(cls, **kwargs: Any) -> "CompressOptions":
         """The options of a Planner: validated as for a size target, which
         each of its compress calls gives."""
+        for name in ("target_ratio", "target_size"):
+            if kwargs.get(name) is not None:
+                raise OptionError("a Planner takes its size target with each compress call: give {"
+                                  + name + "} to Planner.compress", name)
         opts = cls._parse(kwargs)
         opts.validate(target_later=True)
         return opts

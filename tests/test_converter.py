@@ -535,3 +535,9 @@ def test_cli_default_is_the_safe_preset_and_says_so(tmp_path, rng):
     assert "preset:     safe" in res.stdout and "ratio:" in res.stdout
     res = _cli("inspect", str(tmp_path / "s.onnx"))
     assert res.returncode == 0 and "entropy" in res.stdout
+
+
+def test_plugin_command_option_errors_exit_2_naming_the_flag():
+    res = _cli("demo", "--preset", "safe", "--bits", "4", "--no-target")
+    assert res.returncode == 2, res.stderr
+    assert "error: argument --bits: not allowed with --preset safe" in res.stderr

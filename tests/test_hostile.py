@@ -226,7 +226,7 @@ def test_an_explicit_budget_admits_a_large_declared_tensor(tmp_path):
 
     with pytest.raises(onnx_l2c.L2CError, match="above the limit of 1000"):
         onnx_l2c.decompress(model, tmp_path / "plain.onnx", max_decoded_bytes=1000)
-    with pytest.raises(onnx_l2c.OptionError, match="max_decoded_bytes must be an integer"):
+    with pytest.raises(onnx_l2c.OptionError, match="option max_decoded_bytes: must be an integer"):
         onnx_l2c.decompress(model, tmp_path / "plain.onnx", max_decoded_bytes=-1)
     out = onnx_l2c.decompress(model, tmp_path / "plain.onnx", max_decoded_bytes=0, external_data=True)
     assert out.with_name("plain.onnx.data").stat().st_size >= 128 << 20

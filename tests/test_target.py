@@ -549,3 +549,28 @@ def test_safe_preset_conflicts_name_what_to_drop(deep: Path, tmp_path: Path):
     # --bits alone still chooses the fixed quantizer
     assert {t.method for t in onnx_l2c.compress(deep, tmp_path / "b.onnx", bits=6).tensors} == {"uniform"}
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_planner_takes_targets_per_call_and_keeps_its_report(deep: Path, tmp_path: Path):
+    with pytest.raises(onnx_l2c.OptionError, match="give target_ratio to Planner.compress"):
+        onnx_l2c.Planner(deep, target_ratio=4)
+    planner = onnx_l2c.Planner(deep, report=tmp_path / "r.json")
+    planner.compress(tmp_path / "a.onnx", target_ratio=4)
+    assert json.loads((tmp_path / "r.json").read_text())["plan"]["target_ratio"] == pytest.approx(4, rel=0.01)
+    planner.compress(tmp_path / "b.onnx", target_ratio=6, report=tmp_path / "r6.json")  # a call's own wins
+    assert (tmp_path / "r6.json").is_file()
+
+
+def test_a_bad_output_path_fails_before_planning(deep: Path, tmp_path: Path):
+    with pytest.raises(onnx_l2c.FileError, match="does not exist"):
+        onnx_l2c.compress(deep, tmp_path / "missing" / "x.onnx")
+    with pytest.raises(onnx_l2c.OptionError, match="overwrite the input"):
+        onnx_l2c.compress(deep, deep, target_ratio=4)
+
+
+def test_safe_report_names_its_bound_not_a_target(deep: Path, tmp_path: Path):
+    from onnx_l2c.config import SAFE_MAX_DISTORTION
+
+    result = onnx_l2c.compress(deep, tmp_path / "s.onnx", report=tmp_path / "s.json")
+    assert result.plan["max_distortion"] == SAFE_MAX_DISTORTION and "target_bytes" not in result.plan
+    assert json.loads((tmp_path / "s.json").read_text())["plan"]["max_distortion"] == SAFE_MAX_DISTORTION

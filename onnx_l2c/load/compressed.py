@@ -106,8 +106,8 @@ class CompressedModel:
         self._nbytes: dict[str, int] = {}  # per tensor, once its declaration passed the native check
         if max_decoded_bytes is not None and (isinstance(max_decoded_bytes, bool)
                                               or not isinstance(max_decoded_bytes, int) or max_decoded_bytes < 0):
-            raise OptionError(f"max_decoded_bytes must be an integer ≥ 0 (0 = no limit), got "
-                              f"{literal(repr(max_decoded_bytes))}")
+            raise OptionError(f"must be an integer ≥ 0 (0 = no limit), got {literal(repr(max_decoded_bytes))}",
+                              "max_decoded_bytes")
         stored = sum(e.length for e in self.entries)
         self.max_decoded_bytes = default_decode_limit(stored) if max_decoded_bytes is None else max_decoded_bytes
 

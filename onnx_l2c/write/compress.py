@@ -23,7 +23,7 @@ from onnx import numpy_helper
 
 from onnx_l2c.codec import DOMAIN, DTYPE_NAMES, SIDECAR_SUFFIX, Recipe, decode_native, serialize
 from onnx_l2c.config import SAFE_MAX_DISTORTION, CompressOptions, option_owner, parse_methods
-from onnx_l2c.errors import L2CError, ModelError, OptionError, TargetError, literal
+from onnx_l2c.errors import FileError, L2CError, ModelError, OptionError, TargetError, literal
 from onnx_l2c.files import AlignedWriter, AtomicOutputs
 from onnx_l2c.graph.model import (WeightRef, embed_external, external_files, find_weights, iter_graphs, load_model,
                                   model_bytes, tensor_bits)
@@ -117,6 +117,14 @@ def _load_source(model: str | os.PathLike | onnx.ModelProto, base_dir: str | os.
     return source
 
 
+def _check_output_path(model: str | os.PathLike | onnx.ModelProto, output: Path) -> None:
+    """The output's folder exists and the output is not the input model."""
+    if not output.parent.is_dir():
+        raise FileError(f"{literal(output)}: the output folder {literal(output.parent)} does not exist")
+    if not isinstance(model, onnx.ModelProto) and output.resolve() == Path(model).resolve():
+        raise OptionError(f"{literal(output)}: output would overwrite the input model")
+
+
 def _check_output(source: _Source, output: Path) -> None:
     if source.path is not None and output.resolve() == source.path.resolve():
         raise OptionError(f"{literal(output)}: output would overwrite the input model")
@@ -138,6 +146,7 @@ def compress(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     start = time.perf_counter()
     opts = CompressOptions.from_kwargs(**options)
     output = Path(output)
+    _check_output_path(model, output)  # before minutes of planning, not after
     if opts.has_target:
         planner = Planner(model, base_dir=base_dir, progress=progress, _options=opts, _single_use=True)
         return planner.compress(output, target_ratio=opts.target_ratio, target_size=opts.target_size,
@@ -222,7 +231,9 @@ class Planner:
         start = _start if _start is not None else time.perf_counter()
         if target_ratio is None and target_size is None and _max_distortion is None:
             raise OptionError("Planner.compress needs target_ratio or target_size")
-        updates: dict[str, Any] = {"target_ratio": target_ratio, "target_size": target_size, "report": report}
+        updates: dict[str, Any] = {"target_ratio": target_ratio, "target_size": target_size}
+        if report is not None:  # else the Planner's own report option, if any
+            updates["report"] = report
         if search is not None:
             updates["search"] = search
         if allow_target_miss is not None:
@@ -300,7 +311,7 @@ class Planner:
                 log.warning("%s; wrote that smallest file, as allowed", missed)
             else:
                 missed = None
-            result.plan = plan_summary(ctx, allocation, opts, budget, self.source.source_bytes)
+            result.plan = plan_summary(ctx, allocation, opts, budget, self.source.source_bytes, _max_distortion)
             for outcome in refinements:
                 notes = outcome.notes
                 if outcome.changed and not refined:

@@ -32,15 +32,19 @@ def peak_memory_bytes() -> int:
 
 
 def plan_summary(ctx: "PlanContext", allocation: "Allocation", opts: "CompressOptions", budget: int,
-                 source_bytes: int) -> dict[str, Any]:
+                 source_bytes: int, max_distortion: float | None = None) -> dict[str, Any]:
+    """The plan's summary for the report. With `max_distortion` (the safe
+    preset) there is no size target: the bound stands in its place."""
     # Both searches on the same candidates and budget: which predicts less divergence.
     searches = {}
-    for name in (("lagrange", "path") if ctx.mixed else ("shared_grid",)):
+    for name in (("lagrange", "path") if ctx.mixed and max_distortion is None else
+                 ("shared_grid",) if max_distortion is None else ()):
         alt = ctx.allocate(budget, name)
         searches[name] = {"predicted_divergence": alt.distortion, "payload_bytes": alt.total_bytes}
+    target = ({"max_distortion": max_distortion} if max_distortion is not None
+              else {"target_bytes": budget, "target_ratio": source_bytes / budget})
     return {
-        "target_bytes": budget,
-        "target_ratio": source_bytes / budget,
+        **target,
         "search": allocation.search,
         "multiplier": allocation.multiplier,
         "predicted_divergence": allocation.distortion,
