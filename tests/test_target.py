@@ -574,3 +574,17 @@ def test_safe_report_names_its_bound_not_a_target(deep: Path, tmp_path: Path):
     result = onnx_l2c.compress(deep, tmp_path / "s.onnx", report=tmp_path / "s.json")
     assert result.plan["max_distortion"] == SAFE_MAX_DISTORTION and "target_bytes" not in result.plan
     assert json.loads((tmp_path / "s.json").read_text())["plan"]["max_distortion"] == SAFE_MAX_DISTORTION
+
+
+def test_compress_reads_external_data_from_base_dir_never_the_working_directory(deep: Path, tmp_path: Path):
+    model = onnx.load(str(deep))
+    folder = tmp_path / "ext"
+    folder.mkdir()
+    onnx.save(model, str(folder / "m.onnx"), save_as_external_data=True, location="m.data", size_threshold=0)
+    proto = onnx.load(str(folder / "m.onnx"), load_external_data=False)
+    with pytest.raises(onnx_l2c.FileError, match="pass base_dir="):
+        onnx_l2c.compress(proto, tmp_path / "x.onnx", preset="int8")
+    result = onnx_l2c.compress(proto, tmp_path / "y.onnx", preset="int8", base_dir=folder)
+    assert result.ratio > 3
+    with pytest.raises(onnx_l2c.OptionError, match="base_dir is for an onnx.ModelProto"):
+        onnx_l2c.compress(folder / "m.onnx", tmp_path / "z.onnx", base_dir=folder)

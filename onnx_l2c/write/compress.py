@@ -105,10 +105,17 @@ def _load_source(model: str | os.PathLike | onnx.ModelProto, base_dir: str | os.
     if isinstance(model, onnx.ModelProto):
         proto = onnx.ModelProto()
         proto.CopyFrom(model)
-        src_dir = Path(base_dir) if base_dir is not None else Path.cwd()
+        # external data is read from base_dir, never from the working directory
+        if base_dir is None and external_files(proto, Path(".")):
+            raise FileError("the ModelProto keeps weights in external data files: pass base_dir=, the folder "
+                            "they lie in")
+        src_dir = Path(base_dir) if base_dir is not None else Path(".")
         source_bytes = proto.ByteSize() + sum(f.stat().st_size for f in external_files(proto, src_dir) if f.is_file())
         source = _Source(proto, src_dir, source_bytes, None)
     else:
+        if base_dir is not None:
+            raise OptionError(f"{literal(model)}: base_dir is for an onnx.ModelProto; a model path's external "
+                              "data is read from the model's own folder", "base_dir")
         path = Path(model)
         proto = load_model(path)
         source = _Source(proto, path.parent, model_bytes(path, proto), path)
