@@ -109,7 +109,10 @@ def _run(args: argparse.Namespace, out_dir: Path) -> int:
     print(f"model:        {args.model} ({original})")
     if args.out is not None:
         print(f"compressed:   {small} (+ {small.name}.l2c)")
-    print(f"options:      {result.options}")
+    given = " ".join(f for f in (f"--preset {args.preset}" if args.preset else "",
+                                 f"--bits {args.bits}" if args.bits is not None else "") if f)
+    print(f"compress:     {given or 'no options: the default'} (preset {result.options['preset']}"
+          f"{', data-free plan' if result.plan is not None else ''})")
     print(f"size:         {result.source_bytes / 1e6:.2f} MB -> {result.output_bytes / 1e6:.2f} MB "
           f"(ratio {result.ratio:.2f}x), compressed in {result.seconds:.1f} s")
     print(f"load time:    plain {t_plain * 1e3:.0f} ms | onnx_l2c.InferenceSession {t_fast * 1e3:.0f} ms | "
