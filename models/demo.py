@@ -53,10 +53,10 @@ def _embeddings(sess: ort.InferenceSession, texts: list[str], batch: int = 32) -
     return np.concatenate([sess.run(None, minilm_feeds(texts[i:i + batch]))[0] for i in range(0, len(texts), batch)])
 
 
-# The calibrated target shown beside the default: the ratio of each model's row
-# in the README's comparison table (EfficientNet-Lite0's 4x meets the bar on the
-# evaluation split, not on the `other` set; see the README).
-DEMO_RATIOS = {"efficientnet_lite0": 4.0, "minilm": 10.0}
+# The calibrated target shown beside the default: EfficientNet-Lite0's largest
+# measured ratio that meets its bar on both evaluation sets (README), MiniLM's
+# row in the README's comparison table (not yet scored on its `other` set).
+DEMO_RATIOS = {"efficientnet_lite0": 3.5, "minilm": 10.0}
 
 
 def main(argv: list[str] | None = None) -> int:
