@@ -124,16 +124,11 @@ def _load_source(model: str | os.PathLike | onnx.ModelProto, base_dir: str | os.
     return source
 
 
-def _check_output_path(model: str | os.PathLike | onnx.ModelProto, output: Path) -> None:
-    """The output's folder exists and the output is not the input model."""
+def _check_output(model: str | os.PathLike | onnx.ModelProto | None, output: Path) -> None:
+    """The output's folder exists and the output is not the input model (a path; None or a ModelProto: none)."""
     if not output.parent.is_dir():
         raise FileError(f"{literal(output)}: the output folder {literal(output.parent)} does not exist")
-    if not isinstance(model, onnx.ModelProto) and output.resolve() == Path(model).resolve():
-        raise OptionError(f"{literal(output)}: output would overwrite the input model")
-
-
-def _check_output(source: _Source, output: Path) -> None:
-    if source.path is not None and output.resolve() == source.path.resolve():
+    if isinstance(model, (str, os.PathLike)) and output.resolve() == Path(model).resolve():
         raise OptionError(f"{literal(output)}: output would overwrite the input model")
 
 
@@ -153,7 +148,7 @@ def compress(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     start = time.perf_counter()
     opts = CompressOptions.from_kwargs(**options)
     output = Path(output)
-    _check_output_path(model, output)  # before minutes of planning, not after
+    _check_output(model, output)  # before minutes of planning, not after
     if opts.has_target:
         planner = Planner(model, base_dir=base_dir, progress=progress, _options=opts, _single_use=True)
         return planner.compress(output, target_ratio=opts.target_ratio, target_size=opts.target_size,
@@ -163,7 +158,6 @@ def compress(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         planner = Planner(model, base_dir=base_dir, progress=progress, _options=opts, _single_use=True)
         return planner.compress(output, report=opts.report, _start=start, _max_distortion=SAFE_MAX_DISTORTION)
     source = _load_source(model, base_dir)
-    _check_output(source, output)
     analysis = find_weights(source.proto, opts.min_elements)
     workers = opts.workers or os.cpu_count() or 1
     with AtomicOutputs() as outputs:
@@ -247,7 +241,7 @@ class Planner:
             updates["allow_target_miss"] = allow_target_miss
         opts = CompressOptions.from_kwargs(**(self.options.given_options() | updates))
         output = Path(output)
-        _check_output(self.source, output)
+        _check_output(self.source.path, output)
         ctx = self.context
         budget = planning.budget_for(opts, self.source.source_bytes) if opts.has_target else 0
         result: CompressResult | None = None

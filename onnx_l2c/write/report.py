@@ -37,8 +37,8 @@ def plan_summary(ctx: "PlanContext", allocation: "Allocation", opts: "CompressOp
     preset) there is no size target: the bound stands in its place."""
     # Both searches on the same candidates and budget: which predicts less divergence.
     searches = {}
-    for name in (("lagrange", "path") if ctx.mixed and max_distortion is None else
-                 ("shared_grid",) if max_distortion is None else ()):
+    compared = () if max_distortion is not None else ("lagrange", "path") if ctx.mixed else ("shared_grid",)
+    for name in compared:
         alt = ctx.allocate(budget, name)
         searches[name] = {"predicted_divergence": alt.distortion, "payload_bytes": alt.total_bytes}
     target = ({"max_distortion": max_distortion} if max_distortion is not None
