@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
+
+from onnx_l2c.codec import native
 
 DAMPING = 0.01  # fraction of mean(diag H) added to the diagonal (GPTQ's default)
 BLOCK = 128
@@ -167,27 +169,22 @@ def gptq(w: np.ndarray, hessian: np.ndarray, step: np.ndarray, theta: float, dea
     """
     perm, u, dead = prepared if prepared is not None else prepare(hessian, damping)
     g, r, d = w.shape
-    wp = np.take_along_axis(w.astype(np.float64), perm[:, None, :], axis=2)
+    wp = np.ascontiguousarray(np.take_along_axis(w.astype(np.float64), perm[:, None, :], axis=2))
     deadp = np.take_along_axis(dead, perm, axis=1)
     wp[np.broadcast_to(deadp[:, None, :], wp.shape)] = 0.0  # inputs that are always zero
+    forced_p = None
     if forced is not None:
-        fmask = np.take_along_axis(forced[0], perm[:, None, :], axis=2)
+        fmask = np.take_along_axis(forced[0].astype(bool), perm[:, None, :], axis=2)
         fsym = np.take_along_axis(forced[1].astype(np.int32), perm[:, None, :], axis=2)
-    s = step[:, :, None].astype(np.float64)
+        forced_p = (np.ascontiguousarray(fmask).view(np.uint8), np.ascontiguousarray(fsym))
+    s = np.ascontiguousarray(step, dtype=np.float64)
+    u = np.ascontiguousarray(u, dtype=np.float64)
     q = np.zeros((g, r, d), dtype=np.int32)
     for start in range(0, d, BLOCK):
         end = min(start + BLOCK, d)
-        err_block = np.zeros((g, r, end - start))
-        for i in range(start, end):
-            col = wp[:, :, i]
-            qi = quantize_nearest(col, s[:, :, 0], dead_zone)
-            if forced is not None:
-                qi = np.where(fmask[:, :, i], fsym[:, :, i], qi)
-            q[:, :, i] = qi
-            e = (col - dequantize(qi, s[:, :, 0], theta)) / u[:, i, i][:, None]
-            err_block[:, :, i - start] = e
-            if i + 1 < end:
-                wp[:, :, i + 1:end] -= e[:, :, None] * u[:, None, i, i + 1:end]
+        err_block = np.empty((g, r, end - start))
+        # the block's columns one at a time, natively (the sequential part)
+        native.gptq_block(wp, u, s, theta, dead_zone, QMAX, start, end, q, err_block, forced_p)
         if end < d:
             wp[:, :, end:] -= np.matmul(err_block, u[:, start:end, end:])
     inverse = np.argsort(perm, axis=1)
@@ -216,22 +213,36 @@ DAMPING_CHOICES = (0.01, 0.1, 1.0)
 
 
 def _error(delta: np.ndarray, h: np.ndarray) -> float:
-    return float(np.einsum("grc,gcd,grd->", delta, h, delta, optimize=True))
+    """tr(Δ·H·Δᵀ) summed over groups: one BLAS product in float64 (as
+    LayerStats.weighted_error)."""
+    h = h if h.dtype == np.float64 else h.astype(np.float64)
+    return float(np.einsum("grd,grd->", np.matmul(delta, h), delta))
+
+
+Factorization = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def choose_damping(w: np.ndarray, halves: tuple[np.ndarray, np.ndarray], step: np.ndarray,
-                   theta: float, dead_zone: float) -> float | None:
+                   theta: float, dead_zone: float,
+                   keep: Callable[[float, Factorization], None] | None = None) -> float | None:
     """Damping that generalizes: fit on the first half of the calibration
     samples, measure the output error on the second. None when plain
     round-to-nearest does better on the held-out half (too few or too
-    homogeneous samples for this layer's d×d statistics)."""
+    homogeneous samples for this layer's d×d statistics). `keep(damping,
+    factorization)` receives the chosen damping's factorization of the
+    first half, which the held-out candidates reuse."""
     fit, check = halves
     s = step[:, :, None]
     best: float | None = None
+    best_prepared: Factorization | None = None
     best_err = _error(dequantize(quantize_nearest(w, s, dead_zone), s, theta) - w, check)
     for damp in DAMPING_CHOICES:
-        q = gptq(w, fit, step, theta, dead_zone, damping=damp)
+        factorization = prepare(fit, damp)
+        q = gptq(w, fit, step, theta, dead_zone, prepared=factorization)
         err = _error(dequantize(q, s, theta) - w, check)
         if err < 0.97 * best_err:
-            best, best_err = damp, err
+            best, best_err, best_prepared = damp, err, factorization
+        del factorization
+    if keep is not None and best is not None and best_prepared is not None:
+        keep(best, best_prepared)
     return best

@@ -16,7 +16,7 @@ serialized payloads, not estimates.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -99,29 +99,21 @@ def shrink(v: np.ndarray, q: np.ndarray, step: np.ndarray) -> float:
     """MSE-optimal shrink of nonzero levels toward zero (as in passes/preset.py).
 
     `step` is per channel (C,) or broadcastable to v's (outer, C, inner) shape."""
-    nz = q != 0
-    count = int(np.count_nonzero(nz))
-    if not count:
-        return 0.0
     s3 = step[None, :, None] if step.ndim == 1 else step
-    sb = np.broadcast_to(s3.astype(np.float64), q.shape)
-    # The per-element terms are computed in slices (the nonzeros in the same
-    # order as q[nz]) into one buffer, and each sum is one pairwise sum over
-    # it: the same value as the whole-array expression, with one float64
-    # array of the nonzeros instead of six.
-    terms = np.empty(count)
-
-    def fill(term: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> float:
-        pos = 0
-        for index in gptq.leading_slices(q.shape):
-            m = nz[index]
-            s = sb[index][m]
-            terms[pos:pos + s.size] = term(s, q[index][m], v[index][m])
-            pos += s.size
-        return float(terms.sum())
-
-    num = fill(lambda s, qn, vn: s * s * (np.abs(qn) - np.abs(vn) / s))
-    den = fill(lambda s, qn, vn: s * s)
+    step_of = np.broadcast_to(s3, q.shape)
+    # Σ over the nonzero levels of s²·(|q| − |v|/s) and of s², as whole-slice
+    # sums (a zero level adds 0 to each: |q| = 0 and the mask is 0), slice by
+    # slice so the float64 temporaries stay a few MB.
+    num = den = 0.0
+    for index in gptq.leading_slices(q.shape):
+        levels = np.abs(q[index]).astype(np.float64)
+        nonzero = levels != 0
+        s = step_of[index].astype(np.float64)
+        s2 = s * s
+        num += float((s2 * levels).sum()) - float((s * np.abs(v[index]) * nonzero).sum())
+        den += float((s2 * nonzero).sum())
+    if den <= 0:
+        return 0.0
     return float(np.float32(np.clip(num / den, 0.0, MAX_THETA)))
 
 
@@ -195,7 +187,9 @@ def output_aware_damping(tensor: TensorInput, stats: LayerStats | None) -> float
     view = stats.view
     m = view.to_matrix(values)
     rows = step.astype(np.float64)[view.row_channels(tensor.channel_axis)].reshape(m.shape[:2])
-    return gptq.choose_damping(m, stats.halves, rows, theta, 0.0)
+    # the chosen damping's factorization of the first half is the one its held-out candidates use
+    keep = lambda damping, factorization: stats.cache.get(("gptq", damping, 0), lambda: factorization)  # noqa: E731
+    return gptq.choose_damping(m, stats.halves, rows, theta, 0.0, keep=keep)
 
 
 def step_families(tensor: TensorInput, ctx: TensorContext, exponents: tuple[int, ...], lossless: int,

@@ -37,7 +37,7 @@ clang++ -std=c++17 -O1 -g -fno-omit-frame-pointer \
     -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
     -I runtime/include -I runtime/src \
     runtime/fuzz/fuzz_payload.cc runtime/src/payload.cc runtime/src/stream.cc runtime/src/crc32.cc \
-    runtime/src/c_api.cc -o "$out/fuzz_payload"
+    runtime/src/quantize.cc runtime/src/c_api.cc -o "$out/fuzz_payload"
 
 cp tests/data/golden/*.bin runtime/fuzz/seeds/*.bin "$out/corpus/"
 export ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=1"

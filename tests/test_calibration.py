@@ -13,7 +13,8 @@ from onnx import TensorProto, helper
 from builders import _model, mlp, tensor
 from helpers import save
 from onnx_l2c.measure.calibration import graph_inputs, iter_samples
-from onnx_l2c.errors import L2CError
+from onnx_l2c.codec import native
+from onnx_l2c.errors import L2CError, NativeArgumentError
 from onnx_l2c.graph.model import find_weights
 from onnx_l2c.measure.statistics import collect_statistics
 from onnx_l2c.passes import gptq
@@ -151,6 +152,62 @@ def test_gptq_beats_rounding_on_its_statistics(rng):
     q_gptq = gptq.gptq(w, h, step, 0.0, 0.0)
     assert err(q_gptq) < 0.5 * err(q_near)
     assert np.abs(q_gptq - q_near).max() <= 3  # compensation moves symbols a few steps, not arbitrarily
+
+
+def _gptq_numpy(w, step, theta, dead_zone, prepared, forced=None):
+    """The column loop in numpy, as gptq ran it before the native block kernel:
+    the specification the kernel must match bit for bit."""
+    perm, u, dead = prepared
+    g, r, d = w.shape
+    wp = np.take_along_axis(w.astype(np.float64), perm[:, None, :], axis=2)
+    wp[np.broadcast_to(np.take_along_axis(dead, perm, axis=1)[:, None, :], wp.shape)] = 0.0
+    if forced is not None:
+        fmask = np.take_along_axis(forced[0], perm[:, None, :], axis=2)
+        fsym = np.take_along_axis(forced[1].astype(np.int32), perm[:, None, :], axis=2)
+    s = step.astype(np.float64)
+    q = np.zeros((g, r, d), dtype=np.int32)
+    for start in range(0, d, gptq.BLOCK):
+        end = min(start + gptq.BLOCK, d)
+        err_block = np.zeros((g, r, end - start))
+        for i in range(start, end):
+            col = wp[:, :, i]
+            qi = gptq.quantize_nearest(col, s, dead_zone)
+            if forced is not None:
+                qi = np.where(fmask[:, :, i], fsym[:, :, i], qi)
+            q[:, :, i] = qi
+            e = (col - gptq.dequantize(qi, s, theta)) / u[:, i, i][:, None]
+            err_block[:, :, i - start] = e
+            wp[:, :, i + 1:end] -= e[:, :, None] * u[:, None, i, i + 1:end]
+        if end < d:
+            wp[:, :, end:] -= np.matmul(err_block, u[:, start:end, end:])
+    return np.take_along_axis(q, np.argsort(perm, axis=1)[:, None, :], axis=2)
+
+
+@pytest.mark.parametrize("groups, rows, d", [(1, 48, 300), (3, 5, 129), (2, 1, 1)])
+def test_gptq_native_loop_matches_numpy_bit_for_bit(rng, groups, rows, d):
+    x = rng.standard_normal((500, d)) * rng.uniform(0.1, 3.0, d)
+    h = np.stack([x.T @ x / len(x)] * groups)
+    h[:, 0, :] = h[:, :, 0] = 0.0  # a dead input
+    w = rng.standard_normal((groups, rows, d)) * 2.0
+    w[0, 0, :2] = 1e4  # beyond QMAX steps: clipped
+    step = rng.uniform(0.05, 0.5, (groups, rows))
+    step[0, 0] = 1e-3
+    prepared = gptq.prepare(h)
+    forced = (rng.random(w.shape) < 0.3, rng.integers(-4, 5, w.shape))
+    for theta, dead_zone, f in ((0.0, 0.0, None), (0.2, 0.3, None), (0.1, 0.0, forced)):
+        expected = _gptq_numpy(w, step, theta, dead_zone, prepared, f)
+        np.testing.assert_array_equal(gptq.gptq(w, h, step, theta, dead_zone, prepared=prepared, forced=f), expected)
+
+
+def test_gptq_native_block_rejects_bad_arguments():
+    w, u, step = np.zeros((1, 2, 4)), np.eye(4)[None], np.ones((1, 2))
+    q, err = np.zeros((1, 2, 4), np.int32), np.zeros((1, 2, 2))
+    with pytest.raises(NativeArgumentError, match="bad sizes"):
+        native.gptq_block(w, u, step, 0.0, 0.0, gptq.QMAX, 3, 5, q, err)
+    with pytest.raises(NativeArgumentError, match="u must be a C-contiguous float64"):
+        native.gptq_block(w, u.astype(np.float32), step, 0.0, 0.0, gptq.QMAX, 0, 2, q, err)
+    with pytest.raises(NativeArgumentError, match="err_block"):
+        native.gptq_block(w, u, step, 0.0, 0.0, gptq.QMAX, 0, 3, q, err)
 
 
 def test_choose_damping_rejects_rounding_that_does_not_generalize(rng):

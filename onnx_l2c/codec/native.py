@@ -93,8 +93,13 @@ def _lib() -> ctypes.CDLL:
         ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_uint64, ctypes.POINTER(ctypes.c_size_t),
         ctypes.c_char_p, ctypes.c_size_t,
     ]
+    i64, f64 = ctypes.c_int64, ctypes.c_double
+    lib.l2c_gptq_block.argtypes = [
+        ctypes.c_void_p, i64, i64, i64, i64, i64, ctypes.c_void_p, ctypes.c_void_p, f64, f64, f64,
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t,
+    ]
     for fn in (lib.l2c_payload_info, lib.l2c_payload_info_limit, lib.l2c_decode, lib.l2c_check_declared,
-               lib.l2c_decode_declared, lib.l2c_encode_stream, lib.l2c_decode_stream):
+               lib.l2c_decode_declared, lib.l2c_encode_stream, lib.l2c_decode_stream, lib.l2c_gptq_block):
         fn.restype = ctypes.c_int
     return lib
 
@@ -214,3 +219,31 @@ def decode_stream(data: bytes, count: int) -> tuple[np.ndarray, int]:
     code = _lib().l2c_decode_stream(addr, size, out.ctypes.data, count, ctypes.byref(consumed), err, _ERR_LEN)
     _check(code, err, "decode_stream")
     return out, int(consumed.value)
+
+
+def gptq_block(w: np.ndarray, u: np.ndarray, step: np.ndarray, theta: float, dead_zone: float, qmax: int,
+               start: int, end: int, q: np.ndarray, err_block: np.ndarray,
+               forced: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Output-aware rounding of columns [start, end) of w (groups, rows, d),
+    in place (onnx_l2c.h, l2c_gptq_block): symbols into q, each column's
+    scaled error into err_block (groups, rows, end − start). ctypes drops
+    the GIL for the call, so the planner's threads round in parallel."""
+    g, r, d = w.shape
+    arrays = {"w": (w, np.float64, (g, r, d)), "u": (u, np.float64, (g, d, d)), "step": (step, np.float64, (g, r)),
+              "q": (q, np.int32, (g, r, d)), "err_block": (err_block, np.float64, (g, r, end - start))}
+    if forced is not None:
+        arrays["forced mask"] = (forced[0], np.uint8, (g, r, d))
+        arrays["forced symbols"] = (forced[1], np.int32, (g, r, d))
+    for name, (a, dtype, shape) in arrays.items():
+        if a.dtype != dtype or a.shape != shape or not a.flags.c_contiguous:
+            raise NativeArgumentError(f"gptq_block: {name} must be a C-contiguous {np.dtype(dtype).name} array of "
+                                      f"shape {shape}, got {a.dtype} {a.shape}")
+    for name in ("w", "q", "err_block"):
+        if not arrays[name][0].flags.writeable:
+            raise NativeArgumentError(f"gptq_block: {name} must be writable")
+    mask, symbols = (forced[0].ctypes.data, forced[1].ctypes.data) if forced is not None else (None, None)
+    err = ctypes.create_string_buffer(_ERR_LEN)
+    code = _lib().l2c_gptq_block(w.ctypes.data, g, r, d, start, end, u.ctypes.data, step.ctypes.data, float(theta),
+                                 float(dead_zone), float(qmax), mask, symbols, q.ctypes.data, err_block.ctypes.data,
+                                 err, _ERR_LEN)
+    _check(code, err, "gptq_block")

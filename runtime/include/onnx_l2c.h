@@ -100,6 +100,24 @@ L2C_API int l2c_decode_stream(const uint8_t* data, size_t size,
                               int32_t* indices, uint64_t count,
                               size_t* consumed, char* err, size_t err_len);
 
+/* Output-aware rounding (GPTQ) within one block of columns, for the Python
+ * planner (passes/gptq.py): w is (groups, rows, d) float64 in C order, its
+ * columns already in the quantization order, updated in place; u is
+ * (groups, d, d), the upper Cholesky factor of the inverse Hessian in that
+ * order (nonzero diagonal); step is (groups, rows), each > 0. Columns
+ * [start, end) are quantized one at a time, q = sign(w)·min(round(|w|/step),
+ * qmax), 0 within 0.5 + dead_zone steps, or the forced symbol where
+ * forced_mask (may be NULL, with forced_symbols) is nonzero; each column's
+ * error (w − (q − sign(q)·theta)·step) / u[i][i] goes to err (groups, rows,
+ * end − start) and is subtracted from the block's later columns along u's
+ * row i. The caller updates the columns after `end`. */
+L2C_API int l2c_gptq_block(double* w, int64_t groups, int64_t rows, int64_t d,
+                           int64_t start, int64_t end, const double* u,
+                           const double* step, double theta, double dead_zone,
+                           double qmax, const uint8_t* forced_mask,
+                           const int32_t* forced_symbols, int32_t* q,
+                           double* err, char* err_msg, size_t err_len);
+
 #ifdef __cplusplus
 }
 #endif

@@ -4,6 +4,7 @@
 
 #include "onnx_l2c.h"
 #include "payload.h"
+#include "quantize.h"
 #include "stream.h"
 
 namespace {
@@ -120,6 +121,23 @@ L2C_API int l2c_decode_stream(const uint8_t* data, size_t size, int32_t* indices
     if (count && !indices) l2c::fail(L2C_E_ARGUMENT, "indices is NULL");
     l2c::decode_stream(s, indices, 0, "stream");
     if (consumed) *consumed = r.pos();
+  });
+}
+
+L2C_API int l2c_gptq_block(double* w, int64_t groups, int64_t rows, int64_t d, int64_t start, int64_t end,
+                           const double* u, const double* step, double theta, double dead_zone, double qmax,
+                           const uint8_t* forced_mask, const int32_t* forced_symbols, int32_t* q, double* err,
+                           char* err_msg, size_t err_len) {
+  return guarded(err_msg, err_len, [&] {
+    if (groups < 0 || rows < 0 || d < 0 || start < 0 || start > end || end > d)
+      l2c::fail(L2C_E_ARGUMENT, "gptq block: bad sizes (groups " + std::to_string(groups) + ", rows " +
+                                    std::to_string(rows) + ", d " + std::to_string(d) + ", columns " +
+                                    std::to_string(start) + ".." + std::to_string(end) + ")");
+    if (groups == 0 || rows == 0 || start == end) return;
+    if (!w || !u || !step || !q || !err || (forced_mask && !forced_symbols))
+      l2c::fail(L2C_E_ARGUMENT, "gptq block: a required buffer is NULL");
+    l2c::gptq_block({w, groups, rows, d, start, end, u, step, theta, dead_zone, qmax, forced_mask,
+                     forced_symbols, q, err});
   });
 }
 
