@@ -123,6 +123,7 @@ def test_conv_statistics_match_onnxruntime(tmp_path: Path, rng, group, strides, 
     dy = np.concatenate([sess.run(None, s)[0] for s in samples]).astype(np.float64)
     expected = float((dy ** 2).sum(axis=1).mean())  # Σ over output channels, mean over samples·positions
     assert stats.weighted_error(delta) == pytest.approx(expected, rel=1e-4)
+    assert stats.positions == dy.shape[0] * dy.shape[2] * dy.shape[3]  # every output position of every sample
 
 
 def test_matmul_and_gemm_statistics(tmp_path: Path, rng):
@@ -132,6 +133,7 @@ def test_matmul_and_gemm_statistics(tmp_path: Path, rng):
     stats = collect_statistics(model, tmp_path, weights, samples, graph_inputs(model))
     x = np.concatenate([s["x"] for s in samples]).astype(np.float64)
     np.testing.assert_allclose(stats["W1"].hessian[0], x.T @ x / len(x), rtol=1e-5, atol=1e-7)
+    assert stats["W1"].positions == len(x)  # every input row: the layer's multiply-adds ÷ its weights
     assert stats["W2"].hessian.shape == (1, 128, 128)  # the input of W2 is an intermediate tensor
     assert "b1" not in stats  # an Add operand has no matrix view
 

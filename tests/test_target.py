@@ -539,6 +539,10 @@ def test_sensitivity_sample_count_is_deterministic():
     assert probe_samples(55, 4_616_960, 128) == MAX_SAMPLES  # EfficientNet-Lite0
     assert probe_samples(400, 100_000_000, 128) == MIN_SAMPLES  # a large model: the floor
     assert probe_samples(3, 10_000, 10) == 10  # never more than there are
+    # by multiply-adds: EfficientNet-Lite0 keeps 32, PP-OCRv4 rec and det (736×736 pages) get fewer
+    assert probe_samples(55, 4_616_960, 128, 0.362e9) == MAX_SAMPLES
+    assert probe_samples(42, 2_673_769, 128, 0.693e9) == 24
+    assert probe_samples(46, 1_158_528, 128, 3.749e9) == MIN_SAMPLES
 
 
 def test_safe_preset_conflicts_name_what_to_drop(deep: Path, tmp_path: Path):

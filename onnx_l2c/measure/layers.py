@@ -93,6 +93,7 @@ class LayerStats:
     diagonal: np.ndarray | None = None  # (groups, cols) when only the diagonal is kept
     row_weight: np.ndarray | None = None  # (rows,) usage probability of Gather rows (smoothed, sums to 1)
     vectors: int = 0
+    positions: int = 0  # input vectors over all samples before subsampling: multiply-adds = positions · weights
     halves: tuple[np.ndarray, np.ndarray] | None = None  # H of the first / second half of the samples
     mean: np.ndarray | None = None  # (groups, cols): E[x], with a full H
     halves_mean: tuple[np.ndarray, np.ndarray] | None = None

@@ -39,11 +39,17 @@ log = logging.getLogger(__name__)
 
 NOISE_REL = 0.05  # noise std relative to the tensor's rms
 # How many samples the perturbation runs use: samples × probed tensors ×
-# weight elements of the model stays under this, a deterministic stand-in
-# for their time (a timed budget made the sample count, and so the output
-# bytes, depend on the machine's load). EfficientNet-Lite0 (55 tensors,
-# 4.6 M weights) gets 32 samples, a 22 M-weight transformer ~18.
+# weight elements of the model stays under PROBE_BUDGET, and samples × probed
+# tensors × the model's multiply-adds per sample under PROBE_MACS (from the
+# statistics: each layer's input vectors × its weights), deterministic
+# stand-ins for their time (a timed budget made the sample count, and so the
+# output bytes, depend on the machine's load). EfficientNet-Lite0 (55
+# tensors, 4.6 M weights, 0.36 G multiply-adds) gets 32 samples, a 22 M-weight
+# transformer ~18, PP-OCRv4 rec 24 (0.69 G), and PP-OCRv4 det on 736×736
+# pages the floor of 4 (46 tensors, 1.2 M weights but 3.7 G multiply-adds: a
+# probe run took 0.3 s per sample here, 15× EfficientNet's).
 PROBE_BUDGET = 16e9
+PROBE_MACS = 7e11
 MIN_SAMPLES, MAX_SAMPLES = 4, 32
 # Samples per perturbation run: up to 16, fewer when their inputs add up to
 # more than this. A detector's activations are tens of times its input, so
@@ -115,10 +121,20 @@ def _divergence(kind: str, ref: np.ndarray, out: np.ndarray) -> float:
     return float(((out - ref) ** 2).sum() / max((ref ** 2).sum(), 1e-30))
 
 
-def probe_samples(probed: int, weight_elements: int, available: int) -> int:
-    """The number of calibration samples the sensitivity probes use (PROBE_BUDGET)."""
-    n = int(np.clip(PROBE_BUDGET / max(probed * weight_elements, 1), MIN_SAMPLES, MAX_SAMPLES))
-    return min(n, available)
+def probe_samples(probed: int, weight_elements: int, available: int, macs_per_sample: float = 0.0) -> int:
+    """The number of calibration samples the sensitivity probes use
+    (PROBE_BUDGET, and PROBE_MACS when the multiply-adds are known)."""
+    n = PROBE_BUDGET / max(probed * weight_elements, 1)
+    if macs_per_sample > 0:
+        n = min(n, PROBE_MACS / max(probed * macs_per_sample, 1.0))
+    return min(int(np.clip(n, MIN_SAMPLES, MAX_SAMPLES)), available)
+
+
+def macs_per_sample(weights: list[WeightRef], stats: dict[str, LayerStats], samples: int) -> float:
+    """Multiply-adds per sample of the weights' layers, from the statistics'
+    input vector counts (0 when none were counted)."""
+    total = sum(w.numel * stats[w.name].positions for w in weights if w.name in stats)
+    return float(total) / max(samples, 1)
 
 
 def measure_sensitivity(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRef],
@@ -141,7 +157,8 @@ def measure_sensitivity(model: onnx.ModelProto, base_dir: Path, weights: list[We
             except Exception as exc:  # onnxruntime raises its own exception types
                 raise L2CError(f"sensitivity: onnxruntime failed: {exc}") from exc
 
-        n = probe_samples(len(probe), sum(w.numel for w in weights), len(samples))
+        n = probe_samples(len(probe), sum(w.numel for w in weights), len(samples),
+                          macs_per_sample(weights, stats, len(samples)))
         first = sum(np.asarray(v).nbytes for v in samples[0].values())
         max_batch = int(np.clip(BATCH_INPUT_BYTES // max(first, 1), 1, MAX_BATCH))
 

@@ -48,12 +48,14 @@ class _Accumulator:
     totals: list[np.ndarray | None] = field(default_factory=lambda: [None, None])
     sums: list[np.ndarray | None] = field(default_factory=lambda: [None, None])  # Σ x (full H only)
     counts: list[int] = field(default_factory=lambda: [0, 0])
+    positions: int = 0  # input vectors before subsampling (the layer's multiply-adds ÷ its weights)
     half: int = 0
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
 
 
-def _conv_patches(x: np.ndarray, view: LayerView, rng: np.random.Generator) -> np.ndarray:
-    """Sampled im2col patches of a Conv input: (positions, groups, cols)."""
+def _conv_patches(x: np.ndarray, view: LayerView, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """Sampled im2col patches of a Conv input: (positions, groups, cols), and
+    the number of output positions they were sampled from."""
     node = view.node
     kernel = list(view.shape[2:])
     nsp = len(kernel)
@@ -104,8 +106,8 @@ def _conv_patches(x: np.ndarray, view: LayerView, rng: np.random.Generator) -> n
             patches[:, k] = xp[ni, oy * strides[0] + ky * dil[0], ox * strides[1] + kx * dil[1]].reshape(take, g, -1)
             k += 1
     if g == 1:
-        return patches.reshape(take, 1, d)
-    return patches.transpose(0, 2, 1, 3).reshape(take, g, d)
+        return patches.reshape(take, 1, d), total
+    return patches.transpose(0, 2, 1, 3).reshape(take, g, d), total
 
 
 def conv_column_order(view: LayerView) -> np.ndarray:
@@ -118,16 +120,20 @@ def conv_column_order(view: LayerView) -> np.ndarray:
 
 
 def _input_vectors(x: np.ndarray, acc: _Accumulator) -> np.ndarray | None:
-    """The consumer's input vectors of one batch: (vectors, groups, cols)."""
+    """The consumer's input vectors of one batch: (vectors, groups, cols),
+    possibly a sample of them (all of them are counted in acc.positions)."""
     view = acc.stats.view
     if view.kind == "conv":
-        return _conv_patches(x.astype(np.float32, copy=False), view, acc.rng)
+        patches, total = _conv_patches(x.astype(np.float32, copy=False), view, acc.rng)
+        acc.positions += total
+        return patches
     if view.kind in ("matmul", "gemm_kn", "gemm_nk"):
         a = x.T if view.trans_a else x
         rows = a.reshape(-1, a.shape[-1])
         if rows.shape[1] != view.cols:
             raise L2CError(f"{view.node.op_type} input {view.activation!r} has {rows.shape[1]} features, "
                            f"the weight expects {view.cols}")
+        acc.positions += rows.shape[0]
         if rows.shape[0] > POSITIONS_PER_SAMPLE * 4:
             rows = rows[acc.rng.choice(rows.shape[0], POSITIONS_PER_SAMPLE * 4, replace=False)]
         return rows[:, None, :]
@@ -150,6 +156,7 @@ def _accumulate(acc: _Accumulator, x: np.ndarray) -> None:
         power = (xc ** 2).mean(axis=(0, 2)).reshape(view.groups, -1)
         kk = view.cols // power.shape[1]
         diag = np.repeat(power, kk, axis=1) * x.shape[0]
+        acc.positions += xc.shape[0] * xc.shape[2]
         _add(acc, diag, x.shape[0])
         return
     vecs = _input_vectors(x, acc)
@@ -188,6 +195,7 @@ def _finish(acc: _Accumulator) -> LayerStats | None:
     if not parts:
         return None
     stats.vectors = sum(c for _, c in parts)
+    stats.positions = acc.positions
     total = parts[0][0] + parts[1][0] if len(parts) == 2 else parts[0][0]  # the sums are ours to consume
     if view.kind == "gather":
         stats.row_weight = smoothed_row_weight(total)
