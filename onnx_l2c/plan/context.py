@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +27,7 @@ from onnx_l2c.measure.calibration import graph_inputs, load_samples
 from onnx_l2c.measure.sensitivity import NOISE_REL, Sensitivity, measure_sensitivity, unit_error
 from onnx_l2c.measure.layers import LayerStats, LayerView, layer_view
 from onnx_l2c.measure.statistics import collect_statistics
+from onnx_l2c.parallel import worker_pool
 from onnx_l2c.passes import Knob, Lossless, Method, Params, TensorContext, TensorInput, method_of, registry
 from onnx_l2c.plan import allocate
 from onnx_l2c.plan.allocate import Allocation, Option, TensorChoices
@@ -339,7 +339,7 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
         return w, [sample.scaled(o) for o in options]
 
     results: list[tuple[WeightRef, list[Option]]] = []
-    with ThreadPoolExecutor(workers) as pool:
+    with worker_pool(workers) as pool:
         for i, item in enumerate(pool.map(work, weights)):
             results.append(item)
             if progress is not None:

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from onnx_l2c.files import AlignedWriter, AtomicOutputs
 from onnx_l2c.graph.model import (WeightRef, embed_external, external_files, find_weights, iter_graphs, load_model,
                                   model_bytes, tensor_bits)
 from onnx_l2c.graph.edit import defined_names, drop_initializers, mark_compressed, replace_with_decode
+from onnx_l2c.parallel import worker_pool
 from onnx_l2c.passes import PresetQuantizer, TensorInput, registry
 from onnx_l2c.passes.base import RefineJob
 from onnx_l2c.plan.bias import bias_corrections
@@ -406,7 +407,7 @@ def _write(proto: onnx.ModelProto, analysis: Any, src_dir: Path, output: Path, o
     original_names = set(used_names)
 
     sidecar_tmp = outputs.temp_for(sidecar)
-    with open(sidecar_tmp, "wb") as fh, ThreadPoolExecutor(workers) as pool:
+    with open(sidecar_tmp, "wb") as fh, worker_pool(workers) as pool:
         writer = AlignedWriter(fh)
         window: deque[tuple[WeightRef, Future, int]] = deque()
         todo = iter(weights)
