@@ -210,6 +210,8 @@ def test_gptq_native_block_rejects_bad_arguments():
         native.gptq_block(w, u.astype(np.float32), step, 0.0, 0.0, gptq.QMAX, 0, 2, q, err)
     with pytest.raises(NativeArgumentError, match="err_block"):
         native.gptq_block(w, u, step, 0.0, 0.0, gptq.QMAX, 0, 3, q, err)
+    with pytest.raises(NativeArgumentError, match="qmax"):
+        native.gptq_block(w, u, step, 0.0, 0.0, float("nan"), 0, 2, q, err)
 
 
 def test_choose_damping_rejects_rounding_that_does_not_generalize(rng):

@@ -133,6 +133,8 @@ L2C_API int l2c_gptq_block(double* w, int64_t groups, int64_t rows, int64_t d, i
       l2c::fail(L2C_E_ARGUMENT, "gptq block: bad sizes (groups " + std::to_string(groups) + ", rows " +
                                     std::to_string(rows) + ", d " + std::to_string(d) + ", columns " +
                                     std::to_string(start) + ".." + std::to_string(end) + ")");
+    if (!(qmax >= 0.0 && qmax <= 2147483647.0))
+      l2c::fail(L2C_E_ARGUMENT, "gptq block: qmax must be in [0, 2^31 - 1]");
     if (groups == 0 || rows == 0 || start == end) return;
     if (!w || !u || !step || !q || !err || (forced_mask && !forced_symbols))
       l2c::fail(L2C_E_ARGUMENT, "gptq block: a required buffer is NULL");

@@ -4,7 +4,6 @@
 // symbols are bit for bit those of the numpy loop; it runs without the GIL.
 #include "quantize.h"
 
-#include <algorithm>
 #include <cmath>
 
 namespace l2c {
@@ -30,8 +29,11 @@ void gptq_block(const GptqBlock& b) {
         const double col = w[i];
         // round to nearest with a dead zone (gptq._quantize_nearest)
         const double a = std::fabs(col) / s;
-        const double level = a < 0.5 + b.dead_zone ? 0.0 : std::floor(a + 0.5);
-        int32_t qi = static_cast<int32_t>(sign(col) * std::min(level, b.qmax));
+        double level = a < 0.5 + b.dead_zone ? 0.0 : std::floor(a + 0.5);
+        // min(level, qmax), written so that a NaN (never given by the
+        // planner) becomes qmax, times sign 0: no out-of-range conversion
+        level = level < b.qmax ? level : b.qmax;
+        int32_t qi = static_cast<int32_t>(sign(col) * level);
         if (mask && mask[i]) qi = forced[i];
         q[i] = qi;
         // dequantize (gptq.dequantize), then the error scaled by U's diagonal
