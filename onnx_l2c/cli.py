@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from onnx_l2c.config import Choice, OptionSpec, Preset, all_options
+from onnx_l2c.config import Choice, OptionSpec, all_options
 from onnx_l2c.errors import L2CError, NamesOptions, OptionError
 from onnx_l2c.progress import STATISTICS
 
@@ -144,9 +144,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         print(f"ratio:      {result.ratio:.2f}x")
         print(f"time:       {result.seconds:.1f} s")
         print(f"tensors:    {len(result.tensors)} compressed ({summary}); {result.skipped_small} small kept as is")
-        options = result.options
-        if options.get("preset") == Preset.SAFE.value and options.get("bits") is None and result.plan is not None \
-                and options.get("target_ratio") is None and options.get("target_size") is None:
+        if result.plan is not None and result.plan.get("max_distortion") is not None:  # the safe preset's plan
             print("preset:     safe: each weight's precision planned without data, within the fidelity estimate; "
                   "a size target with --calibration compresses further")
         elif result.plan is not None and result.plan.get("data_free"):

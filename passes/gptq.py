@@ -22,6 +22,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from onnx_l2c.codec import native
+from onnx_l2c.measure.layers import hessian_error
 
 DAMPING = 0.01  # fraction of mean(diag H) added to the diagonal (GPTQ's default)
 BLOCK = 128
@@ -212,13 +213,6 @@ def prepare(hessian: np.ndarray, damping: float = DAMPING) -> tuple[np.ndarray, 
 DAMPING_CHOICES = (0.01, 0.1, 1.0)
 
 
-def _error(delta: np.ndarray, h: np.ndarray) -> float:
-    """tr(Δ·H·Δᵀ) summed over groups: one BLAS product in float64 (as
-    LayerStats.weighted_error)."""
-    h = h if h.dtype == np.float64 else h.astype(np.float64)
-    return float(np.einsum("grd,grd->", np.matmul(delta, h), delta))
-
-
 Factorization = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
@@ -235,11 +229,11 @@ def choose_damping(w: np.ndarray, halves: tuple[np.ndarray, np.ndarray], step: n
     s = step[:, :, None]
     best: float | None = None
     best_prepared: Factorization | None = None
-    best_err = _error(dequantize(quantize_nearest(w, s, dead_zone), s, theta) - w, check)
+    best_err = hessian_error(dequantize(quantize_nearest(w, s, dead_zone), s, theta) - w, check)
     for damp in DAMPING_CHOICES:
         factorization = prepare(fit, damp)
         q = gptq(w, fit, step, theta, dead_zone, prepared=factorization)
-        err = _error(dequantize(q, s, theta) - w, check)
+        err = hessian_error(dequantize(q, s, theta) - w, check)
         if err < 0.97 * best_err:
             best, best_err, best_prepared = damp, err, factorization
         del factorization

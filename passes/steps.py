@@ -171,7 +171,11 @@ def quantize(tensor: TensorInput, params: QuantParams, stats: LayerStats | None,
 def prepared(stats: LayerStats, damping: float, half: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The inverse-Hessian factorization, computed once per layer, damping and half (cached on the statistics)."""
     h = stats.hessian if half is None else stats.halves[half]
-    return stats.cache.get(("gptq", damping, half), lambda: gptq.prepare(h, damping))
+    return stats.cache.get(_factorization_key(damping, half), lambda: gptq.prepare(h, damping))
+
+
+def _factorization_key(damping: float, half: int | None) -> tuple:
+    return ("gptq", damping, half)
 
 
 def output_aware_damping(tensor: TensorInput, stats: LayerStats | None) -> float | None:
@@ -187,8 +191,10 @@ def output_aware_damping(tensor: TensorInput, stats: LayerStats | None) -> float
     view = stats.view
     m = view.to_matrix(values)
     rows = step.astype(np.float64)[view.row_channels(tensor.channel_axis)].reshape(m.shape[:2])
-    # the chosen damping's factorization of the first half is the one its held-out candidates use
-    keep = lambda damping, factorization: stats.cache.get(("gptq", damping, 0), lambda: factorization)  # noqa: E731
+    def keep(damping: float, factorization: gptq.Factorization) -> None:
+        # the chosen damping's factorization of the first half: the one its held-out candidates use (`prepared`)
+        stats.cache.get(_factorization_key(damping, 0), lambda: factorization)
+
     return gptq.choose_damping(m, stats.halves, rows, theta, 0.0, keep=keep)
 
 

@@ -84,6 +84,15 @@ class LayerView:
 MOMENT_DTYPE = np.float32
 
 
+def hessian_error(delta: np.ndarray, hessian: np.ndarray) -> float:
+    """tr(Δ·H·Δᵀ) summed over groups, for Δ (groups, rows, cols) and H
+    (groups, cols, cols): Δ·H by one BLAS product in float64 (H widened for
+    it: einsum on a float32 H was 3× slower), then the row-wise dot products."""
+    m = delta if delta.dtype == np.float64 else delta.astype(np.float64)
+    h = hessian if hessian.dtype == np.float64 else hessian.astype(np.float64)
+    return float(np.einsum("grd,grd->", np.matmul(m, h), m))
+
+
 @dataclass
 class LayerStats:
     """Mean second moment of a weight's input vectors."""
@@ -165,11 +174,7 @@ class LayerStats:
         that copy was 94 MB at the planner's peak)."""
         m = self.view.to_matrix(delta)
         if self.hessian is not None:
-            # ΔW·H by one BLAS product in float64 (H widened for it: einsum
-            # on a float32 H was 3× slower), then the row-wise dot products
-            m = m if m.dtype == np.float64 else m.astype(np.float64)
-            h = self.hessian if self.hessian.dtype == np.float64 else self.hessian.astype(np.float64)
-            return float(np.einsum("grd,grd->", np.matmul(m, h), m))
+            return hessian_error(m, self.hessian)
         own = consume and m.dtype == np.float64 and np.shares_memory(m, delta)
         m = m if own else m.astype(np.float64)
         np.square(m, out=m)

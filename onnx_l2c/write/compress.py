@@ -106,12 +106,13 @@ def _load_source(model: str | os.PathLike | onnx.ModelProto, base_dir: str | os.
     if isinstance(model, onnx.ModelProto):
         proto = onnx.ModelProto()
         proto.CopyFrom(model)
+        src_dir = Path(base_dir) if base_dir is not None else Path(".")
+        files = external_files(proto, src_dir)
         # external data is read from base_dir, never from the working directory
-        if base_dir is None and external_files(proto, Path(".")):
+        if base_dir is None and files:
             raise FileError("the ModelProto keeps weights in external data files: pass base_dir=, the folder "
                             "they lie in")
-        src_dir = Path(base_dir) if base_dir is not None else Path(".")
-        source_bytes = proto.ByteSize() + sum(f.stat().st_size for f in external_files(proto, src_dir) if f.is_file())
+        source_bytes = proto.ByteSize() + sum(f.stat().st_size for f in files if f.is_file())
         source = _Source(proto, src_dir, source_bytes, None)
     else:
         if base_dir is not None:
