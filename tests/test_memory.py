@@ -216,12 +216,35 @@ def test_which_tensors_are_sampled(rng):
     assert s.stats.hessian is stats.hessian and s.stats.view.rows == 922 and s.view.shape == (4096, 922)
     assert s.scaled(Option(1000, 2.0, None)) == Option(round(1000 * 4608 / 922), 2.0 * 4608 / 922, None)
     gather = LayerView("gather", 1, 4096, 4608, big.shape, "ids", node)
-    assert sample.channel_sample(big, gather, None) is None  # table rows carry their own statistics
+    assert sample.channel_sample(big, gather, None) is None  # the table's rows are not the channel axis
     grouped = LayerView("conv", 2, 2304, 4096, big.shape, "x", node)
     assert sample.channel_sample(big, grouped, None) is None
-    assert sample.channel_sample(tensor_of((4096, 4096), 1), None, None) is None  # not above the threshold
+    assert sample.channel_sample(tensor_of((2048, 4096), 1), None, None) is None  # not above the threshold
     assert sample.channel_sample(tensor_of((4608, 4096), None), None, None) is None  # no channel axis
     assert sample.channel_sample(tensor_of((2, 1 << 24), 0), None, None) is None  # too few channels
+
+
+def test_a_gather_table_is_sampled_by_rows_in_usage_order(rng):
+    """A token table's sample is systematic over its rows sorted by usage: the
+    middle row of every k, so the sample's usage scaled by k is the table's
+    (every k-th row in table order can miss or double the few rows most text uses)."""
+    from onnx_l2c.passes import TensorInput
+    from onnx_l2c.plan import sample
+
+    rows, cols = 6000, 2048  # 12.3 M weights: sampled, stride 3
+    table = TensorInput("E", TensorProto.FLOAT, (rows, cols),
+                        rng.standard_normal((rows, cols)).astype(np.float32).view(np.uint32).reshape(-1), 0)
+    node = helper.make_node("Gather", ["E", "ids"], ["y"])
+    view = LayerView("gather", 1, rows, cols, (rows, cols), "ids", node)
+    usage = 1.0 / (1.0 + rng.permutation(rows))  # Zipf-like, in no particular row order
+    usage /= usage.sum()
+    s = sample.channel_sample(table, view, LayerStats(view, row_weight=usage))
+    assert s is not None and s.scale == 3 and s.tensor.shape == (2000, cols) and s.view.rows == 2000
+    keep = np.sort(np.argsort(-usage, kind="stable")[1::3])
+    assert np.array_equal(s.tensor.values, table.values.reshape(rows, cols)[keep])
+    assert np.array_equal(s.stats.row_weight, usage[keep]) and s.stats.view.rows == 2000
+    assert abs(s.stats.row_weight.sum() * s.scale - 1) < 0.1
+    assert sample.channel_sample(table, view, LayerStats(view, row_weight=usage[:100])) is None  # usage of another table
 
 
 def test_encodes_in_flight_are_bounded_by_their_memory_not_the_bytes(tmp_path: Path, rng, monkeypatch):

@@ -10,9 +10,19 @@ output channel and their sizes and errors scaled by k: estimates for the
 allocation. The writer encodes the chosen candidate on the whole tensor and
 measures it exactly (and re-allocates if the output misses the budget).
 
+A Gather table is sampled by its rows, which are coded independently given
+their usage (per-row step exponents, a codebook shared by the tensor). Its
+rows are not equally used, so the sample is systematic in usage order: the
+rows sorted by their calibration weight, the middle one of every k. Each
+sampled row stands for k rows of about its usage, and the error, weighted by
+usage, scales by k like the bytes (every k-th row in table order would leave
+the most used rows, which carry most of the weighted error, to chance).
+
 Tensors up to SAMPLED_ELEMENTS weights, and those whose consumer does not
-map output channels to matrix rows one to one (grouped Conv, Gather tables,
-whose rows carry their own statistics), are planned whole: every zoo model is.
+map output channels to matrix rows one to one (grouped Conv), are planned
+whole: every zoo model's tensors are, except all-MiniLM-L6-v2's 30522×384
+token table (planned whole, it was the critical path of planning with every
+method, 327 s of candidates on one thread, and the planner peaked at 2.5 GB).
 """
 
 from __future__ import annotations
@@ -27,10 +37,10 @@ from onnx_l2c.measure.layers import LayerStats, LayerView
 from onnx_l2c.passes import TensorContext, TensorInput
 from onnx_l2c.plan.allocate import Option
 
-SAMPLED_ELEMENTS = 1 << 24  # tensors above this many weights are planned on a sample of channels
+SAMPLED_ELEMENTS = 1 << 23  # tensors above this many weights are planned on a sample of channels
 SAMPLE_ELEMENTS = 1 << 22  # about this many weights in the sample
 MIN_SAMPLED_CHANNELS = 64  # fewer channels than this in the sample: planned whole
-_ROW_KINDS = ("matmul", "gemm_kn", "gemm_nk", "conv")  # layouts whose matrix rows are the output channels
+_ROW_KINDS = ("matmul", "gemm_kn", "gemm_nk", "conv", "gather")  # layouts whose matrix rows are the output channels
 
 
 @dataclass(frozen=True)
@@ -62,10 +72,14 @@ def channel_sample(tensor: TensorInput, view: LayerView | None, stats: LayerStat
     if any(v.kind not in _ROW_KINDS or v.groups != 1 or v.rows != channels or v.shape != tensor.shape
            for v in views):
         return None
-    if stats is not None and stats.row_weight is not None:
-        return None
     stride = -(-tensor.numel // SAMPLE_ELEMENTS)
-    keep = np.arange(0, channels, stride)
+    row_weight = stats.row_weight if stats is not None else None
+    if row_weight is not None:
+        if row_weight.shape != (channels,):
+            return None
+        keep = np.sort(np.argsort(-row_weight, kind="stable")[stride // 2::stride])
+    else:
+        keep = np.arange(0, channels, stride)
     if keep.size < MIN_SAMPLED_CHANNELS:
         return None
     shape = tuple(keep.size if a == axis else n for a, n in enumerate(tensor.shape))
@@ -77,5 +91,6 @@ def channel_sample(tensor: TensorInput, view: LayerView | None, stats: LayerStat
         # the same arrays (H is per input, shared by every row), another view
         sample_stats = LayerStats(dataclasses.replace(stats.view, rows=keep.size, shape=shape), hessian=stats.hessian,
                                   diagonal=stats.diagonal, vectors=stats.vectors, halves=stats.halves,
-                                  mean=stats.mean, halves_mean=stats.halves_mean)
+                                  mean=stats.mean, halves_mean=stats.halves_mean,
+                                  row_weight=row_weight[keep] if row_weight is not None else None)
     return ChannelSample(sample, sample_stats, sample_view, channels / keep.size)
