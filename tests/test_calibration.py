@@ -269,3 +269,25 @@ def test_a_calibration_folder_is_read_when_used(tmp_path: Path, rng):
     np.savez(tmp_path / "004.npz", y=feeds[4]["x"])
     with pytest.raises(L2CError, match=r"004\.npz: missing graph input\(s\) \['x'\]"):
         load_samples(tmp_path, _inputs(model))[4]
+
+
+def test_freed_memory_goes_back_to_the_system():
+    """glibc keeps freed heap blocks resident (activations of earlier
+    calibration runs); the passes trim after every run."""
+    from onnx_l2c.measure import calibration
+
+    status = Path("/proc/self/status")
+    if calibration._malloc_trim() is None or not status.is_file():
+        pytest.skip("not glibc on Linux: nothing to trim")
+
+    def resident() -> int:
+        line = next(x for x in status.read_text().splitlines() if x.startswith("VmRSS"))
+        return int(line.split()[1]) << 10
+
+    blocks = [np.ones(100_000 // 8) for _ in range(2000)]  # 200 MB in pieces glibc serves from its heap
+    last = blocks[-1]  # in use after the others: free() alone cannot shrink the heap below it
+    del blocks
+    before = resident()
+    calibration.release_freed_memory()
+    assert before - resident() > 100 << 20
+    del last

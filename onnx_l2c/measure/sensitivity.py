@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnx_l2c.measure.calibration import Feeds, InputSpec, ScratchModel, batches, make_session
+from onnx_l2c.measure.calibration import (Feeds, InputSpec, ScratchModel, batches, make_session,
+                                          release_freed_memory)
 from onnx_l2c.errors import L2CError
 from onnx_l2c.codec import bits_to_float32
 from onnx_l2c.graph.edit import make_feedable
@@ -199,6 +200,7 @@ def measure_sensitivity(model: onnx.ModelProto, base_dir: Path, weights: list[We
                 for k, kind in kinds.items():
                     div += _divergence(kind, np.asarray(ref_run[k]), np.asarray(out_run[k]))
             div /= max(len(reference), 1)
+            release_freed_memory()  # this probe's outputs and noisy weights
             if not div > 0.0:
                 result.no_effect.add(w.name)
                 continue

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnx_l2c.measure.calibration import Feeds, InputSpec, ScratchModel, batches, make_session
+from onnx_l2c.measure.calibration import (Feeds, InputSpec, ScratchModel, batches, make_session,
+                                          release_freed_memory)
 from onnx_l2c.errors import L2CError
 from onnx_l2c.progress import STATISTICS, Progress
 from onnx_l2c.graph.edit import (BRANCH_OUTPUT_TAG, expose, expose_from_branch, if_branches, main_values,
@@ -265,6 +266,7 @@ def collect_statistics(model: onnx.ModelProto, base_dir: Path, weights: list[Wei
             return {}
         # One sample first, to size the batches by their activation memory.
         per_sample = _run_and_accumulate(session, samples[0], out_names, accs, sources)
+        release_freed_memory()
         done = 1
         if progress is not None:
             progress(done, len(samples), STATISTICS)
@@ -276,6 +278,7 @@ def collect_statistics(model: onnx.ModelProto, base_dir: Path, weights: list[Wei
                     acc.half = half
             for feeds, count in batches(part, inputs, max_batch):
                 _run_and_accumulate(session, feeds, out_names, accs, sources)
+                release_freed_memory()
                 done += count
                 if progress is not None:
                     progress(done, len(samples), STATISTICS)
@@ -287,6 +290,7 @@ def collect_statistics(model: onnx.ModelProto, base_dir: Path, weights: list[Wei
             stats = _finish(acc)
             if stats is not None:
                 result[acc.weight] = stats
+    release_freed_memory()
     log.info("calibration statistics for %d weights from %d samples in %.1f s",
              len(result), n_samples, time.perf_counter() - start)
     return result
