@@ -14,7 +14,7 @@ import onnx
 import onnxruntime as ort
 
 import onnx_l2c
-from onnx_l2c.codec import native, parse_header
+from onnx_l2c.codec import STORAGE, native, parse_header
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).absolute().parents[1]
@@ -156,8 +156,6 @@ def assert_rejected_natively(cases: list[tuple[str, bytes, str, int]]) -> None:
 
 
 # ------------------------------------------------------------ native payloads
-
-STORAGE = {1: np.float32, 10: np.float16, 16: np.uint16}  # numpy storage per ONNX dtype (bfloat16: bits)
 
 
 def native_decode(payload: bytes | np.ndarray) -> np.ndarray:

@@ -21,12 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from onnx import TensorProto
 
 if __name__ == "__main__":  # run as a script from anywhere
     sys.path[:0] = [str(Path(__file__).absolute().parents[1]), str(Path(__file__).absolute().parent)]
 
 from helpers import native_decode, stage_offsets
-from onnx_l2c.codec import (BFLOAT16, DTYPE_NAMES, FLOAT, FLOAT16, AffineStage, BlockMode, CastStage,
+from onnx_l2c.codec import (BFLOAT16, BITS_DTYPE, DTYPE_NAMES, FLOAT, FLOAT16, FLOAT_DTYPES, STORAGE, AffineStage,
+                             BlockMode, CastStage,
                              CodebookStage, EntropyStage, ExpandStage, ExponentStage, RawStage, Recipe,
                              TransformStage, expand_blocks, expand_stage, reconstruct, serialize)
 
@@ -123,7 +125,29 @@ def recipes() -> dict[str, Recipe]:
         "expand_blocks_exponent_float16": Recipe(FLOAT16, (10, 6), [
             expand(1, 10, 6, 4, 18), AffineStage(1, 1, 60, 0.125, f32([3], 64)),
             ExponentStage(1, 10, 6, (hashed(10, 19) % np.uint64(4)).astype(np.int32)), CastStage(FLOAT16)]),
+        # every other dtype, raw only (format version 5)
+        **{f"raw_{DTYPE_NAMES[d]}": Recipe(d, (7, 11), [RawStage(other_dtype_bits(d, 77, 20 + d), 0)])
+           for d in OTHER_DTYPES},
     }
+
+
+def other_dtype_bits(dtype: int, n: int, salt: int) -> np.ndarray:
+    """Bits of a tensor of one of the dtypes coded losslessly only: small signed
+    integers (as quantized weights and index tables are), 0/1 for bool, any
+    byte for float8, full-mantissa values for double."""
+    storage = np.dtype(STORAGE[dtype])
+    if storage == np.bool_:
+        values = (hashed(n, salt) & np.uint64(1)).astype(np.bool_)
+    elif storage == np.float64:
+        values = floats(n, salt).astype(np.float64) * 3.0
+    elif storage == np.uint8 and dtype != TensorProto.UINT8:  # float8: every bit pattern
+        values = (hashed(n, salt) >> np.uint64(8)).astype(np.uint8)
+    else:
+        values = skewed(n, 8 if storage.itemsize == 1 else 12, salt).astype(storage)
+    return values.view(BITS_DTYPE[dtype])
+
+
+OTHER_DTYPES = sorted(set(DTYPE_NAMES) - set(FLOAT_DTYPES))
 
 
 def expand(outer: int, n: int, inner: int, block: int, salt: int) -> ExpandStage:
@@ -200,12 +224,15 @@ def test_reconstruct_is_golden(name, expected):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_payload_version(name):
-    """The lowest version that holds the stages (FORMAT.md, Versions): 4 with an expand stage,
-    else 3 with an exponent stage, else 2 with a transform stage, else 1."""
+    """The lowest version that holds the dtype and stages (FORMAT.md, Versions): 5 for a dtype
+    other than float32/float16/bfloat16, else 4 with an expand stage, else 3 with an exponent
+    stage, else 2 with a transform stage, else 1."""
     payload = (GOLDEN / f"{name}.bin").read_bytes()
     kinds = {kind for kind, _, _ in stage_offsets(payload)}
-    assert int.from_bytes(payload[4:6], "little") == (4 if 8 in kinds else 3 if 7 in kinds else 2 if 6 in kinds
-                                                      else 1)
+    other_dtype = payload[6] not in FLOAT_DTYPES
+    assert other_dtype == (name in {f"raw_{DTYPE_NAMES[d]}" for d in OTHER_DTYPES})
+    assert int.from_bytes(payload[4:6], "little") == (5 if other_dtype else 4 if 8 in kinds else 3 if 7 in kinds
+                                                      else 2 if 6 in kinds else 1)
     assert (8 in kinds) == name.startswith("expand")
     assert (7 in kinds) == (name.startswith("exponent") or name == "expand_blocks_exponent_float16")
     assert (6 in kinds) == name.startswith("transform") or name == "exponent_transform"

@@ -176,3 +176,36 @@ def test_loader_rejects_payloads_outside_the_model_folder(tmp_path, rng, locatio
     onnx.save(model, str(path))
     with pytest.raises(FileError, match="outside the model's folder"):
         CompressedModel(path)
+
+
+TYPED_FIELD_CASES = [
+    (TensorProto.INT8, np.array([-128, -1, 0, 5, 127], np.int8)),
+    (TensorProto.UINT8, np.array([0, 1, 200, 255], np.uint8)),
+    (TensorProto.INT16, np.array([-32768, -2, 7, 32767], np.int16)),
+    (TensorProto.UINT16, np.array([0, 65535, 3], np.uint16)),
+    (TensorProto.INT32, np.array([-(2 ** 31), -1, 2 ** 31 - 1], np.int32)),
+    (TensorProto.INT64, np.array([-(2 ** 63), -1, 2 ** 40, 2 ** 63 - 1], np.int64)),
+    (TensorProto.UINT32, np.array([0, 2 ** 32 - 1, 9], np.uint32)),
+    (TensorProto.UINT64, np.array([0, 2 ** 64 - 1, 9], np.uint64)),
+    (TensorProto.BOOL, np.array([True, False, True])),
+    (TensorProto.DOUBLE, np.array([-0.0, 1e-300, np.inf, 3.25])),
+    (TensorProto.FLOAT16, np.array([-0.0, 65504.0, 1e-7], np.float16)),
+]
+
+
+@pytest.mark.parametrize("dtype,values", TYPED_FIELD_CASES, ids=[TensorProto.DataType.Name(d) for d, _ in TYPED_FIELD_CASES])
+def test_tensor_bits_of_every_dtype_in_raw_data_and_typed_fields(dtype, values, tmp_path):
+    """The bits of a tensor, whether ONNX stores it in raw_data or in its typed
+    field (int32_data for the narrow integers and bool, int64_data, uint64_data, double_data)."""
+    from onnx_l2c.codec import BITS_DTYPE
+    from onnx_l2c.graph.model import tensor_bits
+
+    raw = numpy_helper.from_array(values, "t")
+    typed = helper.make_tensor("t", dtype, values.shape, values.tolist() if dtype != TensorProto.FLOAT16 else values)
+    assert raw.HasField("raw_data") and not typed.HasField("raw_data")
+    expected = values.view(BITS_DTYPE[dtype])
+    for tensor in (raw, typed):
+        got = tensor_bits(tensor, tmp_path)
+        assert got.dtype == np.dtype(BITS_DTYPE[dtype]) and np.array_equal(got, expected)
+    float8 = helper.make_tensor("f8", TensorProto.FLOAT8E4M3FN, (3,), [0.5, -2.0, 448.0])
+    assert np.array_equal(tensor_bits(float8, tmp_path), numpy_helper.to_array(float8).view(np.uint8))

@@ -164,7 +164,7 @@ def test_versions_and_describe():
     # the decoder reads a version-2 payload without a transform stage too
     v2 = patched(serialize(plain), 4, struct.pack("<H", 2))
     assert_bit_identical([reconstruct(plain)], [native_decode(v2)], "version 2 without transform")
-    assert native._lib().l2c_format_version() == 4  # the newest version it reads (the expand stage)
+    assert native._lib().l2c_format_version() == 5  # the newest version it reads (the dtypes besides the floats)
 
 
 # ------------------------------------------------ a model with transform weights
@@ -280,7 +280,7 @@ def bad_payloads() -> list[tuple[str, bytes, str, int]]:
         ("mean_nan", at(good, body + 20 + 32 + 8, "<f", np.nan), w + r"mean\[2\] is not finite", 1),
         ("version_1", at(good, 4, "<H", 1), w + "the transform stage needs format version 2, the payload is "
                                                 "version 1", 2),
-        ("version_5", at(good, 4, "<H", 5), r"unsupported format version 5 \(this library reads 1 to 4\)", 2),
+        ("version_6", at(good, 4, "<H", 6), r"unsupported format version 6 \(this library reads 1 to 5\)", 2),
         ("truncated_basis", unchecked([q, aff, TransformStage(6, 2, 4, np.ones(7, np.float32))]),
          w + r"truncated: needs 32 bytes, 28 remain", 1),
         ("truncated_mean", unchecked([q, aff, TransformStage(6, 2, 4, np.ones(8, np.float32), mean=np.ones(3))]),

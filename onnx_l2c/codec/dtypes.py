@@ -10,11 +10,40 @@ from ..errors import UnsupportedError
 FLOAT = onnx.TensorProto.FLOAT
 FLOAT16 = onnx.TensorProto.FLOAT16
 BFLOAT16 = onnx.TensorProto.BFLOAT16
-DTYPE_NAMES = {FLOAT: "float32", FLOAT16: "float16", BFLOAT16: "bfloat16"}
-ELEM_BYTES = {FLOAT: 4, FLOAT16: 2, BFLOAT16: 2}
-# numpy storage of each dtype's bits (bfloat16 has no numpy type: its bits are uint16)
-BITS_DTYPE = {FLOAT: np.uint32, FLOAT16: np.uint16, BFLOAT16: np.uint16}
-STORAGE = {FLOAT: np.float32, FLOAT16: np.float16, BFLOAT16: np.uint16}  # numpy storage of decoded tensors
+FLOAT_DTYPES = (FLOAT, FLOAT16, BFLOAT16)  # the dtypes every recipe may decode to (the lossy methods' weights)
+_T = onnx.TensorProto
+# dtype: (name, bytes per element, numpy storage of its bits, numpy storage of the decoded tensor).
+# The dtypes after the float ones are coded losslessly only (the raw stage, payload format version 5);
+# numpy has no float8, so those are stored as their uint8 bits.
+_TABLE: dict[int, tuple[str, int, type, type]] = {
+    FLOAT: ("float32", 4, np.uint32, np.float32),
+    FLOAT16: ("float16", 2, np.uint16, np.float16),
+    BFLOAT16: ("bfloat16", 2, np.uint16, np.uint16),  # no numpy type: its bits
+    _T.UINT8: ("uint8", 1, np.uint8, np.uint8),
+    _T.INT8: ("int8", 1, np.uint8, np.int8),
+    _T.UINT16: ("uint16", 2, np.uint16, np.uint16),
+    _T.INT16: ("int16", 2, np.uint16, np.int16),
+    _T.INT32: ("int32", 4, np.uint32, np.int32),
+    _T.INT64: ("int64", 8, np.uint64, np.int64),
+    _T.BOOL: ("bool", 1, np.uint8, np.bool_),
+    _T.DOUBLE: ("double", 8, np.uint64, np.float64),
+    _T.UINT32: ("uint32", 4, np.uint32, np.uint32),
+    _T.UINT64: ("uint64", 8, np.uint64, np.uint64),
+    _T.FLOAT8E4M3FN: ("float8e4m3fn", 1, np.uint8, np.uint8),
+    _T.FLOAT8E4M3FNUZ: ("float8e4m3fnuz", 1, np.uint8, np.uint8),
+    _T.FLOAT8E5M2: ("float8e5m2", 1, np.uint8, np.uint8),
+    _T.FLOAT8E5M2FNUZ: ("float8e5m2fnuz", 1, np.uint8, np.uint8),
+}
+DTYPE_NAMES = {k: v[0] for k, v in _TABLE.items()}
+ELEM_BYTES = {k: v[1] for k, v in _TABLE.items()}
+BITS_DTYPE = {k: v[2] for k, v in _TABLE.items()}  # numpy storage of each dtype's bits
+STORAGE = {k: v[3] for k, v in _TABLE.items()}  # numpy storage of decoded tensors
+RAW_DTYPES_VERSION = 5  # the payload format version that adds the dtypes other than FLOAT_DTYPES
+
+
+def dtype_min_version(dtype: int) -> int:
+    """The first payload format version that holds a tensor of `dtype`."""
+    return 1 if dtype in FLOAT_DTYPES else RAW_DTYPES_VERSION
 
 
 def check_dtype(dtype: int, what: str = "tensor") -> None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import PayloadError, UnsupportedError
 from . import native
-from .dtypes import DTYPE_NAMES, FLOAT, STORAGE, check_dtype
+from .dtypes import DTYPE_NAMES, FLOAT, RAW_DTYPES_VERSION, STORAGE, check_dtype, dtype_min_version
 from .stages import STAGES, BodyReader, Buffer, Stage, StageSummary, stage_class
 
 MAGIC = b"L2CP"
@@ -48,8 +48,8 @@ METADATA_KEY = "onnx_l2c.format"  # model metadata: the format version of its pa
 
 
 def max_format_version() -> int:
-    """The newest payload version: the highest `min_version` of the stage table."""
-    return max(cls.min_version for cls in STAGES.values())
+    """The newest payload version: the highest `min_version` of the stage table and the dtypes."""
+    return max(RAW_DTYPES_VERSION, *(cls.min_version for cls in STAGES.values()))
 
 
 @dataclass
@@ -78,7 +78,7 @@ class Recipe:
 
 def payload_version(recipe: Recipe) -> int:
     """Format version a recipe's payload is written with (the lowest that holds its stages)."""
-    return max([FORMAT_VERSION, *(stage.min_version for stage in recipe.stages)])
+    return max([FORMAT_VERSION, dtype_min_version(recipe.dtype), *(stage.min_version for stage in recipe.stages)])
 
 
 def _check_sequence(recipe: Recipe) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import PayloadError, UnsupportedError
 from . import native
-from .dtypes import BITS_DTYPE, BFLOAT16, ELEM_BYTES, FLOAT, FLOAT16, float32_to
+from .dtypes import BITS_DTYPE, BFLOAT16, ELEM_BYTES, FLOAT, FLOAT16, STORAGE, float32_to
 
 if TYPE_CHECKING:
     from .payload import Recipe
@@ -361,10 +361,13 @@ class CastStage(Stage):
         return cls(target)
 
 
+_UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}  # bit storage by element size
+
+
 def byte_planes(bits: np.ndarray, elem_bytes: int, rotate: int) -> list[np.ndarray]:
     """Split rotl(bits, rotate) into byte planes, most significant first."""
     width = 8 * elem_bytes
-    utype = np.uint32 if elem_bytes == 4 else np.uint16
+    utype = _UNSIGNED[elem_bytes]
     b = np.ascontiguousarray(bits).reshape(-1).view(utype)
     rot = ((b << utype(rotate)) | (b >> utype(width - rotate))) if rotate else b
     return [((rot >> utype(8 * k)) & utype(0xFF)).astype(np.uint8) for k in reversed(range(elem_bytes))]
@@ -396,17 +399,14 @@ class RawStage(Stage):
         return b"".join(body)
 
     def apply(self, buf: np.ndarray | None, recipe: "Recipe") -> np.ndarray:
-        out = np.asarray(self.bits).reshape(-1).view(BITS_DTYPE[recipe.dtype])
-        if recipe.dtype == FLOAT:
-            return out.view(np.float32)
-        if recipe.dtype == FLOAT16:
-            return out.view(np.float16)
-        return out
+        return np.asarray(self.bits).reshape(-1).view(BITS_DTYPE[recipe.dtype]).view(STORAGE[recipe.dtype])
 
     @classmethod
     def parse(cls, body: BodyReader, recipe: "Recipe", count: int) -> "RawStage":
         elem_bytes, rotate = body.unpack("<BB2x")
-        utype = np.uint32 if elem_bytes == 4 else np.uint16
+        if elem_bytes not in _UNSIGNED:
+            raise PayloadError(f"raw stage elem_bytes {elem_bytes}; valid: 1, 2, 4, 8")
+        utype = _UNSIGNED[elem_bytes]
         width = 8 * elem_bytes
         rot = np.zeros(count, utype)
         for k in reversed(range(elem_bytes)):  # most significant plane first

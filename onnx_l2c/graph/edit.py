@@ -143,7 +143,7 @@ def declaration(node: onnx.NodeProto, what: str) -> tuple[int, tuple[int, ...]]:
     if dtype is None or dtype.type != onnx.AttributeProto.INT or shape is None \
             or shape.type != onnx.AttributeProto.INTS:
         got = ", ".join(f"{a.name}: {onnx.AttributeProto.AttributeType.Name(a.type)}" for a in (dtype, shape) if a)
-        raise PayloadError(f"{what}: the node needs the attributes dtype (INT: 1, 10 or 16) and shape (INTS); "
+        raise PayloadError(f"{what}: the node needs the attributes dtype (INT: an ONNX data type) and shape (INTS); "
                            f"it has {got or 'neither'}")
     return int(dtype.i), tuple(int(d) for d in shape.ints)
 

@@ -40,7 +40,7 @@ enum {
 /* Library version string, e.g. "1.0.0". */
 L2C_API const char* l2c_version(void);
 
-/* Highest payload format version this library decodes (3). */
+/* Highest payload format version this library decodes (5). */
 L2C_API int l2c_format_version(void);
 
 /* Parse and validate a payload header (magic, version, CRC, dims, numel).
@@ -64,9 +64,10 @@ L2C_API int l2c_decode(const uint8_t* payload, size_t payload_size,
                        void* out, size_t out_size, char* err, size_t err_len);
 
 /* The one check of what a graph declares for a decoded tensor (a Decode
- * node's dtype and shape attributes), shared by every load path: dtype 1, 10
- * or 16; 0..8 dims, each >= 0, at most 2^40 elements (L2C_E_CORRUPT
- * otherwise); at most max_decoded_bytes bytes (0: no limit; L2C_E_LIMIT).
+ * node's dtype and shape attributes), shared by every load path: an ONNX
+ * dtype the format holds (docs/FORMAT.md: the float types, and from format
+ * version 5 the integer, bool, double and float8 types); 0..8 dims, each
+ * >= 0, at most 2^40 elements (L2C_E_CORRUPT otherwise); at most max_decoded_bytes bytes (0: no limit; L2C_E_LIMIT).
  * *out_bytes receives the declared tensor's size. */
 L2C_API int l2c_check_declared(int64_t dtype, const int64_t* dims, int64_t ndim,
                                uint64_t max_decoded_bytes, uint64_t* out_bytes,

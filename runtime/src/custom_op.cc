@@ -98,10 +98,25 @@ std::string node_name(const OrtKernelInfo* info) {
 }
 
 ONNXTensorElementDataType ort_type(int dtype) {
+  // onnxruntime numbers its element types as ONNX's TensorProto does
   switch (dtype) {
     case l2c::kFloat32: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
     case l2c::kFloat16: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
     case l2c::kBFloat16: return ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16;
+    case l2c::kUint8: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+    case l2c::kInt8: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
+    case l2c::kUint16: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT16;
+    case l2c::kInt16: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16;
+    case l2c::kInt32: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
+    case l2c::kInt64: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+    case l2c::kBool: return ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL;
+    case l2c::kDouble: return ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE;
+    case l2c::kUint32: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT32;
+    case l2c::kUint64: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT64;
+    case l2c::kFloat8E4M3FN: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT8E4M3FN;
+    case l2c::kFloat8E4M3FNUZ: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT8E4M3FNUZ;
+    case l2c::kFloat8E5M2: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT8E5M2;
+    case l2c::kFloat8E5M2FNUZ: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT8E5M2FNUZ;
     default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
   }
 }
@@ -311,7 +326,7 @@ OrtStatusPtr ORT_API_CALL create_kernel(const OrtCustomOp*, const OrtApi*, const
   std::vector<int64_t> shape;
   try {
     if (!declaration(info, &dtype, &shape))
-      return k->error(ORT_INVALID_GRAPH, "the node needs the attributes dtype (int: 1, 10 or 16) and shape (ints)");
+      return k->error(ORT_INVALID_GRAPH, "the node needs the attributes dtype (int: an ONNX data type) and shape (ints)");
   } catch (const std::bad_alloc&) {
     return k->error(ORT_FAIL, "out of memory");
   }
@@ -363,7 +378,7 @@ OrtStatusPtr ORT_API_CALL compute(void* kernel, OrtKernelContext* ctx) {
 
 void ORT_API_CALL destroy_kernel(void* kernel) { delete static_cast<Kernel*>(kernel); }
 
-// Shape inference from the node attributes `dtype` (int: 1, 10 or 16) and
+// Shape inference from the node attributes `dtype` (int: an ONNX data type) and
 // `shape` (ints). Without both nothing is inferred, and onnxruntime refuses
 // the graph (the output type is undefined); create_kernel would too.
 OrtStatusPtr ORT_API_CALL infer_output(const OrtCustomOp*, OrtShapeInferContext* ctx) {

@@ -23,7 +23,28 @@ const char* stage_name(uint8_t kind) {
   }
 }
 
-size_t elem_size(int dtype) { return dtype == kFloat32 ? 4 : 2; }
+bool is_float_dtype(int dtype) { return dtype == kFloat32 || dtype == kFloat16 || dtype == kBFloat16; }
+
+// Bytes per element of a dtype this library decodes; 0 for any other.
+size_t elem_size(int dtype) {
+  switch (dtype) {
+    case kUint8: case kInt8: case kBool: case kFloat8E4M3FN: case kFloat8E4M3FNUZ: case kFloat8E5M2:
+    case kFloat8E5M2FNUZ:
+      return 1;
+    case kFloat16: case kBFloat16: case kUint16: case kInt16:
+      return 2;
+    case kFloat32: case kInt32: case kUint32:
+      return 4;
+    case kInt64: case kUint64: case kDouble:
+      return 8;
+    default:
+      return 0;
+  }
+}
+
+const char* kValidDtypes =
+    "1 (float32), 10 (float16), 16 (bfloat16); raw only: 2 (uint8), 3 (int8), 4 (uint16), 5 (int16), 6 (int32), "
+    "7 (int64), 9 (bool), 11 (double), 12 (uint32), 13 (uint64), 17-20 (float8)";
 
 template <class Dim>
 std::string dims_str(const Dim* dims, int64_t ndim) {
@@ -237,7 +258,7 @@ void parse_expand(Reader& body, const std::string& what, Plan* p) {
 }
 
 // Buffer type between stages (the state of FORMAT.md's decoding model).
-enum Buf { kNone, kInt32, kF32, kDtype };
+enum Buf { kNone, kI32, kF32, kDtype };  // what the stages have produced so far
 
 void parse_stage(Reader& body, uint8_t kind, const std::string& what, Plan* p, Buf* buf) {
   const char* w = what.c_str();
@@ -249,11 +270,11 @@ void parse_stage(Reader& body, uint8_t kind, const std::string& what, Plan* p, B
       if (static_cast<int64_t>(p->symbols.max_index) + p->symbol_offset > INT32_MAX)
         corrupt(what + ": symbol_offset " + std::to_string(p->symbol_offset) +
                 " + index overflows int32");
-      *buf = kInt32;
+      *buf = kI32;
       return;
     }
     case kAffine: {
-      if (*buf != kInt32) corrupt(what + ": affine needs int32 symbols from an entropy stage");
+      if (*buf != kI32) corrupt(what + ": affine needs int32 symbols from an entropy stage");
       p->outer = body.u64(w);
       p->channels = body.u32(w);
       p->inner = body.u64(w);
@@ -277,7 +298,7 @@ void parse_stage(Reader& body, uint8_t kind, const std::string& what, Plan* p, B
       return;
     }
     case kCodebook: {
-      if (*buf != kInt32 || p->has_expand)
+      if (*buf != kI32 || p->has_expand)
         corrupt(what + ": codebook needs int32 symbols from an entropy stage");
       const uint32_t size = body.u32(w);
       if (size < 1 || size > (1u << 16))
@@ -340,7 +361,7 @@ void parse_stage(Reader& body, uint8_t kind, const std::string& what, Plan* p, B
                                 std::to_string(p->version));
       if (*buf != kNone) corrupt(what + ": expand must be the first stage");
       parse_expand(body, what, p);
-      *buf = kInt32;
+      *buf = kI32;
       return;
     }
     default:
@@ -505,12 +526,12 @@ inline void store(uint8_t* out, uint64_t i, T v) {
 constexpr uint64_t kChunk = 4096;  // elements per pass: buffers stay in L1/L2
 
 void execute_raw(const Plan& p, uint8_t* out) {
-  const uint32_t eb = p.elem_bytes, rot = p.rotate;
+  const uint32_t eb = p.elem_bytes, rot = p.rotate, width = 8 * eb;
   std::vector<StreamDecoder> dec;
   dec.reserve(eb);
   for (uint32_t k = 0; k < eb; ++k)
     dec.emplace_back(p.planes[k], 0, "stage 1 (raw) plane " + std::to_string(k));
-  uint8_t plane[4][kChunk];
+  uint8_t plane[8][kChunk];
   for (uint64_t i = 0; i < p.numel; i += kChunk) {
     const uint64_t n = std::min(kChunk, p.numel - i);
     for (uint32_t k = 0; k < eb; ++k) dec[k].next(plane[k], n);
@@ -521,10 +542,21 @@ void execute_raw(const Plan& p, uint8_t* out) {
                            (static_cast<uint32_t>(plane[2][t]) << 8) | plane[3][t];
         store<uint32_t>(out, i + t, rot ? (v >> rot) | (v << (32 - rot)) : v);
       }
-    } else {
+    } else if (eb == 2) {
       for (uint64_t t = 0; t < n; ++t) {
         const uint32_t v = (static_cast<uint32_t>(plane[0][t]) << 8) | plane[1][t];
         store<uint16_t>(out, i + t, static_cast<uint16_t>(rot ? (v >> rot) | (v << (16 - rot)) : v));
+      }
+    } else {  // 1 or 8 bytes: the general loop (rotate < width, checked at parse)
+      for (uint64_t t = 0; t < n; ++t) {
+        uint64_t v = 0;
+        for (uint32_t k = 0; k < eb; ++k) v = (v << 8) | plane[k][t];
+        if (rot) v = (v >> rot) | (v << (width - rot));
+        if (eb == 1) {
+          out[i + t] = static_cast<uint8_t>(v);
+        } else {
+          store<uint64_t>(out, i + t, v);
+        }
       }
     }
   }
@@ -720,8 +752,8 @@ void execute_expand(const Plan& p, uint8_t* out) {
 
 Declared check_declared(int64_t dtype, const int64_t* dims, int64_t ndim, uint64_t max_decoded_bytes) {
   Declared d;
-  if (dtype != kFloat32 && dtype != kFloat16 && dtype != kBFloat16)
-    corrupt("the graph declares dtype " + std::to_string(dtype) + "; valid: 1 (float32), 10 (float16), 16 (bfloat16)");
+  if (dtype < 0 || dtype > 255 || elem_size(static_cast<int>(dtype)) == 0)
+    corrupt("the graph declares dtype " + std::to_string(dtype) + "; valid: " + kValidDtypes);
   if (ndim < 0 || ndim > L2C_MAX_DIMS)
     corrupt("the graph declares a shape of " + std::to_string(ndim) + " dims; valid: 0 to 8");
   if (ndim && !dims) fail(L2C_E_ARGUMENT, "dims is NULL");
@@ -748,6 +780,20 @@ const char* dtype_name(int dtype) {
     case kFloat32: return "float32";
     case kFloat16: return "float16";
     case kBFloat16: return "bfloat16";
+    case kUint8: return "uint8";
+    case kInt8: return "int8";
+    case kUint16: return "uint16";
+    case kInt16: return "int16";
+    case kInt32: return "int32";
+    case kInt64: return "int64";
+    case kBool: return "bool";
+    case kDouble: return "double";
+    case kUint32: return "uint32";
+    case kUint64: return "uint64";
+    case kFloat8E4M3FN: return "float8e4m3fn";
+    case kFloat8E4M3FNUZ: return "float8e4m3fnuz";
+    case kFloat8E5M2: return "float8e5m2";
+    case kFloat8E5M2FNUZ: return "float8e5m2fnuz";
     default: return "unknown";
   }
 }
@@ -776,11 +822,14 @@ void parse_payload(const uint8_t* data, size_t size, Plan* p, uint64_t out_bytes
   const uint16_t version = r.u16(hw);
   if (version < kMinFormatVersion || version > kMaxFormatVersion)
     fail(L2C_E_VERSION, "unsupported format version " + std::to_string(version) +
-                            " (this library reads 1 to 4)");
+                            " (this library reads 1 to 5)");
   p->version = version;
   p->dtype = r.u8(hw);
-  if (p->dtype != kFloat32 && p->dtype != kFloat16 && p->dtype != kBFloat16)
-    corrupt("unsupported dtype " + std::to_string(p->dtype) + " (expected 1, 10 or 16)");
+  if (elem_size(p->dtype) == 0)
+    corrupt("unsupported dtype " + std::to_string(p->dtype) + " (valid: " + kValidDtypes + ")");
+  if (!is_float_dtype(p->dtype) && version < kRawDtypesFormatVersion)
+    corrupt(std::string("dtype ") + dtype_name(p->dtype) + " in a version " + std::to_string(version) +
+            " payload (needs version 5)");
   p->ndim = r.u8(hw);
   if (p->ndim > L2C_MAX_DIMS) corrupt("ndim " + std::to_string(p->ndim) + " exceeds 8");
   uint64_t numel = 1;

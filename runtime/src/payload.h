@@ -11,12 +11,20 @@ namespace l2c {
 
 enum StageKind : uint8_t { kEntropy = 1, kAffine = 2, kCodebook = 3, kCast = 4, kRaw = 5, kTransform = 6, kExponent = 7,
                           kExpand = 8 };
-enum DType : int { kFloat32 = 1, kFloat16 = 10, kBFloat16 = 16 };
+// ONNX TensorProto data types. The float types may hold any recipe; the others
+// only the raw stage (lossless), and only in payloads of version 5 or later.
+enum DType : int {
+  kFloat32 = 1, kUint8 = 2, kInt8 = 3, kUint16 = 4, kInt16 = 5, kInt32 = 6, kInt64 = 7, kBool = 9,
+  kFloat16 = 10, kDouble = 11, kUint32 = 12, kUint64 = 13, kBFloat16 = 16, kFloat8E4M3FN = 17,
+  kFloat8E4M3FNUZ = 18, kFloat8E5M2 = 19, kFloat8E5M2FNUZ = 20
+};
 
 // Payload format versions this library reads: 1, 2 (adds the transform
-// stage), 3 (adds the exponent stage) and 4 (adds the expand stage).
+// stage), 3 (adds the exponent stage), 4 (adds the expand stage) and 5 (adds
+// the dtypes other than float32, float16 and bfloat16, raw stage only).
 constexpr int kMinFormatVersion = 1;
-constexpr int kMaxFormatVersion = 4;
+constexpr int kMaxFormatVersion = 5;
+constexpr int kRawDtypesFormatVersion = 5;
 constexpr int kTransformFormatVersion = 2;
 constexpr int kExponentFormatVersion = 3;
 constexpr int kExpandFormatVersion = 4;
@@ -85,7 +93,7 @@ struct Plan {
   std::vector<float> codebook;
   // raw
   uint32_t elem_bytes = 0, rotate = 0;
-  Stream planes[4];
+  Stream planes[8];  // most significant byte first
   // transform: out(r, j) = sum_i C[r*k + i] * basis[i*cols + j] (+ mean[j])
   bool has_transform = false;
   uint64_t rows = 0;
@@ -105,7 +113,7 @@ struct Declared {
   uint64_t out_bytes = 0;
 };
 
-// Validates a declaration: dtype 1, 10 or 16; 0..8 dims, each >= 0, at most
+// Validates a declaration: a dtype this library decodes; 0..8 dims, each >= 0, at most
 // 2^40 elements; with max_decoded_bytes > 0, at most that many bytes
 // (L2C_E_LIMIT). Invalid declarations are L2C_E_CORRUPT.
 Declared check_declared(int64_t dtype, const int64_t* dims, int64_t ndim, uint64_t max_decoded_bytes);
