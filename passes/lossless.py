@@ -3,7 +3,7 @@ fallback candidate, and the lossless preset."""
 
 from __future__ import annotations
 
-from onnx_l2c.codec import ELEM_BYTES, RawStage, Recipe
+from onnx_l2c.codec import ELEM_BYTES, FLOAT_DTYPES, RawStage, Recipe
 
 from .base import TensorInput
 
@@ -22,4 +22,6 @@ class Lossless:
         return tensor.dtype in ELEM_BYTES
 
     def encode(self, tensor: TensorInput) -> Recipe:
-        return Recipe(tensor.dtype, tensor.shape, [RawStage(tensor.bits, self.rotate)])
+        # integers: no rotation, so each plane is one byte of the two's-complement value
+        rotate = self.rotate if tensor.dtype in FLOAT_DTYPES else 0
+        return Recipe(tensor.dtype, tensor.shape, [RawStage(tensor.bits, rotate)])

@@ -9,11 +9,13 @@ import json
 import re
 from pathlib import Path
 
+import onnx
+
 import onnx_l2c
 from helpers import ROOT, run_isolated
 from onnx_l2c import ErrorCode
-from onnx_l2c.codec import (BFLOAT16, DECODE_LIMIT_FLOOR, DECODE_LIMIT_RATIO, FLOAT, FLOAT16, FORMAT_VERSION, MAX_DIMS,
-                            STAGES, BlockMode,
+from onnx_l2c.codec import (BFLOAT16, DECODE_LIMIT_FLOOR, DECODE_LIMIT_RATIO, DTYPE_NAMES, FLOAT, FLOAT16,
+                            FLOAT_DTYPES, FORMAT_VERSION, MAX_DIMS, RAW_DTYPES_VERSION, STAGES, BlockMode,
                             max_format_version)
 
 PAYLOAD_H = ROOT / "runtime" / "src" / "payload.h"
@@ -51,7 +53,11 @@ def test_stage_kinds_versions_and_limits_match_the_native_tables():
         for limit, value in cls.limits.items():
             assert constants.get(limit) == value, f"{cls.name}: {limit} is {constants.get(limit)} in payload.h"
     assert (constants["kDecodeLimitFloor"], constants["kDecodeLimitRatio"]) == (DECODE_LIMIT_FLOOR, DECODE_LIMIT_RATIO)
-    assert _enum(text, "DType") == {"kFloat32": FLOAT, "kFloat16": FLOAT16, "kBFloat16": BFLOAT16}
+    # every dtype the format holds, named as ONNX names it (float32 is FLOAT)
+    native_dtypes = {("FLOAT" if k == "kFloat32" else k[1:].upper()): v for k, v in _enum(text, "DType").items()}
+    assert native_dtypes == {onnx.TensorProto.DataType.Name(d): d for d in DTYPE_NAMES}
+    assert {FLOAT, FLOAT16, BFLOAT16} == set(FLOAT_DTYPES)
+    assert constants["kRawDtypesFormatVersion"] == RAW_DTYPES_VERSION
     assert {k[1:].upper(): v for k, v in _enum(text, "ExpandMode").items()} == {m.name: int(m) for m in BlockMode}
 
 

@@ -209,7 +209,9 @@ def test_truncations_and_flips_never_crash(tmp_path):
     recipes = [affine_recipe(), affine_recipe(dtype=FLOAT16), affine_recipe(dtype=BFLOAT16, has_offset=False),
                Recipe(FLOAT, (40,), [EntropyStage(rng.integers(0, 4, 40)), CodebookStage(np.arange(1, 5))]),
                Recipe(FLOAT, (30,), [RawStage(x.view(np.uint32))]),
-               Recipe(FLOAT16, (30,), [RawStage(x.astype(np.float16).view(np.uint16))])]
+               Recipe(FLOAT16, (30,), [RawStage(x.astype(np.float16).view(np.uint16))]),
+               Recipe(TensorProto.INT8, (30,), [RawStage(np.round(x * 9).astype(np.int8).view(np.uint8), 0)]),
+               Recipe(TensorProto.INT64, (5,), [RawStage(np.arange(-2, 3).view(np.uint64), 0)])]
     path = tmp_path / "payloads.pkl"
     path.write_bytes(pickle.dumps([serialize(r) for r in recipes]))
     proc = run_isolated(FUZZ % str(path))

@@ -3,8 +3,8 @@ recipes and their serialization, the ctypes binding to runtime/."""
 
 from __future__ import annotations
 
-from .dtypes import (BFLOAT16, BITS_DTYPE, DTYPE_NAMES, ELEM_BYTES, FLOAT, FLOAT16, FLOAT_DTYPES, STORAGE,
-                     bits_to_float32, check_dtype, dtype_min_version, float32_to)
+from .dtypes import (BFLOAT16, BITS_DTYPE, DTYPE_NAMES, ELEM_BYTES, FLOAT, FLOAT16, FLOAT_DTYPES, RAW_DTYPES_VERSION,
+                     STORAGE, bits_to_float32, check_dtype, dtype_min_version, float32_to)
 from .stages import (STAGES, AffineStage, Buffer, CastStage, CodebookStage, EntropyStage, RawStage, Stage, StageSummary,
                      byte_planes, stage_class)
 from .transform import ExponentStage, TransformStage, exponent_multipliers
@@ -15,7 +15,7 @@ from .payload import (DECODE_LIMIT_FLOOR, DECODE_LIMIT_RATIO, DOMAIN, FORMAT_VER
                       default_decode_limit)
 
 __all__ = [
-    "DECODE_LIMIT_FLOOR", "DECODE_LIMIT_RATIO", "default_decode_limit", "BFLOAT16", "BITS_DTYPE", "DOMAIN", "DTYPE_NAMES", "ELEM_BYTES", "FLOAT", "FLOAT16", "FLOAT_DTYPES", "FORMAT_VERSION", "MAGIC",
+    "DECODE_LIMIT_FLOOR", "DECODE_LIMIT_RATIO", "default_decode_limit", "BFLOAT16", "BITS_DTYPE", "DOMAIN", "DTYPE_NAMES", "ELEM_BYTES", "FLOAT", "FLOAT16", "FLOAT_DTYPES", "FORMAT_VERSION", "RAW_DTYPES_VERSION", "MAGIC",
     "MAX_DIMS", "METADATA_KEY", "OPSET", "SIDECAR_SUFFIX", "OP_TYPE", "PAYLOAD_ALIGN", "STAGES", "STORAGE", "AffineStage", "BlockMode", "Buffer",
     "CastStage", "CodebookStage", "EntropyStage", "ExpandStage", "ExponentStage", "PayloadHeader", "PayloadSummary",
     "RawStage", "Recipe", "Stage", "StageSummary", "TransformStage", "bits_to_float32", "byte_planes", "check_dtype",

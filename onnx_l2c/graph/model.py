@@ -18,7 +18,7 @@ import onnx
 from onnx import external_data_helper, numpy_helper
 
 from onnx_l2c.errors import FileError, L2CError, ModelError
-from onnx_l2c.codec import BFLOAT16, BITS_DTYPE, DTYPE_NAMES, FLOAT, FLOAT16, STORAGE
+from onnx_l2c.codec import BFLOAT16, BITS_DTYPE, DTYPE_NAMES, FLOAT, FLOAT16, FLOAT_DTYPES, STORAGE
 from onnx_l2c.graph.ops import DEFAULT_DOMAINS, is_passthrough, passthrough_axis, weight_input
 
 log = logging.getLogger(__name__)
@@ -228,7 +228,10 @@ class Consumer:
 
 @dataclass
 class WeightAnalysis:
-    weights: list[WeightRef] = field(default_factory=list)
+    weights: list[WeightRef] = field(default_factory=list)  # floating tensors: planned, lossy where it pays
+    # Tensors of the other dtypes (integers, bool, double, float8: quantized weights,
+    # index tables): coded losslessly by the writer, never planned.
+    exact: list[WeightRef] = field(default_factory=list)
     skipped_small: int = 0
 
 
@@ -283,7 +286,8 @@ def _channel_axis(name: str, rank: int, uses: dict[str, list[Consumer]], depth: 
 
 
 def find_weights(model: onnx.ModelProto, min_elements: int) -> WeightAnalysis:
-    """Floating initializers and Constant-node tensors with ≥ min_elements elements.
+    """Initializers and Constant-node tensors with ≥ min_elements elements: the
+    floating ones as `weights`, those of the other dtypes the format holds as `exact`.
 
     Each weight appears once however many nodes use it (it stays shared).
     """
@@ -299,11 +303,14 @@ def find_weights(model: onnx.ModelProto, min_elements: int) -> WeightAnalysis:
                     if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
                         candidates.append((attr.t, node, node.output[0]))
         for tensor, node, name in candidates:
-            if tensor.data_type not in (FLOAT, FLOAT16, BFLOAT16):
+            if tensor.data_type not in DTYPE_NAMES:  # strings, int4/uint4, complex: kept as they are
                 continue
             w = WeightRef(name=name, graph=ref, tensor=tensor, constant_node=node)
             if w.numel < min_elements:
                 out.skipped_small += 1
+                continue
+            if tensor.data_type not in FLOAT_DTYPES:
+                out.exact.append(w)
                 continue
             info = _channel_axis(name, len(w.shape), uses)
             w.channel_axis, w.consumer = info.axis, info.op

@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import external_data_helper
 
-from onnx_l2c.codec import (BFLOAT16, BITS_DTYPE, DECODE_LIMIT_FLOOR, DECODE_LIMIT_RATIO, DOMAIN, DTYPE_NAMES,
+from onnx_l2c.codec import (BITS_DTYPE, DECODE_LIMIT_FLOOR, DECODE_LIMIT_RATIO, DOMAIN, DTYPE_NAMES,
                             STORAGE, default_decode_limit, native, parse, summarize, summarize_totals)
 from onnx_l2c.errors import (FileError, LimitError, ModelError, OptionError, OutOfMemoryError, PayloadError,
                              literal)
@@ -356,8 +356,9 @@ def InferenceSession(path_or_bytes: ModelSource, sess_options: Any = None, provi
             declared[entry.name] = tensor
         model = compressed.strip(declared, hoist=True)
         if external:
-            values = [ort.OrtValue.ortvalue_from_numpy_with_onnx_type(arrays[n], BFLOAT16)
-                      if arrays[n].dtype == np.uint16 else ort.OrtValue.ortvalue_from_numpy(arrays[n])
+            # by the declared ONNX type: numpy has no bfloat16 or float8 (their bits are
+            # uint16 / uint8 arrays), and a uint16 array may be either uint16 or bfloat16
+            values = [ort.OrtValue.ortvalue_from_numpy_with_onnx_type(arrays[n], declared[n].data_type)
                       for n in external]
             so.add_external_initializers(external, values)
         data = model.SerializeToString()

@@ -399,7 +399,8 @@ def _write(proto: onnx.ModelProto, analysis: Any, src_dir: Path, output: Path, o
     where it applies and lossless elsewhere) and write the graph and sidecar
     as temporary files of `outputs` (the caller commits them).
     Also returns the recipes of the methods in `summarized`, for their summaries."""
-    weights = analysis.weights
+    weights = analysis.weights + analysis.exact
+    exact = {w.name for w in analysis.exact}
     preset = _preset_encoding(opts)
     encoded: dict[str, list[Recipe]] = {}
     sidecar = sidecar_path(output)
@@ -421,7 +422,9 @@ def _write(proto: onnx.ModelProto, analysis: Any, src_dir: Path, output: Path, o
             # tensors of hundreds of MB are encoded one at a time.
             while pending is not None and len(window) < 2 * workers:
                 w = pending
-                if planned is not None:
+                if w.name in exact:
+                    encoding = LOSSLESS
+                elif planned is not None:
                     encoding = planned.get(w.name, LOSSLESS)
                 else:
                     encoding = preset if preset is not None else LOSSLESS
@@ -443,7 +446,7 @@ def _write(proto: onnx.ModelProto, analysis: Any, src_dir: Path, output: Path, o
             offset, length = writer.add(payload)
             replace_with_decode(w, offset, length, sidecar.name, used_names)
             if w.constant_node is None:
-                for key in ("raw_data", "float_data", "int32_data"):
+                for key in ("raw_data", "float_data", "int32_data", "int64_data", "uint64_data", "double_data"):
                     w.tensor.ClearField(key)  # free the bytes now; dropped below
             reports.append(report)
             if report.method in summarized:
