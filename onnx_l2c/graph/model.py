@@ -285,6 +285,13 @@ def _channel_axis(name: str, rank: int, uses: dict[str, list[Consumer]], depth: 
     return ConsumerInfo()
 
 
+# Integer tensors this small stay inline whatever --min-elements says: they are
+# shapes, axes, pads and starts that onnxruntime reads while it builds the
+# session (ConstantOfShape's shape, Reshape's, Slice's), before any Decode node
+# runs; the fast loader's tensors are not readable then.
+EXACT_MIN_ELEMENTS = 64
+
+
 def find_weights(model: onnx.ModelProto, min_elements: int) -> WeightAnalysis:
     """Initializers and Constant-node tensors with ≥ min_elements elements: the
     floating ones as `weights`, those of the other dtypes the format holds as `exact`.
@@ -306,10 +313,11 @@ def find_weights(model: onnx.ModelProto, min_elements: int) -> WeightAnalysis:
             if tensor.data_type not in DTYPE_NAMES:  # strings, int4/uint4, complex: kept as they are
                 continue
             w = WeightRef(name=name, graph=ref, tensor=tensor, constant_node=node)
-            if w.numel < min_elements:
+            exact = tensor.data_type not in FLOAT_DTYPES
+            if w.numel < (max(min_elements, EXACT_MIN_ELEMENTS) if exact else min_elements):
                 out.skipped_small += 1
                 continue
-            if tensor.data_type not in FLOAT_DTYPES:
+            if exact:
                 out.exact.append(w)
                 continue
             info = _channel_axis(name, len(w.shape), uses)
