@@ -171,12 +171,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         print(_inspect_json(res))
         return 0
     width = max([len(r.name) for r in res.rows] + [6])
-    print(f"{'tensor':<{width}}  {'dtype':<8} {'shape':<20} {'stages':<26} {'original':>10} {'coded':>10} "
+    dw = max([len(r.dtype) for r in res.rows] + [8])
+    print(f"{'tensor':<{width}}  {'dtype':<{dw}} {'shape':<20} {'stages':<26} {'original':>10} {'coded':>10} "
           f"{'bits/w':>7}  details")
     for r in res.rows:
         shape = "x".join(map(str, r.shape)) or "scalar"
         details = "; ".join(f"{stage}: {text}" for stage, text in r.notes.items())
-        print(f"{r.name:<{width}}  {r.dtype:<8} {shape:<20} {'+'.join(r.stages):<26} "
+        print(f"{r.name:<{width}}  {r.dtype:<{dw}} {shape:<20} {'+'.join(r.stages):<26} "
               f"{_human(r.original_bytes):>10} {_human(r.payload_bytes):>10} {r.bits_per_weight:7.2f}  {details}")
     total = res.graph_bytes + res.sidecar_bytes
     print(f"\n{len(res.rows)} compressed tensors: {_human(res.original_bytes)} → {_human(res.payload_bytes)}"

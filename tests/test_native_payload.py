@@ -269,3 +269,5 @@ def test_raw_dtype_errors():
     expect(lossy, "does not produce a int8", 1)
     with pytest.raises(L2CError, match="ends with float32"):
         serialize(Recipe(TensorProto.INT8, (3,), [EntropyStage(np.arange(3)), CodebookStage(np.ones(3))]))
+    with pytest.raises(L2CError, match="raw stage bits are int64, not the 4-byte integers of int32"):
+        serialize(Recipe(TensorProto.INT32, (3,), [RawStage(np.arange(3), 0)]))  # numpy's default int64

@@ -149,7 +149,8 @@ def serialize(recipe: Recipe, check: bool = True) -> bytes:
 def reconstruct(recipe: Recipe) -> np.ndarray:
     """What the native decoder produces, computed in numpy, bit for bit.
 
-    Returns float32 or float16 arrays, and uint16 bit patterns for bfloat16,
+    Returns arrays of the dtype's numpy storage (`STORAGE`: float32, float16,
+    the integers, bool, float64; the bit patterns of bfloat16 and float8),
     shaped `recipe.dims`.
     """
     validate(recipe)

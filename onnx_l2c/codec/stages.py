@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import PayloadError, UnsupportedError
 from . import native
-from .dtypes import BITS_DTYPE, BFLOAT16, ELEM_BYTES, FLOAT, FLOAT16, STORAGE, float32_to
+from .dtypes import BITS_DTYPE, BFLOAT16, DTYPE_NAMES, ELEM_BYTES, FLOAT, FLOAT16, STORAGE, float32_to
 
 if TYPE_CHECKING:
     from .payload import Recipe
@@ -386,8 +386,12 @@ class RawStage(Stage):
     rotate: int = 1
 
     def validate(self, recipe: "Recipe", count: int) -> None:
-        if np.asarray(self.bits).size != count:
-            raise PayloadError(f"raw stage has {np.asarray(self.bits).size} values for {count} elements")
+        bits = np.asarray(self.bits)
+        if bits.size != count:
+            raise PayloadError(f"raw stage has {bits.size} values for {count} elements")
+        if bits.dtype.kind not in "uib" or bits.dtype.itemsize != ELEM_BYTES[recipe.dtype]:
+            raise PayloadError(f"raw stage bits are {bits.dtype}, not the {ELEM_BYTES[recipe.dtype]}-byte "
+                               f"integers of {DTYPE_NAMES[recipe.dtype]}")
         if not 0 <= self.rotate < 8 * ELEM_BYTES[recipe.dtype]:
             raise PayloadError(f"raw stage rotate {self.rotate} outside [0, {8 * ELEM_BYTES[recipe.dtype]})")
 

@@ -172,7 +172,7 @@ class CompressedModel:
         return f"{entry.file.name}: tensor {entry.name!r}"
 
     def decode(self, entry: DecodeEntry) -> np.ndarray:
-        """Decode one tensor (float32 / float16 / uint16 bits for bfloat16), shaped."""
+        """Decode one tensor into its numpy storage (`codec.STORAGE`: the bits of bfloat16 and float8), shaped."""
         payload = self.payload(entry)
         where = self.where(entry)
         dtype, dims = self.declared(entry)

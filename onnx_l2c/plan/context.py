@@ -15,6 +15,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import numpy as np
@@ -273,14 +274,15 @@ def selected_methods(opts: CompressOptions, data_free: bool) -> tuple[Method, ..
 
 def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRef], opts: CompressOptions,
                   workers: int, progress: Progress | None = None, measured: PlanContext | None = None,
-                  reusable: bool = True) -> PlanContext:
+                  reusable: bool = True, exact: Sequence[WeightRef] = ()) -> PlanContext:
     """Measure (or reuse `measured`'s statistics and sensitivities) and fit candidates.
 
     With `reusable=False` the measurements serve only this context: the
     uncentered H and per-half H of bias-corrected layers (whose methods fit
     on the centered ones) are dropped as soon as those exist, which halves
     the statistics' memory (another method set, through `measured`, could
-    still need them)."""
+    still need them). `exact`: the tensors the writer codes losslessly
+    outside the plan, counted in the fixed bytes at their coded size."""
     chosen = [m for name, m in registry().items() if name in opts.methods]
     # per-tensor choices unless every selected method shares one step grid position
     ctx = PlanContext(weights={w.name: w for w in weights}, base_dir=base_dir, options=opts,
@@ -381,7 +383,8 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
                          "a branch the samples never take): they get the least measured sensitivity, so they are "
                          "compressed hardest but not treated as free: "
                          + ", ".join(sorted(no_effect)[:8]) + ("…" if len(no_effect) > 8 else ""))
-    ctx.fixed_bytes = _graph_estimate(model, weights) + PAYLOAD_OVERHEAD * len(weights)
+    ctx.fixed_bytes = (_graph_estimate(model, weights, exact) + PAYLOAD_OVERHEAD * len(weights)
+                       + exact_bytes(exact, base_dir))
     return ctx
 
 
@@ -421,7 +424,15 @@ def _norms(w: WeightRef, base_dir: Path) -> tuple[float, float]:
     return (float((v ** 2).mean()), float(np.abs(v).max())) if v.size else (1.0, 0.0)
 
 
-def _graph_estimate(model: onnx.ModelProto, weights: list[WeightRef]) -> int:
+def _inline_bytes(t: onnx.TensorProto) -> int:
+    """What a tensor's data adds to the serialized graph, exactly (typed fields
+    are varints: an int8 value in int32_data takes 1 or 2 bytes, not 4)."""
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        return 0
+    return max(t.ByteSize() - onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims).ByteSize(), 0)
+
+
+def _graph_estimate(model: onnx.ModelProto, weights: list[WeightRef], exact: Sequence[WeightRef] = ()) -> int:
     """Bytes of the output graph: the model without its weights' data, plus a
     Decode node, payload initializer and value_info per weight."""
     size = model.ByteSize()
@@ -429,7 +440,17 @@ def _graph_estimate(model: onnx.ModelProto, weights: list[WeightRef]) -> int:
         t = w.tensor
         size -= len(t.raw_data) + 4 * len(t.float_data) + 4 * len(t.int32_data)
         size += 4 * len(w.name) + DECODE_NODE_BYTES
+    for w in exact:
+        size -= _inline_bytes(w.tensor)
+        size += 4 * len(w.name) + DECODE_NODE_BYTES
     return max(size, 0)
+
+
+def exact_bytes(exact: Sequence[WeightRef], base_dir: Path) -> int:
+    """The payload bytes of the tensors the writer codes losslessly and the
+    plan does not choose for (integers, bool, float8: `WeightAnalysis.exact`):
+    fixed, so the budget does not buy them, and known exactly before the write."""
+    return sum(lossless_option(tensor_input(w, base_dir)).bytes + PAYLOAD_OVERHEAD for w in exact)
 
 
 def budget_for(opts: CompressOptions, source_bytes: int) -> int:

@@ -199,7 +199,7 @@ class Planner:
         self.context = planning.build_context(self.source.proto, self.source.src_dir, analysis.weights,
                                               self.options, self.workers, progress=progress,
                                               measured=_reuse.context if _reuse is not None else None,
-                                              reusable=not _single_use)
+                                              reusable=not _single_use, exact=analysis.exact)
         self.reusable = not _single_use
 
     def _refine(self, work: onnx.ModelProto, encodings: dict[str, Encoding],
@@ -400,7 +400,7 @@ def _write(proto: onnx.ModelProto, analysis: Any, src_dir: Path, output: Path, o
     as temporary files of `outputs` (the caller commits them).
     Also returns the recipes of the methods in `summarized`, for their summaries."""
     weights = analysis.weights + analysis.exact
-    exact = {w.name for w in analysis.exact}
+    exact = {id(w) for w in analysis.exact}  # not by name: sibling subgraphs may reuse one
     preset = _preset_encoding(opts)
     encoded: dict[str, list[Recipe]] = {}
     sidecar = sidecar_path(output)
@@ -422,7 +422,7 @@ def _write(proto: onnx.ModelProto, analysis: Any, src_dir: Path, output: Path, o
             # tensors of hundreds of MB are encoded one at a time.
             while pending is not None and len(window) < 2 * workers:
                 w = pending
-                if w.name in exact:
+                if id(w) in exact:
                     encoding = LOSSLESS
                 elif planned is not None:
                     encoding = planned.get(w.name, LOSSLESS)

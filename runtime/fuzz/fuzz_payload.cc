@@ -153,9 +153,17 @@ extern "C" size_t LLVMFuzzerCustomMutator(uint8_t* data, size_t size, size_t max
     case 2:  // a stage kind (1..8 and one past)
       data[f.at] = uint8_t(1 + next() % 9);
       break;
-    case 3: {  // a header dim
-      if (data[7] == 0 || data[7] > 8) break;
-      wr64(data + kHeader + 8 * (next() % data[7]), interesting(next()));
+    case 3: {  // the header: its dtype (every stage under every dtype), its version, or a dim
+      static const uint8_t kDtypes[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 16, 17, 18, 19, 20, 21, 255};
+      const uint32_t which = next() % 4;
+      if (which == 0) {
+        data[6] = kDtypes[next() % sizeof kDtypes];
+      } else if (which == 1) {
+        data[4] = uint8_t(1 + next() % 6);
+        data[5] = 0;
+      } else if (data[7] != 0 && data[7] <= 8) {
+        wr64(data + kHeader + 8 * (next() % data[7]), interesting(next()));
+      }
       break;
     }
     case 4: {  // swap two stages' headers and bodies: move one stage to the front

@@ -5,8 +5,8 @@
 //
 // Input 0: a uint8 1-D constant initializer, the payload (or what
 // onnxruntime folds into one: a Constant node, an Identity chain). Output 0: the
-// decoded tensor, declared by the required node attributes `dtype` (int: 1,
-// 10 or 16) and `shape` (ints), which the shape-inference function below
+// decoded tensor, declared by the required node attributes `dtype` (int: an
+// ONNX data type the format holds) and `shape` (ints), which the shape-inference function below
 // turns into the output type and shape; the converter writes both. Optional
 // string attributes `tensor` and `sidecar` name the weight in error
 // messages. The payload is decoded once, when the kernel is created, by
@@ -397,7 +397,7 @@ OrtStatusPtr ORT_API_CALL infer_output(const OrtCustomOp*, OrtShapeInferContext*
   if (t == ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED)
     return g_api->CreateStatus(ORT_INVALID_GRAPH,
                                ("onnx_l2c Decode: attribute dtype=" + std::to_string(dtype) +
-                                " is not 1 (float), 10 (float16) or 16 (bfloat16)").c_str());
+                                " is not a data type the format holds (docs/FORMAT.md)").c_str());
   int64_t dims[L2C_MAX_DIMS];
   len = 0;
   st = g_api->ReadOpAttr(sattr, ORT_OP_ATTR_INTS, dims, sizeof dims, &len);
