@@ -18,7 +18,7 @@ import onnx
 from onnx import external_data_helper, numpy_helper
 
 from onnx_l2c.errors import FileError, L2CError, ModelError
-from onnx_l2c.codec import BFLOAT16, BITS_DTYPE, DTYPE_NAMES, FLOAT, FLOAT16, FLOAT_DTYPES, STORAGE
+from onnx_l2c.codec import BITS_DTYPE, DTYPE_NAMES, FLOAT_DTYPES
 from onnx_l2c.graph.ops import DEFAULT_DOMAINS, is_passthrough, passthrough_axis, weight_input
 
 log = logging.getLogger(__name__)
@@ -93,28 +93,6 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
 
 
-_BITS_IN_INT32_DATA = (FLOAT16, BFLOAT16, onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E4M3FNUZ,
-                      onnx.TensorProto.FLOAT8E5M2, onnx.TensorProto.FLOAT8E5M2FNUZ)
-
-
-def _typed_field(tensor: onnx.TensorProto) -> np.ndarray:
-    """The values of a tensor stored in its typed field (not raw_data), as ONNX lays them out."""
-    t = onnx.TensorProto
-    dtype = tensor.data_type
-    if dtype == FLOAT:
-        return np.asarray(tensor.float_data, dtype=np.float32).view(np.uint32)
-    if dtype == t.DOUBLE:
-        return np.asarray(tensor.double_data, dtype=np.float64).view(np.uint64)
-    if dtype == t.INT64:
-        return np.asarray(tensor.int64_data, dtype=np.int64).view(np.uint64)
-    if dtype in (t.UINT32, t.UINT64):
-        return np.asarray(tensor.uint64_data, dtype=np.uint64).astype(BITS_DTYPE[dtype])
-    data = np.asarray(tensor.int32_data, dtype=np.int32)
-    if dtype in _BITS_IN_INT32_DATA:  # the bit patterns, widened
-        return data.astype(BITS_DTYPE[dtype])
-    return data.astype(STORAGE[dtype]).view(BITS_DTYPE[dtype])  # 8/16/32-bit integers and bool: the values
-
-
 def tensor_bits(tensor: onnx.TensorProto, base_dir: Path) -> np.ndarray:
     """The raw bit patterns (unsigned integers of the element's size) of a tensor, flat.
 
@@ -136,10 +114,12 @@ def tensor_bits(tensor: onnx.TensorProto, base_dir: Path) -> np.ndarray:
         if len(raw) != expected:
             raise L2CError(f"tensor {tensor.name!r}: {len(raw)} bytes of data for {expected} expected")
         return np.frombuffer(raw, dtype=bits_dtype).astype(bits_dtype.newbyteorder("="))
-    out = _typed_field(tensor)
-    if out.size != numel:
-        raise L2CError(f"tensor {tensor.name!r}: {out.size} values for shape {list(tensor.dims)}")
-    return out
+    # the typed field ONNX keeps this dtype in (int32_data for the narrow types'
+    # values or bits, uint64_data for uint32, ...), read by onnx's own reader
+    count = len(getattr(tensor, onnx.helper.tensor_dtype_to_field(tensor.data_type)))
+    if count != numel:
+        raise L2CError(f"tensor {tensor.name!r}: {count} values for shape {list(tensor.dims)}")
+    return numpy_helper.to_array(tensor).reshape(-1).view(BITS_DTYPE[tensor.data_type])
 
 
 def _read_external(tensor: onnx.TensorProto, base_dir: Path) -> bytes:
