@@ -161,8 +161,7 @@ def assert_rejected_natively(cases: list[tuple[str, bytes, str, int]]) -> None:
 def native_decode(payload: bytes | np.ndarray) -> np.ndarray:
     """Decode a payload with the native library: float32 / float16 / uint16 bits for bfloat16."""
     info = native.payload_info(payload)
-    storage = np.dtype(STORAGE[info.dtype])
-    out = np.empty(info.nbytes // storage.itemsize, storage)
+    out = np.empty(int(np.prod(info.dims, dtype=np.int64)), STORAGE[info.dtype])  # int4 & co: one per byte, unpacked
     native.decode_into(payload, out)
     return out.reshape(info.dims)
 

@@ -27,10 +27,10 @@ if __name__ == "__main__":  # run as a script from anywhere
     sys.path[:0] = [str(Path(__file__).absolute().parents[1]), str(Path(__file__).absolute().parent)]
 
 from helpers import native_decode, stage_offsets
-from onnx_l2c.codec import (BFLOAT16, BITS_DTYPE, DTYPE_NAMES, FLOAT, FLOAT16, FLOAT_DTYPES, STORAGE, AffineStage,
-                             BlockMode, CastStage,
-                             CodebookStage, EntropyStage, ExpandStage, ExponentStage, RawStage, Recipe,
-                             TransformStage, expand_blocks, expand_stage, reconstruct, serialize)
+from onnx_l2c.codec import (BFLOAT16, BITS_DTYPE, DTYPE_NAMES, FLOAT, FLOAT16, FLOAT_DTYPES, PACKED_BITS, STORAGE,
+                            AffineStage, BlockMode, CastStage, CodebookStage, EntropyStage, ExpandStage, ExponentStage,
+                            RawStage, Recipe, TransformStage, expand_blocks, expand_stage, reconstruct, serialize,
+                            to_raw_bytes)
 
 GOLDEN = Path(__file__).absolute().parent / "data" / "golden"
 EXPECTED = GOLDEN / "expected.json"
@@ -136,6 +136,9 @@ def other_dtype_bits(dtype: int, n: int, salt: int) -> np.ndarray:
     integers (as quantized weights and index tables are), 0/1 for bool, any
     byte for float8, full-mantissa values for double."""
     storage = np.dtype(STORAGE[dtype])
+    if dtype in PACKED_BITS:  # one pattern per element, mostly near 0 (as int4 weights are)
+        width = PACKED_BITS[dtype]
+        return (skewed(n, width, salt).astype(np.int64) & ((1 << width) - 1)).astype(np.uint8)
     if storage == np.bool_:
         values = (hashed(n, salt) & np.uint64(1)).astype(np.bool_)
     elif storage == np.float64:
@@ -166,7 +169,13 @@ def expand(outer: int, n: int, inner: int, block: int, salt: int) -> ExpandStage
 STREAM_MODES = {"stream_constant": MODE_CONSTANT, "stream_stored": MODE_STORED, "stream_rans": MODE_RANS}
 
 
+_PACKED_BY_STORAGE = {np.dtype(STORAGE[d]): d for d in PACKED_BITS}
+
+
 def output_bytes(array: np.ndarray) -> bytes:
+    """The decoded tensor's bytes as the native decoder writes them (little-endian; int4 & co packed)."""
+    if array.dtype in _PACKED_BY_STORAGE:
+        return to_raw_bytes(array, _PACKED_BY_STORAGE[array.dtype])
     return np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
 
 

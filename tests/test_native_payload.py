@@ -12,10 +12,10 @@ import pytest
 from helpers import assert_bit_identical, native_decode, patched, run_isolated, stage_offsets, with_crc
 from onnx_l2c import L2CError
 from onnx_l2c.codec import native
-from onnx import TensorProto
-from onnx_l2c.codec import (BFLOAT16, BITS_DTYPE, DTYPE_NAMES, ELEM_BYTES, FLOAT, FLOAT16, FLOAT_DTYPES, STORAGE,
-                             AffineStage, CastStage, CodebookStage, EntropyStage, RawStage, Recipe, payload_version,
-                             reconstruct, serialize)
+from onnx import TensorProto, helper
+from onnx_l2c.codec import (BFLOAT16, BITS_DTYPE, DTYPE_NAMES, ELEM_BYTES, FLOAT, FLOAT16, FLOAT_DTYPES, PACKED_BITS,
+                            STORAGE, AffineStage, CastStage, CodebookStage, EntropyStage, RawStage, Recipe,
+                            pack_elements, patterns_to_storage, payload_version, reconstruct, serialize, tensor_nbytes)
 
 
 def affine_recipe(shape=(6, 5, 4), axis=1, theta=0.25, has_offset=True, dtype=FLOAT, seed=0) -> Recipe:
@@ -211,7 +211,9 @@ def test_truncations_and_flips_never_crash(tmp_path):
                Recipe(FLOAT, (30,), [RawStage(x.view(np.uint32))]),
                Recipe(FLOAT16, (30,), [RawStage(x.astype(np.float16).view(np.uint16))]),
                Recipe(TensorProto.INT8, (30,), [RawStage(np.round(x * 9).astype(np.int8).view(np.uint8), 0)]),
-               Recipe(TensorProto.INT64, (5,), [RawStage(np.arange(-2, 3).view(np.uint64), 0)])]
+               Recipe(TensorProto.INT64, (5,), [RawStage(np.arange(-2, 3).view(np.uint64), 0)]),
+               Recipe(TensorProto.INT4, (29,), [RawStage((np.round(x[:29] * 3).astype(np.int64) & 15).astype(np.uint8), 0)]),
+               Recipe(TensorProto.UINT2, (30,), [RawStage((np.arange(30) % 4).astype(np.uint8), 0)])]
     path = tmp_path / "payloads.pkl"
     path.write_bytes(pickle.dumps([serialize(r) for r in recipes]))
     proc = run_isolated(FUZZ % str(path))
@@ -244,18 +246,30 @@ def test_raw_every_other_dtype(dtype, count):
     """Every ONNX dtype of 1, 2, 4 or 8 bytes is coded by the raw stage (payload
     version 5) and decodes to the same bytes natively and in numpy."""
     rng = np.random.default_rng(dtype)
-    width = 8 * ELEM_BYTES[dtype]
-    bits = rng.integers(0, 1 << min(width, 63), count, dtype=np.uint64, endpoint=True)
+    packed = PACKED_BITS.get(dtype)  # int4, uint4, float4e2m1, int2, uint2: one pattern per element
+    width = packed or 8 * ELEM_BYTES[dtype]
+    high = (1 << width) - 1 if packed else 1 << min(width, 63)
+    bits = rng.integers(0, high, count, dtype=np.uint64, endpoint=True)
     bits[: count // 3] = rng.integers(0, 4, count // 3)  # skewed, as integer weights are
     bits = bits.astype(BITS_DTYPE[dtype])
-    for rotate in sorted({0, 1, width - 1}):
+    for rotate in [0] if packed else sorted({0, 1, width - 1}):
         recipe = Recipe(dtype, (count,), [RawStage(bits, rotate)])
         payload = serialize(recipe)
         assert payload_version(recipe) == 5 and struct.unpack_from("<H", payload, 4)[0] == 5
         out = check(recipe)
         assert out.dtype == np.dtype(STORAGE[dtype])
         np.testing.assert_array_equal(out.view(BITS_DTYPE[dtype]), bits)
-        assert (info := native.payload_info(payload)).dtype == dtype and info.nbytes == out.nbytes
+        info = native.payload_info(payload)
+        assert info.dtype == dtype and info.nbytes == tensor_nbytes(dtype, count)
+        if packed:  # the native decoder's own bytes: packed as ONNX stores them, the first element low
+            raw = np.empty(info.nbytes, np.uint8)
+            native.decode_into(payload, raw)
+            np.testing.assert_array_equal(raw, pack_elements(bits, packed))
+            if count:
+                ref = helper.make_tensor("t", dtype, (count,), patterns_to_storage(bits, dtype).astype(np.float32)
+                                         if dtype == TensorProto.FLOAT4E2M1 else
+                                         patterns_to_storage(bits, dtype).astype(np.int64))
+                np.testing.assert_array_equal(raw, np.array(ref.int32_data, np.uint8))
 
 
 def test_raw_dtype_errors():
@@ -271,3 +285,16 @@ def test_raw_dtype_errors():
         serialize(Recipe(TensorProto.INT8, (3,), [EntropyStage(np.arange(3)), CodebookStage(np.ones(3))]))
     with pytest.raises(L2CError, match="raw stage bits are int64, not the 4-byte integers of int32"):
         serialize(Recipe(TensorProto.INT32, (3,), [RawStage(np.arange(3), 0)]))  # numpy's default int64
+    # packed dtypes: one stream of patterns below 2^bits, no rotation
+    int4 = serialize(Recipe(TensorProto.INT4, (3,), [RawStage(np.array([1, 15, 3], np.uint8), 0)]))
+    as_int2 = with_crc(patched(int4, 6, bytes([TensorProto.INT2]))[:-4])
+    expect(as_int2, "alphabet above 4 for int2")
+    raw_body = int4.index(bytes([5, 0, 0, 0])) + 8  # the raw stage's body: elem_bytes, rotate
+    expect(with_crc(patched(int4, raw_body + 1, b"\x01")[:-4]), "rotate 1 with a packed dtype")
+    with pytest.raises(L2CError, match="holds a pattern above 4 bits"):
+        serialize(Recipe(TensorProto.UINT4, (2,), [RawStage(np.array([1, 16], np.uint8), 0)]))
+    with pytest.raises(L2CError, match="has rotate 1; valid: 0"):
+        serialize(Recipe(TensorProto.INT4, (2,), [RawStage(np.array([1, 2], np.uint8), 1)]))
+    with pytest.raises(L2CError, match="output buffer has 3 bytes, the tensor needs 2"):
+        native.decode_into(int4, np.empty(3, np.uint8))  # one byte per element is not what the decoder writes
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import onnx
 
@@ -14,7 +15,10 @@ FLOAT_DTYPES = (FLOAT, FLOAT16, BFLOAT16)  # the dtypes every recipe may decode 
 _T = onnx.TensorProto
 # dtype: (name, bytes per element, numpy storage of its bits, numpy storage of the decoded tensor).
 # The dtypes after the float ones are coded losslessly only (the raw stage, payload format version 5);
-# numpy has no float8, so those are stored as their uint8 bits.
+# numpy has no float8, so those are stored as their uint8 bits. The packed
+# dtypes (PACKED_BITS: 4-bit and 2-bit elements, several to a byte in ONNX and
+# onnxruntime) hold one element's bit pattern per byte as bits, and decode to
+# ml_dtypes' one-element-per-byte types, which onnxruntime's Python API packs.
 _TABLE: dict[int, tuple[str, int, type, type]] = {
     FLOAT: ("float32", 4, np.uint32, np.float32),
     FLOAT16: ("float16", 2, np.uint16, np.float16),
@@ -33,12 +37,75 @@ _TABLE: dict[int, tuple[str, int, type, type]] = {
     _T.FLOAT8E4M3FNUZ: ("float8e4m3fnuz", 1, np.uint8, np.uint8),
     _T.FLOAT8E5M2: ("float8e5m2", 1, np.uint8, np.uint8),
     _T.FLOAT8E5M2FNUZ: ("float8e5m2fnuz", 1, np.uint8, np.uint8),
+    _T.UINT4: ("uint4", 1, np.uint8, ml_dtypes.uint4),
+    _T.INT4: ("int4", 1, np.uint8, ml_dtypes.int4),
+    _T.FLOAT4E2M1: ("float4e2m1", 1, np.uint8, ml_dtypes.float4_e2m1fn),
+    _T.UINT2: ("uint2", 1, np.uint8, ml_dtypes.uint2),
+    _T.INT2: ("int2", 1, np.uint8, ml_dtypes.int2),
 }
+# Bits per element of the packed dtypes. ONNX stores element i in bits
+# (i mod k)·width … of byte i / k (k = 8 / width elements per byte, the first
+# in the least significant bits); the unused high bits of the last byte are 0.
+PACKED_BITS: dict[int, int] = {_T.UINT4: 4, _T.INT4: 4, _T.FLOAT4E2M1: 4, _T.UINT2: 2, _T.INT2: 2}
+# Dtypes the format and every decoder hold but the writer leaves inline:
+# onnxruntime (1.32) has no custom-op output of these types, so a Decode node
+# of one would not load through the custom op (its kernel lookup fails).
+NOT_WRITTEN_DTYPES = frozenset({_T.FLOAT4E2M1, _T.UINT2, _T.INT2})
 DTYPE_NAMES = {k: v[0] for k, v in _TABLE.items()}
 ELEM_BYTES = {k: v[1] for k, v in _TABLE.items()}
 BITS_DTYPE = {k: v[2] for k, v in _TABLE.items()}  # numpy storage of each dtype's bits
 STORAGE = {k: v[3] for k, v in _TABLE.items()}  # numpy storage of decoded tensors
 RAW_DTYPES_VERSION = 5  # the payload format version that adds the dtypes other than FLOAT_DTYPES
+
+
+def tensor_nbytes(dtype: int, numel: int) -> int:
+    """Bytes of a tensor of `numel` elements as ONNX and onnxruntime store it (packed for PACKED_BITS)."""
+    width = PACKED_BITS.get(dtype)
+    return (numel * width + 7) // 8 if width else numel * ELEM_BYTES[dtype]
+
+
+def pack_elements(patterns: np.ndarray, width: int) -> np.ndarray:
+    """One `width`-bit pattern per byte → the packed bytes (first element in the low bits)."""
+    per_byte = 8 // width
+    flat = np.asarray(patterns, np.uint8).reshape(-1)
+    padded = np.zeros(-(-flat.size // per_byte) * per_byte, np.uint8)
+    padded[: flat.size] = flat
+    lanes = padded.reshape(-1, per_byte)
+    out = np.zeros(lanes.shape[0], np.uint8)
+    for k in range(per_byte):
+        out |= lanes[:, k] << np.uint8(k * width)
+    return out
+
+
+def unpack_elements(packed: np.ndarray, width: int, numel: int) -> np.ndarray:
+    """Packed bytes → one `width`-bit pattern per byte, `numel` of them."""
+    per_byte = 8 // width
+    data = np.asarray(packed, np.uint8).reshape(-1)
+    mask = np.uint8((1 << width) - 1)
+    lanes = np.stack([(data >> np.uint8(k * width)) & mask for k in range(per_byte)], axis=1)
+    return lanes.reshape(-1)[:numel]
+
+
+def patterns_to_storage(patterns: np.ndarray, dtype: int) -> np.ndarray:
+    """A packed dtype's bit patterns (one per byte) → its numpy storage (ml_dtypes
+    keeps each element's pattern in the low bits of its byte)."""
+    return np.asarray(patterns, np.uint8).view(STORAGE[dtype])
+
+
+def storage_to_patterns(values: np.ndarray, dtype: int) -> np.ndarray:
+    """A packed dtype's numpy storage (ml_dtypes) or plain integers of its values → bit patterns, one per byte."""
+    values = np.asarray(values)
+    raw = values.view(np.uint8) if values.dtype.kind == "V" else values.astype(np.int64).astype(np.uint8)
+    return raw & np.uint8((1 << PACKED_BITS[dtype]) - 1)
+
+
+def to_raw_bytes(values: np.ndarray, dtype: int) -> bytes:
+    """A decoded tensor (its numpy storage) as ONNX `raw_data`: little-endian, packed for PACKED_BITS."""
+    width = PACKED_BITS.get(dtype)
+    if width:
+        return pack_elements(storage_to_patterns(values, dtype), width).tobytes()
+    values = np.ascontiguousarray(values)
+    return values.astype(values.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
 def dtype_min_version(dtype: int) -> int:

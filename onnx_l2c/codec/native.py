@@ -17,6 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FileError, NativeArgumentError, from_native
+from .dtypes import PACKED_BITS, STORAGE, unpack_elements
+
+# Storage arrays of the packed dtypes hold one element per byte; the decoder
+# writes them packed, as onnxruntime and ONNX store them.
+_PACKED_STORAGE = {np.dtype(STORAGE[d]): w for d, w in PACKED_BITS.items()}
 
 _ERR_LEN = 1024
 MAX_DIMS = 8
@@ -156,8 +161,21 @@ def decode_into(payload: np.ndarray | bytes | memoryview, out: np.ndarray, what:
         raise NativeArgumentError(f"{what}: output buffer must be writable and C-contiguous")
     addr, size, _keep = _address(payload)
     err = ctypes.create_string_buffer(_ERR_LEN)
-    code = _lib().l2c_decode(addr, size, out.ctypes.data, out.nbytes, err, _ERR_LEN)
+    target = _decode_target(out)
+    code = _lib().l2c_decode(addr, size, target.ctypes.data, target.nbytes, err, _ERR_LEN)
     _check(code, err, what)
+    _unpack_into(out, target)
+
+
+def _decode_target(out: np.ndarray) -> np.ndarray:
+    """The buffer the decoder writes: `out` itself, or packed bytes for a packed dtype's storage."""
+    width = _PACKED_STORAGE.get(out.dtype)
+    return np.empty((out.size * width + 7) // 8, np.uint8) if width else out
+
+
+def _unpack_into(out: np.ndarray, target: np.ndarray) -> None:
+    if target is not out:
+        out.reshape(-1).view(np.uint8)[:] = unpack_elements(target, _PACKED_STORAGE[out.dtype], out.size)
 
 
 def _dims_array(dims: tuple[int, ...]) -> ctypes.Array:
@@ -186,9 +204,11 @@ def decode_declared(payload: np.ndarray | bytes | memoryview, dtype: int, out: n
     addr, size, _keep = _address(payload)
     dims = tuple(out.shape)
     err = ctypes.create_string_buffer(_ERR_LEN)
-    code = _lib().l2c_decode_declared(addr, size, dtype, _dims_array(dims), len(dims), 0, out.ctypes.data, out.nbytes,
-                                      err, _ERR_LEN)
+    target = _decode_target(out)
+    code = _lib().l2c_decode_declared(addr, size, dtype, _dims_array(dims), len(dims), 0, target.ctypes.data,
+                                      target.nbytes, err, _ERR_LEN)
     _check(code, err, what)
+    _unpack_into(out, target)
 
 
 def encode_stream(indices: np.ndarray, alphabet: int, max_scale_bits: int = 0) -> bytes:

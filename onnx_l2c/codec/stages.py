@@ -26,7 +26,8 @@ import numpy as np
 
 from ..errors import PayloadError, UnsupportedError
 from . import native
-from .dtypes import BITS_DTYPE, BFLOAT16, DTYPE_NAMES, ELEM_BYTES, FLOAT, FLOAT16, STORAGE, float32_to
+from .dtypes import (BITS_DTYPE, BFLOAT16, DTYPE_NAMES, ELEM_BYTES, FLOAT, FLOAT16, PACKED_BITS, STORAGE, float32_to,
+                     patterns_to_storage)
 
 if TYPE_CHECKING:
     from .payload import Recipe
@@ -394,16 +395,24 @@ class RawStage(Stage):
                                f"integers of {DTYPE_NAMES[recipe.dtype]}")
         if not 0 <= self.rotate < 8 * ELEM_BYTES[recipe.dtype]:
             raise PayloadError(f"raw stage rotate {self.rotate} outside [0, {8 * ELEM_BYTES[recipe.dtype]})")
+        width = PACKED_BITS.get(recipe.dtype)
+        if width:  # one element's pattern per index
+            if self.rotate:
+                raise PayloadError(f"raw stage of {DTYPE_NAMES[recipe.dtype]} has rotate {self.rotate}; valid: 0")
+            if bits.size and int(bits.max()) >= 1 << width:
+                raise PayloadError(f"raw stage of {DTYPE_NAMES[recipe.dtype]} holds a pattern above {width} bits")
 
     def body(self, recipe: "Recipe", count: int) -> bytes:
         elem_bytes = ELEM_BYTES[recipe.dtype]
         planes = byte_planes(self.bits, elem_bytes, self.rotate)
         body = [struct.pack("<BB2x", elem_bytes, self.rotate)]
-        body += [native.encode_stream(plane, 256) for plane in planes]
+        alphabet = 1 << PACKED_BITS.get(recipe.dtype, 8)
+        body += [native.encode_stream(plane, alphabet) for plane in planes]
         return b"".join(body)
 
     def apply(self, buf: np.ndarray | None, recipe: "Recipe") -> np.ndarray:
-        return np.asarray(self.bits).reshape(-1).view(BITS_DTYPE[recipe.dtype]).view(STORAGE[recipe.dtype])
+        bits = np.asarray(self.bits).reshape(-1).view(BITS_DTYPE[recipe.dtype])
+        return patterns_to_storage(bits, recipe.dtype) if recipe.dtype in PACKED_BITS else bits.view(STORAGE[recipe.dtype])
 
     @classmethod
     def parse(cls, body: BodyReader, recipe: "Recipe", count: int) -> "RawStage":
@@ -416,6 +425,10 @@ class RawStage(Stage):
         for k in reversed(range(elem_bytes)):  # most significant plane first
             rot |= body.stream(count).astype(utype) << utype(8 * k)
         bits = ((rot >> utype(rotate)) | (rot << utype(width - rotate))) if rotate else rot
+        packed = PACKED_BITS.get(recipe.dtype)
+        if packed and (rotate or elem_bytes != 1 or (bits.size and int(bits.max()) >= 1 << packed)):
+            raise PayloadError(f"raw stage of {DTYPE_NAMES[recipe.dtype]}: patterns above {packed} bits or rotate "
+                               f"{rotate}")
         return cls(bits.astype(BITS_DTYPE[recipe.dtype]), rotate)
 
 

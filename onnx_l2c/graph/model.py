@@ -18,7 +18,8 @@ import onnx
 from onnx import external_data_helper, numpy_helper
 
 from onnx_l2c.errors import FileError, L2CError, ModelError
-from onnx_l2c.codec import BITS_DTYPE, DTYPE_NAMES, FLOAT_DTYPES
+from onnx_l2c.codec import (BITS_DTYPE, DTYPE_NAMES, FLOAT_DTYPES, NOT_WRITTEN_DTYPES, PACKED_BITS, storage_to_patterns,
+                            tensor_nbytes, unpack_elements)
 from onnx_l2c.graph.ops import DEFAULT_DOMAINS, is_passthrough, passthrough_axis, weight_input
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class WeightRef:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * np.dtype(BITS_DTYPE[self.dtype]).itemsize
+        return tensor_nbytes(self.dtype, self.numel)
 
 
 def iter_scopes(graph: onnx.GraphProto, path: str = "main",
@@ -94,7 +95,8 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
 
 
 def tensor_bits(tensor: onnx.TensorProto, base_dir: Path) -> np.ndarray:
-    """The raw bit patterns (unsigned integers of the element's size) of a tensor, flat.
+    """The raw bit patterns (unsigned integers of the element's size) of a tensor, flat;
+    for the packed dtypes (int4, ...), one element's pattern per byte.
 
     Reads external data relative to `base_dir` (the model's folder).
     """
@@ -109,17 +111,24 @@ def tensor_bits(tensor: onnx.TensorProto, base_dir: Path) -> np.ndarray:
         raw = tensor.raw_data
     else:
         raw = None
+    width = PACKED_BITS.get(tensor.data_type)
     if raw is not None:
-        expected = numel * bits_dtype.itemsize
+        expected = tensor_nbytes(tensor.data_type, numel)
         if len(raw) != expected:
             raise L2CError(f"tensor {tensor.name!r}: {len(raw)} bytes of data for {expected} expected")
+        if width:
+            return unpack_elements(np.frombuffer(raw, np.uint8), width, numel)
         return np.frombuffer(raw, dtype=bits_dtype).astype(bits_dtype.newbyteorder("="))
     # the typed field ONNX keeps this dtype in (int32_data for the narrow types'
-    # values or bits, uint64_data for uint32, ...), read by onnx's own reader
+    # values or bits, and the packed types' bytes; uint64_data for uint32, ...),
+    # read by onnx's own reader
     count = len(getattr(tensor, onnx.helper.tensor_dtype_to_field(tensor.data_type)))
-    if count != numel:
+    if count != (tensor_nbytes(tensor.data_type, numel) if width else numel):
         raise L2CError(f"tensor {tensor.name!r}: {count} values for shape {list(tensor.dims)}")
-    return numpy_helper.to_array(tensor).reshape(-1).view(BITS_DTYPE[tensor.data_type])
+    values = numpy_helper.to_array(tensor).reshape(-1)
+    if width:
+        return storage_to_patterns(values, tensor.data_type)
+    return values.view(BITS_DTYPE[tensor.data_type])
 
 
 def _read_external(tensor: onnx.TensorProto, base_dir: Path) -> bytes:
@@ -290,8 +299,8 @@ def find_weights(model: onnx.ModelProto, min_elements: int) -> WeightAnalysis:
                     if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
                         candidates.append((attr.t, node, node.output[0]))
         for tensor, node, name in candidates:
-            if tensor.data_type not in DTYPE_NAMES:  # strings, int4/uint4, complex: kept as they are
-                continue
+            if tensor.data_type not in DTYPE_NAMES or tensor.data_type in NOT_WRITTEN_DTYPES:
+                continue  # strings, complex, int2, float4, ...: kept as they are
             w = WeightRef(name=name, graph=ref, tensor=tensor, constant_node=node)
             exact = tensor.data_type not in FLOAT_DTYPES
             if w.numel < (max(min_elements, EXACT_MIN_ELEMENTS) if exact else min_elements):

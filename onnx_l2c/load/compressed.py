@@ -28,8 +28,9 @@ import numpy as np
 import onnx
 from onnx import external_data_helper
 
-from onnx_l2c.codec import (BITS_DTYPE, DECODE_LIMIT_FLOOR, DECODE_LIMIT_RATIO, DOMAIN, DTYPE_NAMES,
-                            STORAGE, default_decode_limit, native, parse, summarize, summarize_totals)
+from onnx_l2c.codec import (DECODE_LIMIT_FLOOR, DECODE_LIMIT_RATIO, DOMAIN, DTYPE_NAMES, PACKED_BITS, STORAGE,
+                            default_decode_limit, native, pack_elements, parse, storage_to_patterns, summarize,
+                            summarize_totals, tensor_nbytes, to_raw_bytes)
 from onnx_l2c.errors import (FileError, LimitError, ModelError, OptionError, OutOfMemoryError, PayloadError,
                              literal)
 from onnx_l2c.files import AlignedWriter, AtomicOutputs
@@ -346,19 +347,21 @@ def InferenceSession(path_or_bytes: ModelSource, sess_options: Any = None, provi
             array = arrays[entry.name]
             tensor = _empty_tensor(entry)
             if entry.name not in used or not hoistable(entry.decode):  # kept in its subgraph: inline
-                tensor.raw_data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+                tensor.raw_data = to_raw_bytes(array, entry.decode.dtype)
             else:
                 # A virtual location: the file never exists, onnxruntime takes
                 # the bytes from add_external_initializers instead.
-                set_external(tensor, _VIRTUAL_LOCATION, offset, array.nbytes)
-                offset += array.nbytes
+                nbytes = tensor_nbytes(entry.decode.dtype, array.size)  # packed for int4 and the like
+                set_external(tensor, _VIRTUAL_LOCATION, offset, nbytes)
+                offset += nbytes
                 external.append(entry.name)
             declared[entry.name] = tensor
         model = compressed.strip(declared, hoist=True)
         if external:
             # by the declared ONNX type: numpy has no bfloat16 or float8 (their bits are
             # uint16 / uint8 arrays), and a uint16 array may be either uint16 or bfloat16
-            values = [ort.OrtValue.ortvalue_from_numpy_with_onnx_type(arrays[n], declared[n].data_type)
+            values = [ort.OrtValue.ortvalue_from_numpy_with_onnx_type(_ort_memory(arrays[n], declared[n].data_type),
+                                                                      declared[n].data_type)
                       for n in external]
             so.add_external_initializers(external, values)
         data = model.SerializeToString()
@@ -383,6 +386,20 @@ def decompress(path: str | os.PathLike, output: str | os.PathLike, *,
         compressed.close()
 
 
+def _ort_memory(array: np.ndarray, dtype: int) -> np.ndarray:
+    """The memory onnxruntime wraps for a tensor (ortvalue_from_numpy_with_onnx_type:
+    numpy's shape, no copy). A packed dtype's tensor reads its bytes packed from
+    the start of that memory, so they are packed into the front of a uint8 array
+    of the tensor's shape (numel bytes: room for the packed ones)."""
+    width = PACKED_BITS.get(dtype)
+    if not width:
+        return array
+    memory = np.zeros(array.shape, np.uint8)
+    packed = pack_elements(storage_to_patterns(array, dtype), width)
+    memory.reshape(-1)[: packed.size] = packed
+    return memory
+
+
 def _write_plain(compressed: CompressedModel, output: Path, external_data: bool | None) -> Path:
     """decompress's writer, on an open model (InferenceSession's low_memory path too)."""
     total = compressed.model.ByteSize() + compressed.check_budget()
@@ -401,6 +418,9 @@ def _write_plain(compressed: CompressedModel, output: Path, external_data: bool 
             writer = AlignedWriter(fh) if fh else None
             for entry, array in compressed.iter_decoded():
                 tensor = restored[entry.name]
+                if entry.decode.dtype in PACKED_BITS:  # one element per byte in numpy: packed as ONNX stores it
+                    array = pack_elements(storage_to_patterns(array, entry.decode.dtype),
+                                          PACKED_BITS[entry.decode.dtype])
                 little = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False)
                 if writer is not None:  # written from the array's own memory
                     offset, length = writer.add(memoryview(little).cast("B"))
@@ -472,7 +492,7 @@ def inspect(path: str | os.PathLike, *, max_decoded_bytes: int | None = None) ->
         summaries = []
         for entry in compressed.entries:
             recipe = parse(compressed.payload(entry), compressed.where(entry), compressed.max_decoded_bytes)
-            nbytes = recipe.numel * np.dtype(BITS_DTYPE[recipe.dtype]).itemsize
+            nbytes = tensor_nbytes(recipe.dtype, recipe.numel)
             stages = summarize(recipe)
             summaries.append(stages)
             rows.append(InspectRow(entry.name, DTYPE_NAMES[recipe.dtype], recipe.dims,

@@ -154,7 +154,8 @@ extern "C" size_t LLVMFuzzerCustomMutator(uint8_t* data, size_t size, size_t max
       data[f.at] = uint8_t(1 + next() % 9);
       break;
     case 3: {  // the header: its dtype (every stage under every dtype), its version, or a dim
-      static const uint8_t kDtypes[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 16, 17, 18, 19, 20, 21, 255};
+      static const uint8_t kDtypes[] = {1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13,
+                                        16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 255};
       const uint32_t which = next() % 4;
       if (which == 0) {
         data[6] = kDtypes[next() % sizeof kDtypes];

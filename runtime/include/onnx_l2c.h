@@ -45,7 +45,9 @@ L2C_API int l2c_format_version(void);
 
 /* Parse and validate a payload header (magic, version, CRC, dims, numel).
  * dims must have room for L2C_MAX_DIMS entries. *out_bytes receives the
- * size of the decoded tensor in bytes (numel * element size). */
+ * size of the decoded tensor in bytes (numel * element size; for the packed
+ * 4-bit and 2-bit dtypes, ceil(numel * bits / 8), packed as ONNX and
+ * onnxruntime store them: the first element in the low bits of a byte). */
 L2C_API int l2c_payload_info(const uint8_t* payload, size_t payload_size,
                              int32_t* dtype, int32_t* ndim, int64_t* dims,
                              uint64_t* out_bytes, char* err, size_t err_len);
@@ -66,7 +68,8 @@ L2C_API int l2c_decode(const uint8_t* payload, size_t payload_size,
 /* The one check of what a graph declares for a decoded tensor (a Decode
  * node's dtype and shape attributes), shared by every load path: an ONNX
  * dtype the format holds (docs/FORMAT.md: the float types, and from format
- * version 5 the integer, bool, double and float8 types); 0..8 dims, each
+ * version 5 the integer, bool, double, float8, and packed int4/uint4/float4/
+ * int2/uint2 types); 0..8 dims, each
  * >= 0, at most 2^40 elements (L2C_E_CORRUPT otherwise); at most max_decoded_bytes bytes (0: no limit; L2C_E_LIMIT).
  * *out_bytes receives the declared tensor's size. */
 L2C_API int l2c_check_declared(int64_t dtype, const int64_t* dims, int64_t ndim,

@@ -98,7 +98,7 @@ std::string node_name(const OrtKernelInfo* info) {
 }
 
 ONNXTensorElementDataType ort_type(int dtype) {
-  // onnxruntime numbers its element types as ONNX's TensorProto does
+  // onnxruntime numbers its element types as ONNX's TensorProto does, up to INT4
   switch (dtype) {
     case l2c::kFloat32: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
     case l2c::kFloat16: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
@@ -117,6 +117,15 @@ ONNXTensorElementDataType ort_type(int dtype) {
     case l2c::kFloat8E4M3FNUZ: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT8E4M3FNUZ;
     case l2c::kFloat8E5M2: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT8E5M2;
     case l2c::kFloat8E5M2FNUZ: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT8E5M2FNUZ;
+    case l2c::kUint4: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT4;
+    case l2c::kInt4: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT4;
+    // Newer than the headers this builds against (onnxruntime API 21), and
+    // numbered in the order onnxruntime added them, not as ONNX does:
+    // FLOAT4E2M1 23, UINT2 24, INT2 25. (float8e8m0, ONNX's 24, is not
+    // decoded: onnxruntime 1.32 has no custom-op output of that type.)
+    case l2c::kFloat4E2M1: return static_cast<ONNXTensorElementDataType>(23);
+    case l2c::kUint2: return static_cast<ONNXTensorElementDataType>(24);
+    case l2c::kInt2: return static_cast<ONNXTensorElementDataType>(25);
     default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
   }
 }

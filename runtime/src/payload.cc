@@ -30,6 +30,7 @@ size_t elem_size(int dtype) {
   switch (dtype) {
     case kUint8: case kInt8: case kBool: case kFloat8E4M3FN: case kFloat8E4M3FNUZ: case kFloat8E5M2:
     case kFloat8E5M2FNUZ:
+    case kUint4: case kInt4: case kFloat4E2M1: case kUint2: case kInt2:  // one index per element, packed on output
       return 1;
     case kFloat16: case kBFloat16: case kUint16: case kInt16:
       return 2;
@@ -44,7 +45,8 @@ size_t elem_size(int dtype) {
 
 const char* kValidDtypes =
     "1 (float32), 10 (float16), 16 (bfloat16); raw only: 2 (uint8), 3 (int8), 4 (uint16), 5 (int16), 6 (int32), "
-    "7 (int64), 9 (bool), 11 (double), 12 (uint32), 13 (uint64), 17-20 (float8)";
+    "7 (int64), 9 (bool), 11 (double), 12 (uint32), 13 (uint64), 17-20 (float8), 21 (uint4), 22 (int4), "
+    "23 (float4e2m1), 25 (uint2), 26 (int2)";
 
 template <class Dim>
 std::string dims_str(const Dim* dims, int64_t ndim) {
@@ -328,10 +330,14 @@ void parse_stage(Reader& body, uint8_t kind, const std::string& what, Plan* p, B
                 dtype_name(p->dtype));
       if (p->rotate >= 8 * p->elem_bytes)
         corrupt(what + ": rotate " + std::to_string(p->rotate) + " out of range");
+      const unsigned packed = packed_bits(p->dtype);
+      if (packed && p->rotate) corrupt(what + ": rotate " + std::to_string(p->rotate) + " with a packed dtype");
+      const uint32_t max_index = packed ? (1u << packed) - 1 : 255;
       for (uint32_t k = 0; k < p->elem_bytes; ++k) {
         const std::string pw = what + " plane " + std::to_string(k);
         parse_stream(body, p->numel, pw, &p->planes[k]);
-        if (p->planes[k].max_index > 255) corrupt(pw + ": alphabet above 256");
+        if (p->planes[k].max_index > max_index)
+          corrupt(pw + ": alphabet above " + std::to_string(max_index + 1) + " for " + dtype_name(p->dtype));
       }
       *buf = kDtype;
       return;
@@ -532,10 +538,20 @@ void execute_raw(const Plan& p, uint8_t* out) {
   for (uint32_t k = 0; k < eb; ++k)
     dec.emplace_back(p.planes[k], 0, "stage 1 (raw) plane " + std::to_string(k));
   uint8_t plane[8][kChunk];
+  const unsigned packed = packed_bits(p.dtype);
   for (uint64_t i = 0; i < p.numel; i += kChunk) {
     const uint64_t n = std::min(kChunk, p.numel - i);
     for (uint32_t k = 0; k < eb; ++k) dec[k].next(plane[k], n);
-    if (eb == 4) {
+    if (packed) {
+      // kChunk is a multiple of every elements-per-byte count, so a chunk
+      // starts a byte; each index is < 2^packed (checked at parse).
+      const uint64_t per_byte = 8 / packed, first = i / per_byte;
+      for (uint64_t t = 0; t < n; t += per_byte) {
+        uint32_t b = 0;
+        for (uint64_t e = 0; e < per_byte && t + e < n; ++e) b |= uint32_t(plane[0][t + e]) << (e * packed);
+        out[first + t / per_byte] = static_cast<uint8_t>(b);
+      }
+    } else if (eb == 4) {
       for (uint64_t t = 0; t < n; ++t) {
         const uint32_t v = (static_cast<uint32_t>(plane[0][t]) << 24) |
                            (static_cast<uint32_t>(plane[1][t]) << 16) |
@@ -768,11 +784,24 @@ Declared check_declared(int64_t dtype, const int64_t* dims, int64_t ndim, uint64
     corrupt("the graph declares shape " + dims_str(dims, ndim) + ", over 2^40 elements");
   d.dtype = static_cast<int>(dtype);
   d.ndim = static_cast<int>(ndim);
-  d.out_bytes = numel * elem_size(d.dtype);
+  d.out_bytes = tensor_bytes(d.dtype, numel);
   if (max_decoded_bytes && d.out_bytes > max_decoded_bytes)
     fail(L2C_E_LIMIT, "the graph declares " + std::to_string(d.out_bytes) + " decoded bytes " + dims_str(dims, ndim) +
                           ", above the limit of " + std::to_string(max_decoded_bytes) + " (max_decoded_bytes)");
   return d;
+}
+
+unsigned packed_bits(int dtype) {
+  switch (dtype) {
+    case kUint4: case kInt4: case kFloat4E2M1: return 4;
+    case kUint2: case kInt2: return 2;
+    default: return 0;
+  }
+}
+
+uint64_t tensor_bytes(int dtype, uint64_t numel) {
+  const unsigned bits = packed_bits(dtype);
+  return bits ? (numel * bits + 7) / 8 : numel * elem_size(dtype);
 }
 
 const char* dtype_name(int dtype) {
@@ -794,6 +823,11 @@ const char* dtype_name(int dtype) {
     case kFloat8E4M3FNUZ: return "float8e4m3fnuz";
     case kFloat8E5M2: return "float8e5m2";
     case kFloat8E5M2FNUZ: return "float8e5m2fnuz";
+    case kUint4: return "uint4";
+    case kInt4: return "int4";
+    case kFloat4E2M1: return "float4e2m1";
+    case kUint2: return "uint2";
+    case kInt2: return "int2";
     default: return "unknown";
   }
 }
@@ -842,7 +876,7 @@ void parse_payload(const uint8_t* data, size_t size, Plan* p, uint64_t out_bytes
     corrupt("declared shape " + shape_str(*p) + " exceeds 2^40 elements");
   p->numel = numel;
   p->coded = numel;
-  p->out_bytes = numel * elem_size(p->dtype);
+  p->out_bytes = tensor_bytes(p->dtype, numel);
   if (declared && (declared->dtype != p->dtype || declared->ndim != p->ndim ||
                    !std::equal(p->dims, p->dims + p->ndim, declared->dims)))
     corrupt(std::string("the graph declares ") + dtype_name(declared->dtype) + " " +

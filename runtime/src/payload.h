@@ -16,7 +16,8 @@ enum StageKind : uint8_t { kEntropy = 1, kAffine = 2, kCodebook = 3, kCast = 4, 
 enum DType : int {
   kFloat32 = 1, kUint8 = 2, kInt8 = 3, kUint16 = 4, kInt16 = 5, kInt32 = 6, kInt64 = 7, kBool = 9,
   kFloat16 = 10, kDouble = 11, kUint32 = 12, kUint64 = 13, kBFloat16 = 16, kFloat8E4M3FN = 17,
-  kFloat8E4M3FNUZ = 18, kFloat8E5M2 = 19, kFloat8E5M2FNUZ = 20
+  kFloat8E4M3FNUZ = 18, kFloat8E5M2 = 19, kFloat8E5M2FNUZ = 20, kUint4 = 21, kInt4 = 22, kFloat4E2M1 = 23,
+  kUint2 = 25, kInt2 = 26
 };
 
 // Payload format versions this library reads: 1, 2 (adds the transform
@@ -132,6 +133,11 @@ void parse_payload(const uint8_t* data, size_t size, Plan* plan, uint64_t out_by
 void execute(const Plan& plan, void* out);
 
 const char* dtype_name(int dtype);
+// Bits per element of the packed dtypes (4 or 2: several elements to a byte,
+// the first in the low bits); 0 for every other dtype.
+unsigned packed_bits(int dtype);
+// Bytes of a decoded tensor of numel elements (numel <= 2^40: no overflow).
+uint64_t tensor_bytes(int dtype, uint64_t numel);
 
 }  // namespace l2c
 
