@@ -160,12 +160,14 @@ def _measure(row: Row, name: str, original: Path, candidate: Path, ref: dict[str
 
 def compare_model(name: str, workdir: Path, quick: bool, runs: int, peers: list[str] | None,
                   ablation: list[str] | None = None, ablation_only: bool = False,
-                  ratios: tuple[float, ...] | None = None) -> list[Row]:
+                  ratios: tuple[float, ...] | None = None, quantized: str = "no") -> list[Row]:
     import onnx_l2c
     from onnx_l2c.bench import random_feeds
 
     original = zoo_path(name)
     ref = {split: reference_results(TASKS[name], original, split) for split in SCORED_SPLITS}
+    if quantized == "only":
+        return variant_rows(name, workdir, ref, runs)
     feeds: dict | None = random_feeds(original)
     base = open_session(original, "plain")  # the latency reference, opened once per model
     try:
@@ -184,6 +186,8 @@ def compare_model(name: str, workdir: Path, quick: bool, runs: int, peers: list[
         rows.append(_measure(row, name, original, target, ref, base, feeds, runs))
         log.info("%s %s %s: ratio %.2f %s", name, method, opts, row.ratio or 0, row.metrics)
     rows += _target_rows(name, original, workdir, quick, ref, base, feeds, runs, ablation, ratios)
+    if quantized == "yes":
+        rows += variant_rows(name, workdir, ref, runs)
     if ablation_only:
         return rows
     try:
@@ -206,6 +210,112 @@ def compare_model(name: str, workdir: Path, quick: bool, runs: int, peers: list[
         rows.append(row)
         log.info("%s %s %s: ratio %s error %s", name, peer.method, peer.params, row.ratio, row.error)
     return rows
+
+
+def integer_weight_bounds(model_path: Path) -> tuple[int, float]:
+    """(bytes, order-0 entropy in bytes) of the integer initializers onnx_l2c codes
+    (every dtype but the floating ones, at least `--min-elements` elements): each
+    tensor's empirical order-0 entropy of its element patterns, no table costs."""
+    import numpy as np
+
+    from onnx_l2c.config import CompressOptions
+    from onnx_l2c.graph.model import find_weights, load_model, tensor_bits
+
+    model = load_model(model_path)
+    raw, bound = 0, 0.0
+    for w in find_weights(model, CompressOptions().min_elements).exact:
+        bits = tensor_bits(w.tensor, model_path.parent)
+        _, counts = np.unique(bits, return_counts=True)
+        bound += float(-(counts * np.log2(counts / bits.size)).sum()) / 8
+        raw += w.nbytes
+    return raw, bound
+
+
+def variant_rows(name: str, workdir: Path, ref: dict[str, Any], runs: int) -> list[Row]:
+    """The onnxruntime-quantized variants of zoo model `name` (models/variants.py):
+    each variant itself, onnx_l2c --preset lossless of it and zstd -19 of it,
+    with the order-0 bound of its integer weights. Ratios are over the float
+    original; fidelity is scored against the float original; session creation
+    and latency of the lossless file against the variant's."""
+    import onnx_l2c
+    from onnx_l2c.bench import random_feeds
+
+    from .peers import peer_zstd
+    from .variants import VARIANTS
+
+    original = zoo_path(name)
+    rows: list[Row] = []
+    for vname, variant in VARIANTS.items():
+        if variant.base != name:
+            continue
+        try:
+            vpath = zoo_path(vname)
+        except Exception as exc:  # onnxruntime's quantizer failing on a model is a finding
+            rows.append(Row(name, f"variant {variant.kind} (onnxruntime)", {"variant": vname},
+                            error=f"{type(exc).__name__}: {exc}"))
+            continue
+        feeds: dict | None = random_feeds(vpath)
+        base = open_session(vpath, "plain")
+        try:
+            base.run(None, feeds)
+        except Exception:  # noqa: BLE001 - no latency column, as for the float originals
+            feeds = None
+        variant_row = _measure(Row(name, f"variant {variant.kind} (onnxruntime)", {"variant": vname}), name,
+                               original, vpath, ref, base, feeds, runs)
+        rows.append(variant_row)
+        target = workdir / name / f"{vname}_lossless.onnx"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        raw, bound = integer_weight_bounds(vpath)
+        row = Row(name, f"onnx_l2c lossless of {variant.kind}", {"variant": vname})
+        start = time.perf_counter()
+        result = onnx_l2c.compress(vpath, target, preset="lossless")
+        row.convert_s = time.perf_counter() - start
+        row = _measure(row, name, original, target, ref, base, feeds, runs)
+        coded = sum(t.payload_bytes for t in result.tensors if t.dtype not in ("float32", "float16", "bfloat16"))
+        zstd = peer_zstd(vpath, workdir / name / f"{vname}_peers")
+        row.params.update({
+            "variant_bytes": model_size(vpath), "ratio_over_variant": round(model_size(vpath) / row.size_bytes, 4)
+            if row.size_bytes else None,
+            "zstd19_bytes": zstd.size_bytes, "integer_weight_bytes": raw, "integer_order0_bytes": round(bound),
+            "integer_payload_bytes": coded,
+            "create_ratio": round(row.create_s / variant_row.create_s, 3)
+            if row.create_s and variant_row.create_s else None})
+        rows.append(row)
+        rows.append(Row(name, f"zstd-19 of {variant.kind}", {"variant": vname}, size_bytes=zstd.size_bytes,
+                        ratio=model_size(original) / zstd.size_bytes if zstd.size_bytes else None,
+                        convert_s=zstd.seconds, error=zstd.error))
+        log.info("%s: lossless %s bytes, zstd-19 %s, integer weights %d -> %d (order-0 bound %.0f)", vname,
+                 row.size_bytes, zstd.size_bytes, raw, coded, bound)
+    return rows
+
+
+def quantized_markdown(rows: list[Row]) -> str:
+    """The lossless table of the quantized variants: onnx_l2c vs zstd -19 vs the
+    order-0 bound of the integer weights, and the load-time cost."""
+    lossless = [r for r in rows if r.method.startswith("onnx_l2c lossless of ") and "variant" in r.params]
+    if not lossless:
+        return ""
+    out = ["### Already-quantized variants (onnxruntime's quantizer), lossless\n",
+           "Ratios over the variant itself. Integer weights: the initializers of other dtypes than float of at "
+           "least 1024 elements, coded (payload bytes) against their order-0 entropy (no table costs). create × and "
+           "latency ×: the lossless file through the fast loader against the variant.\n",
+           "| variant | variant MB | its ratio over float | onnx_l2c lossless | zstd -19 | onnx_l2c / zstd | "
+           "integer weights MB | coded / order-0 bound | passes (variant vs float) | create × | latency × |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+    variants = {r.params.get("variant"): r for r in rows if r.method.startswith("variant ")}
+    for r in lossless:
+        p = r.params
+        v = variants.get(p["variant"])
+        fmt = lambda x, f: f.format(x) if x is not None else ""  # noqa: E731
+        zstd_ratio = p["variant_bytes"] / p["zstd19_bytes"] if p.get("zstd19_bytes") else None
+        versus = r.size_bytes / p["zstd19_bytes"] if r.size_bytes and p.get("zstd19_bytes") else None
+        bound = (p["integer_payload_bytes"] / p["integer_order0_bytes"]) if p.get("integer_order0_bytes") else None
+        out.append(f"| {p['variant']} | {p['variant_bytes'] / 1e6:.2f} | {fmt(v and v.ratio, '{:.2f}')} | "
+                   f"{fmt(p.get('ratio_over_variant'), '{:.3f}×')} | {fmt(zstd_ratio, '{:.3f}×')} | "
+                   f"{fmt(versus, '{:.3f}')} | {p['integer_weight_bytes'] / 1e6:.2f} | {fmt(bound, '{:.3f}')} | "
+                   f"{_verdict(v) if v else ''} | {fmt(p.get('create_ratio'), '{:.2f}')} | "
+                   f"{fmt(r.latency_ratio, '{:.2f}')} |")
+    return "\n".join(out) + "\n"
 
 
 def _target_rows(name: str, original: Path, workdir: Path, quick: bool, ref: dict[str, Any], base: Any,
@@ -272,7 +382,9 @@ def _target_rows(name: str, original: Path, workdir: Path, quick: bool, ref: dic
 
 def best_at_bar(rows: list[Row], ours: bool) -> Row | None:
     """The largest-ratio row (ours or the peers') that meets the bar on every set it was scored on."""
-    ok = [r for r in rows if r.passes and r.ratio and r.method.startswith("onnx_l2c") == ours]
+    # the quantized variants' rows (onnxruntime's quantizer, then maybe onnx_l2c) are neither
+    ok = [r for r in rows if r.passes and r.ratio and r.method.startswith("onnx_l2c") == ours
+          and "variant" not in r.params]
     return max(ok, key=lambda r: r.ratio) if ok else None
 
 
@@ -399,6 +511,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="target ratios of the size-target rows, instead of each method set's own (e.g. 8,12)")
     p.add_argument("--ablation-only", action="store_true",
                    help="only the size-target rows: no presets, no peers (to add rows to an earlier run)")
+    p.add_argument("--quantized", default="no", choices=("no", "yes", "only"),
+                   help="rows of the models' onnxruntime-quantized variants (models/variants.py): the variant, "
+                        "onnx_l2c --preset lossless of it, zstd -19 of it and the order-0 bound of its integer "
+                        "weights (yes: besides the other rows; only: nothing else)")
     p.add_argument("--out", type=Path, default=Path("bench-results"))
     p.add_argument("--keep", type=Path, default=None, metavar="DIR",
                    help="write the compressed models under DIR and keep them (default: a temporary folder, removed)")
@@ -442,7 +558,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             rows += compare_model(name, Path(tmp), args.quick, args.runs,
                                   args.peers.split(",") if args.peers else None,
-                                  args.ablation.split(",") if args.ablation else None, args.ablation_only, ratios)
+                                  args.ablation.split(",") if args.ablation else None, args.ablation_only, ratios,
+                                  args.quantized)
             # after every model, so a long run's finished models are never lost
             (args.out / "compare.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
     return _merge_and_render(rows, args.merge, args.out, args.baseline)
@@ -475,7 +592,7 @@ def _merge_and_render(rows: list[Row], merge: Path | None, out: Path, baseline: 
     if merge is not None:
         rows = merge_rows([Row(**r) for r in json.loads(merge.read_text())], rows)
         (out / "compare.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
-    table = markdown(rows)
+    table = markdown(rows) + quantized_markdown(rows)
     if baseline is not None:
         found = regressions(rows, [Row(**r) for r in json.loads(baseline.read_text())])
         table += (f"\n## Regressions against {baseline.name} (more than {REGRESSION - 1:.0%} slower or larger)\n\n"

@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 
 from .data_cache import cache_root
+from .variants import VARIANTS
 
 log = logging.getLogger(__name__)
 
@@ -370,19 +371,27 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
     "ocr_rec": build_ocr_rec,
     "silero_vad": build_silero_vad,
 }
+ZOO_NAMES = (*MODEL_NAMES, *VARIANTS)  # the float models, then their onnxruntime-quantized variants
 
 
 def zoo_path(name: str, cache_dir: Path | None = None) -> Path:
-    """Path of the zoo model ``name``, building it into ``<cache>/zoo/`` on first use."""
-    if name not in BUILDERS:
-        raise KeyError(f"unknown zoo model {name!r}; known: {', '.join(MODEL_NAMES)}")
+    """Path of the zoo model or quantized variant ``name`` (models/variants.py),
+    building it (and a variant's float original) into ``<cache>/zoo/`` on first use."""
+    if name not in BUILDERS and name not in VARIANTS:
+        raise KeyError(f"unknown zoo model {name!r}; known: {', '.join(ZOO_NAMES)}")
     out_dir = cache_root(cache_dir) / "zoo"
     path = out_dir / f"{name}.onnx"
     if path.is_file():
         return path
     log.info("building zoo model %s into %s", name, out_dir)
     t0 = time.perf_counter()
-    built = BUILDERS[name](out_dir)
+    if name in VARIANTS:
+        original = zoo_path(VARIANTS[name].base, cache_dir)
+        with _staged(path) as staged:
+            VARIANTS[name].build(original, staged)
+        built = path
+    else:
+        built = BUILDERS[name](out_dir)
     log.info("built %s in %.1f s (%d bytes)", name, time.perf_counter() - t0, built.stat().st_size)
     return built
 
@@ -412,11 +421,12 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="onnx-l2c zoo build",
                                 description="Build the onnx_l2c model zoo into the cache (with manifest.json).")
-    p.add_argument("names", nargs="*", help=f"models to build (default: all of {', '.join(MODEL_NAMES)})")
+    p.add_argument("names", nargs="*", help=f"models to build (default: the float models {', '.join(MODEL_NAMES)}; "
+                                            f"quantized variants: {', '.join(VARIANTS)})")
     p.add_argument("--cache-dir", type=Path, default=None)
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
     a = p.parse_args(argv)
-    unknown = sorted(set(a.names) - set(MODEL_NAMES))
+    unknown = sorted(set(a.names) - set(ZOO_NAMES))
     if unknown:
         p.error(f"unknown model(s): {', '.join(unknown)}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -48,6 +48,24 @@ def test_bench_compare_quick_on_magika(tmp_path: Path):
     assert (out / "magika.png").is_file() and "Best ratio at the bar" in (out / "compare.md").read_text()
 
 
+def test_bench_compare_quantized_rows_on_magikas_onnxruntime_variant(tmp_path: Path):
+    """`bench compare --quantized only`: onnxruntime's dynamic (QOperator) int8
+    variant of magika, onnx_l2c --preset lossless of it (the same outputs, its
+    int8 weights within 1% of their order-0 entropy) and zstd -19 of it."""
+    out = tmp_path / "results"
+    assert compare_main(["--models", "magika", "--quantized", "only", "--runs", "2", "--out", str(out)]) == 0
+    rows = {r["method"]: r for r in json.loads((out / "compare.json").read_text())}
+    variant, lossless, zstd = (rows["variant qop (onnxruntime)"], rows["onnx_l2c lossless of qop"],
+                               rows["zstd-19 of qop"])
+    assert variant["error"] is None and lossless["error"] is None and zstd["size_bytes"] > 0
+    assert lossless["metrics"] == variant["metrics"] and lossless["metrics_other"] == variant["metrics_other"]
+    p = lossless["params"]
+    assert p["variant"] == "magika-qop" and p["integer_weight_bytes"] > 700_000
+    assert p["integer_order0_bytes"] <= p["integer_payload_bytes"] <= 1.01 * p["integer_order0_bytes"]
+    assert lossless["size_bytes"] < p["variant_bytes"] and p["ratio_over_variant"] > 1.15
+    assert "Already-quantized variants" in (out / "compare.md").read_text()
+
+
 def test_magika_with_fixing_and_unification_end_to_end(tmp_path: Path):
     """A real model through weight fixing alone and unification alone at a size target
     (calibrated on the task's calibration split, scored on its disjoint evaluation split),
