@@ -160,14 +160,15 @@ def _measure(row: Row, name: str, original: Path, candidate: Path, ref: dict[str
 
 def compare_model(name: str, workdir: Path, quick: bool, runs: int, peers: list[str] | None,
                   ablation: list[str] | None = None, ablation_only: bool = False,
-                  ratios: tuple[float, ...] | None = None, quantized: str = "no") -> list[Row]:
+                  ratios: tuple[float, ...] | None = None, quantized: str = "no",
+                  variant_ratios: tuple[float, ...] = ()) -> list[Row]:
     import onnx_l2c
     from onnx_l2c.bench import random_feeds
 
     original = zoo_path(name)
     ref = {split: reference_results(TASKS[name], original, split) for split in SCORED_SPLITS}
     if quantized == "only":
-        return variant_rows(name, workdir, ref, runs)
+        return variant_rows(name, workdir, ref, runs, variant_ratios)
     feeds: dict | None = random_feeds(original)
     base = open_session(original, "plain")  # the latency reference, opened once per model
     try:
@@ -187,7 +188,7 @@ def compare_model(name: str, workdir: Path, quick: bool, runs: int, peers: list[
         log.info("%s %s %s: ratio %.2f %s", name, method, opts, row.ratio or 0, row.metrics)
     rows += _target_rows(name, original, workdir, quick, ref, base, feeds, runs, ablation, ratios)
     if quantized == "yes":
-        rows += variant_rows(name, workdir, ref, runs)
+        rows += variant_rows(name, workdir, ref, runs, variant_ratios)
     if ablation_only:
         return rows
     try:
@@ -231,7 +232,8 @@ def integer_weight_bounds(model_path: Path) -> tuple[int, float]:
     return raw, bound
 
 
-def variant_rows(name: str, workdir: Path, ref: dict[str, Any], runs: int) -> list[Row]:
+def variant_rows(name: str, workdir: Path, ref: dict[str, Any], runs: int,
+                 target_ratios: tuple[float, ...] = ()) -> list[Row]:
     """The onnxruntime-quantized variants of zoo model `name` (models/variants.py):
     each variant itself, onnx_l2c --preset lossless of it and zstd -19 of it,
     with the order-0 bound of its integer weights. Ratios are over the float
@@ -284,8 +286,51 @@ def variant_rows(name: str, workdir: Path, ref: dict[str, Any], runs: int) -> li
         rows.append(Row(name, f"zstd-19 of {variant.kind}", {"variant": vname}, size_bytes=zstd.size_bytes,
                         ratio=model_size(original) / zstd.size_bytes if zstd.size_bytes else None,
                         convert_s=zstd.seconds, error=zstd.error))
+        if variant.kind in ("qdq", "qop"):  # int8 weights of quantized operators: coarser grids at targets
+            rows += _variant_target_rows(name, vname, variant.kind, vpath, workdir, ref, base, feeds, runs,
+                                         target_ratios)
         log.info("%s: lossless %s bytes, zstd-19 %s, integer weights %d -> %d (order-0 bound %.0f)", vname,
                  row.size_bytes, zstd.size_bytes, raw, coded, bound)
+    return rows
+
+
+# Size targets over the quantized variant itself (its integer weights on
+# coarser grids, passes/requantize.py), calibrated like the float rows.
+VARIANT_TARGET_RATIOS = (1.25, 1.5, 1.75, 2.0)
+
+
+def _variant_target_rows(name: str, vname: str, kind: str, vpath: Path, workdir: Path, ref: dict[str, Any],
+                         base: Any, feeds: dict | None, runs: int, ratios: tuple[float, ...]) -> list[Row]:
+    import onnx_l2c
+
+    if not ratios:
+        return []
+    task = TASKS[name]
+    rows: list[Row] = []
+    label = f"onnx_l2c target on {kind}"
+    try:
+        start = time.perf_counter()
+        samples = task.calibration(CALIBRATION_SAMPLES) if task.calibration is not None else None
+        planner = onnx_l2c.Planner(vpath, calibration_data=samples, calibration_samples=CALIBRATION_SAMPLES)
+        measure_s = time.perf_counter() - start
+    except Exception as exc:  # a finding, as for the float rows
+        return [Row(name, label, {"variant": vname}, error=f"{type(exc).__name__}: {exc}")]
+    original = zoo_path(name)
+    for ratio in ratios:
+        row = Row(name, label, {"variant": vname, "target_ratio_over_variant": ratio})
+        target = workdir / name / f"{vname}_target{ratio:g}.onnx"
+        t0 = time.perf_counter()
+        try:
+            result = planner.compress(target, target_ratio=ratio, allow_target_miss=True)
+        except Exception as exc:
+            row.error = f"{type(exc).__name__}: {exc}"
+            rows.append(row)
+            continue
+        row.convert_s = measure_s + time.perf_counter() - t0
+        row.params["requantized_tensors"] = sum(t.method == "requantize" for t in result.tensors)
+        rows.append(_measure(row, name, original, target, ref, base, feeds, runs))
+        log.info("%s target %.2f over the variant: ratio %.2f over float, %s", vname, ratio, row.ratio or 0,
+                 row.metrics)
     return rows
 
 
@@ -315,6 +360,26 @@ def quantized_markdown(rows: list[Row]) -> str:
                    f"{fmt(versus, '{:.3f}')} | {p['integer_weight_bytes'] / 1e6:.2f} | {fmt(bound, '{:.3f}')} | "
                    f"{_verdict(v) if v else ''} | {fmt(p.get('create_ratio'), '{:.2f}')} | "
                    f"{fmt(r.latency_ratio, '{:.2f}')} |")
+    targets = [r for r in rows if r.method.startswith("onnx_l2c target on ") and "variant" in r.params]
+    if targets:
+        out += ["", "Size targets over the variant (its int8 weights on coarser grids of their stored step, the same "
+                "quantized operators): the largest ratio over the float original that meets the bar on both sets, "
+                "beside the variant itself and onnx_l2c's best on the float model in the same rows.\n",
+                "| variant | variant: ratio, passes | largest passing target (ratio over float) | "
+                "onnx_l2c on float: largest passing ratio |",
+                "|---|---|---|---:|"]
+        for vname in dict.fromkeys(r.params["variant"] for r in targets):
+            mine = [r for r in targets if r.params["variant"] == vname]
+            v = variants.get(vname)
+            ok = [r for r in mine if r.passes and r.ratio]
+            best = max(ok, key=lambda r: r.ratio) if ok else None
+            floats = best_at_bar([r for r in rows if r.model == mine[0].model], True)
+            variant_text = f"{v.ratio:.2f}, {_verdict(v)}" if v and v.ratio else ""
+            best_text = "none"
+            if best is not None:
+                best_text = f"{best.ratio:.2f} (target {best.params['target_ratio_over_variant']}× over the variant)"
+            float_text = f"{floats.ratio:.2f}" if floats else "not in this run"
+            out.append(f"| {vname} | {variant_text} | {best_text} | {float_text} |")
     return "\n".join(out) + "\n"
 
 
@@ -515,6 +580,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="rows of the models' onnxruntime-quantized variants (models/variants.py): the variant, "
                         "onnx_l2c --preset lossless of it, zstd -19 of it and the order-0 bound of its integer "
                         "weights (yes: besides the other rows; only: nothing else)")
+    p.add_argument("--variant-ratios", default=",".join(f"{r:g}" for r in VARIANT_TARGET_RATIOS), metavar="R,R",
+                   help="with --quantized: size targets over each int8 variant itself (its weights on coarser "
+                        "integer grids); 'none' for none (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("bench-results"))
     p.add_argument("--keep", type=Path, default=None, metavar="DIR",
                    help="write the compressed models under DIR and keep them (default: a temporary folder, removed)")
@@ -545,6 +613,14 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--ratios: expected comma-separated numbers ≥ 1, got {args.ratios!r}")
         if not ratios or min(ratios) < 1:
             p.error(f"--ratios: expected comma-separated numbers ≥ 1, got {args.ratios!r}")
+    variant_ratios: tuple[float, ...] = ()
+    if args.variant_ratios != "none":
+        try:
+            variant_ratios = tuple(float(r) for r in args.variant_ratios.split(",") if r)
+        except ValueError:
+            p.error(f"--variant-ratios: expected comma-separated numbers > 1 or 'none', got {args.variant_ratios!r}")
+        if not variant_ratios or min(variant_ratios) <= 1:
+            p.error(f"--variant-ratios: expected comma-separated numbers > 1 or 'none', got {args.variant_ratios!r}")
     names = [n for n in args.models.split(",") if n]
     unknown = [n for n in names if n not in TASKS]
     if unknown:
@@ -559,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += compare_model(name, Path(tmp), args.quick, args.runs,
                                   args.peers.split(",") if args.peers else None,
                                   args.ablation.split(",") if args.ablation else None, args.ablation_only, ratios,
-                                  args.quantized)
+                                  args.quantized, variant_ratios)
             # after every model, so a long run's finished models are never lost
             (args.out / "compare.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
     return _merge_and_render(rows, args.merge, args.out, args.baseline)
@@ -603,8 +679,9 @@ def _merge_and_render(rows: list[Row], merge: Path | None, out: Path, baseline: 
     return 0
 
 
-def _merge_key(row: Row) -> tuple[str, str, Any]:
-    return row.model, row.method, row.params.get("target_ratio")
+def _merge_key(row: Row) -> tuple[str, str, Any, Any, Any]:
+    return (row.model, row.method, row.params.get("target_ratio"), row.params.get("variant"),
+            row.params.get("target_ratio_over_variant"))
 
 
 def merge_rows(saved: list[Row], new: list[Row]) -> list[Row]:

@@ -274,8 +274,9 @@ def peer_zstd(original: Path, workdir: Path, level: int = 19) -> PeerResult:
         t0 = time.perf_counter()
         for src in [original, *_external_files(original)]:
             dst = out_dir / ("model.onnx.zst" if src == original else src.name + ".zst")
-            with open(src, "rb") as fin, open(dst, "wb") as fout:
-                cctx.copy_stream(fin, fout, size=src.stat().st_size)
+            # one-shot, as the zstd command line compresses a file: zstandard's
+            # copy_stream came out 2% larger than `zstd -19` on a 23 MB model
+            dst.write_bytes(cctx.compress(src.read_bytes()))
             total += dst.stat().st_size
             files.append(str(dst))
         r.seconds = time.perf_counter() - t0

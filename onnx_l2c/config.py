@@ -52,7 +52,7 @@ class Search(Choice):
     PATH = "path"  # FITCompress's greedy path through compression space
 
 
-DEFAULT_METHODS = ("rounding", "mixed")
+DEFAULT_METHODS = ("rounding", "mixed", "requantize")  # requantize: only already-quantized weights
 
 # The safe preset's fidelity estimate: the data-free planner's summed
 # distortion (each tensor's squared relative weight error, all tensors alike)

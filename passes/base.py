@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from onnx_l2c.codec import Recipe, bits_to_float32, reconstruct, serialize
+from onnx_l2c.codec import FLOAT_DTYPES, STORAGE, Recipe, bits_to_float32, reconstruct, serialize
 from onnx_l2c.errors import OptionError, literal
 from onnx_l2c.plan.allocate import Option
 
@@ -42,23 +42,42 @@ class TensorInput:
     """One weight as a method sees it."""
 
     name: str
-    dtype: int  # onnx.TensorProto data type (FLOAT, FLOAT16, BFLOAT16)
+    dtype: int  # onnx.TensorProto data type (FLOAT, FLOAT16, BFLOAT16; INT8/UINT8 for a quantized weight)
     shape: tuple[int, ...]
-    bits: np.ndarray  # exact bit patterns, flat (uint32 / uint16)
+    bits: np.ndarray  # exact bit patterns, flat (uint32 / uint16 / uint8)
     channel_axis: int | None  # output-channel axis from the consuming op; None = not a matrix weight
+    # An already-quantized weight (int8/uint8): its zero point, int32 broadcastable to
+    # the shape. Its values are then the integers less the zero point: the weight in
+    # units of its stored step (the scale is left out: errors are relative).
+    zero_point: np.ndarray | None = None
+
+    @property
+    def quantized(self) -> bool:
+        return self.zero_point is not None
 
     @property
     def values(self) -> np.ndarray:
         """The weight as float32 (exact for every supported dtype), shaped."""
+        if self.quantized:
+            return self.integer_values(self.bits)
         return bits_to_float32(self.bits, self.dtype).reshape(self.shape)
 
     @property
     def numel(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
 
+    def integer_values(self, stored: np.ndarray) -> np.ndarray:
+        """A quantized weight's stored integers (bits or storage) less the zero point, as float32, shaped."""
+        assert self.zero_point is not None
+        signed = np.asarray(stored).reshape(self.shape).view(STORAGE[self.dtype]).astype(np.int32)
+        return (signed - self.zero_point).astype(np.float32)
+
     def decoded_values(self, decoded: np.ndarray) -> np.ndarray:
         """A decoded version of this weight (what `reconstruct` or the native
-        decoder returns: float32, float16, or bfloat16 bits) as float32, shaped."""
+        decoder returns: float32, float16, or bfloat16 bits; a quantized weight's
+        integers) as float32, shaped."""
+        if self.quantized:
+            return self.integer_values(decoded)
         return bits_to_float32(np.asarray(decoded).view(self.bits.dtype), self.dtype).reshape(self.shape)
 
 
@@ -218,6 +237,11 @@ class Method(abc.ABC):
         if cls.name in _REGISTRY:
             raise AssertionError(f"method {cls.name!r} registered twice")
         _REGISTRY[cls.name] = cls()
+
+    def applies_to(self, tensor: TensorInput) -> bool:
+        """Whether this method proposes candidates for `tensor`: the float weights
+        (a method for already-quantized weights says otherwise)."""
+        return tensor.dtype in FLOAT_DTYPES and not tensor.quantized
 
     def prepare(self, tensor: TensorInput, ctx: TensorContext) -> None:
         """Set what this method contributes to the tensor's context before any candidates."""

@@ -280,7 +280,7 @@ def test_cli_unreachable_target(tmp_path, rng):
     assert res.returncode == 1 and res.stdout == ""
     line = _error_line(res)
     assert line.startswith("onnx-l2c: error: the target --target-ratio 1000 (")
-    assert "is out of reach of methods rounding,mixed: their smallest candidates give " in line
+    assert "is out of reach of methods rounding,mixed,requantize: their smallest candidates give " in line
     assert line.endswith("; nothing was written. Lower the target, add methods to --methods, or give "
                          "--allow-target-miss to write that smallest file")
     assert list(out.parent.iterdir()) == []

@@ -255,7 +255,7 @@ def test_an_unreachable_target_writes_nothing(tmp_path: Path, rng):
         onnx_l2c.compress(src, out, target_ratio=1000, min_elements=1)
     budget = int(src.stat().st_size / 1000)
     assert str(info.value).startswith(f"the target target_ratio=1000 ({budget} bytes) is out of reach of methods "
-                                      "rounding,mixed: their smallest candidates give ")
+                                      "rounding,mixed,requantize: their smallest candidates give ")
     assert str(info.value).endswith("; nothing was written. Lower the target, add methods to methods, or give "
                                     "allow_target_miss=True to write that smallest file")
     assert sorted(p.name for p in out_dir.iterdir()) == ["o.onnx"] and out.read_bytes() == b"previous"

@@ -45,6 +45,9 @@ class WeightRef:
     consumer_node: onnx.NodeProto | None = None  # that op (for calibration statistics)
     consumer_input: int = -1  # which of its inputs the weight is
     transposed: bool = False  # reaches the consumer through a Transpose
+    # For an already-quantized weight (int8/uint8 integers that a quantized
+    # operator dequantizes): its zero point, broadcastable to its shape.
+    zero_point: np.ndarray | None = None
 
     @property
     def dtype(self) -> int:
@@ -281,14 +284,112 @@ def _channel_axis(name: str, rank: int, uses: dict[str, list[Consumer]], depth: 
 EXACT_MIN_ELEMENTS = 64
 
 
-def find_weights(model: onnx.ModelProto, min_elements: int) -> WeightAnalysis:
+# The quantized operators' integer weight inputs: op type → (weight input,
+# its zero-point input, the zero point's axis when it is per channel, as an
+# attribute name or a fixed axis; None: the last axis).
+QUANTIZED_WEIGHT_INPUTS: dict[str, tuple[int, int, str | int | None]] = {
+    "DequantizeLinear": (0, 2, "axis"),  # QDQ: the integers feed DequantizeLinear (axis attribute, default 1)
+    "ConvInteger": (1, 3, 0),  # QOperator: per output channel
+    "MatMulInteger": (1, 3, None),  # per column of B
+    "QLinearConv": (3, 5, 0),
+    "QLinearMatMul": (3, 5, None),
+}
+# Where gathered rows of a quantized table are read as integers: op type →
+# (input, its zero-point input); the zero point must be one per tensor.
+QUANTIZED_ROWS_INPUTS: dict[str, tuple[int, int]] = {
+    "DequantizeLinear": (0, 2),
+    "MatMulInteger": (0, 2),  # dynamic quantization's embeddings feed the first MatMul as its A
+    "QLinearMatMul": (0, 2),
+}
+_QUANTIZED_DTYPES = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+
+
+def _constant_zero_point(node: onnx.NodeProto, index: int, constants: dict[str, onnx.TensorProto]) -> np.ndarray | None:
+    """Input `index` of `node` as an int32 zero point (absent: 0); None if it is not a constant."""
+    name = node.input[index] if len(node.input) > index else ""
+    if not name:
+        return np.zeros((), np.int32)
+    if name not in constants:
+        return None
+    return numpy_helper.to_array(constants[name]).astype(np.int32)
+
+
+def _rows_zero_point(name: str, uses: dict[str, list[Consumer]],
+                     constants: dict[str, onnx.TensorProto]) -> np.ndarray | None:
+    """The one per-tensor zero point gathered rows `name` are read with, or None."""
+    found: np.ndarray | None = None
+    reads = uses.get(name, [])
+    for use in reads:
+        node = use.node
+        spec = QUANTIZED_ROWS_INPUTS.get(node.op_type) if node is not None and node.domain in DEFAULT_DOMAINS \
+            else None
+        if spec is None or use.index != spec[0]:
+            return None
+        zp = _constant_zero_point(node, spec[1], constants)
+        if zp is None or zp.size != 1 or (found is not None and not np.array_equal(found, zp.reshape(()))):
+            return None
+        found = zp.reshape(())
+    return found
+
+
+def _quantized_zero_point(name: str, shape: tuple[int, ...], uses: dict[str, list[Consumer]],
+                          constants: dict[str, onnx.TensorProto]) -> np.ndarray | None:
+    """The zero point (int32, broadcastable to `shape`) if every read of `name` is
+    a quantized operator's weight input with a constant zero point (absent: 0)
+    that agrees between them; else None (not a quantized weight)."""
+    found: np.ndarray | None = None
+    reads = uses.get(name, [])
+    if not reads:
+        return None
+    for use in reads:
+        node = use.node
+        if node is not None and node.op_type == "Gather" and node.domain in DEFAULT_DOMAINS and use.index == 0 \
+                and len(shape) >= 1:
+            # a quantized table (dynamic quantization's embeddings): rows gathered, then
+            # read as integers with one zero point for the whole tensor
+            rows = _rows_zero_point(node.output[0], uses, constants)
+            if rows is None or (found is not None and (found.size != 1 or not np.array_equal(found, rows))):
+                return None
+            found = rows
+            continue
+        spec = QUANTIZED_WEIGHT_INPUTS.get(node.op_type) if node is not None and node.domain in DEFAULT_DOMAINS \
+            else None
+        if spec is None or use.index != spec[0]:
+            return None
+        _, zp_index, axis_spec = spec
+        zp = _constant_zero_point(node, zp_index, constants)
+        if zp is None:
+            return None
+        if zp.size > 1:
+            if isinstance(axis_spec, str):
+                axis = next((a.i for a in node.attribute if a.name == axis_spec), 1)
+            else:
+                axis = len(shape) - 1 if axis_spec is None else axis_spec
+            axis = axis + len(shape) if axis < 0 else axis
+            if not 0 <= axis < len(shape) or shape[axis] != zp.size:
+                return None
+            zp = zp.reshape([-1 if d == axis else 1 for d in range(len(shape))])
+        if found is not None and (found.shape != zp.shape or not np.array_equal(found, zp)):
+            return None
+        found = zp
+    return found
+
+
+def find_weights(model: onnx.ModelProto, min_elements: int, plan_quantized: bool = False) -> WeightAnalysis:
     """Initializers and Constant-node tensors with ≥ min_elements elements: the
     floating ones as `weights`, those of the other dtypes the format holds as `exact`.
+
+    With `plan_quantized` (a size target), the int8/uint8 weights of quantized
+    operators (QDQ's DequantizeLinear, ConvInteger, MatMulInteger, QLinearConv,
+    QLinearMatMul) with constant zero points are `weights` too, with
+    `zero_point` set: the planner may put them on a coarser integer grid.
 
     Each weight appears once however many nodes use it (it stays shared).
     """
     uses = value_uses(model.graph)
     out = WeightAnalysis()
+    constants = {t.name: t for ref in iter_graphs(model.graph) for t in ref.graph.initializer} if plan_quantized \
+        else {}
     for ref in iter_graphs(model.graph):
         candidates: list[tuple[onnx.TensorProto, onnx.NodeProto | None, str]] = [
             (t, None, t.name) for t in ref.graph.initializer
@@ -306,6 +407,11 @@ def find_weights(model: onnx.ModelProto, min_elements: int) -> WeightAnalysis:
             if w.numel < (max(min_elements, EXACT_MIN_ELEMENTS) if exact else min_elements):
                 out.skipped_small += 1
                 continue
+            if exact and plan_quantized and tensor.data_type in _QUANTIZED_DTYPES:
+                w.zero_point = _quantized_zero_point(name, w.shape, uses, constants)
+                if w.zero_point is not None:
+                    out.weights.append(w)
+                    continue
             if exact:
                 out.exact.append(w)
                 continue

@@ -9,6 +9,10 @@ output divergence it causes: KL for class distributions (probabilities, or
 outputs named like logits), 1 − cosine for unit-norm embeddings, relative
 squared error for everything else (maps, scores, states).
 
+An already-quantized weight (int8/uint8 integers with a zero point) gets the
+same noise in units of its stored step, rounded onto its integer grid; its
+realized mean square stands for the variance.
+
 Weights are fed as inputs of the same session (initializers listed as graph
 inputs are overridable in onnxruntime), so one session serves every tensor.
 Initializers of subgraphs (If branches, Loop/Scan bodies) are moved to the
@@ -30,7 +34,7 @@ import onnx
 from onnx_l2c.measure.calibration import (Feeds, InputSpec, ScratchModel, batches, make_session,
                                           release_freed_memory)
 from onnx_l2c.errors import L2CError
-from onnx_l2c.codec import bits_to_float32
+from onnx_l2c.codec import STORAGE, bits_to_float32
 from onnx_l2c.graph.edit import make_feedable
 from onnx_l2c.graph.model import WeightRef, tensor_bits
 from onnx_l2c.measure.layers import LayerStats
@@ -182,7 +186,11 @@ def measure_sensitivity(model: onnx.ModelProto, base_dir: Path, weights: list[We
             if progress is not None:
                 progress(i, len(probe), SENSITIVITY)
             bits = tensor_bits(w.tensor, base_dir)
-            values = bits_to_float32(bits, w.dtype).reshape(w.shape).astype(np.float64)
+            if w.zero_point is not None:  # an already-quantized weight: in units of its stored step
+                stored = bits.view(STORAGE[w.dtype]).reshape(w.shape).astype(np.int32)
+                values = (stored - w.zero_point).astype(np.float64)
+            else:
+                values = bits_to_float32(bits, w.dtype).reshape(w.shape).astype(np.float64)
             if not np.isfinite(values).all():
                 continue
             rms = float(np.sqrt((values ** 2).mean()))
@@ -193,7 +201,17 @@ def measure_sensitivity(model: onnx.ModelProto, base_dir: Path, weights: list[We
             rng = np.random.default_rng(zlib.crc32(w.name.encode()))
             sigma = NOISE_REL * rms
             noisy = values + rng.standard_normal(values.shape) * sigma
-            feed = noisy.astype(onnx.helper.tensor_dtype_to_np_dtype(w.dtype))
+            if w.zero_point is not None:
+                # the noise rounded onto the integer grid (and clipped to the dtype):
+                # its realized mean square, not sigma², is what the outputs saw
+                info = np.iinfo(STORAGE[w.dtype])
+                noisy_stored = np.clip(np.round(noisy) + w.zero_point, info.min, info.max)
+                sigma = float(np.sqrt(((noisy_stored - stored) ** 2).mean()))
+                if sigma == 0.0:
+                    continue
+                feed = noisy_stored.astype(STORAGE[w.dtype])
+            else:
+                feed = noisy.astype(onnx.helper.tensor_dtype_to_np_dtype(w.dtype))
             div = 0.0
             for ref_run, feeds in zip(reference, probe_batches()):
                 out_run = run(feeds, {w.name: feed})  # one batch's outputs at a time

@@ -239,7 +239,7 @@ class PlanContext:
 
 
 def tensor_input(w: WeightRef, base_dir: Path) -> TensorInput:
-    return TensorInput(w.name, w.dtype, w.shape, tensor_bits(w.tensor, base_dir), w.channel_axis)
+    return TensorInput(w.name, w.dtype, w.shape, tensor_bits(w.tensor, base_dir), w.channel_axis, w.zero_point)
 
 
 def lossless_option(tensor: TensorInput) -> Option:
@@ -254,6 +254,7 @@ def tensor_options(tensor: TensorInput, ctx: TensorContext, methods: tuple[Metho
     options = [lossless]
     if not np.isfinite(tensor.values).all():
         return options
+    methods = tuple(m for m in methods if m.applies_to(tensor))  # float methods, or those of quantized weights
     for m in methods:
         m.prepare(tensor, ctx)
     for m in methods:
@@ -284,6 +285,11 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
     still need them). `exact`: the tensors the writer codes losslessly
     outside the plan, counted in the fixed bytes at their coded size."""
     chosen = [m for name, m in registry().items() if name in opts.methods]
+    # The statistics (and bias correction) are of the float weights; an
+    # already-quantized one (w.zero_point) is planned without them, its
+    # errors in units of its stored step, and its sensitivity measured with
+    # integer noise (measure_sensitivity).
+    measurable = [w for w in weights if w.zero_point is None]
     # per-tensor choices unless every selected method shares one step grid position
     ctx = PlanContext(weights={w.name: w for w in weights}, base_dir=base_dir, options=opts,
                       mixed=any(m.per_tensor for m in chosen))
@@ -299,7 +305,7 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
         inputs = graph_inputs(model)
         samples = load_samples(opts.calibration_data, inputs, opts.calibration_samples)
         ctx.calibration_samples = len(samples)
-        ctx.stats = collect_statistics(model, base_dir, weights, samples, inputs, progress=progress)
+        ctx.stats = collect_statistics(model, base_dir, measurable, samples, inputs, progress=progress)
         ctx.seconds["statistics"] = time.perf_counter() - t0
         ctx.data_free = False
     if measured is None and opts.calibration_data is None:
@@ -308,7 +314,7 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
     ctx.methods = selected_methods(opts, ctx.data_free)
     kinds = {w.name: _statistics_kind(ctx.stats.get(w.name)) for w in weights}
     # before the sensitivity runs, which read none of what this may drop
-    _center_and_store(ctx, model, weights, ctx.methods, reusable)
+    _center_and_store(ctx, model, measurable, ctx.methods, reusable)
     if samples is not None:
         t1 = time.perf_counter()
         ctx.sensitivity = measure_sensitivity(model, base_dir, weights, ctx.stats, samples, inputs,
@@ -332,7 +338,7 @@ def build_context(model: onnx.ModelProto, base_dir: Path, weights: list[WeightRe
         tensor = tensor_input(w, base_dir)
         if w.name in biases:  # corrected after quantization: kept exact
             return w, [lossless_option(tensor)]
-        sample = channel_sample(tensor, ctx.views.get(w.name), ctx.fit_stats.get(w.name))
+        sample = None if tensor.quantized else channel_sample(tensor, ctx.views.get(w.name), ctx.fit_stats.get(w.name))
         if sample is None:
             return w, tensor_options(tensor, ctx.tensor_context(w.name), ctx.methods)
         del tensor
@@ -417,9 +423,7 @@ def _statistics_kind(stats: LayerStats | None) -> str:
 def _norms(w: WeightRef, base_dir: Path) -> tuple[float, float]:
     """Mean square (1.0 when there is nothing finite) and largest magnitude of
     the finite values of a weight."""
-    from onnx_l2c.codec import bits_to_float32
-
-    v = bits_to_float32(tensor_bits(w.tensor, base_dir), w.dtype).astype(np.float64)
+    v = tensor_input(w, base_dir).values.astype(np.float64).reshape(-1)
     v = v[np.isfinite(v)]
     return (float((v ** 2).mean()), float(np.abs(v).max())) if v.size else (1.0, 0.0)
 

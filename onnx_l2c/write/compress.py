@@ -80,7 +80,7 @@ def _error_and_sparsity(ref: np.ndarray, rec: np.ndarray) -> tuple[float, float]
 
 def _encode(w: WeightRef, base_dir: Path, encoding: Encoding) -> tuple[bytes, Recipe, TensorReport]:
     bits = tensor_bits(w.tensor, base_dir)
-    tensor = TensorInput(w.name, w.dtype, w.shape, bits, w.channel_axis)
+    tensor = TensorInput(w.name, w.dtype, w.shape, bits, w.channel_axis, w.zero_point)
     if not encoding.applies_to(tensor):
         encoding = LOSSLESS
     recipe = encoding.encode(tensor)
@@ -157,7 +157,8 @@ def compress(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
                                 search=opts.search.value, report=opts.report,
                                 allow_target_miss=opts.allow_target_miss or None, _start=start)
     if opts.safe_plan:
-        planner = Planner(model, base_dir=base_dir, progress=progress, _options=opts, _single_use=True)
+        planner = Planner(model, base_dir=base_dir, progress=progress, _options=opts, _single_use=True,
+                          _safe=True)
         return planner.compress(output, report=opts.report, _start=start, _max_distortion=SAFE_MAX_DISTORTION)
     source = _load_source(model, base_dir)
     analysis = find_weights(source.proto, opts.min_elements)
@@ -188,14 +189,18 @@ class Planner:
 
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, *, base_dir: str | os.PathLike | None = None,
                  progress: Progress | None = None, _options: CompressOptions | None = None,
-                 _reuse: "Planner | None" = None, _single_use: bool = False, **options: Any) -> None:
+                 _reuse: "Planner | None" = None, _single_use: bool = False, _safe: bool = False,
+                 **options: Any) -> None:
         from onnx_l2c.plan import context as planning
 
         self.options = _options if _options is not None else CompressOptions.for_planner(**options)
         self.progress = progress
         self.source = _reuse.source if _reuse is not None else _load_source(model, base_dir)
         self.workers = self.options.workers or os.cpu_count() or 1
-        analysis = find_weights(self.source.proto, self.options.min_elements)
+        # for size targets, already-quantized weights are planned too (coarser integer
+        # grids); the safe preset (`_safe`, no target) keeps them exact
+        self.plan_quantized = not _safe
+        analysis = find_weights(self.source.proto, self.options.min_elements, self.plan_quantized)
         self.context = planning.build_context(self.source.proto, self.source.src_dir, analysis.weights,
                                               self.options, self.workers, progress=progress,
                                               measured=_reuse.context if _reuse is not None else None,
@@ -279,7 +284,7 @@ class Planner:
                 if attempt == 0:
                     refinements = self._refine(work, encodings, opts)
                 refined = attempt == 0 and any(r.changed for r in refinements)
-                work_analysis = find_weights(work, opts.min_elements)
+                work_analysis = find_weights(work, opts.min_elements, self.plan_quantized)
                 if staged is not None:
                     staged.discard()
                 staged = AtomicOutputs()

@@ -1,0 +1,85 @@
+"""Coarser integer grids for already-quantized weights (issue 17).
+
+A model quantized by onnxruntime (QDQ's DequantizeLinear, or QOperator's
+ConvInteger / MatMulInteger / QLinearConv / QLinearMatMul) stores each weight
+as integers q with a scale and a zero point z. This method's candidates keep
+the integers on a subset of that grid: the levels z + k·n for an integer step
+k ≥ 2, with an optional dead zone (weights within it become z, magnitude
+pruning on the stored grid). The output graph keeps the same quantized
+operators, scales and zero points, so it runs with the same kernels at the
+same speed; only the integers change, and the raw stage's entropy coder
+turns the fewer levels into fewer bytes (about log2 k bits per weight less).
+
+Errors are in units of the stored step (the scale is left out): with the
+planner's data-free scaling each tensor's error is relative to its own rms,
+as for the float methods without calibration statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from onnx_l2c.codec import STORAGE, RawStage, Recipe
+
+from .base import STOP_BITS, Method, Option, Params, Quantized, TensorContext, TensorInput, coded
+
+STEPS = (2, 3, 4, 5, 6, 8, 11, 16, 23, 32)  # multiples of the stored step, about half an octave apart
+DEAD_ZONES = (0.0, 0.3)  # in steps k: |q − z| < (0.5 + dead_zone)·k becomes z
+
+
+@dataclass(frozen=True)
+class RequantParams(Params):
+    method: ClassVar[str] = "requantize"
+
+    step: int  # k: the new levels are z + k·n
+    dead_zone: float
+
+    @property
+    def family(self) -> tuple:
+        return ("requantize", self.dead_zone)
+
+    def describe(self) -> dict[str, float | int]:
+        return {"step": self.step, "dead_zone": self.dead_zone}
+
+
+def requantized(tensor: TensorInput, params: RequantParams) -> np.ndarray:
+    """The stored integers on the coarser grid (the tensor's numpy storage, shaped)."""
+    assert tensor.zero_point is not None
+    d = tensor.values.astype(np.int32)  # q − z
+    k = params.step
+    levels = np.maximum(np.floor(np.abs(d) / k + (0.5 - params.dead_zone)), 0).astype(np.int32)
+    storage = np.dtype(STORAGE[tensor.dtype])
+    info = np.iinfo(storage)
+    q = np.clip(np.sign(d) * levels * k + tensor.zero_point, info.min, info.max)
+    return q.astype(storage)
+
+
+class Requantize(Method):
+    name = "requantize"
+    order = 90
+
+    def applies_to(self, tensor: TensorInput) -> bool:
+        return tensor.quantized
+
+    def candidates(self, tensor: TensorInput, ctx: TensorContext, lossless_bytes: int) -> list[Option]:
+        out = []
+        for dead_zone in DEAD_ZONES:
+            for k in STEPS:
+                params = RequantParams(k, dead_zone)
+                q = self.quantize(tensor, params, ctx)
+                size = len(q.payload)
+                if size < lossless_bytes:
+                    out.append(Option(size, q.error, params, q.sparsity))
+                if 8 * size / max(tensor.numel, 1) < STOP_BITS:
+                    break
+        return out
+
+    def quantize(self, tensor: TensorInput, params: RequantParams, ctx: TensorContext) -> Quantized:
+        return coded(tensor, self.encode(tensor, params, ctx), ctx.stats)
+
+    def encode(self, tensor: TensorInput, params: RequantParams, ctx: TensorContext) -> Recipe:
+        q = requantized(tensor, params)
+        return Recipe(tensor.dtype, tensor.shape, [RawStage(q.reshape(-1).view(np.uint8), 0)])

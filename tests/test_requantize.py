@@ -1,0 +1,174 @@
+"""Already-quantized models with a size target (issue 17): their integer
+weights go on coarser grids of the stored one (passes/requantize.py), chosen
+by the same allocation as float weights, and the graph keeps its quantized
+operators. Models are made in the test with onnxruntime's own quantizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnx_l2c
+from helpers import assert_bit_identical, run_all_paths, run_plain, save
+
+VOCAB, DIM, HIDDEN = 600, 64, 256
+
+
+def _float_model(rng: np.random.Generator) -> onnx.ModelProto:
+    """Token ids → embedding table (Gather) → MatMul → Relu → MatMul: a tiny
+    text encoder, with trained-like (Laplace) weights."""
+    table = rng.laplace(0, 0.05, (VOCAB, DIM)).astype(np.float32)
+    w1 = rng.laplace(0, 0.08, (DIM, HIDDEN)).astype(np.float32)
+    w2 = rng.laplace(0, 0.05, (HIDDEN, DIM)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"]),
+             helper.make_node("MatMul", ["e", "w1"], ["h"]),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "encoder", [helper.make_tensor_value_info("ids", TensorProto.INT64, (None, 8))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, (None, 8, DIM))],
+                              [numpy_helper.from_array(v, k) for k, v in (("table", table), ("w1", w1), ("w2", w2))])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _feeds(rng: np.random.Generator, n: int = 6) -> dict[str, np.ndarray]:
+    return {"ids": rng.integers(0, VOCAB, (n, 8), dtype=np.int64)}
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory) -> dict[str, Path]:
+    """onnxruntime's dynamic (QOperator: MatMulInteger, the table's Gather +
+    DequantizeLinear) and static (QDQ) int8 quantizations of the float model."""
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
+
+    folder = tmp_path_factory.mktemp("quantized")
+    rng = np.random.default_rng(7)
+    src = save(_float_model(rng), folder / "float.onnx")
+    quantize_dynamic(str(src), str(folder / "qop.onnx"), weight_type=QuantType.QInt8)
+    feeds = [_feeds(rng, 4) for _ in range(8)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(feeds)
+
+        def get_next(self) -> dict | None:
+            return next(self.it, None)
+
+    quantize_static(str(src), str(folder / "qdq.onnx"), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+    return {"float": src, "qop": folder / "qop.onnx", "qdq": folder / "qdq.onnx"}
+
+
+def _ops(path: Path) -> list[str]:
+    return sorted(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node
+                  if n.domain != "ai.onnx_l2c")
+
+
+def _integers(path: Path) -> dict[str, np.ndarray]:
+    model = onnx.load(str(path))
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
+            if t.data_type in (TensorProto.INT8, TensorProto.UINT8) and np.prod(t.dims) >= 1024}
+
+
+def _zero_points(path: Path) -> dict[str, int]:
+    """The zero point each quantized weight is read with (per-tensor in these models)."""
+    model = onnx.load(str(path))
+    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    out = {}
+    pairs = {"DequantizeLinear": ((0, 2),), "MatMulInteger": ((0, 2), (1, 3))}
+    for node in model.graph.node:
+        for value, zp in pairs.get(node.op_type, ()):
+            if len(node.input) > zp and node.input[zp] in values:  # not a dynamic activation's zero point
+                out[node.input[value]] = values[node.input[zp]]
+    for node in model.graph.node:  # a table's gathered rows are read with the table's zero point
+        if node.op_type == "Gather" and node.output[0] in out:
+            out[node.input[0]] = out[node.output[0]]
+    return out
+
+
+@pytest.mark.parametrize("kind", ["qop", "qdq"])
+def test_a_target_puts_quantized_weights_on_coarser_grids_and_keeps_the_quantized_graph(quantized, tmp_path, kind):
+    source = quantized[kind]
+    out = tmp_path / f"{kind}_small.onnx"
+    result = onnx_l2c.compress(source, out, target_ratio=1.6)
+    # within the budget, and near it: three tensors with whole-number steps land on it coarsely
+    assert 1.6 * 0.995 <= result.ratio <= 1.6 * 1.05, result.ratio
+    requantized = {t.name: t for t in result.tensors if t.method == "requantize"}
+    assert requantized, [(t.name, t.method) for t in result.tensors]
+    assert all(t.dtype in ("int8", "uint8") for t in requantized.values())
+    # the same quantized operators, scales and zero points; the same weight dtypes
+    plain = tmp_path / f"{kind}_plain.onnx"
+    onnx_l2c.decompress(out, plain)
+    assert _ops(plain) == _ops(source)
+    before, after = _integers(source), _integers(plain)
+    assert before.keys() == after.keys() and all(before[k].dtype == after[k].dtype for k in before)
+    zero_points = _zero_points(source)
+    for name, t in requantized.items():
+        k = t.params["step"]
+        shifted = after[name].astype(np.int32) - zero_points[name].astype(np.int32)
+        clipped = np.isin(after[name], [np.iinfo(after[name].dtype).min, np.iinfo(after[name].dtype).max])
+        assert k >= 2 and np.all((shifted % k == 0) | clipped), name  # a subset of the stored grid
+        assert not np.array_equal(before[name], after[name])
+    # every load path gives the requantized model's outputs, bit for bit
+    rng = np.random.default_rng(3)
+    feeds = _feeds(rng)
+    reference = run_plain(plain, feeds)
+    paths = run_all_paths(out, tmp_path, feeds)
+    assert_bit_identical(reference, paths["fast"], "fast loader")
+    assert_bit_identical(reference, paths["custom_op"], "custom op")
+    # and they stay near the quantized model's (the float weights of the same layers change little)
+    original = run_plain(source, feeds)[0].reshape(-1)
+    got = reference[0].reshape(-1)
+    cosine = float(original @ got / (np.linalg.norm(original) * np.linalg.norm(got)))
+    assert cosine > 0.98, cosine
+
+
+def test_quantized_weights_stay_exact_without_a_target_or_the_method(quantized, tmp_path):
+    """No target (the default safe preset, lossless) or --methods without
+    requantize: the integers are coded losslessly, bit for bit."""
+    source = quantized["qop"]
+    for name, options in (("default", {}), ("lossless", {"preset": "lossless"}),
+                          ("methods", {"target_ratio": 1.2, "methods": "mixed", "allow_target_miss": True})):
+        out = tmp_path / f"{name}.onnx"
+        result = onnx_l2c.compress(source, out, **options)
+        assert all(t.method == "lossless" for t in result.tensors if t.dtype in ("int8", "uint8")), name
+        plain = tmp_path / f"{name}_plain.onnx"
+        onnx_l2c.decompress(out, plain)
+        after = _integers(plain)
+        for key, value in _integers(source).items():
+            np.testing.assert_array_equal(after[key], value, err_msg=f"{name}: {key}")
+
+
+def test_the_embedding_table_behind_gather_is_a_quantized_weight(quantized):
+    """Dynamic quantization gathers rows of a uint8 table and dequantizes them:
+    the table is planned with its zero point; MatMulInteger's weights too."""
+    from onnx_l2c.graph.model import find_weights, load_model
+
+    model = load_model(quantized["qop"])
+    planned = {w.name: w for w in find_weights(model, 1024, plan_quantized=True).weights}
+    table = next(w for name, w in planned.items() if name.startswith("table"))
+    assert table.dtype == TensorProto.UINT8 and table.zero_point is not None and table.zero_point.size == 1
+    assert any(w.dtype == TensorProto.INT8 for w in planned.values())
+    assert not find_weights(model, 1024).weights  # without plan_quantized: exact, like every integer tensor
+
+
+def test_calibration_measures_the_quantized_weights_sensitivity(quantized, tmp_path):
+    """With calibration samples the quantized weights' sensitivities are
+    measured (integer noise on their grid, through the quantized graph), not
+    borrowed from float tensors; the target still lands. (Through a Planner,
+    which is built before any target is known.)"""
+    import json
+
+    rng = np.random.default_rng(11)
+    report = tmp_path / "report.json"
+    planner = onnx_l2c.Planner(quantized["qdq"], calibration_data=[_feeds(rng, 4) for _ in range(8)])
+    result = planner.compress(tmp_path / "calibrated.onnx", target_ratio=1.5, report=report)
+    assert any(t.method == "requantize" for t in result.tensors)
+    assert 1.5 * 0.995 <= result.ratio <= 1.5 * 1.05, result.ratio
+    rows = {t["name"]: t for t in json.loads(report.read_text())["tensors"]}
+    integer = [t for t in rows.values() if t["dtype"] == "int8"]
+    assert integer and all(t["sensitivity_measured"] and t["sensitivity"] > 0 for t in integer), integer
