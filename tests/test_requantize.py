@@ -95,8 +95,8 @@ def test_a_target_puts_quantized_weights_on_coarser_grids_and_keeps_the_quantize
     source = quantized[kind]
     out = tmp_path / f"{kind}_small.onnx"
     result = onnx_l2c.compress(source, out, target_ratio=1.6)
-    # within the budget, and near it: three tensors with whole-number steps land on it coarsely
-    assert 1.6 * 0.995 <= result.ratio <= 1.6 * 1.05, result.ratio
+    # within the budget, and near it (three tensors with whole-number steps: the discrete fill)
+    assert 1.6 * 0.995 <= result.ratio <= 1.6 * 1.03, result.ratio
     requantized = {t.name: t for t in result.tensors if t.method == "requantize"}
     assert requantized, [(t.name, t.method) for t in result.tensors]
     assert all(t.dtype in ("int8", "uint8") for t in requantized.values())

@@ -181,6 +181,33 @@ class PlanContext:
                 alloc.chosen[name] = best
                 alloc.total_bytes += best.bytes - chosen.bytes
                 alloc.distortion += scale * (best.error - chosen.error)
+        return self._fill_discrete(alloc, available)
+
+    def _fill_discrete(self, alloc: Allocation, available: int) -> Allocation:
+        """Then spend what is left on the candidates without a continuous knob
+        (an already-quantized weight's integer steps): greedily, the finer
+        option that fits and removes the most divergence per byte, until none
+        fits. Tensors whose choice has a knob were refined above and stay."""
+        while available - alloc.total_bytes > FILL_SLACK * available:
+            room = available - alloc.total_bytes
+            best: tuple[float, str, Option] | None = None
+            for name, chosen in alloc.chosen.items():
+                if chosen.params is None or chosen.params.knobs():
+                    continue
+                scale = self.tensors[name].scale
+                for o in self.tensors[name].choices.options:
+                    extra = o.bytes - chosen.bytes
+                    if 0 < extra <= room and o.error < chosen.error and (o.params is None or not o.params.knobs()):
+                        gain = scale * (chosen.error - o.error) / extra
+                        if best is None or gain > best[0]:
+                            best = (gain, name, o)
+            if best is None:
+                break
+            _, name, option = best
+            chosen = alloc.chosen[name]
+            alloc.chosen[name] = option
+            alloc.total_bytes += option.bytes - chosen.bytes
+            alloc.distortion += self.tensors[name].scale * (option.error - chosen.error)
         return alloc
 
     def _refine(self, name: str, chosen: Option, start: Option, knob: Knob, room: int) -> Option:
