@@ -5,7 +5,8 @@ ConvInteger / MatMulInteger / QLinearConv / QLinearMatMul) stores each weight
 as integers q with a scale and a zero point z. This method's candidates keep
 the integers on a subset of that grid: the levels z + k·n for an integer step
 k ≥ 2, with an optional dead zone (weights within it become z, magnitude
-pruning on the stored grid). The output graph keeps the same quantized
+pruning on the stored grid), and the stored grid itself with a dead zone
+of one or two steps. The output graph keeps the same quantized
 operators, scales and zero points, so it runs with the same kernels at the
 same speed; only the integers change, and the raw stage's entropy coder
 turns the fewer levels into fewer bytes (about log2 k bits per weight less).
@@ -27,7 +28,11 @@ from onnx_l2c.codec import STORAGE, RawStage, Recipe
 from .base import STOP_BITS, Method, Option, Params, Quantized, TensorContext, TensorInput, coded
 
 STEPS = (2, 3, 4, 5, 6, 8, 11, 16, 23, 32)  # multiples of the stored step, about half an octave apart
-DEAD_ZONES = (0.0, 0.3)  # in steps k: |q − z| < (0.5 + dead_zone)·k becomes z
+DEAD_ZONES = (0.0, 0.3)  # in steps k: |q − z| < (0.5 + dead_zone)·k becomes z, the rest rounds to nearest
+# On the stored grid itself (k = 1) only the dead zone acts: the weights at
+# ±1 (and ±2) stored steps become z. Finer than k = 2, so a target just
+# past the lossless size has a candidate near it.
+PRUNE_ZONES = (0.6, 1.6)
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,9 @@ def requantized(tensor: TensorInput, params: RequantParams) -> np.ndarray:
     assert tensor.zero_point is not None
     d = tensor.values.astype(np.int32)  # q − z
     k = params.step
-    levels = np.maximum(np.floor(np.abs(d) / k + (0.5 - params.dead_zone)), 0).astype(np.int32)
+    magnitude = np.abs(d)
+    levels = np.floor(magnitude / k + 0.5).astype(np.int32)  # nearest level, halves away from z
+    levels[magnitude < (0.5 + params.dead_zone) * k] = 0
     storage = np.dtype(STORAGE[tensor.dtype])
     info = np.iinfo(storage)
     q = np.clip(np.sign(d) * levels * k + tensor.zero_point, info.min, info.max)
@@ -66,15 +73,24 @@ class Requantize(Method):
 
     def candidates(self, tensor: TensorInput, ctx: TensorContext, lossless_bytes: int) -> list[Option]:
         out = []
+        for dead_zone in PRUNE_ZONES:
+            out += self._sweep(tensor, ctx, lossless_bytes, (1,), dead_zone)
         for dead_zone in DEAD_ZONES:
-            for k in STEPS:
-                params = RequantParams(k, dead_zone)
-                q = self.quantize(tensor, params, ctx)
-                size = len(q.payload)
-                if size < lossless_bytes:
-                    out.append(Option(size, q.error, params, q.sparsity))
-                if 8 * size / max(tensor.numel, 1) < STOP_BITS:
-                    break
+            out += self._sweep(tensor, ctx, lossless_bytes, STEPS, dead_zone)
+        return out
+
+    def _sweep(self, tensor: TensorInput, ctx: TensorContext, lossless_bytes: int, steps: tuple[int, ...],
+               dead_zone: float) -> list[Option]:
+        """The steps finest first, those smaller than lossless, until one codes under STOP_BITS bits per weight."""
+        out = []
+        for k in steps:
+            params = RequantParams(k, dead_zone)
+            q = self.quantize(tensor, params, ctx)
+            size = len(q.payload)
+            if size < lossless_bytes:
+                out.append(Option(size, q.error, params, q.sparsity))
+            if 8 * size / max(tensor.numel, 1) < STOP_BITS:
+                break
         return out
 
     def quantize(self, tensor: TensorInput, params: RequantParams, ctx: TensorContext) -> Quantized:

@@ -111,8 +111,11 @@ def test_a_target_puts_quantized_weights_on_coarser_grids_and_keeps_the_quantize
         k = t.params["step"]
         shifted = after[name].astype(np.int32) - zero_points[name].astype(np.int32)
         clipped = np.isin(after[name], [np.iinfo(after[name].dtype).min, np.iinfo(after[name].dtype).max])
-        assert k >= 2 and np.all((shifted % k == 0) | clipped), name  # a subset of the stored grid
-        assert not np.array_equal(before[name], after[name])
+        assert np.all((shifted % k == 0) | clipped), name  # a subset of the stored grid
+        changed = before[name] != after[name]
+        assert changed.any(), name
+        if k == 1:  # the stored grid with a dead zone: only small weights moved, to the zero point
+            assert np.all(shifted[changed] == 0), name
     # every load path gives the requantized model's outputs, bit for bit
     rng = np.random.default_rng(3)
     feeds = _feeds(rng)
@@ -172,3 +175,18 @@ def test_calibration_measures_the_quantized_weights_sensitivity(quantized, tmp_p
     rows = {t["name"]: t for t in json.loads(report.read_text())["tensors"]}
     integer = [t for t in rows.values() if t["dtype"] == "int8"]
     assert integer and all(t["sensitivity_measured"] and t["sensitivity"] > 0 for t in integer), integer
+
+
+def test_requantized_levels_round_to_nearest_outside_the_dead_zone():
+    from onnx_l2c.passes import TensorInput
+    from onnx_l2c.passes.requantize import RequantParams, requantized
+
+    d = np.array([-7, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 124])
+    stored = (d + 3).astype(np.int8)  # zero point 3
+    tensor = TensorInput("w", TensorProto.INT8, stored.shape, stored.view(np.uint8), None, np.int32(3))
+    shifted = lambda k, zone: (requantized(tensor, RequantParams(k, zone)).astype(np.int32) - 3).tolist()  # noqa: E731
+    assert shifted(2, 0.0) == [-8, -4, -4, -2, -2, 0, 2, 2, 4, 4, 6, 124]  # nearest, halves away from z
+    assert shifted(3, 0.3) == [-6, -3, -3, 0, 0, 0, 0, 0, 3, 3, 6, 123]  # |d| < 2.4 stored steps: z
+    assert shifted(1, 0.6) == [-7, -4, -3, -2, 0, 0, 0, 2, 3, 4, 5, 124]  # ±1 pruned, the rest kept
+    assert shifted(1, 1.6) == [-7, -4, -3, 0, 0, 0, 0, 0, 3, 4, 5, 124]
+    assert shifted(8, 0.0)[-1] == 124  # 128 + 3 does not fit int8: clipped to 127
