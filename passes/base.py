@@ -46,7 +46,7 @@ class TensorInput:
     shape: tuple[int, ...]
     bits: np.ndarray  # exact bit patterns, flat (uint32 / uint16 / uint8)
     channel_axis: int | None  # output-channel axis from the consuming op; None = not a matrix weight
-    # An already-quantized weight (int8/uint8): its zero point, int32 broadcastable to
+    # An already-quantized weight (int8/uint8/int4/uint4): its zero point, int32 broadcastable to
     # the shape. Its values are then the integers less the zero point: the weight in
     # units of its stored step (the scale is left out: errors are relative).
     zero_point: np.ndarray | None = None

@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from onnx_l2c.codec import STORAGE, RawStage, Recipe
+from onnx_l2c.codec import STORAGE, RawStage, Recipe, integer_range
 
 from .base import STOP_BITS, Method, Option, Params, Quantized, TensorContext, TensorInput, coded
 
@@ -58,10 +58,9 @@ def requantized(tensor: TensorInput, params: RequantParams) -> np.ndarray:
     magnitude = np.abs(d)
     levels = np.floor(magnitude / k + 0.5).astype(np.int32)  # nearest level, halves away from z
     levels[magnitude < (0.5 + params.dead_zone) * k] = 0
-    storage = np.dtype(STORAGE[tensor.dtype])
-    info = np.iinfo(storage)
-    q = np.clip(np.sign(d) * levels * k + tensor.zero_point, info.min, info.max)
-    return q.astype(storage)
+    low, high = integer_range(tensor.dtype)
+    q = np.clip(np.sign(d) * levels * k + tensor.zero_point, low, high)
+    return q.astype(STORAGE[tensor.dtype])
 
 
 class Requantize(Method):
@@ -97,5 +96,5 @@ class Requantize(Method):
         return coded(tensor, self.encode(tensor, params, ctx), ctx.stats)
 
     def encode(self, tensor: TensorInput, params: RequantParams, ctx: TensorContext) -> Recipe:
-        q = requantized(tensor, params)
+        q = requantized(tensor, params)  # int4/uint4: ml_dtypes keeps each pattern in the low bits of its byte
         return Recipe(tensor.dtype, tensor.shape, [RawStage(q.reshape(-1).view(np.uint8), 0)])

@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_l2c
-from helpers import assert_bit_identical, run_all_paths, run_plain, save
+from helpers import assert_bit_identical, assert_close, run_all_paths, run_plain, save
 
 VOCAB, DIM, HIDDEN = 600, 64, 256
 
@@ -190,3 +190,41 @@ def test_requantized_levels_round_to_nearest_outside_the_dead_zone():
     assert shifted(1, 0.6) == [-7, -4, -3, -2, 0, 0, 0, 2, 3, 4, 5, 124]  # ±1 pruned, the rest kept
     assert shifted(1, 1.6) == [-7, -4, -3, 0, 0, 0, 0, 0, 3, 4, 5, 124]
     assert shifted(8, 0.0)[-1] == 124  # 128 + 3 does not fit int8: clipped to 127
+
+
+def test_int4_qdq_weights_are_requantized_on_their_grid(tmp_path):
+    """DequantizeLinear of int4 weights (opset 21): the same coarser grids,
+    repacked two to a byte; every load path gives the same outputs."""
+    rng = np.random.default_rng(5)
+    w = np.clip(np.round(rng.laplace(0, 2.0, (96, 64))), -8, 7).astype(np.int64)
+    inits = [helper.make_tensor("w_q", TensorProto.INT4, w.shape, w.reshape(-1).tolist()),
+             numpy_helper.from_array(np.float32(0.05), "w_scale"),
+             helper.make_tensor("w_zp", TensorProto.INT4, (), [0])]
+    nodes = [helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w"]),
+             helper.make_node("MatMul", ["x", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "int4", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (None, 96))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, (None, 64))], inits)
+    src = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10),
+               tmp_path / "int4.onnx")
+    out = tmp_path / "small.onnx"
+    result = onnx_l2c.compress(src, out, target_ratio=2.0)  # lossless alone gives 1.41x
+    (t,) = [t for t in result.tensors if t.name == "w_q"]
+    assert t.method == "requantize" and t.dtype == "int4", t
+    plain = tmp_path / "plain.onnx"
+    onnx_l2c.decompress(out, plain)
+    after = {x.name: numpy_helper.to_array(x) for x in onnx.load(str(plain)).graph.initializer}["w_q"]
+    shifted = after.astype(np.int32)
+    assert after.shape == w.shape and np.all((shifted % t.params["step"] == 0) | np.isin(shifted, [-8, 7]))
+    feeds = {"x": rng.standard_normal((4, 96)).astype(np.float32)}
+    reference = run_plain(plain, feeds)
+    paths = run_all_paths(out, tmp_path, feeds)
+    assert_bit_identical(reference, paths["fast"], "fast loader")
+    # The custom op's DequantizeLinear runs at run time, unfused: x @ (w · scale) in float. (onnxruntime fuses
+    # the plain graph's int4 DequantizeLinear + MatMul into MatMulNBits, which rounds differently, ~1%.)
+    exact = feeds["x"] @ (shifted.astype(np.float32) * np.float32(0.05))
+    assert_close([exact], paths["custom_op"], "custom op")
+    # with calibration: int4 cannot be fed to onnxruntime from numpy, so its sensitivity is the fallback
+    calibrated = onnx_l2c.compress(src, tmp_path / "calibrated.onnx", target_ratio=2.0,
+                                   calibration_data=[{"x": rng.standard_normal((2, 96)).astype(np.float32)}
+                                                     for _ in range(4)])
+    assert any(x.method == "requantize" for x in calibrated.tensors)

@@ -58,6 +58,12 @@ STORAGE = {k: v[3] for k, v in _TABLE.items()}  # numpy storage of decoded tenso
 RAW_DTYPES_VERSION = 5  # the payload format version that adds the dtypes other than FLOAT_DTYPES
 
 
+def integer_range(dtype: int) -> tuple[int, int]:
+    """Smallest and largest value of an integer dtype (int4/uint4 included)."""
+    info = ml_dtypes.iinfo(STORAGE[dtype]) if dtype in PACKED_BITS else np.iinfo(STORAGE[dtype])
+    return int(info.min), int(info.max)
+
+
 def tensor_nbytes(dtype: int, numel: int) -> int:
     """Bytes of a tensor of `numel` elements as ONNX and onnxruntime store it (packed for PACKED_BITS)."""
     width = PACKED_BITS.get(dtype)

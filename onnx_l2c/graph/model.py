@@ -45,7 +45,7 @@ class WeightRef:
     consumer_node: onnx.NodeProto | None = None  # that op (for calibration statistics)
     consumer_input: int = -1  # which of its inputs the weight is
     transposed: bool = False  # reaches the consumer through a Transpose
-    # For an already-quantized weight (int8/uint8 integers that a quantized
+    # For an already-quantized weight (int8/uint8/int4/uint4 integers that a quantized
     # operator dequantizes): its zero point, broadcastable to its shape.
     zero_point: np.ndarray | None = None
 
@@ -301,7 +301,7 @@ QUANTIZED_ROWS_INPUTS: dict[str, tuple[int, int]] = {
     "MatMulInteger": (0, 2),  # dynamic quantization's embeddings feed the first MatMul as its A
     "QLinearMatMul": (0, 2),
 }
-_QUANTIZED_DTYPES = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+_QUANTIZED_DTYPES = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4)
 
 
 def _constant_zero_point(node: onnx.NodeProto, index: int, constants: dict[str, onnx.TensorProto]) -> np.ndarray | None:
@@ -379,7 +379,7 @@ def find_weights(model: onnx.ModelProto, min_elements: int, plan_quantized: bool
     """Initializers and Constant-node tensors with ≥ min_elements elements: the
     floating ones as `weights`, those of the other dtypes the format holds as `exact`.
 
-    With `plan_quantized` (a size target), the int8/uint8 weights of quantized
+    With `plan_quantized` (a size target), the int8/uint8/int4/uint4 weights of quantized
     operators (QDQ's DequantizeLinear, ConvInteger, MatMulInteger, QLinearConv,
     QLinearMatMul) with constant zero points are `weights` too, with
     `zero_point` set: the planner may put them on a coarser integer grid.

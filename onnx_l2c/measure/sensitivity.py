@@ -34,7 +34,7 @@ import onnx
 from onnx_l2c.measure.calibration import (Feeds, InputSpec, ScratchModel, batches, make_session,
                                           release_freed_memory)
 from onnx_l2c.errors import L2CError
-from onnx_l2c.codec import STORAGE, bits_to_float32
+from onnx_l2c.codec import PACKED_BITS, STORAGE, bits_to_float32, integer_range
 from onnx_l2c.graph.edit import make_feedable
 from onnx_l2c.graph.model import WeightRef, tensor_bits
 from onnx_l2c.measure.layers import LayerStats
@@ -196,16 +196,16 @@ def measure_sensitivity(model: onnx.ModelProto, base_dir: Path, weights: list[We
             rms = float(np.sqrt((values ** 2).mean()))
             if rms == 0.0:
                 continue
-            if w.dtype == onnx.TensorProto.BFLOAT16:
-                continue  # numpy cannot feed bfloat16; it gets the fallback
+            if w.dtype == onnx.TensorProto.BFLOAT16 or w.dtype in PACKED_BITS:
+                continue  # numpy cannot feed bfloat16, onnxruntime no int4 array: they get the fallback
             rng = np.random.default_rng(zlib.crc32(w.name.encode()))
             sigma = NOISE_REL * rms
             noisy = values + rng.standard_normal(values.shape) * sigma
             if w.zero_point is not None:
                 # the noise rounded onto the integer grid (and clipped to the dtype):
                 # its realized mean square, not sigma², is what the outputs saw
-                info = np.iinfo(STORAGE[w.dtype])
-                noisy_stored = np.clip(np.round(noisy) + w.zero_point, info.min, info.max)
+                low, high = integer_range(w.dtype)
+                noisy_stored = np.clip(np.round(noisy) + w.zero_point, low, high)
                 sigma = float(np.sqrt(((noisy_stored - stored) ** 2).mean()))
                 if sigma == 0.0:
                     continue
