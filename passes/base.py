@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from onnx_l2c.codec import FLOAT_DTYPES, STORAGE, Recipe, bits_to_float32, reconstruct, serialize
+from onnx_l2c.codec import FLOAT_DTYPES, Recipe, bits_to_float32, quantized_values, reconstruct, serialize
 from onnx_l2c.errors import OptionError, literal
 from onnx_l2c.plan.allocate import Option
 
@@ -69,8 +69,7 @@ class TensorInput:
     def integer_values(self, stored: np.ndarray) -> np.ndarray:
         """A quantized weight's stored integers (bits or storage) less the zero point, as float32, shaped."""
         assert self.zero_point is not None
-        signed = np.asarray(stored).reshape(self.shape).view(STORAGE[self.dtype]).astype(np.int32)
-        return (signed - self.zero_point).astype(np.float32)
+        return quantized_values(np.asarray(stored).reshape(self.shape), self.dtype, self.zero_point).astype(np.float32)
 
     def decoded_values(self, decoded: np.ndarray) -> np.ndarray:
         """A decoded version of this weight (what `reconstruct` or the native

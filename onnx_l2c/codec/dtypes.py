@@ -99,19 +99,28 @@ def patterns_to_storage(patterns: np.ndarray, dtype: int) -> np.ndarray:
 
 
 def storage_to_patterns(values: np.ndarray, dtype: int) -> np.ndarray:
-    """A packed dtype's numpy storage (ml_dtypes) or plain integers of its values → bit patterns, one per byte."""
-    values = np.asarray(values)
-    raw = values.view(np.uint8) if values.dtype.kind == "V" else values.astype(np.int64).astype(np.uint8)
-    return raw & np.uint8((1 << PACKED_BITS[dtype]) - 1)
+    """A packed dtype's numpy storage (ml_dtypes) → bit patterns, one per byte."""
+    return np.asarray(values).view(np.uint8) & np.uint8((1 << PACKED_BITS[dtype]) - 1)
+
+
+def to_stored(values: np.ndarray, dtype: int) -> np.ndarray:
+    """A decoded tensor (its numpy storage) laid out as ONNX and onnxruntime store
+    it: little-endian, and the packed dtypes packed (a flat uint8 array)."""
+    width = PACKED_BITS.get(dtype)
+    if width:
+        return pack_elements(storage_to_patterns(values, dtype), width)
+    values = np.ascontiguousarray(values)
+    return values.astype(values.dtype.newbyteorder("<"), copy=False)
 
 
 def to_raw_bytes(values: np.ndarray, dtype: int) -> bytes:
-    """A decoded tensor (its numpy storage) as ONNX `raw_data`: little-endian, packed for PACKED_BITS."""
-    width = PACKED_BITS.get(dtype)
-    if width:
-        return pack_elements(storage_to_patterns(values, dtype), width).tobytes()
-    values = np.ascontiguousarray(values)
-    return values.astype(values.dtype.newbyteorder("<"), copy=False).tobytes()
+    """A decoded tensor (its numpy storage) as ONNX `raw_data`."""
+    return to_stored(values, dtype).tobytes()
+
+
+def quantized_values(stored: np.ndarray, dtype: int, zero_point: np.ndarray) -> np.ndarray:
+    """An integer tensor's values (its bits or storage) less its zero point, as int32."""
+    return np.asarray(stored).view(STORAGE[dtype]).astype(np.int32) - zero_point
 
 
 def dtype_min_version(dtype: int) -> int:

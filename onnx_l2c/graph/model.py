@@ -294,12 +294,12 @@ QUANTIZED_WEIGHT_INPUTS: dict[str, tuple[int, int, str | int | None]] = {
     "QLinearConv": (3, 5, 0),
     "QLinearMatMul": (3, 5, None),
 }
-# Where gathered rows of a quantized table are read as integers: op type →
-# (input, its zero-point input); the zero point must be one per tensor.
-QUANTIZED_ROWS_INPUTS: dict[str, tuple[int, int]] = {
-    "DequantizeLinear": (0, 2),
-    "MatMulInteger": (0, 2),  # dynamic quantization's embeddings feed the first MatMul as its A
-    "QLinearMatMul": (0, 2),
+# Where gathered rows of a quantized table are read as integers, in the same
+# form; searched with shape () so that only a per-tensor zero point passes.
+QUANTIZED_ROWS_INPUTS: dict[str, tuple[int, int, str | int | None]] = {
+    "DequantizeLinear": (0, 2, "axis"),
+    "MatMulInteger": (0, 2, None),  # dynamic quantization's embeddings feed the first MatMul as its A
+    "QLinearMatMul": (0, 2, None),
 }
 _QUANTIZED_DTYPES = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4)
 
@@ -314,29 +314,13 @@ def _constant_zero_point(node: onnx.NodeProto, index: int, constants: dict[str, 
     return numpy_helper.to_array(constants[name]).astype(np.int32)
 
 
-def _rows_zero_point(name: str, uses: dict[str, list[Consumer]],
-                     constants: dict[str, onnx.TensorProto]) -> np.ndarray | None:
-    """The one per-tensor zero point gathered rows `name` are read with, or None."""
-    found: np.ndarray | None = None
-    reads = uses.get(name, [])
-    for use in reads:
-        node = use.node
-        spec = QUANTIZED_ROWS_INPUTS.get(node.op_type) if node is not None and node.domain in DEFAULT_DOMAINS \
-            else None
-        if spec is None or use.index != spec[0]:
-            return None
-        zp = _constant_zero_point(node, spec[1], constants)
-        if zp is None or zp.size != 1 or (found is not None and not np.array_equal(found, zp.reshape(()))):
-            return None
-        found = zp.reshape(())
-    return found
-
-
 def _quantized_zero_point(name: str, shape: tuple[int, ...], uses: dict[str, list[Consumer]],
-                          constants: dict[str, onnx.TensorProto]) -> np.ndarray | None:
+                          constants: dict[str, onnx.TensorProto],
+                          inputs: dict[str, tuple[int, int, str | int | None]] = QUANTIZED_WEIGHT_INPUTS
+                          ) -> np.ndarray | None:
     """The zero point (int32, broadcastable to `shape`) if every read of `name` is
-    a quantized operator's weight input with a constant zero point (absent: 0)
-    that agrees between them; else None (not a quantized weight)."""
+    a quantized operator's weight input (`inputs`) with a constant zero point
+    (absent: 0) that agrees between them; else None (not a quantized weight)."""
     found: np.ndarray | None = None
     reads = uses.get(name, [])
     if not reads:
@@ -347,13 +331,12 @@ def _quantized_zero_point(name: str, shape: tuple[int, ...], uses: dict[str, lis
                 and len(shape) >= 1:
             # a quantized table (dynamic quantization's embeddings): rows gathered, then
             # read as integers with one zero point for the whole tensor
-            rows = _rows_zero_point(node.output[0], uses, constants)
+            rows = _quantized_zero_point(node.output[0], (), uses, constants, QUANTIZED_ROWS_INPUTS)
             if rows is None or (found is not None and (found.size != 1 or not np.array_equal(found, rows))):
                 return None
-            found = rows
+            found = rows.reshape(())
             continue
-        spec = QUANTIZED_WEIGHT_INPUTS.get(node.op_type) if node is not None and node.domain in DEFAULT_DOMAINS \
-            else None
+        spec = inputs.get(node.op_type) if node is not None and node.domain in DEFAULT_DOMAINS else None
         if spec is None or use.index != spec[0]:
             return None
         _, zp_index, axis_spec = spec

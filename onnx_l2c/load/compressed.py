@@ -29,8 +29,8 @@ import onnx
 from onnx import external_data_helper
 
 from onnx_l2c.codec import (DECODE_LIMIT_FLOOR, DECODE_LIMIT_RATIO, DOMAIN, DTYPE_NAMES, PACKED_BITS, STORAGE,
-                            default_decode_limit, native, pack_elements, parse, storage_to_patterns, summarize,
-                            summarize_totals, tensor_nbytes, to_raw_bytes)
+                            default_decode_limit, native, parse, summarize, summarize_totals, tensor_nbytes,
+                            to_raw_bytes, to_stored)
 from onnx_l2c.errors import (FileError, LimitError, ModelError, OptionError, OutOfMemoryError, PayloadError,
                              literal)
 from onnx_l2c.files import AlignedWriter, AtomicOutputs
@@ -391,11 +391,10 @@ def _ort_memory(array: np.ndarray, dtype: int) -> np.ndarray:
     numpy's shape, no copy). A packed dtype's tensor reads its bytes packed from
     the start of that memory, so they are packed into the front of a uint8 array
     of the tensor's shape (numel bytes: room for the packed ones)."""
-    width = PACKED_BITS.get(dtype)
-    if not width:
+    if dtype not in PACKED_BITS:
         return array
     memory = np.zeros(array.shape, np.uint8)
-    packed = pack_elements(storage_to_patterns(array, dtype), width)
+    packed = to_stored(array, dtype)
     memory.reshape(-1)[: packed.size] = packed
     return memory
 
@@ -418,10 +417,7 @@ def _write_plain(compressed: CompressedModel, output: Path, external_data: bool 
             writer = AlignedWriter(fh) if fh else None
             for entry, array in compressed.iter_decoded():
                 tensor = restored[entry.name]
-                if entry.decode.dtype in PACKED_BITS:  # one element per byte in numpy: packed as ONNX stores it
-                    array = pack_elements(storage_to_patterns(array, entry.decode.dtype),
-                                          PACKED_BITS[entry.decode.dtype])
-                little = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False)
+                little = to_stored(array, entry.decode.dtype)  # int4 & co packed, as ONNX stores them
                 if writer is not None:  # written from the array's own memory
                     offset, length = writer.add(memoryview(little).cast("B"))
                     set_external(tensor, data_file.name, offset, length)

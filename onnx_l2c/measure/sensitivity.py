@@ -34,7 +34,7 @@ import onnx
 from onnx_l2c.measure.calibration import (Feeds, InputSpec, ScratchModel, batches, make_session,
                                           release_freed_memory)
 from onnx_l2c.errors import L2CError
-from onnx_l2c.codec import PACKED_BITS, STORAGE, bits_to_float32, integer_range
+from onnx_l2c.codec import PACKED_BITS, STORAGE, bits_to_float32, integer_range, quantized_values
 from onnx_l2c.graph.edit import make_feedable
 from onnx_l2c.graph.model import WeightRef, tensor_bits
 from onnx_l2c.measure.layers import LayerStats
@@ -185,10 +185,12 @@ def measure_sensitivity(model: onnx.ModelProto, base_dir: Path, weights: list[We
         for i, w in enumerate(probe):
             if progress is not None:
                 progress(i, len(probe), SENSITIVITY)
+            if w.dtype == onnx.TensorProto.BFLOAT16 or w.dtype in PACKED_BITS:
+                continue  # numpy cannot feed bfloat16, onnxruntime no int4 array: they get the fallback
             bits = tensor_bits(w.tensor, base_dir)
             if w.zero_point is not None:  # an already-quantized weight: in units of its stored step
-                stored = bits.view(STORAGE[w.dtype]).reshape(w.shape).astype(np.int32)
-                values = (stored - w.zero_point).astype(np.float64)
+                stored = bits.view(STORAGE[w.dtype]).reshape(w.shape)
+                values = quantized_values(stored, w.dtype, w.zero_point).astype(np.float64)
             else:
                 values = bits_to_float32(bits, w.dtype).reshape(w.shape).astype(np.float64)
             if not np.isfinite(values).all():
@@ -196,8 +198,6 @@ def measure_sensitivity(model: onnx.ModelProto, base_dir: Path, weights: list[We
             rms = float(np.sqrt((values ** 2).mean()))
             if rms == 0.0:
                 continue
-            if w.dtype == onnx.TensorProto.BFLOAT16 or w.dtype in PACKED_BITS:
-                continue  # numpy cannot feed bfloat16, onnxruntime no int4 array: they get the fallback
             rng = np.random.default_rng(zlib.crc32(w.name.encode()))
             sigma = NOISE_REL * rms
             noisy = values + rng.standard_normal(values.shape) * sigma
