@@ -161,14 +161,14 @@ def _measure(row: Row, name: str, original: Path, candidate: Path, ref: dict[str
 def compare_model(name: str, workdir: Path, quick: bool, runs: int, peers: list[str] | None,
                   ablation: list[str] | None = None, ablation_only: bool = False,
                   ratios: tuple[float, ...] | None = None, quantized: str = "no",
-                  variant_ratios: tuple[float, ...] = ()) -> list[Row]:
+                  variant_ratios: tuple[float, ...] = (), variants: tuple[str, ...] | None = None) -> list[Row]:
     import onnx_l2c
     from onnx_l2c.bench import random_feeds
 
     original = zoo_path(name)
     ref = {split: reference_results(TASKS[name], original, split) for split in SCORED_SPLITS}
     if quantized == "only":
-        return variant_rows(name, workdir, ref, runs, variant_ratios)
+        return variant_rows(name, workdir, ref, runs, variant_ratios, variants)
     feeds: dict | None = random_feeds(original)
     base = open_session(original, "plain")  # the latency reference, opened once per model
     try:
@@ -188,7 +188,7 @@ def compare_model(name: str, workdir: Path, quick: bool, runs: int, peers: list[
         log.info("%s %s %s: ratio %.2f %s", name, method, opts, row.ratio or 0, row.metrics)
     rows += _target_rows(name, original, workdir, quick, ref, base, feeds, runs, ablation, ratios)
     if quantized == "yes":
-        rows += variant_rows(name, workdir, ref, runs, variant_ratios)
+        rows += variant_rows(name, workdir, ref, runs, variant_ratios, variants)
     if ablation_only:
         return rows
     try:
@@ -233,12 +233,13 @@ def integer_weight_bounds(model_path: Path) -> tuple[int, float]:
 
 
 def variant_rows(name: str, workdir: Path, ref: dict[str, Any], runs: int,
-                 target_ratios: tuple[float, ...] = ()) -> list[Row]:
+                 target_ratios: tuple[float, ...] = (), only: tuple[str, ...] | None = None) -> list[Row]:
     """The onnxruntime-quantized variants of zoo model `name` (models/variants.py):
     each variant itself, onnx_l2c --preset lossless of it and zstd -19 of it,
-    with the order-0 bound of its integer weights. Ratios are over the float
-    original; fidelity is scored against the float original; session creation
-    and latency of the lossless file against the variant's."""
+    with the order-0 bound of its integer weights, and `target_ratios` over it.
+    Ratios are over the float original; fidelity is scored against the float
+    original; session creation and latency of the lossless file against the
+    variant's. `only`: these variants (default: all of the model's)."""
     import onnx_l2c
     from onnx_l2c.bench import random_feeds
 
@@ -248,7 +249,7 @@ def variant_rows(name: str, workdir: Path, ref: dict[str, Any], runs: int,
     original = zoo_path(name)
     rows: list[Row] = []
     for vname, variant in VARIANTS.items():
-        if variant.base != name:
+        if variant.base != name or (only is not None and vname not in only):
             continue
         try:
             vpath = zoo_path(vname)
@@ -286,7 +287,7 @@ def variant_rows(name: str, workdir: Path, ref: dict[str, Any], runs: int,
         rows.append(Row(name, f"zstd-19 of {variant.kind}", {"variant": vname}, size_bytes=zstd.size_bytes,
                         ratio=model_size(original) / zstd.size_bytes if zstd.size_bytes else None,
                         convert_s=zstd.seconds, error=zstd.error))
-        if variant.kind in ("qdq", "qop"):  # int8 weights of quantized operators: coarser grids at targets
+        if variant.kind in ("qdq", "qop", "int4"):  # integer weights of quantized operators: coarser grids
             rows += _variant_target_rows(name, vname, variant.kind, vpath, workdir, ref, base, feeds, runs,
                                          target_ratios)
         log.info("%s: lossless %s bytes, zstd-19 %s, integer weights %d -> %d (order-0 bound %.0f)", vname,
@@ -581,8 +582,11 @@ def main(argv: list[str] | None = None) -> int:
                         "onnx_l2c --preset lossless of it, zstd -19 of it and the order-0 bound of its integer "
                         "weights (yes: besides the other rows; only: nothing else)")
     p.add_argument("--variant-ratios", default=",".join(f"{r:g}" for r in VARIANT_TARGET_RATIOS), metavar="R,R",
-                   help="with --quantized: size targets over each int8 variant itself (its weights on coarser "
+                   help="with --quantized: size targets over each variant itself (its weights on coarser "
                         "integer grids); 'none' for none (default: %(default)s)")
+    p.add_argument("--variants", default=None, metavar="NAMES",
+                   help="with --quantized: only these variants (comma-separated, e.g. minilm-int4; default: all of "
+                        "each model's)")
     p.add_argument("--out", type=Path, default=Path("bench-results"))
     p.add_argument("--keep", type=Path, default=None, metavar="DIR",
                    help="write the compressed models under DIR and keep them (default: a temporary folder, removed)")
@@ -622,6 +626,15 @@ def main(argv: list[str] | None = None) -> int:
         if not variant_ratios or min(variant_ratios) <= 1:
             p.error(f"--variant-ratios: expected comma-separated numbers > 1 or 'none', got {args.variant_ratios!r}")
     names = [n for n in args.models.split(",") if n]
+    variants: tuple[str, ...] | None = None
+    if args.variants is not None:
+        from .variants import VARIANTS
+
+        variants = tuple(v for v in args.variants.split(",") if v)
+        bad = [v for v in variants if v not in VARIANTS or VARIANTS[v].base not in names]
+        if bad or not variants or args.quantized == "no":
+            p.error(f"--variants: needs --quantized yes or only, and variants of --models; got {args.variants!r}, "
+                    f"known: {', '.join(v for v in VARIANTS if VARIANTS[v].base in names)}")
     unknown = [n for n in names if n not in TASKS]
     if unknown:
         p.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
@@ -635,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += compare_model(name, Path(tmp), args.quick, args.runs,
                                   args.peers.split(",") if args.peers else None,
                                   args.ablation.split(",") if args.ablation else None, args.ablation_only, ratios,
-                                  args.quantized, variant_ratios)
+                                  args.quantized, variant_ratios, variants)
             # after every model, so a long run's finished models are never lost
             (args.out / "compare.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
     return _merge_and_render(rows, args.merge, args.out, args.baseline)

@@ -1,6 +1,7 @@
 """onnx_l2c: make ONNX models much smaller; load them with onnxruntime.
 
     onnx_l2c.compress("model.onnx", "small.onnx")      # the safe preset (or preset="int8", target_ratio=...)
+    onnx_l2c.export(torch_module, (x,), "small.onnx", target_ratio=8)  # torch.onnx.export, then compress
     sess = onnx_l2c.InferenceSession("small.onnx")     # zero-overhead loader
     so.register_custom_ops_library(onnx_l2c.custom_op_library())  # any ORT binding
 
@@ -36,6 +37,7 @@ _LAZY = {
     "decompress": "onnx_l2c.load.compressed", "inspect": "onnx_l2c.load.compressed",
     "CompressResult": "onnx_l2c.write.results", "TensorReport": "onnx_l2c.write.results",
     "Planner": "onnx_l2c.write.compress", "compress": "onnx_l2c.write.compress",
+    "Exporter": "onnx_l2c.write.export", "export": "onnx_l2c.write.export",
 }
 
 if TYPE_CHECKING:
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from onnx_l2c.passes.blocks import BlockShape
     from onnx_l2c.load.compressed import InferenceSession, custom_op_library, decompress, inspect
     from onnx_l2c.write.compress import Planner, compress
+    from onnx_l2c.write.export import Exporter, export
     from onnx_l2c.write.results import CompressResult, TensorReport
 
 
@@ -60,7 +63,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "OPTIONS", "BlockShape", "CompressOptions", "CompressResult", "ErrorCode", "FileError", "InferenceSession", "LimitError",
+    "OPTIONS", "BlockShape", "CompressOptions", "CompressResult", "ErrorCode", "Exporter", "FileError", "InferenceSession", "LimitError",
     "L2CError", "ModelError", "OptionError", "PayloadError", "Planner", "Preset", "TargetError", "TensorReport",
-    "UnsupportedError", "VersionError", "compress", "custom_op_library", "decompress", "inspect",
+    "UnsupportedError", "VersionError", "compress", "custom_op_library", "decompress", "export", "inspect",
 ]

@@ -50,6 +50,8 @@ class TensorInput:
     # the shape. Its values are then the integers less the zero point: the weight in
     # units of its stored step (the scale is left out: errors are relative).
     zero_point: np.ndarray | None = None
+    # MatMulNBits' B: uint8 elements each holding 8 / field_bits integers (values unpack them)
+    field_bits: int | None = None
 
     @property
     def quantized(self) -> bool:
@@ -66,10 +68,17 @@ class TensorInput:
     def numel(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
 
+    @property
+    def weight_count(self) -> int:
+        """How many weights it holds: its elements, or the integers packed in them."""
+        return self.numel * (8 // self.field_bits) if self.field_bits else self.numel
+
     def integer_values(self, stored: np.ndarray) -> np.ndarray:
-        """A quantized weight's stored integers (bits or storage) less the zero point, as float32, shaped."""
+        """A quantized weight's stored integers (bits or storage) less the zero point, as float32, shaped
+        (the last axis unpacked for `field_bits`)."""
         assert self.zero_point is not None
-        return quantized_values(np.asarray(stored).reshape(self.shape), self.dtype, self.zero_point).astype(np.float32)
+        return quantized_values(np.asarray(stored).reshape(self.shape), self.dtype, self.zero_point,
+                                self.field_bits).astype(np.float32)
 
     def decoded_values(self, decoded: np.ndarray) -> np.ndarray:
         """A decoded version of this weight (what `reconstruct` or the native

@@ -1,8 +1,9 @@
 """Coarser integer grids for already-quantized weights (issue 17).
 
-A model quantized by onnxruntime (QDQ's DequantizeLinear, or QOperator's
-ConvInteger / MatMulInteger / QLinearConv / QLinearMatMul) stores each weight
-as integers q with a scale and a zero point z. This method's candidates keep
+A model quantized by onnxruntime (QDQ's DequantizeLinear, QOperator's
+ConvInteger / MatMulInteger / QLinearConv / QLinearMatMul, or the block-wise
+quantizer's MatMulNBits with 4-bit integers two to a byte) stores each weight
+as integers q with a scale and a zero point z (per channel or per block). This method's candidates keep
 the integers on a subset of that grid: the levels z + k·n for an integer step
 k ≥ 2, with an optional dead zone (weights within it become z, magnitude
 pruning on the stored grid), and the stored grid itself with a dead zone
@@ -23,7 +24,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from onnx_l2c.codec import STORAGE, RawStage, Recipe, integer_range
+from onnx_l2c.codec import RawStage, Recipe, integer_range, quantized_storage
 
 from .base import STOP_BITS, Method, Option, Params, Quantized, TensorContext, TensorInput, coded
 
@@ -53,14 +54,14 @@ class RequantParams(Params):
 def requantized(tensor: TensorInput, params: RequantParams) -> np.ndarray:
     """The stored integers on the coarser grid (the tensor's numpy storage, shaped)."""
     assert tensor.zero_point is not None
-    d = tensor.values.astype(np.int32)  # q − z
+    d = tensor.values.astype(np.int32)  # q − z (MatMulNBits' fields unpacked)
     k = params.step
     magnitude = np.abs(d)
     levels = np.floor(magnitude / k + 0.5).astype(np.int32)  # nearest level, halves away from z
     levels[magnitude < (0.5 + params.dead_zone) * k] = 0
-    low, high = integer_range(tensor.dtype)
+    low, high = integer_range(tensor.dtype, tensor.field_bits)
     q = np.clip(np.sign(d) * levels * k + tensor.zero_point, low, high)
-    return q.astype(STORAGE[tensor.dtype])
+    return quantized_storage(q, tensor.dtype, tensor.shape, tensor.field_bits)
 
 
 class Requantize(Method):
@@ -88,7 +89,7 @@ class Requantize(Method):
             size = len(q.payload)
             if size < lossless_bytes:
                 out.append(Option(size, q.error, params, q.sparsity))
-            if 8 * size / max(tensor.numel, 1) < STOP_BITS:
+            if 8 * size / max(tensor.weight_count, 1) < STOP_BITS:
                 break
         return out
 

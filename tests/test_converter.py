@@ -145,6 +145,18 @@ def test_small_and_integer_tensors_are_kept(tmp_path, rng):
     assert result.skipped_small == 1
 
 
+def test_a_model_with_nothing_to_code_is_written_unchanged(tmp_path, rng):
+    """Every tensor below --min-elements: no payload, so the graph is not marked
+    compressed and comes out as large as it went in (not 39 bytes larger)."""
+    src = save(builders.mlp(rng), tmp_path / "model.onnx")
+    out = tmp_path / "same.onnx"
+    result = onnx_l2c.compress(src, out, preset="lossless", min_elements=10**9)
+    assert not result.tensors and result.sidecar_bytes == 0
+    assert out.read_bytes() == onnx.load(str(src)).SerializeToString()
+    feeds = {"x": rng.standard_normal((2, 64)).astype(np.float32)}
+    assert_bit_identical(run_plain(src, feeds), onnx_l2c.InferenceSession(out).run(None, feeds), "fast loader")
+
+
 def test_external_data_input(tmp_path):
     src = DATA / "external" / "model.onnx"
     assert (DATA / "external" / "model.onnx.data").is_file()

@@ -228,3 +228,61 @@ def test_int4_qdq_weights_are_requantized_on_their_grid(tmp_path):
                                    calibration_data=[{"x": rng.standard_normal((2, 96)).astype(np.float32)}
                                                      for _ in range(4)])
     assert any(x.method == "requantize" for x in calibrated.tensors)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_matmulnbits_blocks_are_requantized_on_their_grid(tmp_path, symmetric):
+    """MatMulNBits (onnxruntime's block-wise 4-bit quantizer, blocks of 32):
+    its packed B is planned per 4-bit integer with each block's zero point
+    (absent: 8; asymmetric: packed uint8), repacked two to a byte, and every
+    load path runs the requantized blocks bit for bit."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    from onnx_l2c.graph.model import find_weights, load_model
+
+    rng = np.random.default_rng(9)
+    w1 = rng.laplace(0, 0.05, (128, 256)).astype(np.float32)
+    w2 = (rng.laplace(0, 0.05, (256, 96)) + 0.02).astype(np.float32)  # off-centre: asymmetric zero points ≠ 8
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (None, 128))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, (None, 96))],
+                              [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=32, is_symmetric=symmetric)
+    quantizer.process()
+    src = save(quantizer.model.model, tmp_path / "int4.onnx")
+    assert _ops(src) == ["MatMulNBits", "MatMulNBits", "Relu"]
+
+    planned = [w for w in find_weights(load_model(src), 1024, plan_quantized=True).weights if w.zero_point is not None]
+    assert len(planned) == 2 and all(w.field_bits == 4 and w.dtype == TensorProto.UINT8 for w in planned)
+    zero_points = {w.name: w.zero_point for w in planned}
+    if symmetric:
+        assert all(np.all(z == 8) for z in zero_points.values())
+    else:
+        assert any(np.any(z != 8) for z in zero_points.values())
+
+    feeds = {"x": rng.standard_normal((4, 128)).astype(np.float32)}
+    calibration = [{"x": rng.standard_normal((4, 128)).astype(np.float32)} for _ in range(4)]
+    out = tmp_path / "small.onnx"
+    result = onnx_l2c.compress(src, out, target_ratio=1.4, calibration_data=calibration)
+    requantized = {t.name: t for t in result.tensors if t.method == "requantize"}
+    assert requantized and 1.4 * 0.99 <= result.ratio <= 1.4 * 1.05, (result.ratio, result.tensors)
+    plain = tmp_path / "plain.onnx"
+    onnx_l2c.decompress(out, plain)
+    assert _ops(plain) == _ops(src)
+    before, after = _integers(src), _integers(plain)
+    for name, t in requantized.items():
+        assert after[name].shape == before[name].shape and after[name].dtype == np.uint8
+        fields = np.stack([after[name] & 15, after[name] >> 4], axis=-1).reshape(*after[name].shape[:2], -1)
+        shifted = fields.astype(np.int32) - zero_points[name]
+        assert np.all((shifted % t.params["step"] == 0) | np.isin(fields, [0, 15])), name
+        assert np.any(after[name] != before[name]), name
+    reference = run_plain(plain, feeds)
+    paths = run_all_paths(out, tmp_path, feeds)
+    assert_bit_identical(reference, paths["fast"], "fast loader")
+    assert_close(reference, paths["custom_op"], "custom op")  # B from a node: MatMulNBits' unpacked path
+    original = run_plain(src, feeds)[0].reshape(-1)
+    got = reference[0].reshape(-1)
+    cosine = float(original @ got / (np.linalg.norm(original) * np.linalg.norm(got)))
+    assert cosine > 0.95, (cosine, [(t.name, t.method, t.params) for t in result.tensors])

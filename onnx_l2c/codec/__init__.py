@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .dtypes import (BFLOAT16, BITS_DTYPE, DTYPE_NAMES, ELEM_BYTES, FLOAT, FLOAT16, FLOAT_DTYPES, NOT_WRITTEN_DTYPES,
                      PACKED_BITS, RAW_DTYPES_VERSION, STORAGE, bits_to_float32, check_dtype, dtype_min_version,
-                     float32_to, integer_range, pack_elements, patterns_to_storage, storage_to_patterns, quantized_values, tensor_nbytes, to_raw_bytes, to_stored,
+                     float32_to, integer_range, pack_elements, patterns_to_storage, storage_to_patterns, quantized_values, quantized_storage, tensor_nbytes, to_raw_bytes, to_stored,
                      unpack_elements)
 from .stages import (STAGES, AffineStage, Buffer, CastStage, CodebookStage, EntropyStage, RawStage, Stage, StageSummary,
                      byte_planes, stage_class)
@@ -24,5 +24,5 @@ __all__ = [
     "decode_native", "describe", "dtype_min_version", "expand_blocks", "expand_stage", "expand_symbols", "exponent_multipliers",
     "float32_to", "max_format_version", "parse", "parse_header", "payload_version", "reconstruct", "serialize",
     "stage_class", "summarize", "summarize_totals", "validate", "pack_elements", "patterns_to_storage",
-    "storage_to_patterns", "tensor_nbytes", "integer_range", "quantized_values", "to_raw_bytes", "to_stored", "unpack_elements",
+    "storage_to_patterns", "tensor_nbytes", "integer_range", "quantized_values", "quantized_storage", "to_raw_bytes", "to_stored", "unpack_elements",
 ]

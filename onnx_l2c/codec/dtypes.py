@@ -58,8 +58,11 @@ STORAGE = {k: v[3] for k, v in _TABLE.items()}  # numpy storage of decoded tenso
 RAW_DTYPES_VERSION = 5  # the payload format version that adds the dtypes other than FLOAT_DTYPES
 
 
-def integer_range(dtype: int) -> tuple[int, int]:
-    """Smallest and largest value of an integer dtype (int4/uint4 included)."""
+def integer_range(dtype: int, field_bits: int | None = None) -> tuple[int, int]:
+    """Smallest and largest value of an integer dtype (int4/uint4 included), or
+    of unsigned `field_bits`-wide fields packed into its bytes (MatMulNBits' B)."""
+    if field_bits is not None:
+        return 0, (1 << field_bits) - 1
     info = ml_dtypes.iinfo(STORAGE[dtype]) if dtype in PACKED_BITS else np.iinfo(STORAGE[dtype])
     return int(info.min), int(info.max)
 
@@ -118,9 +121,25 @@ def to_raw_bytes(values: np.ndarray, dtype: int) -> bytes:
     return to_stored(values, dtype).tobytes()
 
 
-def quantized_values(stored: np.ndarray, dtype: int, zero_point: np.ndarray) -> np.ndarray:
-    """An integer tensor's values (its bits or storage) less its zero point, as int32."""
-    return np.asarray(stored).view(STORAGE[dtype]).astype(np.int32) - zero_point
+def quantized_values(stored: np.ndarray, dtype: int, zero_point: np.ndarray,
+                     field_bits: int | None = None) -> np.ndarray:
+    """An integer tensor's values (its bits or storage, shaped) less its zero point, as int32.
+
+    With `field_bits` each uint8 byte holds 8 / field_bits unsigned fields, first
+    in the low bits (MatMulNBits' B): the last axis grows by that factor."""
+    stored = np.asarray(stored)
+    if field_bits is None:
+        return stored.view(STORAGE[dtype]).astype(np.int32) - zero_point
+    fields = unpack_elements(stored.view(np.uint8), field_bits, stored.size * (8 // field_bits))
+    return fields.reshape(*stored.shape[:-1], -1).astype(np.int32) - zero_point
+
+
+def quantized_storage(integers: np.ndarray, dtype: int, shape: tuple[int, ...],
+                      field_bits: int | None = None) -> np.ndarray:
+    """The inverse of `quantized_values` (zero point added back): the tensor's numpy storage, shaped."""
+    if field_bits is None:
+        return np.asarray(integers).astype(STORAGE[dtype]).reshape(shape)
+    return pack_elements(np.asarray(integers, np.uint8), field_bits).reshape(shape)
 
 
 def dtype_min_version(dtype: int) -> int:

@@ -48,6 +48,9 @@ class WeightRef:
     # For an already-quantized weight (int8/uint8/int4/uint4 integers that a quantized
     # operator dequantizes): its zero point, broadcastable to its shape.
     zero_point: np.ndarray | None = None
+    # MatMulNBits' B: uint8 bytes each holding 8 / field_bits unsigned integers (first
+    # in the low bits); the zero point then broadcasts to the unpacked integers.
+    field_bits: int | None = None
 
     @property
     def dtype(self) -> int:
@@ -64,6 +67,11 @@ class WeightRef:
     @property
     def nbytes(self) -> int:
         return tensor_nbytes(self.dtype, self.numel)
+
+    @property
+    def weight_count(self) -> int:
+        """How many weights it holds: its elements, or the integers packed in them."""
+        return self.numel * (8 // self.field_bits) if self.field_bits else self.numel
 
 
 def iter_scopes(graph: onnx.GraphProto, path: str = "main",
@@ -358,6 +366,48 @@ def _quantized_zero_point(name: str, shape: tuple[int, ...], uses: dict[str, lis
     return found
 
 
+NBITS_DOMAIN = "com.microsoft"
+
+
+def _nbits_zero_point(name: str, shape: tuple[int, ...], uses: dict[str, list[Consumer]],
+                      constants: dict[str, onnx.TensorProto]) -> tuple[np.ndarray, int] | None:
+    """(zero point, bits) if every read of `name` is the B input of a MatMulNBits
+    (onnxruntime's block-quantized MatMul: B is uint8 [N, blocks, block bytes] of
+    `bits`-wide unsigned integers, one zero point per block) whose zero points are
+    absent (2^(bits-1)) or constant packed uint8, and they all agree; else None.
+    Widths that straddle bytes (3, 5, 6, 7 bits) and act-order (g_idx) are left out."""
+    found: tuple[np.ndarray, int] | None = None
+    reads = uses.get(name, [])
+    if not reads or len(shape) != 3:
+        return None
+    rows, blocks, _ = shape
+    for use in reads:
+        node = use.node
+        if node is None or node.op_type != "MatMulNBits" or node.domain != NBITS_DOMAIN or use.index != 1:
+            return None
+        attrs = {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}
+        bits = attrs.get("bits", 4)
+        if bits not in (2, 4, 8) or attrs.get("N") != rows or (len(node.input) > 4 and node.input[4]):
+            return None
+        zp_name = node.input[3] if len(node.input) > 3 else ""
+        if not zp_name:
+            zp = np.full((rows, blocks, 1), 1 << (bits - 1), np.int32)
+        else:
+            t = constants.get(zp_name)
+            if t is None or t.data_type != onnx.TensorProto.UINT8:
+                return None  # a runtime or float zero point (same dtype as the scales): not on an integer grid
+            packed = numpy_helper.to_array(t).reshape(-1)
+            per_row = -(-blocks * bits // 8)
+            if packed.size != rows * per_row:
+                return None
+            fields = unpack_elements(packed, bits, packed.size * (8 // bits)).reshape(rows, -1)[:, :blocks]
+            zp = fields.astype(np.int32).reshape(rows, blocks, 1)
+        if found is not None and (found[1] != bits or not np.array_equal(found[0], zp)):
+            return None
+        found = (zp, bits)
+    return found
+
+
 def find_weights(model: onnx.ModelProto, min_elements: int, plan_quantized: bool = False) -> WeightAnalysis:
     """Initializers and Constant-node tensors with ≥ min_elements elements: the
     floating ones as `weights`, those of the other dtypes the format holds as `exact`.
@@ -365,7 +415,8 @@ def find_weights(model: onnx.ModelProto, min_elements: int, plan_quantized: bool
     With `plan_quantized` (a size target), the int8/uint8/int4/uint4 weights of quantized
     operators (QDQ's DequantizeLinear, ConvInteger, MatMulInteger, QLinearConv,
     QLinearMatMul) with constant zero points are `weights` too, with
-    `zero_point` set: the planner may put them on a coarser integer grid.
+    `zero_point` set: the planner may put them on a coarser integer grid. So are
+    MatMulNBits' block-quantized B (uint8 holding 2/4/8-bit integers: `field_bits`).
 
     Each weight appears once however many nodes use it (it stays shared).
     """
@@ -392,6 +443,10 @@ def find_weights(model: onnx.ModelProto, min_elements: int, plan_quantized: bool
                 continue
             if exact and plan_quantized and tensor.data_type in _QUANTIZED_DTYPES:
                 w.zero_point = _quantized_zero_point(name, w.shape, uses, constants)
+                if w.zero_point is None and tensor.data_type == onnx.TensorProto.UINT8:
+                    nbits = _nbits_zero_point(name, w.shape, uses, constants)
+                    if nbits is not None:
+                        w.zero_point, w.field_bits = nbits
                 if w.zero_point is not None:
                     out.weights.append(w)
                     continue

@@ -34,7 +34,8 @@ import onnx
 from onnx_l2c.measure.calibration import (Feeds, InputSpec, ScratchModel, batches, make_session,
                                           release_freed_memory)
 from onnx_l2c.errors import L2CError
-from onnx_l2c.codec import PACKED_BITS, STORAGE, bits_to_float32, integer_range, quantized_values
+from onnx_l2c.codec import (PACKED_BITS, STORAGE, bits_to_float32, integer_range, quantized_storage,
+                            quantized_values)
 from onnx_l2c.graph.edit import make_feedable
 from onnx_l2c.graph.model import WeightRef, tensor_bits
 from onnx_l2c.measure.layers import LayerStats
@@ -80,7 +81,7 @@ class Sensitivity:
 
 def unit_error(w: WeightRef, stats: LayerStats | None) -> float:
     """Expected layer-local error of iid unit-variance noise on the tensor."""
-    return stats.noise_error() if stats is not None else float(w.numel)
+    return stats.noise_error() if stats is not None else float(w.weight_count)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -190,7 +191,7 @@ def measure_sensitivity(model: onnx.ModelProto, base_dir: Path, weights: list[We
             bits = tensor_bits(w.tensor, base_dir)
             if w.zero_point is not None:  # an already-quantized weight: in units of its stored step
                 stored = bits.view(STORAGE[w.dtype]).reshape(w.shape)
-                values = quantized_values(stored, w.dtype, w.zero_point).astype(np.float64)
+                values = quantized_values(stored, w.dtype, w.zero_point, w.field_bits).astype(np.float64)
             else:
                 values = bits_to_float32(bits, w.dtype).reshape(w.shape).astype(np.float64)
             if not np.isfinite(values).all():
@@ -204,12 +205,12 @@ def measure_sensitivity(model: onnx.ModelProto, base_dir: Path, weights: list[We
             if w.zero_point is not None:
                 # the noise rounded onto the integer grid (and clipped to the dtype):
                 # its realized mean square, not sigma², is what the outputs saw
-                low, high = integer_range(w.dtype)
-                noisy_stored = np.clip(np.round(noisy) + w.zero_point, low, high)
-                sigma = float(np.sqrt(((noisy_stored - stored) ** 2).mean()))
+                low, high = integer_range(w.dtype, w.field_bits)
+                noisy_integers = np.clip(np.round(noisy) + w.zero_point, low, high)
+                sigma = float(np.sqrt(((noisy_integers - w.zero_point - values) ** 2).mean()))
                 if sigma == 0.0:
                     continue
-                feed = noisy_stored.astype(STORAGE[w.dtype])
+                feed = quantized_storage(noisy_integers, w.dtype, w.shape, w.field_bits)
             else:
                 feed = noisy.astype(onnx.helper.tensor_dtype_to_np_dtype(w.dtype))
             div = 0.0

@@ -266,7 +266,8 @@ class PlanContext:
 
 
 def tensor_input(w: WeightRef, base_dir: Path) -> TensorInput:
-    return TensorInput(w.name, w.dtype, w.shape, tensor_bits(w.tensor, base_dir), w.channel_axis, w.zero_point)
+    return TensorInput(w.name, w.dtype, w.shape, tensor_bits(w.tensor, base_dir), w.channel_axis, w.zero_point,
+                       w.field_bits)
 
 
 def lossless_option(tensor: TensorInput) -> Option:

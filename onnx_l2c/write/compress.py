@@ -80,7 +80,7 @@ def _error_and_sparsity(ref: np.ndarray, rec: np.ndarray) -> tuple[float, float]
 
 def _encode(w: WeightRef, base_dir: Path, encoding: Encoding) -> tuple[bytes, Recipe, TensorReport]:
     bits = tensor_bits(w.tensor, base_dir)
-    tensor = TensorInput(w.name, w.dtype, w.shape, bits, w.channel_axis, w.zero_point)
+    tensor = TensorInput(w.name, w.dtype, w.shape, bits, w.channel_axis, w.zero_point, w.field_bits)
     if not encoding.applies_to(tensor):
         encoding = LOSSLESS
     recipe = encoding.encode(tensor)
@@ -465,7 +465,8 @@ def _write(proto: onnx.ModelProto, analysis: Any, src_dir: Path, output: Path, o
         for t in ref.graph.initializer:
             if t.name not in payload_names:
                 embed_external(t, src_dir)  # kept tensors travel inside the small graph
-    mark_compressed(proto)
+    if weights:  # with nothing coded the graph stays the original's, not one byte larger
+        mark_compressed(proto)
     graph_tmp = outputs.temp_for(output)
     data = proto.SerializeToString()
     graph_tmp.write_bytes(data)
