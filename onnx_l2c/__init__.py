@@ -27,7 +27,7 @@ if not (_HERE / "passes").is_dir() and (_HERE.parent / "passes" / "base.py").is_
 from onnx_l2c.errors import (ErrorCode, FileError, L2CError, LimitError, ModelError, OptionError, PayloadError,
                              TargetError, UnsupportedError, VersionError)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # public name → the module that defines it
 _LAZY = {

@@ -103,10 +103,97 @@ def _lib() -> ctypes.CDLL:
         ctypes.c_void_p, i64, i64, i64, i64, i64, ctypes.c_void_p, ctypes.c_void_p, f64, f64, f64,
         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t,
     ]
+    lib.l2c_model_open_memory.argtypes = [
+        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint64, ctypes.c_int,
+        ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p, ctypes.c_size_t,
+    ]
+    lib.l2c_model_graph.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t)]
+    lib.l2c_model_graph.restype = ctypes.c_void_p
+    lib.l2c_model_tensor_count.argtypes = [ctypes.c_void_p]
+    lib.l2c_model_tensor_count.restype = ctypes.c_size_t
+    lib.l2c_model_tensor.argtypes = [
+        ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_int32),
+        ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.POINTER(ctypes.c_int64)),
+        ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_uint64),
+    ]
+    lib.l2c_model_close.argtypes = [ctypes.c_void_p]
+    lib.l2c_model_close.restype = None
     for fn in (lib.l2c_payload_info, lib.l2c_payload_info_limit, lib.l2c_decode, lib.l2c_check_declared,
-               lib.l2c_decode_declared, lib.l2c_encode_stream, lib.l2c_decode_stream, lib.l2c_gptq_block):
+               lib.l2c_decode_declared, lib.l2c_encode_stream, lib.l2c_decode_stream, lib.l2c_gptq_block,
+               lib.l2c_model_open_memory, lib.l2c_model_tensor):
         fn.restype = ctypes.c_int
     return lib
+
+
+@dataclass(frozen=True)
+class ModelTensor:
+    """One decoded tensor of a NativeModel: its bytes as onnxruntime takes them
+    (packed types two to a byte), in the model's native memory."""
+
+    name: str
+    dtype: int  # ONNX TensorProto data type
+    dims: tuple[int, ...]
+    data: np.ndarray  # uint8, the tensor's bytes; valid until the model is closed
+
+
+class NativeModel:
+    """A compressed model opened through its sidecar index (`l2c_model_open_memory`):
+    the plain graph's bytes and every tensor decoded natively, in parallel.
+    Raises VersionError for a sidecar without an index."""
+
+    def __init__(self, graph: bytes | memoryview | np.ndarray, sidecar: bytes | memoryview | np.ndarray,
+                 max_decoded_bytes: int = 0, threads: int = 0, what: str = "model") -> None:
+        self._handle: int | None = None  # before anything can fail: __del__ reads it
+        g_addr, g_size, g_keep = _address(graph)
+        s_addr, s_size, s_keep = _address(sidecar)
+        handle = ctypes.c_void_p()
+        err = ctypes.create_string_buffer(_ERR_LEN)
+        code = _lib().l2c_model_open_memory(g_addr, g_size, s_addr, s_size, max_decoded_bytes, threads,
+                                            ctypes.byref(handle), err, _ERR_LEN)
+        del g_keep, s_keep
+        _check(code, err, what)
+        self._handle = handle.value
+
+    def graph(self) -> bytes:
+        """The plain graph (a serialized ModelProto), copied."""
+        size = ctypes.c_size_t()
+        addr = _lib().l2c_model_graph(self._live(), ctypes.byref(size))
+        return ctypes.string_at(addr, size.value) if size.value else b""
+
+    def tensors(self) -> list[ModelTensor]:
+        lib, handle = _lib(), self._live()
+        out = []
+        for i in range(lib.l2c_model_tensor_count(handle)):
+            name, dtype, ndim = ctypes.c_char_p(), ctypes.c_int32(), ctypes.c_int32()
+            dims, data, nbytes = ctypes.POINTER(ctypes.c_int64)(), ctypes.c_void_p(), ctypes.c_uint64()
+            code = lib.l2c_model_tensor(handle, i, ctypes.byref(name), ctypes.byref(dtype), ctypes.byref(ndim),
+                                        ctypes.byref(dims), ctypes.byref(data), ctypes.byref(nbytes))
+            if code != 0:
+                raise NativeArgumentError(f"l2c_model_tensor({i}) failed with code {code}")
+            memory = (ctypes.c_uint8 * nbytes.value).from_address(data.value) if nbytes.value else None
+            array = np.ctypeslib.as_array(memory) if memory is not None else np.zeros(0, np.uint8)
+            out.append(ModelTensor(name.value.decode("utf-8"), dtype.value,
+                                   tuple(int(dims[d]) for d in range(ndim.value)), array))
+        return out
+
+    def _live(self) -> int:
+        if self._handle is None:
+            raise NativeArgumentError("the native model is closed")
+        return self._handle
+
+    def close(self) -> None:
+        if self._handle is not None:
+            _lib().l2c_model_close(self._handle)
+            self._handle = None
+
+    def __enter__(self) -> NativeModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def _check(code: int, err: ctypes.Array, what: str) -> None:

@@ -19,6 +19,7 @@ path. Reading the model without its external data keeps protobuf as lazy.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import onnx
@@ -406,6 +407,33 @@ def restore_weights(model: onnx.ModelProto, nodes: list[DecodeNode],
     del out.metadata_props[:]
     out.metadata_props.extend(props)
     return out
+
+
+# Where the plain graph's decoded weights "are": a file that never exists;
+# onnxruntime takes their bytes from AddExternalInitializers instead.
+VIRTUAL_LOCATION = "onnx_l2c.virtual"
+
+
+def plain_graph(model: onnx.ModelProto, nodes: list[DecodeNode], nbytes: Callable[[DecodeNode], int]
+                ) -> onnx.ModelProto | None:
+    """The zero-overhead loaders' graph: every Decode node gone and its weight a
+    main-graph initializer stored as external data at VIRTUAL_LOCATION (offsets
+    back to back, `nbytes` each), which onnxruntime replaces by the tensors given
+    to AddExternalInitializers. None when some weight cannot be given that way:
+    onnxruntime applies them only to initializers of the main graph that a node
+    reads (a weight no node reads, or a subgraph output, stays inline; the
+    Python loader then inlines it at load)."""
+    used = read_names(model)
+    if any(e.name not in used or not hoistable(e) for e in nodes):
+        return None
+    replace = {}
+    offset = 0
+    for e in nodes:
+        tensor = onnx.TensorProto(name=e.name, data_type=e.dtype, dims=list(e.dims))
+        set_external(tensor, VIRTUAL_LOCATION, offset, nbytes(e))
+        offset += nbytes(e)
+        replace[e.name] = tensor
+    return restore_weights(model, nodes, replace, hoist=True)
 
 
 # --- measure: feed weights, expose values ---------------------------------------------

@@ -17,6 +17,8 @@ import os
 import itertools
 import stat
 import tempfile
+import zlib
+from struct import error as struct_error
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,19 +30,20 @@ import numpy as np
 import onnx
 from onnx import external_data_helper
 
-from onnx_l2c.codec import (DECODE_LIMIT_FLOOR, DECODE_LIMIT_RATIO, DOMAIN, DTYPE_NAMES, PACKED_BITS, STORAGE,
-                            default_decode_limit, native, parse, summarize, summarize_totals, tensor_nbytes,
-                            to_raw_bytes, to_stored)
+from onnx_l2c.codec import (DECODE_LIMIT_FLOOR, DECODE_LIMIT_RATIO, DOMAIN, DTYPE_NAMES, PACKED_BITS,
+                            SIDECAR_SUFFIX, STORAGE, default_decode_limit, native, parse, summarize, summarize_totals,
+                            tensor_nbytes, to_raw_bytes, to_stored)
+from onnx_l2c.codec.index import read_index
 from onnx_l2c.errors import (FileError, LimitError, ModelError, OptionError, OutOfMemoryError, PayloadError,
                              literal)
 from onnx_l2c.files import AlignedWriter, AtomicOutputs
-from onnx_l2c.graph.edit import DecodeNode, decode_nodes, hoistable, read_names, restore_weights, set_external
+from onnx_l2c.graph.edit import (VIRTUAL_LOCATION, DecodeNode, decode_nodes, hoistable, read_names, restore_weights,
+                                  set_external)
 from onnx_l2c.graph.model import embed_external, iter_graphs, load_model
 
 log = logging.getLogger(__name__)
 
 _PROTO_LIMIT = 2**31 - 64 * 2**20  # stay clear of protobuf's 2 GB ceiling
-_VIRTUAL_LOCATION = "onnx_l2c.virtual"
 # Above this many decoded bytes InferenceSession goes through a temporary
 # external-data model (low_memory) instead of holding the weights twice.
 LOW_MEMORY_BYTES = 1 << 30
@@ -324,9 +327,14 @@ def InferenceSession(path_or_bytes: ModelSource, sess_options: Any = None, provi
     """
     import onnxruntime as ort
 
+    so = sess_options if sess_options is not None else ort.SessionOptions()
+    if isinstance(path_or_bytes, (str, os.PathLike)) and base_dir is None:
+        session = _indexed_session(Path(path_or_bytes), so, max_decoded_bytes, low_memory,
+                                   dict(kwargs, providers=providers, provider_options=provider_options))
+        if session is not None:
+            return session
     compressed = CompressedModel(path_or_bytes, max_decoded_bytes, base_dir=base_dir)
     try:
-        so = sess_options if sess_options is not None else ort.SessionOptions()
         if low_memory is None:
             low_memory = compressed.check_budget() > LOW_MEMORY_BYTES
         if low_memory:
@@ -352,7 +360,7 @@ def InferenceSession(path_or_bytes: ModelSource, sess_options: Any = None, provi
                 # A virtual location: the file never exists, onnxruntime takes
                 # the bytes from add_external_initializers instead.
                 nbytes = tensor_nbytes(entry.decode.dtype, array.size)  # packed for int4 and the like
-                set_external(tensor, _VIRTUAL_LOCATION, offset, nbytes)
+                set_external(tensor, VIRTUAL_LOCATION, offset, nbytes)
                 offset += nbytes
                 external.append(entry.name)
             declared[entry.name] = tensor
@@ -369,6 +377,58 @@ def InferenceSession(path_or_bytes: ModelSource, sess_options: Any = None, provi
         return ort.InferenceSession(data, so, providers=providers, provider_options=provider_options, **kwargs)
     finally:
         compressed.close()
+
+
+def _indexed_session(path: Path, so: Any, max_decoded_bytes: int | None, low_memory: bool | None,
+                     kwargs: dict[str, Any]) -> Any:
+    """The session through the sidecar's index (codec/index.py), as every
+    binding gets it from the C API: the plain graph the writer stored, the
+    tensors decoded natively in parallel; no graph rewrite here. None where it
+    does not apply (no sidecar beside the file or no index in it, a model
+    file edited since, or a low-memory load): the caller rewrites the graph."""
+    import onnxruntime as ort
+
+    sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
+    try:
+        if not sidecar.is_file() or sidecar.stat().st_size == 0 or not path.is_file():
+            return None
+        fh = open(sidecar, "rb")
+    except OSError:
+        return None  # the caller's path reports it
+    with fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        try:
+            index = read_index(mapped)  # type: ignore[arg-type]
+        except (ValueError, struct_error, UnicodeDecodeError, IndexError):
+            index = None  # malformed: the native reader would refuse it; the caller's path reports the file
+        if index is None:
+            return None
+        total = sum(tensor_nbytes(t.dtype, int(np.prod(t.dims, dtype=np.int64))) for t in index.tensors)
+        if low_memory or (low_memory is None and total > LOW_MEMORY_BYTES):
+            return None
+        graph = path.read_bytes()
+        if len(graph) != index.graph_size or zlib.crc32(graph) != index.graph_crc:
+            log.info("%s: changed since it was compressed; rewriting its graph instead of the sidecar's", path)
+            return None
+        limit = 0 if max_decoded_bytes is None else (2 ** 64 - 1 if max_decoded_bytes == 0 else max_decoded_bytes)
+        with native.NativeModel(graph, np.frombuffer(mapped, np.uint8), limit, what=str(path)) as model:
+            tensors = model.tensors()
+            values = [ort.OrtValue.ortvalue_from_numpy_with_onnx_type(_native_memory(t), t.dtype) for t in tensors]
+            if values:
+                so.add_external_initializers([t.name for t in tensors], values)
+            # onnxruntime copies the tensors while it creates the session
+            # (tests/test_model_index.py pins it), so the model closes after
+            return ort.InferenceSession(model.graph(), so, **kwargs)
+
+
+def _native_memory(t: native.ModelTensor) -> np.ndarray:
+    """A natively decoded tensor as ortvalue_from_numpy_with_onnx_type takes it:
+    numpy's shape over the bytes, and a packed dtype's bytes at the front of a
+    numel-byte buffer (as _ort_memory)."""
+    if t.dtype not in PACKED_BITS:
+        return t.data.view(STORAGE[t.dtype]).reshape(t.dims)
+    memory = np.zeros(t.dims, np.uint8)
+    memory.reshape(-1)[: t.data.size] = t.data
+    return memory
 
 
 def decompress(path: str | os.PathLike, output: str | os.PathLike, *,

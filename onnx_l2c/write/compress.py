@@ -21,13 +21,15 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnx_l2c.codec import DOMAIN, DTYPE_NAMES, SIDECAR_SUFFIX, Recipe, decode_native, serialize
+from onnx_l2c.codec import DOMAIN, DTYPE_NAMES, SIDECAR_SUFFIX, Recipe, decode_native, serialize, tensor_nbytes
+from onnx_l2c.codec.index import MAX_PLAIN_BYTES, IndexTensor, build_index, trailer
 from onnx_l2c.config import SAFE_MAX_DISTORTION, CompressOptions, option_owner, parse_methods
 from onnx_l2c.errors import FileError, L2CError, ModelError, OptionError, TargetError, literal
 from onnx_l2c.files import AlignedWriter, AtomicOutputs
 from onnx_l2c.graph.model import (WeightRef, embed_external, external_files, find_weights, iter_graphs, load_model,
                                   model_bytes, tensor_bits)
-from onnx_l2c.graph.edit import defined_names, drop_initializers, mark_compressed, replace_with_decode
+from onnx_l2c.graph.edit import (decode_nodes, defined_names, drop_initializers, mark_compressed, plain_graph,
+                                  replace_with_decode)
 from onnx_l2c.parallel import worker_pool
 from onnx_l2c.passes import PresetQuantizer, TensorInput, registry
 from onnx_l2c.passes.base import RefineJob
@@ -396,6 +398,30 @@ def _refine_plan(planner: "Planner", work: onnx.ModelProto, encodings: dict[str,
     return out
 
 
+def _write_index(proto: onnx.ModelProto, data: bytes, output: Path, sidecar_tmp: Path) -> None:
+    """End the sidecar with its index (codec/index.py): the tensors and the plain
+    graph as edits of `data`, the model file's bytes. Left out (the zero-overhead
+    C API then says so; the Python loader rewrites the graph itself) where
+    onnxruntime could not take every weight through AddExternalInitializers."""
+    nodes = decode_nodes(proto, str(output))
+    plain = plain_graph(proto, nodes, lambda e: tensor_nbytes(e.dtype, int(np.prod(e.dims, dtype=np.int64))))
+    if plain is None:
+        log.info("%s: no sidecar index (a weight no node reads, or a subgraph output): the C API cannot load "
+                 "it without the custom op", output.name)
+        return
+    plain_bytes = plain.SerializeToString()
+    del plain
+    if len(plain_bytes) > MAX_PLAIN_BYTES:
+        log.info("%s: no sidecar index (the plain graph passes protobuf's 2 GiB)", output.name)
+        return
+    record = build_index(data, plain_bytes, [IndexTensor(e.name, e.dtype, e.dims, e.offset, e.length)
+                                             for e in nodes])
+    with open(sidecar_tmp, "ab") as fh:  # this run's own temporary sidecar, finished here
+        writer = AlignedWriter(fh, sidecar_tmp.stat().st_size)
+        offset, length = writer.add(record)
+        fh.write(trailer(offset, length, record))
+
+
 def _write(proto: onnx.ModelProto, analysis: Any, src_dir: Path, output: Path, opts: CompressOptions,
            source_bytes: int, workers: int, progress: Progress | None, start: float,
            planned: dict[str, Encoding] | None, outputs: AtomicOutputs,
@@ -469,6 +495,8 @@ def _write(proto: onnx.ModelProto, analysis: Any, src_dir: Path, output: Path, o
         mark_compressed(proto)
     graph_tmp = outputs.temp_for(output)
     data = proto.SerializeToString()
+    if weights:
+        _write_index(proto, data, output, sidecar_tmp)
     graph_tmp.write_bytes(data)
     sidecar_bytes = sidecar_tmp.stat().st_size
 

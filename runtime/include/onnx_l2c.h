@@ -122,6 +122,69 @@ L2C_API int l2c_gptq_block(double* w, int64_t groups, int64_t rows, int64_t d,
                            const int32_t* forced_symbols, int32_t* q,
                            double* err, char* err_msg, size_t err_len);
 
+/* ---- A whole model at the original's speed, from any onnxruntime binding ----
+ *
+ * A compressed model's sidecar ends with an index (docs/FORMAT.md, "Sidecar
+ * index", written since onnx_l2c 0.2): l2c_model_open rebuilds from it the plain
+ * graph (the model with each Decode node gone and its weight an initializer
+ * stored as external data at the virtual location "onnx_l2c.virtual") and
+ * decodes every weight, in parallel, without parsing protobuf. Give the
+ * tensors to onnxruntime with AddExternalInitializers and create the session
+ * from the graph's bytes: onnxruntime sees the original model (prepacking,
+ * layout transforms and constant folding apply), and runs at its speed.
+ *
+ *   l2c_model* m; char err[512];
+ *   if (l2c_model_open("small.onnx", NULL, 0, 0, &m, err, sizeof err)) { ...err... }
+ *   for (size_t i = 0; i < l2c_model_tensor_count(m); ++i) {
+ *     l2c_model_tensor(m, i, &name, &dtype, &ndim, &dims, &data, &nbytes);
+ *     ... CreateTensorWithDataAsOrtValue(info, data, nbytes, dims, ndim, dtype, &value) ...
+ *   }
+ *   ... AddExternalInitializers(options, names, values, n);
+ *   ... CreateSessionFromArray(env, l2c_model_graph(m, &size), size, options, &session);
+ *   l2c_model_close(m);   // onnxruntime copied the tensors while it created the session
+ *
+ * The tensors' memory belongs to the model. AddExternalInitializers copies
+ * the data into the session (onnxruntime's documentation; tests pin it), so
+ * the model may be closed once the session exists. Not AddInitializer: that
+ * one does not replace an external-data initializer, and onnxruntime then
+ * looks for the virtual file. dtype is ONNX's TensorProto data type, which
+ * onnxruntime's ONNXTensorElementDataType numbers the same way for every
+ * dtype the writer stores. */
+typedef struct l2c_model l2c_model;
+
+/* Open model_path (the compressed .onnx) and its sidecar (sidecar_path, or
+ * NULL for model_path + ".l2c"), validate the index against the model file's
+ * size and CRC (an edited .onnx is refused: L2C_E_CORRUPT), rebuild the plain
+ * graph and decode every tensor on num_threads threads (0: one per core).
+ * max_decoded_bytes: 0 = the default budget, max(256 MiB, 1024 x the
+ * payloads' bytes); UINT64_MAX = no limit (L2C_E_LIMIT above it). A sidecar
+ * without an index (written before onnx_l2c 0.2, or for a model with a weight
+ * no node reads or a subgraph output) is L2C_E_VERSION: load that model with
+ * the custom op. On success *model receives the handle (else NULL). */
+L2C_API int l2c_model_open(const char* model_path, const char* sidecar_path, uint64_t max_decoded_bytes,
+                           int num_threads, l2c_model** model, char* err, size_t err_len);
+
+/* l2c_model_open on the two files' bytes (not kept after the call). */
+L2C_API int l2c_model_open_memory(const uint8_t* model_bytes, size_t model_size, const uint8_t* sidecar,
+                                  size_t sidecar_size, uint64_t max_decoded_bytes, int num_threads,
+                                  l2c_model** model, char* err, size_t err_len);
+
+/* The plain graph's bytes (a serialized ONNX ModelProto); *size receives its size. */
+L2C_API const uint8_t* l2c_model_graph(const l2c_model* model, size_t* size);
+
+/* How many decoded tensors the model holds. */
+L2C_API size_t l2c_model_tensor_count(const l2c_model* model);
+
+/* Tensor `index`: its initializer name, dtype, ndim, dims (ndim entries),
+ * decoded data (64-byte aligned, nbytes bytes: packed 4-bit types two to a
+ * byte, as onnxruntime stores them). Any out-pointer may be NULL. Pointers
+ * stay valid until l2c_model_close. L2C_E_ARGUMENT for a bad index. */
+L2C_API int l2c_model_tensor(const l2c_model* model, size_t index, const char** name, int32_t* dtype,
+                             int32_t* ndim, const int64_t** dims, void** data, uint64_t* nbytes);
+
+/* Release the model and its tensors (NULL is allowed). */
+L2C_API void l2c_model_close(l2c_model* model);
+
 #ifdef __cplusplus
 }
 #endif

@@ -2,6 +2,7 @@
 #include <new>
 #include <vector>
 
+#include "model.h"
 #include "onnx_l2c.h"
 #include "payload.h"
 #include "quantize.h"
@@ -35,6 +36,10 @@ int guarded(char* err, size_t err_len, F&& f) {
 }
 
 }  // namespace
+
+struct l2c_model {
+  std::unique_ptr<l2c::Model> model;
+};
 
 extern "C" {
 
@@ -142,5 +147,54 @@ L2C_API int l2c_gptq_block(double* w, int64_t groups, int64_t rows, int64_t d, i
                      forced_symbols, q, err});
   });
 }
+
+L2C_API int l2c_model_open(const char* model_path, const char* sidecar_path, uint64_t max_decoded_bytes,
+                           int num_threads, l2c_model** out, char* err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    if (!out) l2c::fail(L2C_E_ARGUMENT, "out is NULL");
+    *out = nullptr;
+    std::unique_ptr<l2c_model> handle(new l2c_model);
+    handle->model.reset(l2c::open_model_files(model_path, sidecar_path, max_decoded_bytes, num_threads));
+    *out = handle.release();
+  });
+}
+
+L2C_API int l2c_model_open_memory(const uint8_t* model, size_t model_size, const uint8_t* sidecar,
+                                  size_t sidecar_size, uint64_t max_decoded_bytes, int num_threads,
+                                  l2c_model** out, char* err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    if (!out) l2c::fail(L2C_E_ARGUMENT, "out is NULL");
+    *out = nullptr;
+    std::unique_ptr<l2c_model> handle(new l2c_model);
+    handle->model.reset(l2c::open_model(model, model_size, sidecar, sidecar_size, max_decoded_bytes, num_threads));
+    *out = handle.release();
+  });
+}
+
+L2C_API const uint8_t* l2c_model_graph(const l2c_model* model, size_t* size) {
+  if (!model) {
+    if (size) *size = 0;
+    return nullptr;
+  }
+  if (size) *size = model->model->plain.size();
+  return model->model->plain.data();
+}
+
+L2C_API size_t l2c_model_tensor_count(const l2c_model* model) { return model ? model->model->tensors.size() : 0; }
+
+L2C_API int l2c_model_tensor(const l2c_model* model, size_t index, const char** name, int32_t* dtype,
+                             int32_t* ndim, const int64_t** dims, void** data, uint64_t* nbytes) {
+  if (!model || index >= model->model->tensors.size()) return L2C_E_ARGUMENT;
+  const l2c::Tensor& t = model->model->tensors[index];
+  if (name) *name = t.name.c_str();
+  if (dtype) *dtype = t.declared.dtype;
+  if (ndim) *ndim = t.declared.ndim;
+  if (dims) *dims = t.dims;
+  if (data) *data = t.data.get();
+  if (nbytes) *nbytes = t.declared.out_bytes;
+  return L2C_OK;
+}
+
+L2C_API void l2c_model_close(l2c_model* model) { delete model; }
 
 }  // extern "C"

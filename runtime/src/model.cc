@@ -1,0 +1,229 @@
+// A whole compressed model through its sidecar index (docs/FORMAT.md,
+// "Sidecar index"): the plain graph rebuilt from the model file's bytes by
+// the index's copy/insert operations, and every tensor decoded, in parallel,
+// into memory the caller hands to onnxruntime (AddExternalInitializers). No
+// protobuf is parsed here. Everything read from the two files is validated
+// before it is used, in time linear in the files.
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "model.h"
+
+#include "common.h"
+#include "onnx_l2c.h"
+#include "payload.h"
+
+namespace l2c {
+namespace {
+
+constexpr char kIndexMagic[4] = {'L', '2', 'C', 'X'};
+constexpr char kTrailerMagic[8] = {'L', '2', 'C', 'X', 'E', 'N', 'D', '\0'};
+constexpr size_t kTrailerBytes = 32;
+constexpr uint8_t kIndexVersion = 1;
+constexpr uint8_t kOpCopy = 1, kOpInsert = 2;
+constexpr uint64_t kMaxPlainBytes = (uint64_t(1) << 31) - 1;  // one protobuf message
+
+Buffer aligned_buffer(uint64_t n) {
+  // at least one byte: an empty tensor still gets a distinct, valid pointer
+  return Buffer(static_cast<uint8_t*>(::operator new[](n ? n : 1, std::align_val_t(kTensorAlign))));
+}
+
+std::vector<uint8_t> read_file(const char* path, const char* what) {
+  if (!path) fail(L2C_E_ARGUMENT, std::string(what) + " path is NULL");
+  std::ifstream f(path, std::ios::binary | std::ios::ate);
+  if (!f) fail(L2C_E_ARGUMENT, std::string("cannot open the ") + what + " " + path);
+  const std::streamoff size = f.tellg();
+  if (size < 0) fail(L2C_E_ARGUMENT, std::string("cannot size the ") + what + " " + path);
+  std::vector<uint8_t> data(static_cast<size_t>(size));
+  f.seekg(0);
+  if (size && !f.read(reinterpret_cast<char*>(data.data()), size))
+    fail(L2C_E_ARGUMENT, std::string("cannot read the ") + what + " " + path);
+  return data;
+}
+
+
+// The index record [index, index + size) of a sidecar whose payloads end at
+// `payload_end`; the model file `graph`. Fills `m` (tensors not yet decoded).
+void parse_index(const uint8_t* index, size_t size, uint64_t payload_end, const uint8_t* graph, size_t graph_size,
+                 uint64_t max_decoded_bytes, Model* m) {
+  Reader r(index, size);
+  const uint8_t* magic = r.take(4, "sidecar index: magic");
+  if (std::memcmp(magic, kIndexMagic, 4) != 0) corrupt("sidecar index: bad magic");
+  const uint8_t version = r.u8("sidecar index: version");
+  if (version != kIndexVersion)
+    fail(L2C_E_VERSION, "sidecar index: version " + std::to_string(version) + "; this library reads version 1");
+  r.reserved(3, "sidecar index: reserved");
+  const uint64_t made_for_size = r.u64("sidecar index: graph size");
+  const uint32_t made_for_crc = r.u32("sidecar index: graph CRC");
+  const uint64_t plain_size = r.u64("sidecar index: plain graph size");
+  const uint32_t n_ops = r.u32("sidecar index: operation count");
+  const uint32_t n_tensors = r.u32("sidecar index: tensor count");
+  const size_t ops_at = r.pos();
+  if (made_for_size != graph_size || crc32(graph, graph_size) != made_for_crc)
+    corrupt("the model file (" + std::to_string(graph_size) + " bytes, CRC " + hex32(crc32(graph, graph_size)) +
+            ") is not the one its sidecar index was written for (" + std::to_string(made_for_size) + " bytes, CRC " +
+            hex32(made_for_crc) + "): it was changed after compression; load it with the custom op, or compress "
+            "the model again");
+  if (plain_size > kMaxPlainBytes)
+    corrupt("sidecar index: plain graph of " + std::to_string(plain_size) + " bytes, over protobuf's 2 GiB");
+  // Each operation and tensor takes at least 5 and 23 bytes of the record:
+  // the counts are bounded before anything is sized by them.
+  if (n_ops > r.remaining() / 5 || n_tensors > r.remaining() / 23)
+    corrupt("sidecar index: " + std::to_string(n_ops) + " operations and " + std::to_string(n_tensors) +
+            " tensors do not fit its " + std::to_string(size) + " bytes");
+  uint64_t built = 0;
+  for (uint32_t i = 0; i < n_ops; ++i) {  // sizes first: the plain graph is allocated once
+    const uint8_t kind = r.u8("sidecar index: operation");
+    uint64_t n = 0;
+    if (kind == kOpCopy) {
+      const uint64_t at = r.u64("sidecar index: copy offset");
+      n = r.u64("sidecar index: copy length");
+      if (at > graph_size || n > graph_size - at)
+        corrupt("sidecar index: operation " + std::to_string(i) + " copies [" + std::to_string(at) + ", +" +
+                std::to_string(n) + ") of a " + std::to_string(graph_size) + "-byte model file");
+    } else if (kind == kOpInsert) {
+      n = r.u32("sidecar index: insert length");
+      r.take(static_cast<size_t>(n), "sidecar index: inserted bytes");
+    } else {
+      corrupt("sidecar index: operation " + std::to_string(i) + " has kind " + std::to_string(kind) +
+              "; valid: 1 (copy), 2 (insert)");
+    }
+    if (n > plain_size - built)
+      corrupt("sidecar index: the operations build more than the declared " + std::to_string(plain_size) +
+              " bytes of plain graph");
+    built += n;
+  }
+  if (built != plain_size)
+    corrupt("sidecar index: the operations build " + std::to_string(built) + " bytes, it declares " +
+            std::to_string(plain_size));
+  const size_t tensors_at = r.pos();
+  m->plain.resize(static_cast<size_t>(plain_size));
+  Reader ops(index + ops_at, tensors_at - ops_at);  // validated above
+  size_t out = 0;
+  for (uint32_t i = 0; i < n_ops; ++i) {
+    if (ops.u8("op") == kOpCopy) {
+      const uint64_t at = ops.u64("op"), n = ops.u64("op");
+      if (n) std::memcpy(m->plain.data() + out, graph + at, static_cast<size_t>(n));
+      out += static_cast<size_t>(n);
+    } else {
+      const uint32_t n = ops.u32("op");
+      const uint8_t* bytes = ops.take(n, "op");
+      if (n) std::memcpy(m->plain.data() + out, bytes, n);
+      out += n;
+    }
+  }
+  uint64_t total = 0;
+  m->tensors.resize(n_tensors);
+  for (uint32_t i = 0; i < n_tensors; ++i) {
+    Tensor& t = m->tensors[i];
+    const std::string what = "sidecar index: tensor " + std::to_string(i);
+    const uint16_t name_len = r.u16(what.c_str());
+    if (name_len == 0) corrupt(what + " has an empty name");
+    const uint8_t* name = r.take(name_len, what.c_str());
+    t.name.assign(reinterpret_cast<const char*>(name), name_len);
+    if (t.name.find('\0') != std::string::npos) corrupt(what + " has a NUL byte in its name");
+    const uint32_t dtype = r.u32(what.c_str());
+    const uint8_t ndim = r.u8(what.c_str());
+    if (ndim > L2C_MAX_DIMS) corrupt(what + " '" + t.name + "' has " + std::to_string(ndim) + " dims; valid: 0 to 8");
+    for (uint8_t d = 0; d < ndim; ++d) {
+      const uint64_t dim = r.u64(what.c_str());
+      t.dims[d] = dim > static_cast<uint64_t>(INT64_MAX) ? -1 : static_cast<int64_t>(dim);
+    }
+    t.declared = check_declared(dtype > 255 ? -1 : static_cast<int64_t>(dtype), t.dims, ndim, 0);
+    t.offset = r.u64(what.c_str());
+    t.length = r.u64(what.c_str());
+    if (t.offset > payload_end || t.length > payload_end - t.offset)
+      corrupt(what + " '" + t.name + "': payload [" + std::to_string(t.offset) + ", +" + std::to_string(t.length) +
+              ") is outside the sidecar's " + std::to_string(payload_end) + " bytes of payloads");
+    if (max_decoded_bytes && t.declared.out_bytes > max_decoded_bytes - std::min(total, max_decoded_bytes))
+      fail(L2C_E_LIMIT, "the model's tensors decode to more than the limit of " + std::to_string(max_decoded_bytes) +
+                            " bytes (max_decoded_bytes), at tensor '" + t.name + "'");
+    total += t.declared.out_bytes;
+  }
+  if (r.remaining()) corrupt("sidecar index: " + std::to_string(r.remaining()) + " bytes after its last tensor");
+  std::vector<const std::string*> names;
+  names.reserve(m->tensors.size());
+  for (const Tensor& t : m->tensors) names.push_back(&t.name);
+  std::sort(names.begin(), names.end(), [](const std::string* a, const std::string* b) { return *a < *b; });
+  for (size_t i = 1; i < names.size(); ++i)
+    if (*names[i] == *names[i - 1]) corrupt("sidecar index: tensor '" + *names[i] + "' is listed twice");
+}
+
+// Decodes every tensor on `threads` threads (0: one per core); the first failure wins.
+void decode_all(Model* m, const uint8_t* sidecar, int threads) {
+  for (Tensor& t : m->tensors) t.data = aligned_buffer(t.declared.out_bytes);
+  std::atomic<size_t> next{0};
+  std::mutex lock;
+  std::string message;
+  int code = L2C_OK;
+  auto work = [&] {
+    for (size_t i = next++; i < m->tensors.size(); i = next++) {
+      Tensor& t = m->tensors[i];
+      try {
+        Plan plan;
+        parse_payload(sidecar + t.offset, static_cast<size_t>(t.length), &plan, 0, false, &t.declared);
+        execute(plan, t.data.get());
+      } catch (const Error& e) {
+        std::lock_guard<std::mutex> g(lock);
+        if (code == L2C_OK) code = e.code, message = "tensor '" + t.name + "': " + e.what();
+        next = m->tensors.size();
+      } catch (const std::bad_alloc&) {
+        std::lock_guard<std::mutex> g(lock);
+        if (code == L2C_OK) code = L2C_E_MEMORY, message = "tensor '" + t.name + "': out of memory";
+        next = m->tensors.size();
+      }
+    }
+  };
+  unsigned n = threads > 0 ? static_cast<unsigned>(threads) : std::max(1u, std::thread::hardware_concurrency());
+  n = static_cast<unsigned>(std::min<size_t>(n, std::max<size_t>(m->tensors.size(), 1)));
+  std::vector<std::thread> pool;
+  for (unsigned i = 1; i < n; ++i) pool.emplace_back(work);
+  work();
+  for (std::thread& th : pool) th.join();
+  if (code != L2C_OK) fail(code, message);
+}
+
+}  // namespace
+
+Model* open_model(const uint8_t* graph, size_t graph_size, const uint8_t* sidecar, size_t sidecar_size,
+                  uint64_t max_decoded_bytes, int threads) {
+  if ((!graph && graph_size) || (!sidecar && sidecar_size)) fail(L2C_E_ARGUMENT, "a buffer is NULL");
+  if (sidecar_size < kTrailerBytes || std::memcmp(sidecar + sidecar_size - kTrailerBytes, kTrailerMagic, 8) != 0)
+    fail(L2C_E_VERSION, "the sidecar has no index (written before onnx_l2c wrote sidecar indexes, or for a model "
+                        "with a weight no node reads or a subgraph output): load it with the custom op, or "
+                        "compress it again");
+  Reader trailer(sidecar + sidecar_size - kTrailerBytes + 8, kTrailerBytes - 8);
+  const uint64_t at = trailer.u64("sidecar trailer"), length = trailer.u64("sidecar trailer");
+  const uint32_t crc = trailer.u32("sidecar trailer");
+  trailer.reserved(4, "sidecar trailer");
+  const uint64_t end = sidecar_size - kTrailerBytes;
+  if (at > end || length != end - at)
+    corrupt("sidecar trailer: index [" + std::to_string(at) + ", +" + std::to_string(length) +
+            ") does not end where the trailer starts (" + std::to_string(end) + ")");
+  if (crc32(sidecar + at, static_cast<size_t>(length)) != crc)
+    corrupt("sidecar index: CRC mismatch (stored " + hex32(crc) + ")");
+  if (max_decoded_bytes == 0) max_decoded_bytes = default_decode_limit(at);
+  std::unique_ptr<Model> m(new Model);
+  parse_index(sidecar + at, static_cast<size_t>(length), at, graph, graph_size,
+              max_decoded_bytes == UINT64_MAX ? 0 : max_decoded_bytes, m.get());
+  decode_all(m.get(), sidecar, threads);
+  return m.release();
+}
+
+Model* open_model_files(const char* graph_path, const char* sidecar_path, uint64_t max_decoded_bytes, int threads) {
+  const std::vector<uint8_t> graph = read_file(graph_path, "model file");
+  std::string side = sidecar_path ? std::string(sidecar_path) : std::string(graph_path) + ".l2c";
+  const std::vector<uint8_t> sidecar = read_file(side.c_str(), "sidecar");
+  return open_model(graph.data(), graph.size(), sidecar.data(), sidecar.size(), max_decoded_bytes, threads);
+}
+
+}  // namespace l2c
