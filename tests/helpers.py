@@ -181,6 +181,18 @@ def stage_offsets(payload: bytes) -> list[tuple[int, int, int]]:
     return list(parse_header(payload).stages)
 
 
+def payload_bytes(sidecar: Path) -> bytes:
+    """A sidecar's payloads, without the index after them: the index records
+    its graph file's size and CRC, and that file names the sidecar, so two
+    runs that differ only in the output's name differ there."""
+    from onnx_l2c.codec.index import TRAILER_BYTES, TRAILER_MAGIC
+
+    data = sidecar.read_bytes()
+    if len(data) >= TRAILER_BYTES and data[-TRAILER_BYTES:-TRAILER_BYTES + 8] == TRAILER_MAGIC:
+        return data[:struct.unpack_from("<Q", data, len(data) - TRAILER_BYTES + 8)[0]]
+    return data
+
+
 def save(model: onnx.ModelProto, path: Path) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, str(path))

@@ -150,7 +150,9 @@ class NativeModel:
         err = ctypes.create_string_buffer(_ERR_LEN)
         code = _lib().l2c_model_open_memory(g_addr, g_size, s_addr, s_size, max_decoded_bytes, threads,
                                             ctypes.byref(handle), err, _ERR_LEN)
-        del g_keep, s_keep
+        # no reference to the caller's buffers may ride on the error's traceback
+        # (a memory map could not be closed while one is exported)
+        del g_keep, s_keep, graph, sidecar
         _check(code, err, what)
         self._handle = handle.value
 

@@ -410,7 +410,12 @@ def _indexed_session(path: Path, so: Any, max_decoded_bytes: int | None, low_mem
             log.info("%s: changed since it was compressed; rewriting its graph instead of the sidecar's", path)
             return None
         limit = 0 if max_decoded_bytes is None else (2 ** 64 - 1 if max_decoded_bytes == 0 else max_decoded_bytes)
-        with native.NativeModel(graph, np.frombuffer(mapped, np.uint8), limit, what=str(path)) as model:
+        view = np.frombuffer(mapped, np.uint8)
+        try:
+            model = native.NativeModel(graph, view, limit, what=str(path))
+        finally:
+            del view  # before the map closes, error or not
+        with model:
             tensors = model.tensors()
             values = [ort.OrtValue.ortvalue_from_numpy_with_onnx_type(_native_memory(t), t.dtype) for t in tensors]
             if values:

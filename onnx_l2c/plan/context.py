@@ -39,6 +39,11 @@ from onnx_l2c.progress import CANDIDATES, Progress
 log = logging.getLogger(__name__)
 
 PAYLOAD_OVERHEAD = 32  # average alignment padding per payload in the sidecar
+# The sidecar index (codec/index.py) per weight: its name twice (the tensor
+# table and the plain graph's inserted initializer) and dims, plus about this
+# much (measured: 108 on EfficientNet-Lite0's 55); and once its trailer and alignment.
+INDEX_WEIGHT_BYTES = 112
+INDEX_FIXED_BYTES = 96
 DECODE_NODE_BYTES = 160  # graph bytes per replaced weight besides its name: Decode node, payload, value_info
 FILL_TENSORS = 8  # the fill refines this many of the largest quantized tensors
 FILL_SLACK = 0.005  # the fill stops when the budget left over is under this share
@@ -466,15 +471,16 @@ def _inline_bytes(t: onnx.TensorProto) -> int:
 
 def _graph_estimate(model: onnx.ModelProto, weights: list[WeightRef], exact: Sequence[WeightRef] = ()) -> int:
     """Bytes of the output graph: the model without its weights' data, plus a
-    Decode node, payload initializer and value_info per weight."""
-    size = model.ByteSize()
+    Decode node, payload initializer and value_info per weight; and the
+    sidecar index's share (its entry per weight, its trailer)."""
+    size = model.ByteSize() + (INDEX_FIXED_BYTES if weights or exact else 0)
     for w in weights:
         t = w.tensor
         size -= len(t.raw_data) + 4 * len(t.float_data) + 4 * len(t.int32_data)
-        size += 4 * len(w.name) + DECODE_NODE_BYTES
+        size += 6 * len(w.name) + DECODE_NODE_BYTES + 8 * len(w.shape) + INDEX_WEIGHT_BYTES
     for w in exact:
         size -= _inline_bytes(w.tensor)
-        size += 4 * len(w.name) + DECODE_NODE_BYTES
+        size += 6 * len(w.name) + DECODE_NODE_BYTES + 8 * len(w.shape) + INDEX_WEIGHT_BYTES
     return max(size, 0)
 
 

@@ -24,7 +24,7 @@ from onnx import numpy_helper
 from onnx_l2c.codec import DOMAIN, DTYPE_NAMES, SIDECAR_SUFFIX, Recipe, decode_native, serialize, tensor_nbytes
 from onnx_l2c.codec.index import MAX_PLAIN_BYTES, IndexTensor, build_index, trailer
 from onnx_l2c.config import SAFE_MAX_DISTORTION, CompressOptions, option_owner, parse_methods
-from onnx_l2c.errors import FileError, L2CError, ModelError, OptionError, TargetError, literal
+from onnx_l2c.errors import FileError, L2CError, ModelError, OptionError, PayloadError, TargetError, literal
 from onnx_l2c.files import AlignedWriter, AtomicOutputs
 from onnx_l2c.graph.model import (WeightRef, embed_external, external_files, find_weights, iter_graphs, load_model,
                                   model_bytes, tensor_bits)
@@ -403,7 +403,11 @@ def _write_index(proto: onnx.ModelProto, data: bytes, output: Path, sidecar_tmp:
     graph as edits of `data`, the model file's bytes. Left out (the zero-overhead
     C API then says so; the Python loader rewrites the graph itself) where
     onnxruntime could not take every weight through AddExternalInitializers."""
-    nodes = decode_nodes(proto, str(output))
+    try:
+        nodes = decode_nodes(proto, str(output))
+    except PayloadError as exc:  # e.g. one name decoded in two sibling subgraphs: the loaders refuse it too
+        log.info("%s: no sidecar index (%s)", output.name, exc)
+        return
     plain = plain_graph(proto, nodes, lambda e: tensor_nbytes(e.dtype, int(np.prod(e.dims, dtype=np.int64))))
     if plain is None:
         log.info("%s: no sidecar index (a weight no node reads, or a subgraph output): the C API cannot load "
