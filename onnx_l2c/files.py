@@ -124,9 +124,9 @@ class AtomicOutputs:
 class AlignedWriter:
     """Writes blobs back to back at PAYLOAD_ALIGN-aligned offsets."""
 
-    def __init__(self, fh: BinaryIO, size: int = 0) -> None:
+    def __init__(self, fh: BinaryIO) -> None:
         self._fh = fh
-        self.size = size  # bytes already in the file (one opened to append)
+        self.size = 0
 
     def add(self, data: bytes | memoryview) -> tuple[int, int]:
         pad = -self.size % PAYLOAD_ALIGN

@@ -291,3 +291,27 @@ def test_the_fuzzers_model_seeds_are_the_current_index(compressed):
     (n,) = struct.unpack_from("<I", seed)
     with NativeModel(seed[4:4 + n], seed[4 + n:]) as model:
         assert len(model.tensors()) == 2
+
+
+def test_a_large_payloads_crc_is_checked_beside_its_decode_and_wins(tmp_path, rng):
+    """A payload of 1 MiB or more has its CRC checked by another task than its
+    decode (runtime/src/model.cc); a damaged one still fails with the CRC's
+    verdict, on one thread or several, and nothing decoded from it is kept."""
+    w = rng.standard_normal((700, 700)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "big",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, (None, 700))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, (None, 700))],
+                              [numpy_helper.from_array(w, "w")])
+    src = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+               tmp_path / "big.onnx")
+    out = tmp_path / "small.onnx"
+    onnx_l2c.compress(src, out, preset="lossless")
+    side = bytearray(out.with_name(out.name + ".l2c").read_bytes())
+    (t,) = read_index(bytes(side)).tensors
+    assert t.length >= 1 << 20
+    with NativeModel(out.read_bytes(), bytes(side), threads=2) as model:
+        assert model.tensors()[0].data.tobytes() == w.tobytes()
+    side[t.offset + t.length // 2] ^= 0x40
+    for threads in (1, 2):
+        with pytest.raises(PayloadError, match="tensor 'w': CRC mismatch"):
+            NativeModel(out.read_bytes(), bytes(side), threads=threads)

@@ -204,9 +204,10 @@ def test_kernel_blocks_on_a_conv_model(tmp_path, rng):
     model = save(conv(rng), tmp_path / "conv.onnx")
     samples = [{"x": rng.standard_normal((1, 8, 12, 12)).astype(np.float32)} for _ in range(8)]
     out = tmp_path / "small.onnx"
-    result = onnx_l2c.compress(model, out, target_ratio=4, calibration_data=samples, methods="unify",
+    # 3.5x: the model is 1152 weights, so the sidecar index's ~200 bytes are an eighth of a 4x budget
+    result = onnx_l2c.compress(model, out, target_ratio=3.5, calibration_data=samples, methods="unify",
                                block="kernel", min_elements=64)
-    assert abs(result.ratio / 4 - 1) <= 0.03
+    assert abs(result.ratio / 3.5 - 1) <= 0.03
     assert result.plan["unify"]["blocks"] == 16 * 8  # one block per 3x3 kernel
     feeds = {"x": samples[0]["x"]}
     ref, got = run_plain(model, feeds)[0], run_fast(out, feeds)[0]

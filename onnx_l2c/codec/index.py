@@ -4,7 +4,7 @@ protobuf. Mirrored by runtime/src/model.cc (`l2c_model_open`).
 
 At the end of the sidecar, after the payloads:
 
-* the index record (64-byte aligned): the tensors (name, dtype, dims, payload
+* the index record (right after the last payload): the tensors (name, dtype, dims, payload
   extent) and the **plain graph** as edit operations on the model file's own
   bytes: copy a range of the `.onnx`, or insert literal bytes. The plain
   graph is the model with each Decode node and its payload gone and the

@@ -19,7 +19,6 @@ path. Reading the model without its external data keeps protobuf as lazy.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import onnx
@@ -34,7 +33,7 @@ BRANCH_OUTPUT_TAG = "::l2c_stat::"
 SPARSE_PAYLOAD_LIMIT = 1 << 31  # bytes; inline data (what a sparse Constant stands for) stops at 2 GB anyway  # in the names of If outputs added to read values computed in a branch
 
 
-def set_external(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+def set_external(tensor: onnx.TensorProto, location: str, offset: int | None = None, length: int | None = None) -> None:
     """Store `tensor` as external data at (location, offset, length); its inline bytes are dropped."""
     tensor.raw_data = b""  # set_external_data insists on a raw_data field
     external_data_helper.set_external_data(tensor, location, offset, length)
@@ -414,12 +413,12 @@ def restore_weights(model: onnx.ModelProto, nodes: list[DecodeNode],
 VIRTUAL_LOCATION = "onnx_l2c.virtual"
 
 
-def plain_graph(model: onnx.ModelProto, nodes: list[DecodeNode], nbytes: Callable[[DecodeNode], int]
-                ) -> onnx.ModelProto | None:
+def plain_graph(model: onnx.ModelProto, nodes: list[DecodeNode]) -> onnx.ModelProto | None:
     """The zero-overhead loaders' graph: every Decode node gone and its weight a
-    main-graph initializer stored as external data at VIRTUAL_LOCATION (offsets
-    back to back, `nbytes` each), which onnxruntime replaces by the tensors given
-    to AddExternalInitializers. None when some weight cannot be given that way:
+    main-graph initializer stored as external data at VIRTUAL_LOCATION (no
+    offset or length: bytes the sidecar index would carry for every weight),
+    which onnxruntime replaces by the tensors given to AddExternalInitializers
+    (it checks name, dtype and dims). None when some weight cannot be given that way:
     onnxruntime applies them only to initializers of the main graph that a node
     reads (a weight no node reads, or a subgraph output, stays inline; the
     Python loader then inlines it at load)."""
@@ -427,11 +426,9 @@ def plain_graph(model: onnx.ModelProto, nodes: list[DecodeNode], nbytes: Callabl
     if any(e.name not in used or not hoistable(e) for e in nodes):
         return None
     replace = {}
-    offset = 0
     for e in nodes:
         tensor = onnx.TensorProto(name=e.name, data_type=e.dtype, dims=list(e.dims))
-        set_external(tensor, VIRTUAL_LOCATION, offset, nbytes(e))
-        offset += nbytes(e)
+        set_external(tensor, VIRTUAL_LOCATION)
         replace[e.name] = tensor
     return restore_weights(model, nodes, replace, hoist=True)
 

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnx_l2c.codec import DOMAIN, DTYPE_NAMES, SIDECAR_SUFFIX, Recipe, decode_native, serialize, tensor_nbytes
+from onnx_l2c.codec import DOMAIN, DTYPE_NAMES, SIDECAR_SUFFIX, Recipe, decode_native, serialize
 from onnx_l2c.codec.index import MAX_PLAIN_BYTES, IndexTensor, build_index, trailer
 from onnx_l2c.config import SAFE_MAX_DISTORTION, CompressOptions, option_owner, parse_methods
 from onnx_l2c.errors import FileError, L2CError, ModelError, OptionError, PayloadError, TargetError, literal
@@ -408,7 +408,7 @@ def _write_index(proto: onnx.ModelProto, data: bytes, output: Path, sidecar_tmp:
     except PayloadError as exc:  # e.g. one name decoded in two sibling subgraphs: the loaders refuse it too
         log.info("%s: no sidecar index (%s)", output.name, exc)
         return
-    plain = plain_graph(proto, nodes, lambda e: tensor_nbytes(e.dtype, int(np.prod(e.dims, dtype=np.int64))))
+    plain = plain_graph(proto, nodes)
     if plain is None:
         log.info("%s: no sidecar index (a weight no node reads, or a subgraph output): the C API cannot load "
                  "it without the custom op", output.name)
@@ -420,10 +420,10 @@ def _write_index(proto: onnx.ModelProto, data: bytes, output: Path, sidecar_tmp:
         return
     record = build_index(data, plain_bytes, [IndexTensor(e.name, e.dtype, e.dims, e.offset, e.length)
                                              for e in nodes])
+    offset = sidecar_tmp.stat().st_size  # right after the last payload: the record is read bytewise, unaligned
     with open(sidecar_tmp, "ab") as fh:  # this run's own temporary sidecar, finished here
-        writer = AlignedWriter(fh, sidecar_tmp.stat().st_size)
-        offset, length = writer.add(record)
-        fh.write(trailer(offset, length, record))
+        fh.write(record)
+        fh.write(trailer(offset, len(record), record))
 
 
 def _write(proto: onnx.ModelProto, analysis: Any, src_dir: Path, output: Path, opts: CompressOptions,

@@ -37,6 +37,26 @@ Buffer aligned_buffer(uint64_t n) {
   return Buffer(static_cast<uint8_t*>(::operator new[](n ? n : 1, std::align_val_t(kTensorAlign))));
 }
 
+// Whether [p, p + n) is well-formed UTF-8 (no overlong forms, surrogates or
+// code points above U+10FFFF): tensor names are ONNX strings.
+bool valid_utf8(const uint8_t* p, size_t n) {
+  size_t i = 0;
+  while (i < n) {
+    const uint8_t c = p[i];
+    size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    if (len == 0 || len > n - i) return false;
+    uint32_t cp = len == 1 ? c : c & (0x7f >> len);
+    for (size_t k = 1; k < len; ++k) {
+      if ((p[i + k] & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (p[i + k] & 0x3f);
+    }
+    static const uint32_t kMin[5] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
+    i += len;
+  }
+  return true;
+}
+
 std::vector<uint8_t> read_file(const char* path, const char* what) {
   if (!path) fail(L2C_E_ARGUMENT, std::string(what) + " path is NULL");
   std::ifstream f(path, std::ios::binary | std::ios::ate);
@@ -130,7 +150,8 @@ void parse_index(const uint8_t* index, size_t size, uint64_t payload_end, const 
     if (name_len == 0) corrupt(what + " has an empty name");
     const uint8_t* name = r.take(name_len, what.c_str());
     t.name.assign(reinterpret_cast<const char*>(name), name_len);
-    if (t.name.find('\0') != std::string::npos) corrupt(what + " has a NUL byte in its name");
+    if (t.name.find('\0') != std::string::npos || !valid_utf8(name, name_len))
+      corrupt(what + " has a name that is not NUL-free UTF-8");
     const uint32_t dtype = r.u32(what.c_str());
     const uint8_t ndim = r.u8(what.c_str());
     if (ndim > L2C_MAX_DIMS) corrupt(what + " '" + t.name + "' has " + std::to_string(ndim) + " dims; valid: 0 to 8");
@@ -158,38 +179,82 @@ void parse_index(const uint8_t* index, size_t size, uint64_t payload_end, const 
     if (*names[i] == *names[i - 1]) corrupt("sidecar index: tensor '" + *names[i] + "' is listed twice");
 }
 
-// Decodes every tensor on `threads` threads (0: one per core); the first failure wins.
+// A payload this large has its CRC checked by another task than its decode,
+// so that on several threads a model dominated by one tensor (an embedding
+// table) does not wait for both one after the other.
+constexpr uint64_t kSplitCrcBytes = uint64_t(1) << 20;
+
+// Decodes every tensor on `threads` threads (0: one per core), largest first.
+// A decode whose CRC is checked apart runs unchecked (the decoder is safe on
+// any bytes) and its result counts only if the CRC passes; a tensor that
+// fails reports its CRC error before any other of its errors.
 void decode_all(Model* m, const uint8_t* sidecar, int threads) {
   for (Tensor& t : m->tensors) t.data = aligned_buffer(t.declared.out_bytes);
+  struct Task {
+    size_t tensor;
+    bool crc_only, split;
+  };
+  std::vector<size_t> order(m->tensors.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return m->tensors[a].declared.out_bytes > m->tensors[b].declared.out_bytes;
+  });
+  std::vector<Task> tasks;
+  for (size_t i : order) {
+    const bool split = m->tensors[i].length >= kSplitCrcBytes;
+    tasks.push_back({i, false, split});
+    if (split) tasks.push_back({i, true, true});
+  }
+  struct Failure {
+    int code = L2C_OK;
+    std::string message;
+  };
+  std::vector<Failure> crc_failed(m->tensors.size()), decode_failed(m->tensors.size());
   std::atomic<size_t> next{0};
-  std::mutex lock;
-  std::string message;
-  int code = L2C_OK;
+  std::atomic<bool> stop{false};
   auto work = [&] {
-    for (size_t i = next++; i < m->tensors.size(); i = next++) {
-      Tensor& t = m->tensors[i];
+    for (size_t k = next++; k < tasks.size() && !stop; k = next++) {
+      const Task& task = tasks[k];
+      Tensor& t = m->tensors[task.tensor];
+      Failure& f = task.crc_only ? crc_failed[task.tensor] : decode_failed[task.tensor];
       try {
-        Plan plan;
-        parse_payload(sidecar + t.offset, static_cast<size_t>(t.length), &plan, 0, false, &t.declared);
-        execute(plan, t.data.get());
+        const uint8_t* payload = sidecar + t.offset;
+        if (task.crc_only) {
+          verify_payload_crc(payload, static_cast<size_t>(t.length));
+        } else {
+          Plan plan;
+          parse_payload(payload, static_cast<size_t>(t.length), &plan, 0, false, &t.declared, !task.split);
+          execute(plan, t.data.get());
+        }
+        continue;
       } catch (const Error& e) {
-        std::lock_guard<std::mutex> g(lock);
-        if (code == L2C_OK) code = e.code, message = "tensor '" + t.name + "': " + e.what();
-        next = m->tensors.size();
+        f.code = e.code;
+        f.message = e.what();
       } catch (const std::bad_alloc&) {
-        std::lock_guard<std::mutex> g(lock);
-        if (code == L2C_OK) code = L2C_E_MEMORY, message = "tensor '" + t.name + "': out of memory";
-        next = m->tensors.size();
+        f.code = L2C_E_MEMORY;
+        f.message = "out of memory";
       }
+      stop = true;
     }
   };
   unsigned n = threads > 0 ? static_cast<unsigned>(threads) : std::max(1u, std::thread::hardware_concurrency());
-  n = static_cast<unsigned>(std::min<size_t>(n, std::max<size_t>(m->tensors.size(), 1)));
+  n = static_cast<unsigned>(std::min<size_t>(n, std::max<size_t>(tasks.size(), 1)));
   std::vector<std::thread> pool;
   for (unsigned i = 1; i < n; ++i) pool.emplace_back(work);
   work();
   for (std::thread& th : pool) th.join();
-  if (code != L2C_OK) fail(code, message);
+  for (size_t i : order) {
+    Tensor& t = m->tensors[i];
+    if (decode_failed[i].code != L2C_OK && t.length >= kSplitCrcBytes && crc_failed[i].code == L2C_OK) {
+      try {  // its CRC task may not have run: the CRC's verdict comes first
+        verify_payload_crc(sidecar + t.offset, static_cast<size_t>(t.length));
+      } catch (const Error& e) {
+        crc_failed[i] = {e.code, e.what()};
+      }
+    }
+    const Failure& f = crc_failed[i].code != L2C_OK ? crc_failed[i] : decode_failed[i];
+    if (f.code != L2C_OK) fail(f.code, "tensor '" + t.name + "': " + f.message);
+  }
 }
 
 }  // namespace

@@ -832,8 +832,7 @@ const char* dtype_name(int dtype) {
   }
 }
 
-void parse_payload(const uint8_t* data, size_t size, Plan* p, uint64_t out_bytes, bool exact_out_bytes,
-                   const Declared* declared) {
+void verify_payload_crc(const uint8_t* data, size_t size) {
   if (!data && size) fail(L2C_E_ARGUMENT, "payload is NULL");
   const bool magic_ok = size >= 4 && std::memcmp(data, "L2CP", 4) == 0;
   if (size < 4 + 4) {
@@ -849,6 +848,20 @@ void parse_payload(const uint8_t* data, size_t size, Plan* p, uint64_t out_bytes
     if (!magic_ok) fail(L2C_E_VERSION, "bad magic (not an onnx_l2c payload)");
     corrupt("CRC mismatch (stored " + hex32(stored) + ", computed " + hex32(computed) + ")");
   }
+}
+
+void parse_payload(const uint8_t* data, size_t size, Plan* p, uint64_t out_bytes, bool exact_out_bytes,
+                   const Declared* declared, bool verify_crc) {
+  if (verify_crc) {
+    verify_payload_crc(data, size);
+  } else if (!data && size) {
+    fail(L2C_E_ARGUMENT, "payload is NULL");
+  } else if (size < 4 + 4) {
+    if (size < 4 || std::memcmp(data, "L2CP", 4) != 0) fail(L2C_E_VERSION, "bad magic (not an onnx_l2c payload)");
+    corrupt("payload truncated: " + std::to_string(size) + " bytes");
+  }
+  const bool magic_ok = std::memcmp(data, "L2CP", 4) == 0;
+  const size_t body = size - 4;
   Reader r(data, body);
   const char* hw = "header";
   r.take(4, hw);

@@ -126,8 +126,13 @@ Declared check_declared(int64_t dtype, const int64_t* dims, int64_t ndim, uint64
 // exact_out_bytes, a tensor of any other size than out_bytes (L2C_E_ARGUMENT:
 // the caller's buffer); otherwise, with out_bytes > 0, one larger than
 // out_bytes (L2C_E_LIMIT: the caller's decode budget).
+// verify_crc false: the caller checks the CRC itself (verify_payload_crc, e.g.
+// on another thread while this one decodes) and discards the result if it fails.
 void parse_payload(const uint8_t* data, size_t size, Plan* plan, uint64_t out_bytes = 0,
-                   bool exact_out_bytes = false, const Declared* declared = nullptr);
+                   bool exact_out_bytes = false, const Declared* declared = nullptr, bool verify_crc = true);
+
+// The checks parse_payload runs first: size, magic (when the CRC fails) and the CRC.
+void verify_payload_crc(const uint8_t* data, size_t size);
 
 // Decodes a parsed payload into out (plan.out_bytes bytes).
 void execute(const Plan& plan, void* out);
