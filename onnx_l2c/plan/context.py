@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 PAYLOAD_OVERHEAD = 32  # average alignment padding per payload in the sidecar
 # The sidecar index (codec/index.py) per weight: its name twice (the tensor
 # table and the plain graph's inserted initializer) and dims, plus about this
-# much (measured: 71 on EfficientNet-Lite0's 55; 112 leaves room, a target is a maximum); and once its header and trailer.
+# much (measured: 71 on EfficientNet-Lite0's 55; 112 leaves room, as a target
+# is a maximum); and once its header and trailer.
 INDEX_WEIGHT_BYTES = 112
 INDEX_FIXED_BYTES = 64
 DECODE_NODE_BYTES = 160  # graph bytes per replaced weight besides its name: Decode node, payload, value_info
