@@ -158,7 +158,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 def _inspect_json(res: Any) -> str:
     return json.dumps({"graph_bytes": res.graph_bytes, "sidecar_bytes": res.sidecar_bytes,
                        "original_bytes": res.original_bytes, "payload_bytes": res.payload_bytes,
-                       "totals": res.totals,
+                       "totals": res.totals, "index": res.index,
                        "tensors": [asdict(r) | {"bits_per_weight": r.bits_per_weight} for r in res.rows]},
                       indent=2)
 
@@ -185,6 +185,20 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     for stage, text in res.total_notes.items():
         print(f"{stage} (whole model): {text}")
     print(f"files: graph {_human(res.graph_bytes)} + sidecar {_human(res.sidecar_bytes)} = {_human(total)}")
+    index = res.index
+    if index is None:
+        print("sidecar index: none (written before onnx_l2c 0.2, or a weight no node reads or a subgraph outputs): "
+              "the C API cannot open it; the custom op and the Python loaders can")
+    elif not index["readable"]:
+        print("sidecar index: unreadable (damaged): the C API refuses it; the custom op and the Python loaders "
+              "read the payloads")
+    elif not index["current"]:
+        print(f"sidecar index: {_human(index['bytes'])}, made for another version of this .onnx (edited since "
+              "compression): the C API refuses it; the Python loader rewrites the graph instead")
+    else:
+        print(f"sidecar index: {_human(index['bytes'])} for {index['tensors']} tensors, plain graph "
+              f"{_human(index['plain_graph_bytes'])}: loads at the original's speed from the C API "
+              "(runtime/include/onnx_l2c.h)")
     return 0
 
 

@@ -315,3 +315,20 @@ def test_a_large_payloads_crc_is_checked_beside_its_decode_and_wins(tmp_path, rn
     for threads in (1, 2):
         with pytest.raises(PayloadError, match="tensor 'w': CRC mismatch"):
             NativeModel(out.read_bytes(), bytes(side), threads=threads)
+
+
+def test_inspect_says_whether_the_c_api_can_open_the_model(compressed, tmp_path):
+    import subprocess
+    import sys
+
+    def run(path: Path) -> str:
+        proc = subprocess.run([sys.executable, "-P", "-m", "onnx_l2c", "inspect", str(path)], capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    info = onnx_l2c.inspect(compressed).index
+    assert info["current"] and info["tensors"] == 4 and info["bytes"] < 2000
+    assert "loads at the original's speed from the C API" in run(compressed)
+    assert onnx_l2c.inspect(GOLDEN_V5 / "mlp_lossless.onnx").index is None
+    assert "sidecar index: none" in run(GOLDEN_V5 / "mlp_lossless.onnx")

@@ -33,7 +33,7 @@ from onnx import external_data_helper
 from onnx_l2c.codec import (DECODE_LIMIT_FLOOR, DECODE_LIMIT_RATIO, DOMAIN, DTYPE_NAMES, PACKED_BITS,
                             SIDECAR_SUFFIX, STORAGE, default_decode_limit, native, parse, summarize, summarize_totals,
                             tensor_nbytes, to_raw_bytes, to_stored)
-from onnx_l2c.codec.index import read_index
+from onnx_l2c.codec.index import TRAILER_BYTES, read_index
 from onnx_l2c.errors import (FileError, LimitError, ModelError, OptionError, OutOfMemoryError, PayloadError,
                              literal)
 from onnx_l2c.files import AlignedWriter, AtomicOutputs
@@ -525,6 +525,9 @@ class InspectResult:
     # the model-wide summary of each stage kind (`Stage.total`), by stage name
     totals: dict[str, dict[str, Any]] = field(default_factory=dict)
     total_notes: dict[str, str] = field(default_factory=dict)
+    # the sidecar index (codec/index.py): bytes (record + trailer), tensors,
+    # plain_graph_bytes, current (made for this .onnx's bytes); None without one
+    index: dict[str, Any] | None = None
 
     @property
     def original_bytes(self) -> int:
@@ -533,6 +536,24 @@ class InspectResult:
     @property
     def payload_bytes(self) -> int:
         return sum(r.payload_bytes for r in self.rows)
+
+
+def _index_summary(path: Path, sidecars: set[Path]) -> dict[str, Any] | None:
+    """What `inspect` says about the sidecar index (None: no single sidecar, or no index in it)."""
+    if len(sidecars) != 1:
+        return None
+    (sidecar,) = sidecars
+    data = sidecar.read_bytes() if sidecar.is_file() else b""
+    try:
+        index = read_index(data)
+    except (ValueError, struct_error, UnicodeDecodeError, IndexError):
+        return {"bytes": None, "tensors": None, "plain_graph_bytes": None, "current": False, "readable": False}
+    if index is None:
+        return None
+    graph = path.read_bytes()
+    offset = int.from_bytes(data[-TRAILER_BYTES + 8:-TRAILER_BYTES + 16], "little")
+    return {"bytes": len(data) - offset, "tensors": len(index.tensors), "plain_graph_bytes": index.plain_size,
+            "current": len(graph) == index.graph_size and zlib.crc32(graph) == index.graph_crc, "readable": True}
 
 
 def inspect(path: str | os.PathLike, *, max_decoded_bytes: int | None = None) -> InspectResult:
@@ -564,6 +585,7 @@ def inspect(path: str | os.PathLike, *, max_decoded_bytes: int | None = None) ->
         sidecars = {e.file for e in compressed.entries if e.decode.location is not None}
         sidecar_bytes = sum(f.stat().st_size for f in sidecars if f.is_file())
         return InspectResult(compressed.path, compressed.path.stat().st_size, sidecar_bytes, rows,
-                             {k: v.fields for k, v in totals.items()}, {k: v.text for k, v in totals.items()})
+                             {k: v.fields for k, v in totals.items()}, {k: v.text for k, v in totals.items()},
+                             _index_summary(compressed.path, sidecars))
     finally:
         compressed.close()
