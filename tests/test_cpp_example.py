@@ -75,3 +75,10 @@ def test_the_cpp_example_reports_a_model_without_an_index(example, tmp_path):
     proc = subprocess.run([str(example), str(old), onnx_l2c.custom_op_library(), str(tmp_path / "x.f32"),
                            str(tmp_path / "y"), "1", "64"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "no index" in proc.stderr, proc.stderr
+
+
+def test_the_c_api_refuses_a_path_that_is_not_a_regular_file(example, tmp_path):
+    np.zeros((1, 64), np.float32).tofile(tmp_path / "x.f32")
+    proc = subprocess.run([str(example), str(tmp_path), onnx_l2c.custom_op_library(), str(tmp_path / "x.f32"),
+                           str(tmp_path / "y"), "1", "64"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "is not a regular file" in proc.stderr, proc.stderr

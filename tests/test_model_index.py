@@ -332,3 +332,50 @@ def test_inspect_says_whether_the_c_api_can_open_the_model(compressed, tmp_path)
     assert "loads at the original's speed from the C API" in run(compressed)
     assert onnx_l2c.inspect(GOLDEN_V5 / "mlp_lossless.onnx").index is None
     assert "sidecar index: none" in run(GOLDEN_V5 / "mlp_lossless.onnx")
+
+
+def _with_record(side: bytes, record: bytes) -> bytes:
+    """The sidecar's payloads with another index record and its trailer."""
+    from onnx_l2c.codec.index import trailer
+
+    offset = struct.unpack_from("<Q", side, len(side) - TRAILER_BYTES + 8)[0]
+    return side[:offset] + record + trailer(offset, len(record), record)
+
+
+def test_an_index_cannot_expand_or_reuse_what_the_files_hold(compressed):
+    """Copies adding up to more than the model file (a small index that would
+    build a huge graph), and two tensors on one payload (decoded twice: the
+    work would not be linear in the files), are refused."""
+    from onnx_l2c.codec.index import INDEX_MAGIC, IndexTensor, apply_delta, build_index
+
+    graph = compressed.read_bytes()
+    side = compressed.with_name(compressed.name + ".l2c").read_bytes()
+    index = read_index(side)
+    plain = apply_delta(graph, index.ops)
+    copies = 40
+    record = bytearray(INDEX_MAGIC + struct.pack("<B3x", 1))
+    record += struct.pack("<QIQII", len(graph), zlib.crc32(graph), copies * len(graph), copies, 0)
+    record += struct.pack("<BQQ", OP_COPY, 0, len(graph)) * copies
+    with pytest.raises(PayloadError, match="copy more than the model file"):
+        NativeModel(graph, _with_record(side, bytes(record)))
+    first = index.tensors[0]
+    twice = [first, IndexTensor("another", first.dtype, first.dims, first.offset, first.length)]
+    with pytest.raises(PayloadError, match="overlap"):
+        NativeModel(graph, _with_record(side, build_index(graph, plain, twice)))
+
+
+def test_the_writer_copies_no_byte_of_the_model_file_twice():
+    from onnx_l2c.codec.index import OP_INSERT, apply_delta, graph_delta
+
+    model = onnx.ModelProto(ir_version=8, producer_name="x")
+    model.graph.name = "g"
+    model.opset_import.add(domain="", version=17)
+    original = model.SerializeToString()
+    model.graph.node.add(op_type="Relu", input=["a"], output=["b"])
+    model.opset_import.add(domain="", version=17)  # a record the original holds once, wanted twice
+    target = model.SerializeToString()
+    ops = graph_delta(original, target)
+    assert apply_delta(original, ops) == target
+    assert sum(b for kind, _, b in ops if kind == OP_COPY) <= len(original)
+    opset = onnx.OperatorSetIdProto(domain="", version=17).SerializeToString()
+    assert any(kind == OP_INSERT and opset in b for kind, _, b in ops)

@@ -110,7 +110,10 @@ def _records(data: bytes, start: int = 0, end: int | None = None) -> list[tuple[
 def graph_delta(original: bytes, target: bytes) -> list[tuple[int, int, bytes]]:
     """Operations that build `target` (the plain graph) from `original` (the
     model file): every record of the target's model and main graph that the
-    original holds byte for byte is copied, the rest inserted."""
+    original holds byte for byte is copied, the rest inserted. No byte of the
+    original is copied twice (a repeated record is inserted): readers refuse
+    copies that add up to more than the model file, so that a small index
+    cannot expand into a large graph."""
     try:
         source = {original[s:e]: s for _, s, e, _ in _records(original)}
         graph_spans = [(b, e) for f, _, e, b in _records(original) if f == _MODEL_GRAPH_FIELD]
@@ -118,9 +121,14 @@ def graph_delta(original: bytes, target: bytes) -> list[tuple[int, int, bytes]]:
             for _, s, stop, _ in _records(original, b, e):
                 source.setdefault(original[s:stop], s)
         ops: list[tuple[int, int, bytes]] = []
+        copied = bytearray(len(original))  # 1 where a byte has been copied
 
         def emit(record: bytes) -> None:
             at = source.get(record)
+            if at is not None and copied.find(1, at, at + len(record)) >= 0:
+                at = None
+            if at is not None:
+                copied[at:at + len(record)] = b"\x01" * len(record)
             if at is None:
                 if ops and ops[-1][0] == OP_INSERT:
                     ops[-1] = (OP_INSERT, 0, ops[-1][2] + record)

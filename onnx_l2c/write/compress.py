@@ -22,7 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnx_l2c.codec import DOMAIN, DTYPE_NAMES, SIDECAR_SUFFIX, Recipe, decode_native, serialize
-from onnx_l2c.codec.index import MAX_PLAIN_BYTES, IndexTensor, build_index, trailer
+from onnx_l2c.codec.index import MAX_NAME_BYTES, MAX_PLAIN_BYTES, IndexTensor, build_index, trailer
 from onnx_l2c.config import SAFE_MAX_DISTORTION, CompressOptions, option_owner, parse_methods
 from onnx_l2c.errors import FileError, L2CError, ModelError, OptionError, PayloadError, TargetError, literal
 from onnx_l2c.files import AlignedWriter, AtomicOutputs
@@ -128,7 +128,7 @@ def _load_source(model: str | os.PathLike | onnx.ModelProto, base_dir: str | os.
     return source
 
 
-def _check_output(model: str | os.PathLike | onnx.ModelProto | None, output: Path) -> None:
+def check_output(model: str | os.PathLike | onnx.ModelProto | None, output: Path) -> None:
     """The output's folder exists and the output is not the input model (a path; None or a ModelProto: none)."""
     if not output.parent.is_dir():
         raise FileError(f"{literal(output)}: the output folder {literal(output.parent)} does not exist")
@@ -152,7 +152,7 @@ def compress(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     start = time.perf_counter()
     opts = CompressOptions.from_kwargs(**options)
     output = Path(output)
-    _check_output(model, output)  # before minutes of planning, not after
+    check_output(model, output)  # before minutes of planning, not after
     if opts.has_target:
         planner = Planner(model, base_dir=base_dir, progress=progress, _options=opts, _single_use=True)
         return planner.compress(output, target_ratio=opts.target_ratio, target_size=opts.target_size,
@@ -250,7 +250,7 @@ class Planner:
             updates["allow_target_miss"] = allow_target_miss
         opts = CompressOptions.from_kwargs(**(self.options.given_options() | updates))
         output = Path(output)
-        _check_output(self.source.path, output)
+        check_output(self.source.path, output)
         ctx = self.context
         budget = planning.budget_for(opts, self.source.source_bytes) if opts.has_target else 0
         result: CompressResult | None = None
@@ -407,6 +407,11 @@ def _write_index(proto: onnx.ModelProto, data: bytes, output: Path, sidecar_tmp:
         nodes = decode_nodes(proto, str(output))
     except PayloadError as exc:  # e.g. one name decoded in two sibling subgraphs: the loaders refuse it too
         log.info("%s: no sidecar index (%s)", output.name, exc)
+        return
+    bad = next((e.name for e in nodes if not 0 < len(e.name.encode()) <= MAX_NAME_BYTES or "\0" in e.name), None)
+    if bad is not None:
+        log.info("%s: no sidecar index (tensor name %r: the index holds NUL-free names of 1 to %d bytes)",
+                 output.name, bad[:80], MAX_NAME_BYTES)
         return
     plain = plain_graph(proto, nodes)
     if plain is None:

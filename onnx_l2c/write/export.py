@@ -26,7 +26,7 @@ import onnx
 from onnx_l2c.config import CompressOptions
 from onnx_l2c.errors import L2CError, ModelError, OptionError, UnsupportedError
 from onnx_l2c.progress import Progress
-from onnx_l2c.write.compress import _check_output, compress
+from onnx_l2c.write.compress import check_output, compress
 from onnx_l2c.write.results import CompressResult
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def export(module: Any, args: Any, output: str | os.PathLike, *, kwargs: dict[st
     inputs in order. The exported model is removed once compressed."""
     kind = _exporter(exporter)
     output = Path(output)
-    _check_output(None, output)
+    check_output(None, output)
     CompressOptions.from_kwargs(**options)  # an option error now, not after the export
     try:
         import torch  # noqa: F401

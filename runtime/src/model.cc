@@ -8,11 +8,13 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <mutex>
 #include <new>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -59,6 +61,9 @@ bool valid_utf8(const uint8_t* p, size_t n) {
 
 std::vector<uint8_t> read_file(const char* path, const char* what) {
   if (!path) fail(L2C_E_ARGUMENT, std::string(what) + " path is NULL");
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec))
+    fail(L2C_E_ARGUMENT, std::string("the ") + what + " " + path + " is not a regular file");
   std::ifstream f(path, std::ios::binary | std::ios::ate);
   if (!f) fail(L2C_E_ARGUMENT, std::string("cannot open the ") + what + " " + path);
   const std::streamoff size = f.tellg();
@@ -71,76 +76,10 @@ std::vector<uint8_t> read_file(const char* path, const char* what) {
 }
 
 
-// The index record [index, index + size) of a sidecar whose payloads end at
-// `payload_end`; the model file `graph`. Fills `m` (tensors not yet decoded).
-void parse_index(const uint8_t* index, size_t size, uint64_t payload_end, const uint8_t* graph, size_t graph_size,
-                 uint64_t max_decoded_bytes, Model* m) {
-  Reader r(index, size);
-  const uint8_t* magic = r.take(4, "sidecar index: magic");
-  if (std::memcmp(magic, kIndexMagic, 4) != 0) corrupt("sidecar index: bad magic");
-  const uint8_t version = r.u8("sidecar index: version");
-  if (version != kIndexVersion)
-    fail(L2C_E_VERSION, "sidecar index: version " + std::to_string(version) + "; this library reads version 1");
-  r.reserved(3, "sidecar index: reserved");
-  const uint64_t made_for_size = r.u64("sidecar index: graph size");
-  const uint32_t made_for_crc = r.u32("sidecar index: graph CRC");
-  const uint64_t plain_size = r.u64("sidecar index: plain graph size");
-  const uint32_t n_ops = r.u32("sidecar index: operation count");
-  const uint32_t n_tensors = r.u32("sidecar index: tensor count");
-  const size_t ops_at = r.pos();
-  if (made_for_size != graph_size || crc32(graph, graph_size) != made_for_crc)
-    corrupt("the model file (" + std::to_string(graph_size) + " bytes, CRC " + hex32(crc32(graph, graph_size)) +
-            ") is not the one its sidecar index was written for (" + std::to_string(made_for_size) + " bytes, CRC " +
-            hex32(made_for_crc) + "): it was changed after compression; load it with the custom op, or compress "
-            "the model again");
-  if (plain_size > kMaxPlainBytes)
-    corrupt("sidecar index: plain graph of " + std::to_string(plain_size) + " bytes, over protobuf's 2 GiB");
-  // Each operation and tensor takes at least 5 and 23 bytes of the record:
-  // the counts are bounded before anything is sized by them.
-  if (n_ops > r.remaining() / 5 || n_tensors > r.remaining() / 23)
-    corrupt("sidecar index: " + std::to_string(n_ops) + " operations and " + std::to_string(n_tensors) +
-            " tensors do not fit its " + std::to_string(size) + " bytes");
-  uint64_t built = 0;
-  for (uint32_t i = 0; i < n_ops; ++i) {  // sizes first: the plain graph is allocated once
-    const uint8_t kind = r.u8("sidecar index: operation");
-    uint64_t n = 0;
-    if (kind == kOpCopy) {
-      const uint64_t at = r.u64("sidecar index: copy offset");
-      n = r.u64("sidecar index: copy length");
-      if (at > graph_size || n > graph_size - at)
-        corrupt("sidecar index: operation " + std::to_string(i) + " copies [" + std::to_string(at) + ", +" +
-                std::to_string(n) + ") of a " + std::to_string(graph_size) + "-byte model file");
-    } else if (kind == kOpInsert) {
-      n = r.u32("sidecar index: insert length");
-      r.take(static_cast<size_t>(n), "sidecar index: inserted bytes");
-    } else {
-      corrupt("sidecar index: operation " + std::to_string(i) + " has kind " + std::to_string(kind) +
-              "; valid: 1 (copy), 2 (insert)");
-    }
-    if (n > plain_size - built)
-      corrupt("sidecar index: the operations build more than the declared " + std::to_string(plain_size) +
-              " bytes of plain graph");
-    built += n;
-  }
-  if (built != plain_size)
-    corrupt("sidecar index: the operations build " + std::to_string(built) + " bytes, it declares " +
-            std::to_string(plain_size));
-  const size_t tensors_at = r.pos();
-  m->plain.resize(static_cast<size_t>(plain_size));
-  Reader ops(index + ops_at, tensors_at - ops_at);  // validated above
-  size_t out = 0;
-  for (uint32_t i = 0; i < n_ops; ++i) {
-    if (ops.u8("op") == kOpCopy) {
-      const uint64_t at = ops.u64("op"), n = ops.u64("op");
-      if (n) std::memcpy(m->plain.data() + out, graph + at, static_cast<size_t>(n));
-      out += static_cast<size_t>(n);
-    } else {
-      const uint32_t n = ops.u32("op");
-      const uint8_t* bytes = ops.take(n, "op");
-      if (n) std::memcpy(m->plain.data() + out, bytes, n);
-      out += n;
-    }
-  }
+// The tensor table, from r's position: names, declarations, payload extents
+// (inside the payload region, pairwise disjoint: each byte is checked and
+// decoded once) and the decode budget. Fills m->tensors (not yet decoded).
+void parse_tensors(Reader& r, uint32_t n_tensors, uint64_t payload_end, uint64_t max_decoded_bytes, Model* m) {
   uint64_t total = 0;
   m->tensors.resize(n_tensors);
   for (uint32_t i = 0; i < n_tensors; ++i) {
@@ -177,6 +116,93 @@ void parse_index(const uint8_t* index, size_t size, uint64_t payload_end, const 
   std::sort(names.begin(), names.end(), [](const std::string* a, const std::string* b) { return *a < *b; });
   for (size_t i = 1; i < names.size(); ++i)
     if (*names[i] == *names[i - 1]) corrupt("sidecar index: tensor '" + *names[i] + "' is listed twice");
+  std::vector<const Tensor*> by_offset;
+  by_offset.reserve(m->tensors.size());
+  for (const Tensor& t : m->tensors) by_offset.push_back(&t);
+  std::sort(by_offset.begin(), by_offset.end(), [](const Tensor* a, const Tensor* b) { return a->offset < b->offset; });
+  for (size_t i = 1; i < by_offset.size(); ++i)
+    if (by_offset[i]->offset < by_offset[i - 1]->offset + by_offset[i - 1]->length)
+      corrupt("sidecar index: the payloads of tensors '" + by_offset[i - 1]->name + "' and '" + by_offset[i]->name +
+              "' overlap");
+}
+
+// The index record [index, index + size) of a sidecar whose payloads end at
+// `payload_end`; the model file `graph`. Fills `m` (tensors not yet decoded).
+void parse_index(const uint8_t* index, size_t size, uint64_t payload_end, const uint8_t* graph, size_t graph_size,
+                 uint64_t max_decoded_bytes, Model* m) {
+  Reader r(index, size);
+  const uint8_t* magic = r.take(4, "sidecar index: magic");
+  if (std::memcmp(magic, kIndexMagic, 4) != 0) corrupt("sidecar index: bad magic");
+  const uint8_t version = r.u8("sidecar index: version");
+  if (version != kIndexVersion)
+    fail(L2C_E_VERSION, "sidecar index: version " + std::to_string(version) + "; this library reads version 1");
+  r.reserved(3, "sidecar index: reserved");
+  const uint64_t made_for_size = r.u64("sidecar index: graph size");
+  const uint32_t made_for_crc = r.u32("sidecar index: graph CRC");
+  const uint64_t plain_size = r.u64("sidecar index: plain graph size");
+  const uint32_t n_ops = r.u32("sidecar index: operation count");
+  const uint32_t n_tensors = r.u32("sidecar index: tensor count");
+  const size_t ops_at = r.pos();
+  if (made_for_size != graph_size || crc32(graph, graph_size) != made_for_crc)
+    corrupt("the model file (" + std::to_string(graph_size) + " bytes, CRC " + hex32(crc32(graph, graph_size)) +
+            ") is not the one its sidecar index was written for (" + std::to_string(made_for_size) + " bytes, CRC " +
+            hex32(made_for_crc) + "): it was changed after compression; load it with the custom op, or compress "
+            "the model again");
+  if (plain_size > kMaxPlainBytes)
+    corrupt("sidecar index: plain graph of " + std::to_string(plain_size) + " bytes, over protobuf's 2 GiB");
+  // Each operation and tensor takes at least 5 and 23 bytes of the record:
+  // the counts are bounded before anything is sized by them.
+  if (n_ops > r.remaining() / 5 || n_tensors > r.remaining() / 23)
+    corrupt("sidecar index: " + std::to_string(n_ops) + " operations and " + std::to_string(n_tensors) +
+            " tensors do not fit its " + std::to_string(size) + " bytes");
+  uint64_t built = 0, copied = 0;
+  for (uint32_t i = 0; i < n_ops; ++i) {  // sizes first: the plain graph is allocated once
+    const uint8_t kind = r.u8("sidecar index: operation");
+    uint64_t n = 0;
+    if (kind == kOpCopy) {
+      const uint64_t at = r.u64("sidecar index: copy offset");
+      n = r.u64("sidecar index: copy length");
+      if (at > graph_size || n > graph_size - at)
+        corrupt("sidecar index: operation " + std::to_string(i) + " copies [" + std::to_string(at) + ", +" +
+                std::to_string(n) + ") of a " + std::to_string(graph_size) + "-byte model file");
+      // Each byte of the model file is copied at most once (the writer inserts a
+      // repeated record): the plain graph stays within the two files' sizes.
+      if (n > graph_size - copied)
+        corrupt("sidecar index: the operations copy more than the model file's " + std::to_string(graph_size) +
+                " bytes");
+      copied += n;
+    } else if (kind == kOpInsert) {
+      n = r.u32("sidecar index: insert length");
+      r.take(static_cast<size_t>(n), "sidecar index: inserted bytes");
+    } else {
+      corrupt("sidecar index: operation " + std::to_string(i) + " has kind " + std::to_string(kind) +
+              "; valid: 1 (copy), 2 (insert)");
+    }
+    if (n > plain_size - built)
+      corrupt("sidecar index: the operations build more than the declared " + std::to_string(plain_size) +
+              " bytes of plain graph");
+    built += n;
+  }
+  if (built != plain_size)
+    corrupt("sidecar index: the operations build " + std::to_string(built) + " bytes, it declares " +
+            std::to_string(plain_size));
+  const size_t tensors_at = r.pos();
+  parse_tensors(r, n_tensors, payload_end, max_decoded_bytes, m);
+  m->plain.resize(static_cast<size_t>(plain_size));  // only now: everything else was checked
+  Reader ops(index + ops_at, tensors_at - ops_at);  // validated above
+  size_t out = 0;
+  for (uint32_t i = 0; i < n_ops; ++i) {
+    if (ops.u8("op") == kOpCopy) {
+      const uint64_t at = ops.u64("op"), n = ops.u64("op");
+      if (n) std::memcpy(m->plain.data() + out, graph + at, static_cast<size_t>(n));
+      out += static_cast<size_t>(n);
+    } else {
+      const uint32_t n = ops.u32("op");
+      const uint8_t* bytes = ops.take(n, "op");
+      if (n) std::memcpy(m->plain.data() + out, bytes, n);
+      out += n;
+    }
+  }
 }
 
 // A payload this large has its CRC checked by another task than its decode,
@@ -233,6 +259,12 @@ void decode_all(Model* m, const uint8_t* sidecar, int threads) {
       } catch (const std::bad_alloc&) {
         f.code = L2C_E_MEMORY;
         f.message = "out of memory";
+      } catch (const std::exception& e) {  // nothing may leave a thread: std::terminate
+        f.code = L2C_E_CORRUPT;
+        f.message = std::string("internal error: ") + e.what();
+      } catch (...) {
+        f.code = L2C_E_CORRUPT;
+        f.message = "internal error";
       }
       stop = true;
     }
@@ -240,7 +272,14 @@ void decode_all(Model* m, const uint8_t* sidecar, int threads) {
   unsigned n = threads > 0 ? static_cast<unsigned>(threads) : std::max(1u, std::thread::hardware_concurrency());
   n = static_cast<unsigned>(std::min<size_t>(n, std::max<size_t>(tasks.size(), 1)));
   std::vector<std::thread> pool;
-  for (unsigned i = 1; i < n; ++i) pool.emplace_back(work);
+  pool.reserve(n);
+  for (unsigned i = 1; i < n; ++i) {
+    try {
+      pool.emplace_back(work);
+    } catch (const std::system_error&) {
+      break;  // no more threads to be had (a process limit): those running, and this one, do the work
+    }
+  }
   work();
   for (std::thread& th : pool) th.join();
   for (size_t i : order) {
