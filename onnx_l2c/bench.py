@@ -26,7 +26,8 @@ from onnx_l2c.passes import TensorInput
 from onnx_l2c.passes.base import entropy_bits
 from onnx_l2c.passes import PresetQuantizer
 
-from onnx_l2c.codec import native
+from onnx_l2c.codec import SIDECAR_SUFFIX, native
+from onnx_l2c.codec.index import read_index
 from onnx_l2c.errors import FileError, OptionError
 from onnx_l2c.graph.model import find_weights, load_model, tensor_bits
 from onnx_l2c.load.compressed import CompressedModel, InferenceSession, custom_op_library
@@ -102,7 +103,29 @@ def decode_throughput(path: Path, repeats: int = 3) -> dict[str, float]:
             best = min(best, time.perf_counter() - start)
     finally:
         cm.close()
-    return {"weights": weights, "seconds": best, "weights_per_s": weights / best if best > 0 else 0.0}
+    out = {"weights": weights, "seconds": best, "weights_per_s": weights / best if best > 0 else 0.0}
+    out.update(model_open_throughput(path, weights, repeats))
+    return out
+
+
+def model_open_throughput(path: Path, weights: int, repeats: int = 3) -> dict[str, float]:
+    """The C API's whole-model open through the sidecar index (l2c_model_open_memory:
+    index, plain graph, every tensor decoded into fresh memory) on 1 and 2
+    threads, in weights per second; nothing for a sidecar without an index."""
+    graph = path.read_bytes()
+    sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
+    data = sidecar.read_bytes() if sidecar.is_file() else b""
+    if read_index(data) is None:
+        return {}
+    out = {}
+    for threads in (1, 2):
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            native.NativeModel(graph, data, threads=threads).close()
+            best = min(best, time.perf_counter() - start)
+        out[f"open_{threads}_weights_per_s"] = weights / best if best > 0 else 0.0
+    return out
 
 
 def _session(kind: str, path: Path):
@@ -182,22 +205,26 @@ def bench_model(model: Path, presets: list[str], runs: int, workdir: Path, zstd:
 
 def markdown(results: list[dict[str, Any]]) -> str:
     lines = ["| model | preset | ratio | size MB | coder overhead (total / median) | decode Mw/s (1 thread) |"
+             " C API open Mw/s (1 / 2 threads) |"
              " create plain s | create fast × | create op × | latency plain ms | latency fast × | latency op × |"
              " latency plain, basic opt + no prepack × |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         if r.get("zstd19"):
             z = r["zstd19"]
             lines.append(f"| {Path(r['model']).stem} | zstd -19 (file) | {z['ratio']:.2f} | {z['bytes'] / 1e6:.2f} |"
-                         " – | – | – | – | – | – | – | – | – |")
+                         " – | – | – | – | – | – | – | – | – | – |")
         for preset, e in r["presets"].items():
             coder = e.get("coder")
             ovh = (f"{100 * coder['overhead_total']:.2f}% / {100 * coder['overhead_median']:.2f}%"
                    if coder and coder["overhead_total"] is not None else "–")
             ld = e["load"]
+            dec = e["decode"]
+            opened = (f"{dec['open_1_weights_per_s'] / 1e6:.0f} / {dec['open_2_weights_per_s'] / 1e6:.0f}"
+                      if "open_1_weights_per_s" in dec else "–")
             lines.append(
                 f"| {Path(r['model']).stem} | {preset} | {e['ratio']:.2f} | {e['bytes'] / 1e6:.2f} | {ovh} | "
-                f"{e['decode']['weights_per_s'] / 1e6:.0f} | {ld['create_s']['plain']:.3f} | "
+                f"{dec['weights_per_s'] / 1e6:.0f} | {opened} | {ld['create_s']['plain']:.3f} | "
                 f"{ld['create_ratio']['fast']:.2f} | {ld['create_ratio']['custom_op']:.2f} | "
                 f"{1e3 * ld['latency_s']['plain']:.2f} | {ld['latency_ratio']['fast']:.3f} | "
                 f"{ld['latency_ratio']['custom_op']:.3f} | {ld['latency_ratio']['plain_basic']:.3f} |")
