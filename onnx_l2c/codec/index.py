@@ -187,9 +187,17 @@ def trailer(offset: int, length: int, record: bytes) -> bytes:
 
 def read_index(sidecar: bytes) -> Index | None:
     """The index of a sidecar (None: it has none, e.g. written before onnx_l2c
-    0.2). Trusting: the native reader is the one that validates."""
+    0.2; ValueError: it is malformed). Trusting beyond that: the native reader
+    is the one that validates."""
     if len(sidecar) < TRAILER_BYTES or sidecar[-TRAILER_BYTES:-TRAILER_BYTES + 8] != TRAILER_MAGIC:
         return None
+    try:
+        return _parse_index(sidecar)
+    except (struct.error, UnicodeDecodeError, IndexError) as exc:
+        raise ValueError(f"malformed sidecar index: {exc}") from exc
+
+
+def _parse_index(sidecar: bytes) -> Index:
     offset, length, _ = struct.unpack_from("<QQI", sidecar, len(sidecar) - TRAILER_BYTES + 8)
     record = sidecar[offset:offset + length]
     pos = 8

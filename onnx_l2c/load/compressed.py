@@ -18,7 +18,6 @@ import itertools
 import stat
 import tempfile
 import zlib
-from struct import error as struct_error
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -398,7 +397,7 @@ def _indexed_session(path: Path, so: Any, max_decoded_bytes: int | None, low_mem
     with fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
         try:
             index = read_index(mapped)  # type: ignore[arg-type]
-        except (ValueError, struct_error, UnicodeDecodeError, IndexError):
+        except ValueError:
             index = None  # malformed: the native reader would refuse it; the caller's path reports the file
         if index is None:
             return None
@@ -431,9 +430,7 @@ def _native_memory(t: native.ModelTensor) -> np.ndarray:
     numel-byte buffer (as _ort_memory)."""
     if t.dtype not in PACKED_BITS:
         return t.data.view(STORAGE[t.dtype]).reshape(t.dims)
-    memory = np.zeros(t.dims, np.uint8)
-    memory.reshape(-1)[: t.data.size] = t.data
-    return memory
+    return _packed_at_front(t.data, t.dims)
 
 
 def decompress(path: str | os.PathLike, output: str | os.PathLike, *,
@@ -458,8 +455,12 @@ def _ort_memory(array: np.ndarray, dtype: int) -> np.ndarray:
     of the tensor's shape (numel bytes: room for the packed ones)."""
     if dtype not in PACKED_BITS:
         return array
-    memory = np.zeros(array.shape, np.uint8)
-    packed = to_stored(array, dtype)
+    return _packed_at_front(to_stored(array, dtype), array.shape)
+
+
+def _packed_at_front(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Packed bytes at the front of a zeroed uint8 array of `shape` (one byte per element)."""
+    memory = np.zeros(shape, np.uint8)
     memory.reshape(-1)[: packed.size] = packed
     return memory
 
@@ -546,7 +547,7 @@ def _index_summary(path: Path, sidecars: set[Path]) -> dict[str, Any] | None:
     data = sidecar.read_bytes() if sidecar.is_file() else b""
     try:
         index = read_index(data)
-    except (ValueError, struct_error, UnicodeDecodeError, IndexError):
+    except ValueError:
         return {"bytes": None, "tensors": None, "plain_graph_bytes": None, "current": False, "readable": False}
     if index is None:
         return None

@@ -16,15 +16,14 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-from onnx_l2c.config import CompressOptions
-from onnx_l2c.errors import L2CError, ModelError, OptionError, UnsupportedError
+from onnx_l2c.config import Choice, CompressOptions
+from onnx_l2c.errors import L2CError, ModelError, UnsupportedError
 from onnx_l2c.progress import Progress
 from onnx_l2c.write.compress import check_output, compress
 from onnx_l2c.write.results import CompressResult
@@ -32,20 +31,12 @@ from onnx_l2c.write.results import CompressResult
 log = logging.getLogger(__name__)
 
 
-class Exporter(str, Enum):
+class Exporter(Choice):
     """Which torch exporter `export` runs."""
 
     AUTO = "auto"  # dynamo, and TorchScript where dynamo fails (said in the log)
     DYNAMO = "dynamo"  # torch.onnx.export(..., dynamo=True) only
     TORCHSCRIPT = "torchscript"  # torch.onnx.export(..., dynamo=False) only
-
-
-def _exporter(value: Exporter | str) -> Exporter:
-    try:
-        return Exporter(value)
-    except ValueError:
-        choices = ", ".join(e.value for e in Exporter)
-        raise OptionError(f"unknown exporter {value!r}; choose one of {choices}", "exporter") from None
 
 
 def _to_numpy(value: Any, where: str) -> np.ndarray:
@@ -114,7 +105,7 @@ def export(module: Any, args: Any, output: str | os.PathLike, *, kwargs: dict[st
     `calibration_data` may also hold samples the way the module is called:
     a tuple of tensors (or one tensor) per sample, matched to the graph's
     inputs in order. The exported model is removed once compressed."""
-    kind = _exporter(exporter)
+    kind = Exporter.parse(exporter, "exporter")
     output = Path(output)
     check_output(None, output)
     CompressOptions.from_kwargs(**options)  # an option error now, not after the export

@@ -832,13 +832,22 @@ const char* dtype_name(int dtype) {
   }
 }
 
-void verify_payload_crc(const uint8_t* data, size_t size) {
+namespace {
+
+// The checks before any byte past the magic is read: a buffer, and room for magic and CRC.
+void check_frame(const uint8_t* data, size_t size) {
   if (!data && size) fail(L2C_E_ARGUMENT, "payload is NULL");
-  const bool magic_ok = size >= 4 && std::memcmp(data, "L2CP", 4) == 0;
   if (size < 4 + 4) {
-    if (!magic_ok) fail(L2C_E_VERSION, "bad magic (not an onnx_l2c payload)");
+    if (size < 4 || std::memcmp(data, "L2CP", 4) != 0) fail(L2C_E_VERSION, "bad magic (not an onnx_l2c payload)");
     corrupt("payload truncated: " + std::to_string(size) + " bytes");
   }
+}
+
+}  // namespace
+
+void verify_payload_crc(const uint8_t* data, size_t size) {
+  check_frame(data, size);
+  const bool magic_ok = std::memcmp(data, "L2CP", 4) == 0;
   const size_t body = size - 4;
   const uint32_t stored = static_cast<uint32_t>(data[body]) | (static_cast<uint32_t>(data[body + 1]) << 8) |
                           (static_cast<uint32_t>(data[body + 2]) << 16) |
@@ -854,11 +863,8 @@ void parse_payload(const uint8_t* data, size_t size, Plan* p, uint64_t out_bytes
                    const Declared* declared, bool verify_crc) {
   if (verify_crc) {
     verify_payload_crc(data, size);
-  } else if (!data && size) {
-    fail(L2C_E_ARGUMENT, "payload is NULL");
-  } else if (size < 4 + 4) {
-    if (size < 4 || std::memcmp(data, "L2CP", 4) != 0) fail(L2C_E_VERSION, "bad magic (not an onnx_l2c payload)");
-    corrupt("payload truncated: " + std::to_string(size) + " bytes");
+  } else {
+    check_frame(data, size);
   }
   const bool magic_ok = std::memcmp(data, "L2CP", 4) == 0;
   const size_t body = size - 4;
