@@ -1,6 +1,6 @@
 """`onnx-l2c bench runtime` on the zoo's EfficientNet-Lite0 and all-MiniLM-L6-v2.
 
-    python -P -m onnx_l2c.models.bench_runtime [--runs N] [--presets lossless,int8,bits=4] [--out bench-results]
+    python -P -m onnx_l2c.models.bench_runtime [--runs N] [--presets lossless,int8,bits=6,bits=4,target=8] [--out bench-results]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from .zoo import zoo_path
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -P -m onnx_l2c.models.bench_runtime", description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="efficientnet_lite0,minilm")
-    parser.add_argument("--presets", default="lossless,int8,bits=6,bits=4")
+    parser.add_argument("--presets", default="lossless,int8,bits=6,bits=4,target=8")
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--out", default="bench-results")
     args = parser.parse_args(argv)

@@ -33,7 +33,7 @@ __version__ = "0.2.0"
 _LAZY = {
     "OPTIONS": "onnx_l2c.config", "BlockShape": "onnx_l2c.passes.blocks", "CompressOptions": "onnx_l2c.config",
     "Preset": "onnx_l2c.config",
-    "InferenceSession": "onnx_l2c.load.compressed", "custom_op_library": "onnx_l2c.load.compressed",
+    "InferenceSession": "onnx_l2c.load.session", "custom_op_library": "onnx_l2c.load.session",
     "decompress": "onnx_l2c.load.compressed", "inspect": "onnx_l2c.load.compressed",
     "CompressResult": "onnx_l2c.write.results", "TensorReport": "onnx_l2c.write.results",
     "Planner": "onnx_l2c.write.compress", "compress": "onnx_l2c.write.compress",
@@ -43,7 +43,8 @@ _LAZY = {
 if TYPE_CHECKING:
     from onnx_l2c.config import OPTIONS, CompressOptions, Preset
     from onnx_l2c.passes.blocks import BlockShape
-    from onnx_l2c.load.compressed import InferenceSession, custom_op_library, decompress, inspect
+    from onnx_l2c.load.compressed import decompress, inspect
+    from onnx_l2c.load.session import InferenceSession, custom_op_library
     from onnx_l2c.write.compress import Planner, compress
     from onnx_l2c.write.export import Exporter, export
     from onnx_l2c.write.results import CompressResult, TensorReport

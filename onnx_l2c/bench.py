@@ -4,8 +4,9 @@ For each model and preset: size and ratio; (a) entropy-coded size of the
 quantizer symbols against their order-0 entropy (tables included) for tensors
 of ≥ 64k symbols; (b) native decode throughput on one thread; (c) session
 creation time, plain vs each load path; (d) per-run latency of each load path
-against the original, median over interleaved runs. Results go to
-`OUT/runtime.json` and `OUT/runtime.md`.
+against the original, median over interleaved runs; (e) the first session
+creation in a fresh process (onnx_l2c's import included), plain vs fast.
+Results go to `OUT/runtime.json` and `OUT/runtime.md`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import argparse
 import json
 import logging
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +33,8 @@ from onnx_l2c.codec import SIDECAR_SUFFIX, native
 from onnx_l2c.codec.index import read_index
 from onnx_l2c.errors import FileError, OptionError
 from onnx_l2c.graph.model import find_weights, load_model, tensor_bits
-from onnx_l2c.load.compressed import CompressedModel, InferenceSession, custom_op_library
+from onnx_l2c.load.compressed import CompressedModel
+from onnx_l2c.load.session import InferenceSession, custom_op_library
 from onnx_l2c.write.compress import compress
 
 log = logging.getLogger(__name__)
@@ -39,9 +43,16 @@ _BIG = 65536
 
 
 def parse_preset(text: str) -> dict[str, Any]:
+    """A --presets entry: a preset name, `bits=N`, or `target=R` (a data-free size target)."""
     text = text.strip()
-    if text.startswith("bits="):
-        return {"bits": int(text.split("=", 1)[1])}
+    key, _, value = text.partition("=")
+    try:
+        if key == "bits":
+            return {"bits": int(value)}
+        if key == "target":
+            return {"target_ratio": float(value)}
+    except ValueError:
+        raise OptionError(f"--presets: {text!r} needs a number after '='") from None
     return {"preset": text}
 
 
@@ -145,11 +156,13 @@ def _session(kind: str, path: Path):
 
 
 def load_and_latency(original: Path, compressed: Path, feeds: dict[str, np.ndarray], runs: int) -> dict[str, Any]:
-    """(c) session creation and (d) per-run latency, interleaved across paths."""
+    """(c) session creation and (d) per-run latency, interleaved across paths
+    (creation runs/4 times, at least 5: a median of 3 moved by 0.2x between
+    runs), and (e) the first load in a fresh process."""
     paths = {"plain": original, "fast": compressed, "custom_op": compressed, "plain_basic": original}
     create: dict[str, list[float]] = {k: [] for k in paths}
     sessions = {}
-    for _ in range(3):
+    for _ in range(max(5, runs // 4)):
         for kind, p in paths.items():
             start = time.perf_counter()
             sessions[kind] = _session(kind, p)
@@ -164,12 +177,46 @@ def load_and_latency(original: Path, compressed: Path, feeds: dict[str, np.ndarr
             lat[kind].append(time.perf_counter() - start)
     med_create = {k: statistics.median(v) for k, v in create.items()}
     med_lat = {k: statistics.median(v) for k, v in lat.items()}
+    first = first_load(original, compressed, repeats=min(9, max(1, runs // 6)))
     return {
         "create_s": med_create,
         "create_ratio": {k: med_create[k] / med_create["plain"] for k in paths},
         "latency_s": med_lat,
         "latency_ratio": {k: med_lat[k] / med_lat["plain"] for k in paths},
+        "first_load_s": first,
+        "first_load_ratio": first["fast"] / first["plain"],
     }
+
+
+# One session in a fresh interpreter, as a program that loads one model sees
+# it: onnxruntime already imported; timed from before `import onnx_l2c` (the
+# fast path pays its own import) to the session existing.
+_FIRST_LOAD = """
+import sys, time
+import onnxruntime as ort
+kind, path = sys.argv[1], sys.argv[2]
+start = time.perf_counter()
+if kind == "fast":
+    import onnx_l2c
+    onnx_l2c.InferenceSession(path, providers=["CPUExecutionProvider"])
+else:
+    ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+print(time.perf_counter() - start)
+"""
+
+
+def first_load(original: Path, compressed: Path, repeats: int) -> dict[str, float]:
+    """Median seconds of the first session creation in a fresh process, plain
+    and fast, alternating."""
+    times: dict[str, list[float]] = {"plain": [], "fast": []}
+    for _ in range(repeats):
+        for kind, path in (("plain", original), ("fast", compressed)):
+            done = subprocess.run([sys.executable, "-P", "-c", _FIRST_LOAD, kind, str(path)], capture_output=True,
+                                  text=True, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"first load of {path} ({kind}) failed: {done.stderr.strip()[-2000:]}")
+            times[kind].append(float(done.stdout.split()[-1]))
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def zstd19_bytes(model: Path) -> int | None:
@@ -195,7 +242,7 @@ def bench_model(model: Path, presets: list[str], runs: int, workdir: Path, zstd:
         entry: dict[str, Any] = {"ratio": res.ratio, "bytes": res.output_bytes, "compress_s": res.seconds}
         entry["decode"] = decode_throughput(target)
         entry["load"] = load_and_latency(model, target, feeds, runs)
-        bits = opts.get("bits") or (8 if opts.get("preset") == "int8" else None)
+        bits = opts.get("bits") or (8 if opts.get("preset") == "int8" else None)  # targets mix widths: no row
         if bits:
             entry["coder"] = coder_efficiency(model, bits)
         out["presets"][preset] = entry
@@ -206,14 +253,14 @@ def bench_model(model: Path, presets: list[str], runs: int, workdir: Path, zstd:
 def markdown(results: list[dict[str, Any]]) -> str:
     lines = ["| model | preset | ratio | size MB | coder overhead (total / median) | decode Mw/s (1 thread) |"
              " C API open Mw/s (1 / 2 threads) |"
-             " create plain s | create fast × | create op × | latency plain ms | latency fast × | latency op × |"
-             " latency plain, basic opt + no prepack × |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             " create plain s | create fast × | create op × | first load plain s | first load fast × |"
+             " latency plain ms | latency fast × | latency op × | latency plain, basic opt + no prepack × |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         if r.get("zstd19"):
             z = r["zstd19"]
             lines.append(f"| {Path(r['model']).stem} | zstd -19 (file) | {z['ratio']:.2f} | {z['bytes'] / 1e6:.2f} |"
-                         " – | – | – | – | – | – | – | – | – | – |")
+                         " – | – | – | – | – | – | – | – | – | – | – | – |")
         for preset, e in r["presets"].items():
             coder = e.get("coder")
             ovh = (f"{100 * coder['overhead_total']:.2f}% / {100 * coder['overhead_median']:.2f}%"
@@ -226,6 +273,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
                 f"| {Path(r['model']).stem} | {preset} | {e['ratio']:.2f} | {e['bytes'] / 1e6:.2f} | {ovh} | "
                 f"{dec['weights_per_s'] / 1e6:.0f} | {opened} | {ld['create_s']['plain']:.3f} | "
                 f"{ld['create_ratio']['fast']:.2f} | {ld['create_ratio']['custom_op']:.2f} | "
+                f"{ld['first_load_s']['plain']:.3f} | {ld['first_load_ratio']:.2f} | "
                 f"{1e3 * ld['latency_s']['plain']:.2f} | {ld['latency_ratio']['fast']:.3f} | "
                 f"{ld['latency_ratio']['custom_op']:.3f} | {ld['latency_ratio']['plain_basic']:.3f} |")
     return "\n".join(lines) + "\n"

@@ -276,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("models", nargs="*",
                    help="original .onnx model files (zoo models by name: python -P -m "
                         "onnx_l2c.models.bench_runtime --models NAME,...)")
-    b.add_argument("--presets", default="lossless,int8,bits=4", help="comma-separated: lossless, int8, bits=N")
+    b.add_argument("--presets", default="lossless,int8,bits=4",
+                   help="comma-separated: a preset (lossless, int8, ...), bits=N, or target=R (a data-free size target)")
     b.add_argument("--runs", type=int, default=30, help="latency runs per model and path")
     b.add_argument("--out", default="bench-results", help="folder for the JSON and markdown results")
     b.add_argument("--zstd", action="store_true", help="also measure zstd -19 of each file (lossless baseline)")

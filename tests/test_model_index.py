@@ -146,6 +146,23 @@ def test_the_fast_loader_goes_through_the_index_without_rewriting_the_graph(comp
     assert_bit_identical(expected, got, "fast loader through the index")
 
 
+def test_the_fast_loader_imports_neither_onnx_nor_ml_dtypes(compressed, rng):
+    """onnx and ml_dtypes take most of a second to import, several times a
+    small model's session creation: loading through the index needs neither
+    (int4 weights included), and still runs the model."""
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    proc = run_isolated(f"""
+        import sys
+        import numpy as np
+        import onnx_l2c
+        session = onnx_l2c.InferenceSession({str(compressed)!r})
+        y = session.run(None, {{"x": np.array({x.tolist()!r}, np.float32)}})[0]
+        print(sorted(m for m in ("onnx", "ml_dtypes") if m in sys.modules), y.shape)
+    """)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split("\n")[-2] == "[] (2, 33)"
+
+
 def test_threads_and_the_decode_budget(compressed):
     with _native(compressed, threads=1) as one, _native(compressed, threads=3) as three:
         assert [t.data.tobytes() for t in one.tensors()] == [t.data.tobytes() for t in three.tensors()]
@@ -315,6 +332,33 @@ def test_a_large_payloads_crc_is_checked_beside_its_decode_and_wins(tmp_path, rn
     for threads in (1, 2):
         with pytest.raises(PayloadError, match="tensor 'w': CRC mismatch"):
             NativeModel(out.read_bytes(), bytes(side), threads=threads)
+
+
+def test_tensors_of_2_mib_and_more_decode_into_their_own_mappings_bit_for_bit(tmp_path, rng):
+    """A tensor of 2 MiB or more gets its own 2 MiB-aligned mapping, advised
+    for huge pages over its whole 2 MiB blocks (runtime/src/model.cc,
+    tensor_buffer): sizes just below, at and above one block, and above two,
+    in float32 (lossless) and int8, on one thread and two."""
+    sizes = {"under": (1 << 19) - 1, "exact": 1 << 19, "over": (1 << 19) + 3, "two": (1 << 20) + 12345}
+    weights = {name: rng.standard_normal(n).astype(np.float32) for name, n in sizes.items()}
+    nodes = [helper.make_node("Add", ["x", name], [f"y_{name}"]) for name in weights]
+    weights["int8"] = rng.integers(-128, 128, (1 << 21) + 7).astype(np.int8)
+    nodes.append(helper.make_node("Identity", ["int8"], ["y_int8"]))
+    outputs = [helper.make_tensor_value_info(f"y_{name}", numpy_helper.from_array(w).data_type, (w.size,))
+               for name, w in weights.items()]
+    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (1,))], outputs,
+                              [numpy_helper.from_array(w, name) for name, w in weights.items()])
+    src = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), tmp_path / "b.onnx")
+    out = tmp_path / "small.onnx"
+    onnx_l2c.compress(src, out, preset="lossless")
+    side = out.with_name(out.name + ".l2c").read_bytes()
+    for threads in (1, 2):
+        with NativeModel(out.read_bytes(), side, threads=threads) as model:
+            got = {t.name: t.data for t in model.tensors()}
+            assert set(got) == set(weights)
+            for name, w in weights.items():
+                assert got[name].ctypes.data % 64 == 0
+                assert got[name].tobytes() == w.tobytes(), name
 
 
 def test_inspect_says_whether_the_c_api_can_open_the_model(compressed, tmp_path):

@@ -14,7 +14,7 @@ from onnx_l2c import L2CError
 from onnx_l2c.codec import native
 from onnx import TensorProto, helper
 from onnx_l2c.codec import (BFLOAT16, BITS_DTYPE, DTYPE_NAMES, ELEM_BYTES, FLOAT, FLOAT16, FLOAT_DTYPES, PACKED_BITS,
-                            STORAGE, AffineStage, CastStage, CodebookStage, EntropyStage, RawStage, Recipe,
+                            STORAGE, AffineStage, CastStage, byte_planes, CodebookStage, EntropyStage, RawStage, Recipe,
                             pack_elements, patterns_to_storage, payload_version, reconstruct, serialize, tensor_nbytes)
 
 
@@ -298,3 +298,51 @@ def test_raw_dtype_errors():
     with pytest.raises(L2CError, match="output buffer has 3 bytes, the tensor needs 2"):
         native.decode_into(int4, np.empty(3, np.uint8))  # one byte per element is not what the decoder writes
 
+
+
+def test_the_crc_agrees_with_zlib_at_every_length_and_alignment():
+    """The payload CRC (runtime/src/crc32.cc: tables below 64 bytes and for
+    the tail, carry-less multiply folding above where the CPU has it) equals
+    zlib's for bodies of every length mod 64 and any start address; one
+    flipped byte anywhere is caught."""
+    rng = np.random.default_rng(7)
+    for numel in [*range(1, 200), 1021, 4099, 65537, 300001]:
+        bits = rng.integers(0, 256, numel).astype(np.uint8)
+        payload = serialize(Recipe(TensorProto.UINT8, (numel,), [RawStage(bits)]))
+        for shift in (0, 1, 5):  # the payload at several alignments inside a larger buffer
+            buf = np.zeros(len(payload) + 8, np.uint8)
+            buf[shift:shift + len(payload)] = np.frombuffer(payload, np.uint8)
+            np.testing.assert_array_equal(native_decode(buf[shift:shift + len(payload)]), bits)
+        bad = bytearray(payload)
+        bad[len(bad) - 5 - int(rng.integers(0, numel))] ^= 1 << int(rng.integers(0, 8))  # in the stored bytes
+        with pytest.raises(L2CError, match="CRC mismatch"):
+            native_decode(bytes(bad))
+
+
+def test_raw_planes_keep_to_the_compact_rans_scale():
+    """The writer codes the byte planes of lossless weights at scale_bits <=
+    COMPACT_SCALE_BITS, where the decoder's table stays in L1; the exponent
+    plane of real-looking weights would otherwise pick 13 or 14."""
+    w = (np.random.default_rng(3).laplace(0, 0.02, 200_000) * np.random.default_rng(4).uniform(0.1, 3, 200_000))
+    recipe = Recipe(FLOAT, (w.size,), [RawStage(w.astype(np.float32).view(np.uint32))])
+    body = recipe.stages[0].body(recipe, w.size)[4:]  # after elem_bytes, rotate, reserved
+    scales = []
+    for _ in range(4):
+        _, used = native.decode_stream(body, w.size)
+        if body[0] == 2:  # rANS
+            scales.append(body[1])
+        body = body[used:]
+    assert scales and max(scales) <= native.COMPACT_SCALE_BITS
+    exponents = byte_planes(recipe.stages[0].bits, 4, 1)[0]
+    assert native.encode_stream(exponents, 256)[1] > native.COMPACT_SCALE_BITS  # what the cap changes
+    check(recipe)
+
+
+def test_the_dtype_numbers_are_onnxs():
+    """codec/dtypes.py spells out TensorProto's numbers (onnx is not imported
+    on the load path); they must be ONNX's own."""
+    from onnx_l2c.codec import dtypes
+
+    for name, number in vars(dtypes._T).items():
+        assert getattr(TensorProto, name) == number, name
+    assert set(DTYPE_NAMES) == set(vars(dtypes._T).values())

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from helpers import run_isolated
+from onnx_l2c.codec import native
 from onnx_l2c.codec.native import decode_stream, encode_stream
 from onnx_l2c.errors import L2CError
 
@@ -56,6 +57,22 @@ def test_max_scale_bits(max_scale_bits):
             data = roundtrip(rng.integers(0, alphabet, count), alphabet, max_scale_bits)
             if data[0] == MODE_RANS:
                 assert data[1] <= max_scale_bits
+
+
+@pytest.mark.parametrize("alphabet", [40, 256, 300])
+def test_small_and_large_rans_tables_decode_alike(alphabet):
+    """A rANS stream of at most 256 symbols at scale_bits <= 12 decodes through
+    a 4-byte table, any other through an 8-byte one (runtime/src/stream.cc):
+    the same indices at either scale, in the unrolled loop and its tail."""
+    rng = _rng(alphabet)
+    p = 0.5 ** np.arange(alphabet, dtype=np.float64) + 1e-4  # rare symbols want a fine scale
+    idx = rng.choice(alphabet, size=50003, p=p / p.sum()).astype(np.int32)
+    scales = set()
+    for max_scale_bits in (10, 12, 16):
+        data = roundtrip(idx, alphabet, max_scale_bits)
+        assert data[0] == MODE_RANS
+        scales.add(data[1])
+    assert min(scales) <= native.COMPACT_SCALE_BITS < max(scales)  # both tables (300 symbols: the 8-byte one)
 
 
 def test_random_distributions():

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
-import ml_dtypes
+from collections.abc import Iterator, Mapping
+from types import SimpleNamespace
+
 import numpy as np
-import onnx
 
 from ..errors import UnsupportedError
 
-FLOAT = onnx.TensorProto.FLOAT
-FLOAT16 = onnx.TensorProto.FLOAT16
-BFLOAT16 = onnx.TensorProto.BFLOAT16
+# ONNX's TensorProto.DataType numbers (fixed by the ONNX standard; a test
+# checks them against onnx). Spelled out rather than read from onnx: onnx
+# imports ml_dtypes, and the two take most of a second to import, which a
+# model loaded through the sidecar index (load/indexed.py) never needs.
+_T = SimpleNamespace(FLOAT=1, UINT8=2, INT8=3, UINT16=4, INT16=5, INT32=6, INT64=7, BOOL=9, FLOAT16=10, DOUBLE=11,
+                     UINT32=12, UINT64=13, BFLOAT16=16, FLOAT8E4M3FN=17, FLOAT8E4M3FNUZ=18, FLOAT8E5M2=19,
+                     FLOAT8E5M2FNUZ=20, UINT4=21, INT4=22, FLOAT4E2M1=23, UINT2=25, INT2=26)
+FLOAT = _T.FLOAT
+FLOAT16 = _T.FLOAT16
+BFLOAT16 = _T.BFLOAT16
 FLOAT_DTYPES = (FLOAT, FLOAT16, BFLOAT16)  # the dtypes every recipe may decode to (the lossy methods' weights)
-_T = onnx.TensorProto
 # dtype: (name, bytes per element, numpy storage of its bits, numpy storage of the decoded tensor).
 # The dtypes after the float ones are coded losslessly only (the raw stage, payload format version 5);
 # numpy has no float8, so those are stored as their uint8 bits. The packed
 # dtypes (PACKED_BITS: 4-bit and 2-bit elements, several to a byte in ONNX and
 # onnxruntime) hold one element's bit pattern per byte as bits, and decode to
-# ml_dtypes' one-element-per-byte types, which onnxruntime's Python API packs.
-_TABLE: dict[int, tuple[str, int, type, type]] = {
+# ml_dtypes' one-element-per-byte types (named here, imported at first use),
+# which onnxruntime's Python API packs.
+_TABLE: dict[int, tuple[str, int, type, type | str]] = {
     FLOAT: ("float32", 4, np.uint32, np.float32),
     FLOAT16: ("float16", 2, np.uint16, np.float16),
     BFLOAT16: ("bfloat16", 2, np.uint16, np.uint16),  # no numpy type: its bits
@@ -37,12 +45,33 @@ _TABLE: dict[int, tuple[str, int, type, type]] = {
     _T.FLOAT8E4M3FNUZ: ("float8e4m3fnuz", 1, np.uint8, np.uint8),
     _T.FLOAT8E5M2: ("float8e5m2", 1, np.uint8, np.uint8),
     _T.FLOAT8E5M2FNUZ: ("float8e5m2fnuz", 1, np.uint8, np.uint8),
-    _T.UINT4: ("uint4", 1, np.uint8, ml_dtypes.uint4),
-    _T.INT4: ("int4", 1, np.uint8, ml_dtypes.int4),
-    _T.FLOAT4E2M1: ("float4e2m1", 1, np.uint8, ml_dtypes.float4_e2m1fn),
-    _T.UINT2: ("uint2", 1, np.uint8, ml_dtypes.uint2),
-    _T.INT2: ("int2", 1, np.uint8, ml_dtypes.int2),
+    _T.UINT4: ("uint4", 1, np.uint8, "uint4"),
+    _T.INT4: ("int4", 1, np.uint8, "int4"),
+    _T.FLOAT4E2M1: ("float4e2m1", 1, np.uint8, "float4_e2m1fn"),
+    _T.UINT2: ("uint2", 1, np.uint8, "uint2"),
+    _T.INT2: ("int2", 1, np.uint8, "int2"),
 }
+
+
+class _Storage(Mapping[int, type]):
+    """dtype → numpy storage of its decoded tensors; ml_dtypes' types are
+    imported when one is first asked for."""
+
+    def __getitem__(self, dtype: int) -> type:
+        storage = _TABLE[dtype][3]
+        if isinstance(storage, str):
+            import ml_dtypes
+
+            return getattr(ml_dtypes, storage)
+        return storage
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(_TABLE)
+
+    def __len__(self) -> int:
+        return len(_TABLE)
+
+
 # Bits per element of the packed dtypes. ONNX stores element i in bits
 # (i mod k)·width … of byte i / k (k = 8 / width elements per byte, the first
 # in the least significant bits); the unused high bits of the last byte are 0.
@@ -54,7 +83,7 @@ NOT_WRITTEN_DTYPES = frozenset({_T.FLOAT4E2M1, _T.UINT2, _T.INT2})
 DTYPE_NAMES = {k: v[0] for k, v in _TABLE.items()}
 ELEM_BYTES = {k: v[1] for k, v in _TABLE.items()}
 BITS_DTYPE = {k: v[2] for k, v in _TABLE.items()}  # numpy storage of each dtype's bits
-STORAGE = {k: v[3] for k, v in _TABLE.items()}  # numpy storage of decoded tensors
+STORAGE: Mapping[int, type] = _Storage()  # numpy storage of decoded tensors
 RAW_DTYPES_VERSION = 5  # the payload format version that adds the dtypes other than FLOAT_DTYPES
 
 
@@ -63,7 +92,12 @@ def integer_range(dtype: int, field_bits: int | None = None) -> tuple[int, int]:
     of unsigned `field_bits`-wide fields packed into its bytes (MatMulNBits' B)."""
     if field_bits is not None:
         return 0, (1 << field_bits) - 1
-    info = ml_dtypes.iinfo(STORAGE[dtype]) if dtype in PACKED_BITS else np.iinfo(STORAGE[dtype])
+    if dtype in PACKED_BITS:
+        import ml_dtypes
+
+        info = ml_dtypes.iinfo(STORAGE[dtype])
+    else:
+        info = np.iinfo(STORAGE[dtype])
     return int(info.min), int(info.max)
 
 

@@ -27,6 +27,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+SIDECAR_SUFFIX = ".l2c"  # the sidecar of OUT.onnx is OUT.onnx.l2c
 INDEX_MAGIC = b"L2CX"
 INDEX_VERSION = 1
 TRAILER_MAGIC = b"L2CXEND\0"

@@ -21,6 +21,7 @@ from ..errors import PayloadError, UnsupportedError
 from . import native
 from .dtypes import DTYPE_NAMES, FLOAT, RAW_DTYPES_VERSION, STORAGE, check_dtype, dtype_min_version
 from .stages import STAGES, BodyReader, Buffer, Stage, StageSummary, stage_class
+from . import expand, transform  # noqa: F401 (their stage classes register themselves in STAGES)
 
 MAGIC = b"L2CP"
 # The version of payloads holding only the stages of version 1, and the model
@@ -33,7 +34,6 @@ DOMAIN = "ai.onnx_l2c"
 OP_TYPE = "Decode"
 OPSET = 1
 PAYLOAD_ALIGN = 64
-SIDECAR_SUFFIX = ".l2c"  # the sidecar of OUT.onnx is OUT.onnx.l2c
 # The default decode budget (runtime/src/payload.h): a model's payloads may
 # decode to at most max(DECODE_LIMIT_FLOOR, DECODE_LIMIT_RATIO × their stored
 # bytes) unless the caller passes max_decoded_bytes. Real models stay far

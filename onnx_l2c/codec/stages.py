@@ -407,7 +407,7 @@ class RawStage(Stage):
         planes = byte_planes(self.bits, elem_bytes, self.rotate)
         body = [struct.pack("<BB2x", elem_bytes, self.rotate)]
         alphabet = 1 << PACKED_BITS.get(recipe.dtype, 8)
-        body += [native.encode_stream(plane, alphabet) for plane in planes]
+        body += [native.encode_stream(plane, alphabet, native.COMPACT_SCALE_BITS) for plane in planes]
         return b"".join(body)
 
     def apply(self, buf: np.ndarray | None, recipe: "Recipe") -> np.ndarray:

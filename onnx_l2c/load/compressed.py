@@ -1,12 +1,13 @@
-"""Loading compressed models: the zero-overhead session, decompress, inspect.
+"""Compressed models read through their graph: the session where the sidecar
+index does not apply (rewritten_session), decompress, inspect.
 
-`InferenceSession` rewrites the small graph in memory — every Decode node
+`rewritten_session` rewrites the small graph in memory — every Decode node
 becomes an initializer declared as external data at a virtual location —
 decodes all payloads once, in parallel, with the native decoder, and hands
 the dense tensors to onnxruntime with `add_external_initializers`. Inference
 then runs the original graph at the original speed. (`add_initializer` is
 never used: constant folding and layout transforms would read the wrong
-bytes.)
+bytes.) Models with a sidecar index skip all of this (load/indexed.py).
 """
 
 from __future__ import annotations
@@ -39,18 +40,11 @@ from onnx_l2c.files import AlignedWriter, AtomicOutputs
 from onnx_l2c.graph.edit import (VIRTUAL_LOCATION, DecodeNode, decode_nodes, hoistable, read_names, restore_weights,
                                   set_external)
 from onnx_l2c.graph.model import embed_external, iter_graphs, load_model
+from onnx_l2c.load.indexed import LOW_MEMORY_BYTES, packed_at_front
 
 log = logging.getLogger(__name__)
 
 _PROTO_LIMIT = 2**31 - 64 * 2**20  # stay clear of protobuf's 2 GB ceiling
-# Above this many decoded bytes InferenceSession goes through a temporary
-# external-data model (low_memory) instead of holding the weights twice.
-LOW_MEMORY_BYTES = 1 << 30
-
-
-def custom_op_library() -> str:
-    """Path of the native library to pass to `SessionOptions.register_custom_ops_library`."""
-    return str(native.library_path())
 
 
 @dataclass
@@ -299,39 +293,14 @@ def _empty_tensor(entry: DecodeEntry) -> onnx.TensorProto:
     return onnx.TensorProto(name=entry.name, data_type=entry.decode.dtype, dims=list(entry.decode.dims))
 
 
-def InferenceSession(path_or_bytes: ModelSource, sess_options: Any = None, providers: Any = None,
-                     provider_options: Any = None, *, base_dir: str | os.PathLike | None = None,
-                     max_decoded_bytes: int | None = None, low_memory: bool | None = None,
-                     temp_dir: str | os.PathLike | None = None, **kwargs: Any):  # noqa: N802 (mirrors onnxruntime)
-    """An `onnxruntime.InferenceSession` of a compressed model, at the original model's speed.
-
-    `path_or_bytes`: what onnxruntime takes (a path or the serialized model's
-    bytes) or an `onnx.ModelProto`. The sidecar is found beside a model file;
-    for bytes or a ModelProto, pass `base_dir=` (the folder the model was
-    saved in), or get a FileError that asks for it.
-
-    Decodes every payload once and hands the tensors to onnxruntime through
-    `SessionOptions.add_external_initializers` (sess_options is modified).
-    onnxruntime copies tensors handed over in memory, so session creation
-    peaks at about twice the decoded weights. `low_memory=True` instead
-    decodes them, a few at a time, into a temporary external-data model in
-    `temp_dir` (default: the system's temp folder) that onnxruntime loads as
-    it loads any model, deleted once the session exists: the peak is then
-    about plain onnxruntime's on the original, for one write of the weights
-    to disk (at 2.4 GB it is also faster: `bench runtime --scale`). None
-    (default): low_memory when the weights decode to more than
-    LOW_MEMORY_BYTES (1 GiB). `max_decoded_bytes`: the most bytes the weights may decode to (0:
-    no limit; None: the default budget, see CompressedModel). Extra keyword
-    arguments go to `onnxruntime.InferenceSession`.
-    """
+def rewritten_session(path_or_bytes: ModelSource, so: Any, providers: Any, provider_options: Any,
+                      base_dir: str | os.PathLike | None, max_decoded_bytes: int | None, low_memory: bool | None,
+                      temp_dir: str | os.PathLike | None, **kwargs: Any) -> Any:
+    """`onnx_l2c.InferenceSession` (load/session.py) where the sidecar index
+    does not apply: the graph is rewritten here, every Decode node becoming an
+    initializer, and the payloads decoded one by one."""
     import onnxruntime as ort
 
-    so = sess_options if sess_options is not None else ort.SessionOptions()
-    if isinstance(path_or_bytes, (str, os.PathLike)) and base_dir is None:
-        session = _indexed_session(Path(path_or_bytes), so, max_decoded_bytes, low_memory,
-                                   dict(kwargs, providers=providers, provider_options=provider_options))
-        if session is not None:
-            return session
     compressed = CompressedModel(path_or_bytes, max_decoded_bytes, base_dir=base_dir)
     try:
         if low_memory is None:
@@ -378,59 +347,6 @@ def InferenceSession(path_or_bytes: ModelSource, sess_options: Any = None, provi
         compressed.close()
 
 
-def _indexed_session(path: Path, so: Any, max_decoded_bytes: int | None, low_memory: bool | None,
-                     kwargs: dict[str, Any]) -> Any:
-    """The session through the sidecar's index (codec/index.py), as every
-    binding gets it from the C API: the plain graph the writer stored, the
-    tensors decoded natively in parallel; no graph rewrite here. None where it
-    does not apply (no sidecar beside the file or no index in it, a model
-    file edited since, or a low-memory load): the caller rewrites the graph."""
-    import onnxruntime as ort
-
-    sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
-    try:
-        if not sidecar.is_file() or sidecar.stat().st_size == 0 or not path.is_file():
-            return None
-        fh = open(sidecar, "rb")
-    except OSError:
-        return None  # the caller's path reports it
-    with fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-        try:
-            index = read_index(mapped)  # type: ignore[arg-type]
-        except ValueError:
-            index = None  # malformed: the native reader would refuse it; the caller's path reports the file
-        if index is None:
-            return None
-        total = sum(tensor_nbytes(t.dtype, int(np.prod(t.dims, dtype=np.int64))) for t in index.tensors)
-        if low_memory or (low_memory is None and total > LOW_MEMORY_BYTES):
-            return None
-        graph = path.read_bytes()
-        if len(graph) != index.graph_size or zlib.crc32(graph) != index.graph_crc:
-            log.info("%s: changed since it was compressed; rewriting its graph instead of the sidecar's", path)
-            return None
-        limit = 0 if max_decoded_bytes is None else (2 ** 64 - 1 if max_decoded_bytes == 0 else max_decoded_bytes)
-        view = np.frombuffer(mapped, np.uint8)
-        try:
-            model = native.NativeModel(graph, view, limit, what=str(path))
-        finally:
-            del view  # before the map closes, error or not
-        with model:
-            tensors = model.tensors()
-            values = [ort.OrtValue.ortvalue_from_numpy_with_onnx_type(_native_memory(t), t.dtype) for t in tensors]
-            if values:
-                so.add_external_initializers([t.name for t in tensors], values)
-            # onnxruntime copies the tensors while it creates the session
-            # (tests/test_model_index.py pins it), so the model closes after
-            return ort.InferenceSession(model.graph(), so, **kwargs)
-
-
-def _native_memory(t: native.ModelTensor) -> np.ndarray:
-    """A natively decoded tensor as ortvalue_from_numpy_with_onnx_type takes it:
-    numpy's shape over the bytes, and a packed dtype's bytes at the front of a
-    numel-byte buffer (as _ort_memory)."""
-    if t.dtype not in PACKED_BITS:
-        return t.data.view(STORAGE[t.dtype]).reshape(t.dims)
-    return _packed_at_front(t.data, t.dims)
 
 
 def decompress(path: str | os.PathLike, output: str | os.PathLike, *,
@@ -455,14 +371,7 @@ def _ort_memory(array: np.ndarray, dtype: int) -> np.ndarray:
     of the tensor's shape (numel bytes: room for the packed ones)."""
     if dtype not in PACKED_BITS:
         return array
-    return _packed_at_front(to_stored(array, dtype), array.shape)
-
-
-def _packed_at_front(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Packed bytes at the front of a zeroed uint8 array of `shape` (one byte per element)."""
-    memory = np.zeros(shape, np.uint8)
-    memory.reshape(-1)[: packed.size] = packed
-    return memory
+    return packed_at_front(to_stored(array, dtype), array.shape)
 
 
 def _write_plain(compressed: CompressedModel, output: Path, external_data: bool | None) -> Path:

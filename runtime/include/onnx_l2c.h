@@ -160,7 +160,9 @@ typedef struct l2c_model l2c_model;
  * payloads' bytes); UINT64_MAX = no limit (L2C_E_LIMIT above it). A sidecar
  * without an index (written before onnx_l2c 0.2, or for a model with a weight
  * no node reads or a subgraph output) is L2C_E_VERSION: load that model with
- * the custom op. On success *model receives the handle (else NULL). */
+ * the custom op. On success *model receives the handle (else NULL). The
+ * files are memory-mapped while the call runs (POSIX; read elsewhere): they
+ * must not be truncated meanwhile, as for onnxruntime's own external data. */
 L2C_API int l2c_model_open(const char* model_path, const char* sidecar_path, uint64_t max_decoded_bytes,
                            int num_threads, l2c_model** model, char* err, size_t err_len);
 

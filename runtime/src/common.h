@@ -11,6 +11,21 @@
 
 #include "onnx_l2c.h"
 
+// x86-64 with GCC or Clang: hot loops may have a second version for newer
+// instruction sets (__attribute__((target(...)))), chosen at run time with
+// __builtin_cpu_supports; every other build has the portable one only.
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#define L2C_X86_DISPATCH 1
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define L2C_NOINLINE __attribute__((noinline))
+#elif defined(_MSC_VER)
+#define L2C_NOINLINE __declspec(noinline)
+#else
+#define L2C_NOINLINE
+#endif
+
 namespace l2c {
 
 // Internal error: code is one of L2C_E_*. Never crosses the C ABI.

@@ -18,6 +18,13 @@
 #include <thread>
 #include <vector>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#endif
+
 #include "model.h"
 
 #include "common.h"
@@ -25,6 +32,44 @@
 #include "payload.h"
 
 namespace l2c {
+
+#if defined(__linux__)
+constexpr size_t kHugePage = size_t(2) << 20;
+#endif
+
+void BufferFree::operator()(uint8_t* p) const {
+#if defined(__linux__)
+  if (mapped_bytes) {
+    munmap(p, mapped_bytes);
+    return;
+  }
+#endif
+  ::operator delete[](p, std::align_val_t(kTensorAlign));
+}
+
+Buffer tensor_buffer(uint64_t n) {
+#if defined(__linux__)
+  if (n >= kHugePage && n <= SIZE_MAX - 2 * kHugePage) {
+    // Map one huge page more than needed, keep the 2 MiB-aligned part.
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    const size_t keep = (static_cast<size_t>(n) + page - 1) / page * page, span = keep + kHugePage;
+    void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw != MAP_FAILED) {
+      uint8_t* const first = static_cast<uint8_t*>(raw);
+      uint8_t* const start = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(raw) + kHugePage - 1) &
+                                                        ~uintptr_t(kHugePage - 1));
+      if (start > first) munmap(first, static_cast<size_t>(start - first));
+      if (first + span > start + keep) munmap(start + keep, static_cast<size_t>(first + span - (start + keep)));
+      // whole huge pages only: the tail stays in small pages, so no memory is wasted
+      madvise(start, static_cast<size_t>(n) / kHugePage * kHugePage, MADV_HUGEPAGE);
+      return Buffer(start, BufferFree{keep});
+    }
+  }
+#endif
+  // at least one byte: an empty tensor still gets a distinct, valid pointer
+  return Buffer(static_cast<uint8_t*>(::operator new[](n ? n : 1, std::align_val_t(kTensorAlign))));
+}
+
 namespace {
 
 constexpr char kIndexMagic[4] = {'L', '2', 'C', 'X'};
@@ -33,11 +78,6 @@ constexpr size_t kTrailerBytes = 32;
 constexpr uint8_t kIndexVersion = 1;
 constexpr uint8_t kOpCopy = 1, kOpInsert = 2;
 constexpr uint64_t kMaxPlainBytes = (uint64_t(1) << 31) - 1;  // one protobuf message
-
-Buffer aligned_buffer(uint64_t n) {
-  // at least one byte: an empty tensor still gets a distinct, valid pointer
-  return Buffer(static_cast<uint8_t*>(::operator new[](n ? n : 1, std::align_val_t(kTensorAlign))));
-}
 
 // Whether [p, p + n) is well-formed UTF-8 (no overlong forms, surrogates or
 // code points above U+10FFFF): tensor names are ONNX strings.
@@ -59,22 +99,57 @@ bool valid_utf8(const uint8_t* p, size_t n) {
   return true;
 }
 
-std::vector<uint8_t> read_file(const char* path, const char* what) {
-  if (!path) fail(L2C_E_ARGUMENT, std::string(what) + " path is NULL");
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec))
-    fail(L2C_E_ARGUMENT, std::string("the ") + what + " " + path + " is not a regular file");
-  std::ifstream f(path, std::ios::binary | std::ios::ate);
-  if (!f) fail(L2C_E_ARGUMENT, std::string("cannot open the ") + what + " " + path);
-  const std::streamoff size = f.tellg();
-  if (size < 0) fail(L2C_E_ARGUMENT, std::string("cannot size the ") + what + " " + path);
-  std::vector<uint8_t> data(static_cast<size_t>(size));
-  f.seekg(0);
-  if (size && !f.read(reinterpret_cast<char*>(data.data()), size))
-    fail(L2C_E_ARGUMENT, std::string("cannot read the ") + what + " " + path);
-  return data;
-}
+// A file's bytes: mapped read-only where the platform can (the sidecar's
+// payloads are then read straight from the page cache, with no copy and no
+// zero-filled buffer), else read into memory.
+class FileBytes {
+ public:
+  FileBytes(const char* path, const char* what) {
+    if (!path) fail(L2C_E_ARGUMENT, std::string(what) + " path is NULL");
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(path, ec))
+      fail(L2C_E_ARGUMENT, std::string("the ") + what + " " + path + " is not a regular file");
+#if defined(__unix__) || defined(__APPLE__)
+    const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      struct stat st;
+      if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0 &&
+          static_cast<uint64_t>(st.st_size) <= SIZE_MAX) {
+        void* p = mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
+        if (p != MAP_FAILED) {
+          mapped_ = static_cast<const uint8_t*>(p);
+          size_ = static_cast<size_t>(st.st_size);
+        }
+      }
+      ::close(fd);
+      if (mapped_) return;
+    }
+#endif
+    std::ifstream f(path, std::ios::binary | std::ios::ate);
+    if (!f) fail(L2C_E_ARGUMENT, std::string("cannot open the ") + what + " " + path);
+    const std::streamoff size = f.tellg();
+    if (size < 0) fail(L2C_E_ARGUMENT, std::string("cannot size the ") + what + " " + path);
+    read_.resize(static_cast<size_t>(size));
+    f.seekg(0);
+    if (size && !f.read(reinterpret_cast<char*>(read_.data()), size))
+      fail(L2C_E_ARGUMENT, std::string("cannot read the ") + what + " " + path);
+    size_ = read_.size();
+  }
+  ~FileBytes() {
+#if defined(__unix__) || defined(__APPLE__)
+    if (mapped_) munmap(const_cast<uint8_t*>(mapped_), size_);
+#endif
+  }
+  FileBytes(const FileBytes&) = delete;
+  FileBytes& operator=(const FileBytes&) = delete;
+  const uint8_t* data() const { return mapped_ ? mapped_ : read_.data(); }
+  size_t size() const { return size_; }
 
+ private:
+  const uint8_t* mapped_ = nullptr;
+  std::vector<uint8_t> read_;
+  size_t size_ = 0;
+};
 
 // The tensor table, from r's position: names, declarations, payload extents
 // (inside the payload region, pairwise disjoint: each byte is checked and
@@ -215,7 +290,7 @@ constexpr uint64_t kSplitCrcBytes = uint64_t(1) << 20;
 // any bytes) and its result counts only if the CRC passes; a tensor that
 // fails reports its CRC error before any other of its errors.
 void decode_all(Model* m, const uint8_t* sidecar, int threads) {
-  for (Tensor& t : m->tensors) t.data = aligned_buffer(t.declared.out_bytes);
+  for (Tensor& t : m->tensors) t.data = tensor_buffer(t.declared.out_bytes);
   struct Task {
     size_t tensor;
     bool crc_only, split;
@@ -324,9 +399,9 @@ Model* open_model(const uint8_t* graph, size_t graph_size, const uint8_t* sideca
 }
 
 Model* open_model_files(const char* graph_path, const char* sidecar_path, uint64_t max_decoded_bytes, int threads) {
-  const std::vector<uint8_t> graph = read_file(graph_path, "model file");
+  const FileBytes graph(graph_path, "model file");
   std::string side = sidecar_path ? std::string(sidecar_path) : std::string(graph_path) + ".l2c";
-  const std::vector<uint8_t> sidecar = read_file(side.c_str(), "sidecar");
+  const FileBytes sidecar(side.c_str(), "sidecar");
   return open_model(graph.data(), graph.size(), sidecar.data(), sidecar.size(), max_decoded_bytes, threads);
 }
 

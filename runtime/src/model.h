@@ -15,17 +15,27 @@ namespace l2c {
 
 constexpr size_t kTensorAlign = 64;
 
-struct AlignedFree {
-  void operator()(uint8_t* p) const { ::operator delete[](p, std::align_val_t(kTensorAlign)); }
+// Frees a tensor buffer the way tensor_buffer() allocated it: mapped
+// (mapped_bytes > 0) or from operator new.
+struct BufferFree {
+  size_t mapped_bytes = 0;
+  void operator()(uint8_t* p) const;
 };
-using Buffer = std::unique_ptr<uint8_t[], AlignedFree>;
+using Buffer = std::unique_ptr<uint8_t[], BufferFree>;
+
+// n bytes (at least one), kTensorAlign-aligned. On Linux a buffer of 2 MiB
+// or more is its own mapping, 2 MiB-aligned and advised for transparent huge
+// pages over its whole 2 MiB blocks: decoding writes every byte of fresh
+// memory, and with 4 KiB pages the kernel's page faults took a fifth of a
+// lossless decode's time.
+Buffer tensor_buffer(uint64_t n);
 
 struct Tensor {
   std::string name;
   Declared declared;
   int64_t dims[L2C_MAX_DIMS] = {};
   uint64_t offset = 0, length = 0;  // its payload in the sidecar
-  Buffer data;                      // declared.out_bytes decoded bytes, 64-byte aligned
+  Buffer data;                      // declared.out_bytes decoded bytes (tensor_buffer)
 };
 
 struct Model {

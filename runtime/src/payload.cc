@@ -537,11 +537,12 @@ void execute_raw(const Plan& p, uint8_t* out) {
   dec.reserve(eb);
   for (uint32_t k = 0; k < eb; ++k)
     dec.emplace_back(p.planes[k], 0, "stage 1 (raw) plane " + std::to_string(k));
-  uint8_t plane[8][kChunk];
+  uint8_t scratch[8][kChunk];
+  const uint8_t* plane[8];
   const unsigned packed = packed_bits(p.dtype);
   for (uint64_t i = 0; i < p.numel; i += kChunk) {
     const uint64_t n = std::min(kChunk, p.numel - i);
-    for (uint32_t k = 0; k < eb; ++k) dec[k].next(plane[k], n);
+    for (uint32_t k = 0; k < eb; ++k) plane[k] = dec[k].next_bytes(scratch[k], n);
     if (packed) {
       // kChunk is a multiple of every elements-per-byte count, so a chunk
       // starts a byte; each index is < 2^packed (checked at parse).

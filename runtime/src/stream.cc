@@ -27,17 +27,28 @@ size_t varint_size(uint32_t v) {
 
 // ---------------------------------------------------------------- decoding
 
+// Two decode tables, one step each. A table maps a slot (x mod 2^scale_bits)
+// to the symbol's output value, its frequency and the slot's bias (slot -
+// cum). The wide one holds any stream: value (offset applied) | freq << 32 |
+// bias << 48, 8 bytes a slot, up to 512 KiB. The compact one holds streams
+// of at most 256 symbols at scale_bits <= kCompactScaleBits: index | freq << 8
+// | bias << 20, 4 bytes a slot, at most 16 KiB, so it stays in L1.
+inline int32_t slot_value(uint64_t e, int32_t) { return static_cast<int32_t>(static_cast<uint32_t>(e)); }
+inline int32_t slot_value(uint32_t e, int32_t offset) { return static_cast<int32_t>(e & 0xff) + offset; }
+
 // One decode step of one lane: the state before renormalisation.
 inline uint32_t rans_step(uint32_t x, uint64_t e, uint32_t sb) {
   return static_cast<uint32_t>((e >> 32) & 0xffff) * (x >> sb) + static_cast<uint32_t>(e >> 48);
 }
+inline uint32_t rans_step(uint32_t x, uint32_t e, uint32_t sb) { return ((e >> 8) & 0xfff) * (x >> sb) + (e >> 20); }
 
 // Fast path for N lanes: whole blocks of N symbols while at least N words
 // (2N bytes) remain, so no per-word bounds check is needed. Lane 0 must be
-// next. Advances *done (symbols produced), state and *pp.
-template <int N, class T>
-void rans_fast(const uint64_t* tab, uint32_t sb, uint32_t* state, T* out, uint64_t n,
-               uint64_t* done, const uint8_t** pp, const uint8_t* pe) {
+// next. Advances *done (symbols produced), state and *pp. Out of line: its
+// eight lanes need most registers, and inlined into next_rans it ran 4% slower.
+template <int N, class T, class Slot>
+L2C_NOINLINE void rans_fast(const Slot* tab, int32_t offset, uint32_t sb, uint32_t* state, T* out, uint64_t n, uint64_t* done,
+               const uint8_t** pp, const uint8_t* pe) {
   const uint32_t mask = (1u << sb) - 1;
   uint32_t x[N];
   for (int j = 0; j < N; ++j) x[j] = state[j];
@@ -46,8 +57,8 @@ void rans_fast(const uint64_t* tab, uint32_t sb, uint32_t* state, T* out, uint64
   while (n - i >= static_cast<uint64_t>(N) && pe - p >= 2 * N) {
 #pragma GCC unroll 32
     for (int j = 0; j < N; ++j) {
-      const uint64_t e = tab[x[j] & mask];
-      out[i + j] = static_cast<T>(static_cast<uint32_t>(e));
+      const Slot e = tab[x[j] & mask];
+      out[i + j] = static_cast<T>(slot_value(e, offset));
       const uint32_t y = rans_step(x[j], e, sb);
       // Branch-free renormalisation (the branch is unpredictable).
       const uint32_t r = y < kRansL;
@@ -67,15 +78,23 @@ void rans_fast(const uint64_t* tab, uint32_t sb, uint32_t* state, T* out, uint64
 StreamDecoder::StreamDecoder(const Stream& s, int32_t offset, const std::string& what)
     : s_(s), offset_(offset), what_(what) {
   if (s.mode != kRans) return;
-  tab_.resize(size_t(1) << s.scale_bits);
+  const bool compact = s.scale_bits <= kCompactScaleBits && s.max_index < 256;
+  if (compact)
+    compact_.resize(size_t(1) << s.scale_bits);
+  else
+    tab_.resize(size_t(1) << s.scale_bits);
   uint32_t cum = 0;
   for (size_t k = 0; k < s.symbols.size(); ++k) {
-    const uint32_t f = s.freqs[k];
-    const int32_t v = static_cast<int32_t>(static_cast<int64_t>(s.symbols[k]) + offset);
-    uint32_t bits;
-    std::memcpy(&bits, &v, 4);
-    for (uint32_t b = 0; b < f; ++b)
-      tab_[cum + b] = bits | (static_cast<uint64_t>(f) << 32) | (static_cast<uint64_t>(b) << 48);
+    const uint32_t f = s.freqs[k];  // < 2^scale_bits: a stream lists at least two symbols
+    if (compact) {
+      for (uint32_t b = 0; b < f; ++b) compact_[cum + b] = s.symbols[k] | (f << 8) | (b << 20);
+    } else {
+      const int32_t v = static_cast<int32_t>(static_cast<int64_t>(s.symbols[k]) + offset);
+      uint32_t bits;
+      std::memcpy(&bits, &v, 4);
+      for (uint32_t b = 0; b < f; ++b)
+        tab_[cum + b] = bits | (static_cast<uint64_t>(f) << 32) | (static_cast<uint64_t>(b) << 48);
+    }
     cum += f;
   }
   for (uint32_t j = 0; j < s.lanes; ++j) x_[j] = rd32(s.data + 4 * j);
@@ -93,21 +112,7 @@ void StreamDecoder::next(T* out, uint64_t n) {
     case kStored: {
       const bool wide = s_.alphabet > 256;
       const uint8_t* d = s_.data + (wide ? 2 : 1) * pos_;
-      // The range check first, as one branch-free pass (vectorised), then the
-      // copy: the low mantissa bytes of float weights are stored streams, and
-      // a check inside the copy loop kept it from vectorising.
-      uint32_t top = 0;
-      if (wide) {
-        for (uint64_t i = 0; i < n; ++i) top = std::max<uint32_t>(top, rd16(d + 2 * i));
-      } else if (s_.alphabet < 256) {
-        for (uint64_t i = 0; i < n; ++i) top = std::max<uint32_t>(top, d[i]);
-      }
-      if (top >= s_.alphabet) {
-        uint64_t at = 0;
-        while ((wide ? rd16(d + 2 * at) : d[at]) < s_.alphabet) ++at;
-        corrupt(what_ + ": stored index " + std::to_string(wide ? rd16(d + 2 * at) : d[at]) + " at position " +
-                std::to_string(pos_ + at) + " is outside the alphabet [0, " + std::to_string(s_.alphabet) + ")");
-      }
+      check_stored(d, n);
       if (wide) {
         for (uint64_t i = 0; i < n; ++i) out[i] = static_cast<T>(static_cast<int64_t>(rd16(d + 2 * i)) + offset_);
       } else if (sizeof(T) == 1 && offset_ == 0) {
@@ -117,33 +122,69 @@ void StreamDecoder::next(T* out, uint64_t n) {
       }
       break;
     }
-    default: {
-      const uint64_t* tab = tab_.data();
-      const uint32_t sb = s_.scale_bits;
-      const uint32_t mask = (1u << sb) - 1;
-      const uint32_t lanes = s_.lanes;
-      uint64_t i = 0;
-      if (lanes == 8 && lane_ == 0) rans_fast<8, T>(tab, sb, x_, out, n, &i, &p_, pe_);
-      // Checked path: other lane counts and the tail of the stream.
-      uint32_t j = lane_;
-      for (; i < n; ++i) {
-        const uint64_t e = tab[x_[j] & mask];
-        out[i] = static_cast<T>(static_cast<uint32_t>(e));
-        uint32_t y = rans_step(x_[j], e, sb);
-        if (y < kRansL) {
-          if (pe_ - p_ < 2)
-            corrupt(what_ + ": rANS data ends early (symbol " + std::to_string(pos_ + i) +
-                    " of " + std::to_string(s_.count) + " needs another word)");
-          y = (y << 16) | rd16(p_);
-          p_ += 2;
-        }
-        x_[j] = y;
-        if (++j == lanes) j = 0;
-      }
-      lane_ = j;
-    }
+    default:
+      if (!compact_.empty())
+        next_rans(compact_.data(), out, n);
+      else
+        next_rans(tab_.data(), out, n);
   }
   pos_ += n;
+}
+
+// The range check first, as one branch-free pass (vectorised), then the copy:
+// the low mantissa bytes of float weights are stored streams, and a check
+// inside the copy loop kept it from vectorising.
+void StreamDecoder::check_stored(const uint8_t* d, uint64_t n) const {
+  const bool wide = s_.alphabet > 256;
+  uint32_t top = 0;
+  if (wide) {
+    for (uint64_t i = 0; i < n; ++i) top = std::max<uint32_t>(top, rd16(d + 2 * i));
+  } else if (s_.alphabet < 256) {
+    for (uint64_t i = 0; i < n; ++i) top = std::max<uint32_t>(top, d[i]);
+  }
+  if (top < s_.alphabet) return;
+  uint64_t at = 0;
+  while ((wide ? rd16(d + 2 * at) : d[at]) < s_.alphabet) ++at;
+  corrupt(what_ + ": stored index " + std::to_string(wide ? rd16(d + 2 * at) : d[at]) + " at position " +
+          std::to_string(pos_ + at) + " is outside the alphabet [0, " + std::to_string(s_.alphabet) + ")");
+}
+
+const uint8_t* StreamDecoder::next_bytes(uint8_t* scratch, uint64_t n) {
+  if (s_.mode != kStored || s_.alphabet > 256 || offset_ != 0) {
+    next(scratch, n);
+    return scratch;
+  }
+  if (n > s_.count - pos_) corrupt(what_ + ": internal error: reading past the stream's count");
+  const uint8_t* d = s_.data + pos_;
+  check_stored(d, n);
+  pos_ += n;
+  return d;
+}
+
+template <class Slot, class T>
+void StreamDecoder::next_rans(const Slot* tab, T* out, uint64_t n) {
+  const uint32_t sb = s_.scale_bits;
+  const uint32_t mask = (1u << sb) - 1;
+  const uint32_t lanes = s_.lanes;
+  uint64_t i = 0;
+  if (lanes == 8 && lane_ == 0) rans_fast<8>(tab, offset_, sb, x_, out, n, &i, &p_, pe_);
+  // Checked path: other lane counts and the tail of the stream.
+  uint32_t j = lane_;
+  for (; i < n; ++i) {
+    const Slot e = tab[x_[j] & mask];
+    out[i] = static_cast<T>(slot_value(e, offset_));
+    uint32_t y = rans_step(x_[j], e, sb);
+    if (y < kRansL) {
+      if (pe_ - p_ < 2)
+        corrupt(what_ + ": rANS data ends early (symbol " + std::to_string(pos_ + i) + " of " +
+                std::to_string(s_.count) + " needs another word)");
+      y = (y << 16) | rd16(p_);
+      p_ += 2;
+    }
+    x_[j] = y;
+    if (++j == lanes) j = 0;
+  }
+  lane_ = j;
 }
 
 template void StreamDecoder::next<int32_t>(int32_t*, uint64_t);

@@ -17,6 +17,9 @@ constexpr uint32_t kRansL = 1u << 16;
 // a stage's offset (or +1 for expand magnitudes) never overflows int32.
 constexpr uint32_t kMaxAlphabet = 65536;
 constexpr size_t kStreamHeaderSize = 16;
+// rANS streams up to this scale decode through a 4-byte-per-slot table that
+// stays in L1; the encoder keeps byte planes of raw payloads at or below it.
+constexpr uint32_t kCompactScaleBits = 12;
 
 // A parsed and validated stream. Points into the payload; decode_stream()
 // turns it into indices.
@@ -50,13 +53,22 @@ class StreamDecoder {
   StreamDecoder(const Stream& s, int32_t offset, const std::string& what);
   template <class T>
   void next(T* out, uint64_t n);
+  // The next n indices as bytes (alphabet <= 256, offset 0): a stored
+  // stream's own bytes, range-checked, without a copy; otherwise decoded
+  // into scratch (room for n).
+  const uint8_t* next_bytes(uint8_t* scratch, uint64_t n);
   void finish() const;
 
  private:
   const Stream& s_;
   int32_t offset_;
   std::string what_;
-  std::vector<uint64_t> tab_;  // rANS: slot -> value | freq << 32 | bias << 48
+  void check_stored(const uint8_t* d, uint64_t n) const;
+  template <class Slot, class T>
+  void next_rans(const Slot* tab, T* out, uint64_t n);
+
+  std::vector<uint64_t> tab_;      // rANS: the wide table (stream.cc, slot_value)
+  std::vector<uint32_t> compact_;  // rANS: the compact table, where it holds the stream
   uint32_t x_[32] = {};
   const uint8_t* p_ = nullptr;
   const uint8_t* pe_ = nullptr;
