@@ -142,9 +142,14 @@ def model_open_throughput(path: Path, weights: int, repeats: int = 3) -> dict[st
 def _session(kind: str, path: Path):
     import onnxruntime as ort
 
-    if kind == "fast":
-        return InferenceSession(path, providers=["CPUExecutionProvider"])
     so = ort.SessionOptions()
+    # No idle spinning: the latency runs alternate between four sessions on a
+    # 2-core machine, and the threads of the session that just ran spun on
+    # the cores the next one needed (ratios of 0.7-1.4x between identical
+    # sessions).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if kind == "fast":
+        return InferenceSession(path, so, providers=["CPUExecutionProvider"])
     if kind == "custom_op":
         so.register_custom_ops_library(custom_op_library())
     if kind == "plain_basic":
@@ -159,14 +164,25 @@ def load_and_latency(original: Path, compressed: Path, feeds: dict[str, np.ndarr
     """(c) session creation and (d) per-run latency, interleaved across paths
     (creation runs/4 times, at least 5: a median of 3 moved by 0.2x between
     runs), and (e) the first load in a fresh process."""
+    # The custom op hands the payloads' pages back once decoded (MADV_PAGEOUT,
+    # custom_op.cc); the fast path's next load in the same process then takes
+    # 1.5-2x as long (measured on EfficientNet-Lite0; without the madvise it
+    # does not). A program uses one path: the plain/fast creations and the
+    # fresh-process loads run before any custom-op session. (The fresh-process
+    # loads come second: right after compress wrote the sidecar they took up
+    # to 1.5x on MiniLM, 1.1-1.3x a few seconds later.)
     paths = {"plain": original, "fast": compressed, "custom_op": compressed, "plain_basic": original}
     create: dict[str, list[float]] = {k: [] for k in paths}
     sessions = {}
-    for _ in range(max(5, runs // 4)):
-        for kind, p in paths.items():
-            start = time.perf_counter()
-            sessions[kind] = _session(kind, p)
-            create[kind].append(time.perf_counter() - start)
+    first: dict[str, float] = {}
+    for group in (("plain", "fast"), ("custom_op", "plain_basic")):
+        for _ in range(max(5, runs // 4)):
+            for kind in group:
+                start = time.perf_counter()
+                sessions[kind] = _session(kind, paths[kind])
+                create[kind].append(time.perf_counter() - start)
+        if not first:
+            first = first_load(original, compressed, repeats=min(9, max(1, runs // 6)))
     for sess in sessions.values():  # warm-up
         sess.run(None, feeds)
     lat: dict[str, list[float]] = {k: [] for k in paths}
@@ -177,7 +193,6 @@ def load_and_latency(original: Path, compressed: Path, feeds: dict[str, np.ndarr
             lat[kind].append(time.perf_counter() - start)
     med_create = {k: statistics.median(v) for k, v in create.items()}
     med_lat = {k: statistics.median(v) for k, v in lat.items()}
-    first = first_load(original, compressed, repeats=min(9, max(1, runs // 6)))
     return {
         "create_s": med_create,
         "create_ratio": {k: med_create[k] / med_create["plain"] for k in paths},
@@ -228,7 +243,26 @@ def zstd19_bytes(model: Path) -> int | None:
     return len(zstandard.ZstdCompressor(level=19).compress(model.read_bytes()))
 
 
-def bench_model(model: Path, presets: list[str], runs: int, workdir: Path, zstd: bool) -> dict[str, Any]:
+def cpp_timing(timer: Path, original: Path, compressed: Path, feeds: dict[str, np.ndarray], runs: int,
+               workdir: Path) -> dict[str, float]:
+    """(f) creation and latency from C++ (runtime/examples/time_load.cc, built by
+    scripts/build_examples.sh): the fast path without Python, as ratios."""
+    specs = []
+    for i, (name, value) in enumerate(feeds.items()):  # the model's input order
+        path = workdir / f"input{i}.bin"
+        np.ascontiguousarray(value).astype(value.dtype.newbyteorder("<"), copy=False).tofile(path)
+        specs.append(f"{path}:{'x'.join(str(d) for d in value.shape)}")
+    done = subprocess.run([str(timer), str(original), str(compressed), str(runs), *specs], capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{timer} on {compressed} failed: {done.stderr.strip()[-2000:]}")
+    times = json.loads(done.stdout)
+    return dict(times, create_ratio=times["create_fast_s"] / times["create_plain_s"],
+                latency_ratio=times["latency_fast_s"] / times["latency_plain_s"])
+
+
+def bench_model(model: Path, presets: list[str], runs: int, workdir: Path, zstd: bool,
+                cpp_timer: Path | None = None) -> dict[str, Any]:
     feeds = random_feeds(model)
     # the file name only: results are shared, the machine's paths are not
     out: dict[str, Any] = {"model": model.name, "bytes": model.stat().st_size, "presets": {}}
@@ -242,6 +276,8 @@ def bench_model(model: Path, presets: list[str], runs: int, workdir: Path, zstd:
         entry: dict[str, Any] = {"ratio": res.ratio, "bytes": res.output_bytes, "compress_s": res.seconds}
         entry["decode"] = decode_throughput(target)
         entry["load"] = load_and_latency(model, target, feeds, runs)
+        if cpp_timer is not None:
+            entry["cpp"] = cpp_timing(cpp_timer, model, target, feeds, runs, workdir)
         bits = opts.get("bits") or (8 if opts.get("preset") == "int8" else None)  # targets mix widths: no row
         if bits:
             entry["coder"] = coder_efficiency(model, bits)
@@ -254,13 +290,14 @@ def markdown(results: list[dict[str, Any]]) -> str:
     lines = ["| model | preset | ratio | size MB | coder overhead (total / median) | decode Mw/s (1 thread) |"
              " C API open Mw/s (1 / 2 threads) |"
              " create plain s | create fast × | create op × | first load plain s | first load fast × |"
-             " latency plain ms | latency fast × | latency op × | latency plain, basic opt + no prepack × |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             " latency plain ms | latency fast × | latency op × | latency plain, basic opt + no prepack × |"
+             " C++ create fast × | C++ latency fast × |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         if r.get("zstd19"):
             z = r["zstd19"]
             lines.append(f"| {Path(r['model']).stem} | zstd -19 (file) | {z['ratio']:.2f} | {z['bytes'] / 1e6:.2f} |"
-                         " – | – | – | – | – | – | – | – | – | – | – | – |")
+                         " – | – | – | – | – | – | – | – | – | – | – | – | – | – |")
         for preset, e in r["presets"].items():
             coder = e.get("coder")
             ovh = (f"{100 * coder['overhead_total']:.2f}% / {100 * coder['overhead_median']:.2f}%"
@@ -269,13 +306,14 @@ def markdown(results: list[dict[str, Any]]) -> str:
             dec = e["decode"]
             opened = (f"{dec['open_1_weights_per_s'] / 1e6:.0f} / {dec['open_2_weights_per_s'] / 1e6:.0f}"
                       if "open_1_weights_per_s" in dec else "–")
+            cpp = (f"{e['cpp']['create_ratio']:.2f} | {e['cpp']['latency_ratio']:.3f}" if "cpp" in e else "– | –")
             lines.append(
                 f"| {Path(r['model']).stem} | {preset} | {e['ratio']:.2f} | {e['bytes'] / 1e6:.2f} | {ovh} | "
                 f"{dec['weights_per_s'] / 1e6:.0f} | {opened} | {ld['create_s']['plain']:.3f} | "
                 f"{ld['create_ratio']['fast']:.2f} | {ld['create_ratio']['custom_op']:.2f} | "
                 f"{ld['first_load_s']['plain']:.3f} | {ld['first_load_ratio']:.2f} | "
                 f"{1e3 * ld['latency_s']['plain']:.2f} | {ld['latency_ratio']['fast']:.3f} | "
-                f"{ld['latency_ratio']['custom_op']:.3f} | {ld['latency_ratio']['plain_basic']:.3f} |")
+                f"{ld['latency_ratio']['custom_op']:.3f} | {ld['latency_ratio']['plain_basic']:.3f} | {cpp} |")
     return "\n".join(lines) + "\n"
 
 
@@ -285,6 +323,9 @@ def run_runtime_bench(args: argparse.Namespace) -> int:
     presets = [p for p in args.presets.split(",") if p]
     if not args.models and args.scale is None:
         raise OptionError("give models, --scale GB, or both")
+    if args.cpp_timer is not None and not args.cpp_timer.is_file():
+        raise FileError(f"--cpp-timer {args.cpp_timer}: no such file (build it: bash scripts/build_examples.sh DIR, "
+                        "then pass DIR/time_load)")
     for model in args.models:
         if not Path(model).is_file():
             raise FileError(f"{model}: no such model file (bench runtime takes .onnx paths; for zoo models by "
@@ -303,7 +344,7 @@ def run_runtime_bench(args: argparse.Namespace) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="l2c-bench-") as tmp:
         for model in args.models:
-            results.append(bench_model(Path(model), presets, args.runs, Path(tmp), args.zstd))
+            results.append(bench_model(Path(model), presets, args.runs, Path(tmp), args.zstd, args.cpp_timer))
     meta = {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "native": native.version()}
     (out_dir / "runtime.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     table = markdown(results)

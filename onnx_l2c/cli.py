@@ -281,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--runs", type=int, default=30, help="latency runs per model and path")
     b.add_argument("--out", default="bench-results", help="folder for the JSON and markdown results")
     b.add_argument("--zstd", action="store_true", help="also measure zstd -19 of each file (lossless baseline)")
+    b.add_argument("--cpp-timer", type=Path, default=None, metavar="TIME_LOAD",
+                   help="also time creation and latency from C++ with this time_load binary "
+                        "(bash scripts/build_examples.sh DIR builds DIR/time_load)")
     b.add_argument("--scale", type=float, default=None, metavar="GB",
                    help="also generate a model of GB gigabytes of external-data weights and measure each step's "
                         "time per GB and peak memory on it (OUT/scale.md)")

@@ -1,9 +1,10 @@
 // Load an onnx_l2c-compressed model with onnxruntime's C++ API, both ways:
 //
-//  1. zero-overhead: onnx_l2c's C API (l2c_model_open) rebuilds the plain
-//     graph from the sidecar index and decodes every weight; onnxruntime gets
-//     the weights through AddExternalInitializers and the graph as bytes, so
-//     it optimizes the original model (original speed);
+//  1. zero-overhead (l2c_session.h): onnx_l2c's C API (l2c_model_open)
+//     rebuilds the plain graph from the sidecar index and decodes every
+//     weight; onnxruntime gets the weights through AddExternalInitializers
+//     and the graph as bytes, so it optimizes the original model (original
+//     speed);
 //  2. custom op: register libonnx_l2c as a custom op library and open the
 //     .onnx itself (weights decoded by Decode nodes at run time).
 //
@@ -23,7 +24,7 @@
 #include <string>
 #include <vector>
 
-#include "onnx_l2c.h"
+#include "l2c_session.h"
 
 namespace {
 
@@ -72,35 +73,8 @@ int main(int argc, char** argv) {
 
     // 1. zero-overhead: the plain graph and the decoded weights from the C API.
     auto t0 = std::chrono::steady_clock::now();
-    l2c_model* model = nullptr;
-    char err[1024];
-    if (l2c_model_open(model_path.c_str(), nullptr, 0, 0, &model, err, sizeof err) != L2C_OK) {
-      std::cerr << "l2c_model_open: " << err << "\n";
-      return 1;
-    }
-    const Ort::MemoryInfo cpu = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
-    std::vector<std::string> names;
-    std::vector<Ort::Value> values;
-    for (size_t i = 0; i < l2c_model_tensor_count(model); ++i) {
-      const char* name = nullptr;
-      int32_t dtype = 0, ndim = 0;
-      const int64_t* dims = nullptr;
-      void* data = nullptr;
-      uint64_t nbytes = 0;
-      l2c_model_tensor(model, i, &name, &dtype, &ndim, &dims, &data, &nbytes);
-      names.emplace_back(name);
-      // no copy here: the value wraps the model's memory (onnxruntime copies it into the session)
-      values.push_back(Ort::Value::CreateTensor(cpu, data, static_cast<size_t>(nbytes), dims,
-                                                static_cast<size_t>(ndim),
-                                                static_cast<ONNXTensorElementDataType>(dtype)));
-    }
     Ort::SessionOptions fast_options;
-    fast_options.AddExternalInitializers(names, values);
-    size_t graph_size = 0;
-    const uint8_t* graph = l2c_model_graph(model, &graph_size);
-    Ort::Session fast(env, graph, graph_size, fast_options);
-    values.clear();
-    l2c_model_close(model);  // onnxruntime copied the tensors into the session
+    Ort::Session fast = open_compressed(env, model_path, fast_options);
     std::cout << "fast: session created in " << seconds_since(t0) << " s\n";
     write_output(fast, input, shape, prefix + ".fast.f32");
 
@@ -113,6 +87,9 @@ int main(int argc, char** argv) {
     write_output(custom, input, shape, prefix + ".custom_op.f32");
   } catch (const Ort::Exception& e) {
     std::cerr << "onnxruntime: " << e.what() << "\n";
+    return 1;
+  } catch (const std::runtime_error& e) {
+    std::cerr << e.what() << "\n";
     return 1;
   }
   return 0;
