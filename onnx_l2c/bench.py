@@ -179,8 +179,9 @@ def load_and_latency(original: Path, compressed: Path, feeds: dict[str, np.ndarr
         for _ in range(max(5, runs // 4)):
             for kind in group:
                 start = time.perf_counter()
-                sessions[kind] = _session(kind, paths[kind])
+                session = _session(kind, paths[kind])
                 create[kind].append(time.perf_counter() - start)
+                sessions[kind] = session  # the previous one is released outside the timing
         if not first:
             first = first_load(original, compressed, repeats=min(9, max(1, runs // 6)))
     for sess in sessions.values():  # warm-up

@@ -16,10 +16,13 @@ if [ -z "$inc" ]; then
   inc="$(bash "$root/scripts/fetch_ort_headers.sh" | tail -n 1)" || { echo "build_examples: no onnxruntime headers" >&2; exit 3; }
 fi
 # the wheel's library, under the name its soname asks for; onnx_l2c's library
-read -r ort l2c < <(cd / && python3 -P -c '
+# (PYTHON: the interpreter whose packages to link, default python3)
+libs="$(cd / && "${PYTHON:-python3}" -P -c '
 import glob, os, onnxruntime, onnx_l2c
 libs = sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so.1.*")))
-print(libs[-1], onnx_l2c.custom_op_library())')
+print(libs[-1]); print(onnx_l2c.custom_op_library())')"
+ort="$(printf '%s\n' "$libs" | sed -n 1p)"
+l2c="$(printf '%s\n' "$libs" | sed -n 2p)"
 ln -sf "$ort" "$out/libonnxruntime.so.1"
 for name in load_model time_load; do
   "$cxx" -std=c++17 -O2 -Wall -Wextra -Werror "$root/runtime/examples/$name.cc" \

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ def examples(tmp_path_factory) -> Path:
     """The folder scripts/build_examples.sh built load_model and time_load into."""
     folder = tmp_path_factory.mktemp("cpp")
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "build_examples.sh"), str(folder)], capture_output=True,
-                          text=True, timeout=900)
+                          text=True, timeout=900, env=dict(os.environ, PYTHON=sys.executable))
     if proc.returncode == 3:
         pytest.skip(f"cannot build the C++ examples here: {proc.stderr.strip()[-300:]}")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -18,14 +18,14 @@ if TYPE_CHECKING:
                          float32_to, integer_range, pack_elements, patterns_to_storage, storage_to_patterns, quantized_values, quantized_storage, tensor_nbytes, to_raw_bytes, to_stored,
                          unpack_elements)
     from .stages import (STAGES, AffineStage, Buffer, CastStage, CodebookStage, EntropyStage, RawStage, Stage, StageSummary,
-                         byte_planes, stage_class)
+                         byte_planes)
     from .transform import ExponentStage, TransformStage, exponent_multipliers
     from .expand import BlockMode, ExpandStage, expand_blocks, expand_stage, expand_symbols
     from .index import SIDECAR_SUFFIX
     from .payload import (DECODE_LIMIT_FLOOR, DECODE_LIMIT_RATIO, DOMAIN, FORMAT_VERSION, MAGIC, MAX_DIMS, METADATA_KEY, OP_TYPE, OPSET, PAYLOAD_ALIGN, PayloadHeader,
                           PayloadSummary, Recipe, decode_native, describe, max_format_version, parse, parse_header,
-                          payload_version, reconstruct, serialize, summarize, summarize_totals, validate,
-                          default_decode_limit)
+                          payload_version, reconstruct, serialize, stage_class, summarize, summarize_totals,
+                          validate, default_decode_limit)
 
 # public name → the submodule that defines it
 _LAZY = {
@@ -39,7 +39,7 @@ _LAZY = {
     "unpack_elements": "dtypes",
     "AffineStage": "stages", "Buffer": "stages", "CastStage": "stages", "CodebookStage": "stages",
     "EntropyStage": "stages", "RawStage": "stages", "STAGES": "stages", "Stage": "stages", "StageSummary": "stages",
-    "byte_planes": "stages", "stage_class": "stages",
+    "byte_planes": "stages",
     "ExponentStage": "transform", "TransformStage": "transform", "exponent_multipliers": "transform",
     "BlockMode": "expand", "ExpandStage": "expand", "expand_blocks": "expand", "expand_stage": "expand",
     "expand_symbols": "expand",
@@ -49,6 +49,7 @@ _LAZY = {
     "PayloadSummary": "payload", "Recipe": "payload", "decode_native": "payload",
     "default_decode_limit": "payload", "describe": "payload", "max_format_version": "payload", "parse": "payload",
     "parse_header": "payload", "payload_version": "payload", "reconstruct": "payload", "serialize": "payload",
+    "stage_class": "payload",
     "summarize": "payload", "summarize_totals": "payload", "validate": "payload",
 }
 

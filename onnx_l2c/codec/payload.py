@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import PayloadError, UnsupportedError
 from . import native
 from .dtypes import DTYPE_NAMES, FLOAT, RAW_DTYPES_VERSION, STORAGE, check_dtype, dtype_min_version
-from .stages import STAGES, BodyReader, Buffer, Stage, StageSummary, stage_class
+from .stages import STAGES, BodyReader, Buffer, Stage, StageSummary
 from . import expand, transform  # noqa: F401 (their stage classes register themselves in STAGES)
 
 MAGIC = b"L2CP"
@@ -40,6 +40,15 @@ PAYLOAD_ALIGN = 64
 # below 1024× (the zoo: 4–20×); a few-byte payload declaring terabytes does not.
 DECODE_LIMIT_FLOOR = 256 << 20
 DECODE_LIMIT_RATIO = 1024
+
+
+def stage_class(kind: int) -> type[Stage]:
+    """The class of a stage kind (STAGES is complete here: this module imports every stage module)."""
+    try:
+        return STAGES[kind]
+    except KeyError:
+        known = ", ".join(f"{k} ({c.name})" for k, c in sorted(STAGES.items()))
+        raise UnsupportedError(f"unknown stage kind {kind}; known: {known}") from None
 
 
 def default_decode_limit(stored_bytes: int) -> int:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..errors import PayloadError, UnsupportedError
+from ..errors import PayloadError
 from . import native
 from .dtypes import (BITS_DTYPE, BFLOAT16, DTYPE_NAMES, ELEM_BYTES, FLOAT, FLOAT16, PACKED_BITS, STORAGE, float32_to,
                      patterns_to_storage)
@@ -42,7 +42,11 @@ class Buffer(enum.Enum):
     OUTPUT = "the tensor in its dtype"
 
 
-STAGES: dict[int, type["Stage"]] = {}  # kind number → class, filled as the classes are defined
+# kind number → class, filled as the classes are defined: this module's, and
+# those of transform.py and expand.py once imported. payload.py imports both,
+# and the codec package imports payload before it hands out a stage name, so
+# look kinds up through payload.stage_class.
+STAGES: dict[int, type["Stage"]] = {}
 
 
 @dataclass
@@ -430,11 +434,3 @@ class RawStage(Stage):
             raise PayloadError(f"raw stage of {DTYPE_NAMES[recipe.dtype]}: patterns above {packed} bits or rotate "
                                f"{rotate}")
         return cls(bits.astype(BITS_DTYPE[recipe.dtype]), rotate)
-
-
-def stage_class(kind: int) -> type[Stage]:
-    try:
-        return STAGES[kind]
-    except KeyError:
-        known = ", ".join(f"{k} ({c.name})" for k, c in sorted(STAGES.items()))
-        raise UnsupportedError(f"unknown stage kind {kind}; known: {known}") from None

@@ -162,7 +162,8 @@ typedef struct l2c_model l2c_model;
  * no node reads or a subgraph output) is L2C_E_VERSION: load that model with
  * the custom op. On success *model receives the handle (else NULL). The
  * files are memory-mapped while the call runs (POSIX; read elsewhere): they
- * must not be truncated meanwhile, as for onnxruntime's own external data. */
+ * must not be truncated or rewritten meanwhile, as for onnxruntime's own
+ * external data (onnx_l2c's writer replaces files, never rewrites them). */
 L2C_API int l2c_model_open(const char* model_path, const char* sidecar_path, uint64_t max_decoded_bytes,
                            int num_threads, l2c_model** model, char* err, size_t err_len);
 

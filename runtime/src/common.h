@@ -14,8 +14,20 @@
 // x86-64 with GCC or Clang: hot loops may have a second version for newer
 // instruction sets (__attribute__((target(...)))), chosen at run time with
 // __builtin_cpu_supports; every other build has the portable one only.
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+// Not clang-cl: __builtin_cpu_supports needs compiler-rt's __cpu_model,
+// which the MSVC link step does not bring.
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(_MSC_VER)
 #define L2C_X86_DISPATCH 1
+#endif
+
+// Under AddressSanitizer every buffer comes from the allocator it watches
+// (model.cc maps large tensors itself otherwise).
+#if defined(__SANITIZE_ADDRESS__)
+#define L2C_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define L2C_ASAN 1
+#endif
 #endif
 
 #if defined(__GNUC__) || defined(__clang__)

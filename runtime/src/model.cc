@@ -33,12 +33,13 @@
 
 namespace l2c {
 
-#if defined(__linux__)
+#if defined(__linux__) && !defined(L2C_ASAN)
+#define L2C_MAP_TENSORS 1
 constexpr size_t kHugePage = size_t(2) << 20;
 #endif
 
 void BufferFree::operator()(uint8_t* p) const {
-#if defined(__linux__)
+#ifdef L2C_MAP_TENSORS
   if (mapped_bytes) {
     munmap(p, mapped_bytes);
     return;
@@ -48,7 +49,7 @@ void BufferFree::operator()(uint8_t* p) const {
 }
 
 Buffer tensor_buffer(uint64_t n) {
-#if defined(__linux__)
+#ifdef L2C_MAP_TENSORS
   if (n >= kHugePage && n <= SIZE_MAX - 2 * kHugePage) {
     // Map one huge page more than needed, keep the 2 MiB-aligned part.
     const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));

@@ -23,8 +23,8 @@ struct BufferFree {
 };
 using Buffer = std::unique_ptr<uint8_t[], BufferFree>;
 
-// n bytes (at least one), kTensorAlign-aligned. On Linux a buffer of 2 MiB
-// or more is its own mapping, 2 MiB-aligned and advised for transparent huge
+// n bytes (at least one), kTensorAlign-aligned. On Linux (not under ASan) a
+// buffer of 2 MiB or more is its own mapping, 2 MiB-aligned and advised for transparent huge
 // pages over its whole 2 MiB blocks: decoding writes every byte of fresh
 // memory, and with 4 KiB pages the kernel's page faults took a fifth of a
 // lossless decode's time.
