@@ -71,13 +71,5 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value
     return value
 
-__all__ = [
-    "DECODE_LIMIT_FLOOR", "DECODE_LIMIT_RATIO", "default_decode_limit", "BFLOAT16", "BITS_DTYPE", "DOMAIN", "DTYPE_NAMES", "ELEM_BYTES", "FLOAT", "FLOAT16", "FLOAT_DTYPES", "FORMAT_VERSION", "NOT_WRITTEN_DTYPES", "PACKED_BITS", "RAW_DTYPES_VERSION", "MAGIC",
-    "MAX_DIMS", "METADATA_KEY", "OPSET", "SIDECAR_SUFFIX", "OP_TYPE", "PAYLOAD_ALIGN", "STAGES", "STORAGE", "AffineStage", "BlockMode", "Buffer",
-    "CastStage", "CodebookStage", "EntropyStage", "ExpandStage", "ExponentStage", "PayloadHeader", "PayloadSummary",
-    "RawStage", "Recipe", "Stage", "StageSummary", "TransformStage", "bits_to_float32", "byte_planes", "check_dtype",
-    "decode_native", "describe", "dtype_min_version", "expand_blocks", "expand_stage", "expand_symbols", "exponent_multipliers",
-    "float32_to", "max_format_version", "parse", "parse_header", "payload_version", "reconstruct", "serialize",
-    "stage_class", "summarize", "summarize_totals", "validate", "pack_elements", "patterns_to_storage",
-    "storage_to_patterns", "tensor_nbytes", "integer_range", "quantized_values", "quantized_storage", "to_raw_bytes", "to_stored", "unpack_elements",
-]
+
+__all__ = sorted(_LAZY)

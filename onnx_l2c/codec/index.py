@@ -51,6 +51,7 @@ class IndexTensor:
 
 @dataclass(frozen=True)
 class Index:
+    offset: int  # of the record in the sidecar (the index is the sidecar's bytes from here on)
     graph_size: int
     graph_crc: int
     plain_size: int
@@ -227,4 +228,4 @@ def _parse_index(sidecar: bytes) -> Index:
         off, ln = struct.unpack_from("<QQ", record, pos)
         pos += 16
         tensors.append(IndexTensor(name, dtype, tuple(dims), off, ln))
-    return Index(graph_size, graph_crc, plain_size, tuple(ops), tuple(tensors))
+    return Index(offset, graph_size, graph_crc, plain_size, tuple(ops), tuple(tensors))

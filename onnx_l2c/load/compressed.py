@@ -33,7 +33,7 @@ from onnx import external_data_helper
 from onnx_l2c.codec import (DECODE_LIMIT_FLOOR, DECODE_LIMIT_RATIO, DOMAIN, DTYPE_NAMES, PACKED_BITS,
                             SIDECAR_SUFFIX, STORAGE, default_decode_limit, native, parse, summarize, summarize_totals,
                             tensor_nbytes, to_raw_bytes, to_stored)
-from onnx_l2c.codec.index import TRAILER_BYTES, read_index
+from onnx_l2c.codec.index import read_index
 from onnx_l2c.errors import (FileError, LimitError, ModelError, OptionError, OutOfMemoryError, PayloadError,
                              literal)
 from onnx_l2c.files import AlignedWriter, AtomicOutputs
@@ -461,8 +461,7 @@ def _index_summary(path: Path, sidecars: set[Path]) -> dict[str, Any] | None:
     if index is None:
         return None
     graph = path.read_bytes()
-    offset = int.from_bytes(data[-TRAILER_BYTES + 8:-TRAILER_BYTES + 16], "little")
-    return {"bytes": len(data) - offset, "tensors": len(index.tensors), "plain_graph_bytes": index.plain_size,
+    return {"bytes": len(data) - index.offset, "tensors": len(index.tensors), "plain_graph_bytes": index.plain_size,
             "current": len(graph) == index.graph_size and zlib.crc32(graph) == index.graph_crc, "readable": True}
 
 

@@ -26,8 +26,9 @@ def custom_op_library() -> str:
 
 
 def InferenceSession(path_or_bytes: str | os.PathLike | bytes | bytearray | memoryview | onnx.ModelProto,
-                     sess_options: Any = None, providers: Any = None, provider_options: Any = None, *, base_dir: str | os.PathLike | None = None,
-                     max_decoded_bytes: int | None = None, low_memory: bool | None = None,
+                     sess_options: Any = None, providers: Any = None, provider_options: Any = None, *,
+                     base_dir: str | os.PathLike | None = None, max_decoded_bytes: int | None = None,
+                     low_memory: bool | None = None,
                      temp_dir: str | os.PathLike | None = None, **kwargs: Any):  # noqa: N802 (mirrors onnxruntime)
     """An `onnxruntime.InferenceSession` of a compressed model, at the original model's speed.
 
@@ -50,9 +51,10 @@ def InferenceSession(path_or_bytes: str | os.PathLike | bytes | bytearray | memo
     about plain onnxruntime's on the original, for one write of the weights
     to disk (at 2.4 GB it is also faster: `bench runtime --scale`). None
     (default): low_memory when the weights decode to more than
-    LOW_MEMORY_BYTES (1 GiB, load/indexed.py). `max_decoded_bytes`: the most bytes the weights may decode to (0:
-    no limit; None: the default budget, see CompressedModel). Extra keyword
-    arguments go to `onnxruntime.InferenceSession`.
+    LOW_MEMORY_BYTES (1 GiB, load/indexed.py). `max_decoded_bytes`: the most
+    bytes the weights may decode to (0: no limit; None: the default budget,
+    see CompressedModel). Extra keyword arguments go to
+    `onnxruntime.InferenceSession`.
     """
     import onnxruntime as ort
 

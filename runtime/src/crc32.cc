@@ -32,14 +32,10 @@ const Tables& tables() {
   return tab;
 }
 
-}  // namespace
-
 inline uint32_t le32(const uint8_t* p) {
   return static_cast<uint32_t>(p[0]) | (static_cast<uint32_t>(p[1]) << 8) | (static_cast<uint32_t>(p[2]) << 16) |
          (static_cast<uint32_t>(p[3]) << 24);
 }
-
-namespace {
 
 // The table-driven CRC of n bytes on the pre-inverted state c (no final inversion).
 uint32_t crc32_tables(const uint8_t* p, size_t n, uint32_t c) {
@@ -52,14 +48,6 @@ uint32_t crc32_tables(const uint8_t* p, size_t n, uint32_t c) {
         t[3][e & 0xff] ^ t[2][(e >> 8) & 0xff] ^ t[1][(e >> 16) & 0xff] ^ t[0][e >> 24];
     p += 16;
     n -= 16;
-  }
-  while (n >= 8) {
-    uint32_t a = (static_cast<uint32_t>(p[0]) | (static_cast<uint32_t>(p[1]) << 8) |
-                  (static_cast<uint32_t>(p[2]) << 16) | (static_cast<uint32_t>(p[3]) << 24)) ^ c;
-    c = t[7][a & 0xff] ^ t[6][(a >> 8) & 0xff] ^ t[5][(a >> 16) & 0xff] ^ t[4][a >> 24] ^
-        t[3][p[4]] ^ t[2][p[5]] ^ t[1][p[6]] ^ t[0][p[7]];
-    p += 8;
-    n -= 8;
   }
   while (n--) c = t[0][(c ^ *p++) & 0xff] ^ (c >> 8);
   return c;

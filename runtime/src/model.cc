@@ -11,7 +11,6 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
-#include <mutex>
 #include <new>
 #include <string>
 #include <system_error>
@@ -281,10 +280,10 @@ void parse_index(const uint8_t* index, size_t size, uint64_t payload_end, const 
   }
 }
 
-// A payload this large has its CRC checked by another task than its decode,
-// so that on several threads a model dominated by one tensor (an embedding
-// table) does not wait for both one after the other.
-constexpr uint64_t kSplitCrcBytes = uint64_t(1) << 20;
+// A payload of 1 MiB or more has its CRC checked by another task than its
+// decode, so that on several threads a model dominated by one tensor (an
+// embedding table) does not wait for both one after the other.
+bool crc_apart(const Tensor& t) { return t.length >= (uint64_t(1) << 20); }
 
 // Decodes every tensor on `threads` threads (0: one per core), largest first.
 // A decode whose CRC is checked apart runs unchecked (the decoder is safe on
@@ -294,7 +293,7 @@ void decode_all(Model* m, const uint8_t* sidecar, int threads) {
   for (Tensor& t : m->tensors) t.data = tensor_buffer(t.declared.out_bytes);
   struct Task {
     size_t tensor;
-    bool crc_only, split;
+    bool crc_only;
   };
   std::vector<size_t> order(m->tensors.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
@@ -303,9 +302,8 @@ void decode_all(Model* m, const uint8_t* sidecar, int threads) {
   });
   std::vector<Task> tasks;
   for (size_t i : order) {
-    const bool split = m->tensors[i].length >= kSplitCrcBytes;
-    tasks.push_back({i, false, split});
-    if (split) tasks.push_back({i, true, true});
+    tasks.push_back({i, false});
+    if (crc_apart(m->tensors[i])) tasks.push_back({i, true});
   }
   struct Failure {
     int code = L2C_OK;
@@ -325,7 +323,7 @@ void decode_all(Model* m, const uint8_t* sidecar, int threads) {
           verify_payload_crc(payload, static_cast<size_t>(t.length));
         } else {
           Plan plan;
-          parse_payload(payload, static_cast<size_t>(t.length), &plan, 0, false, &t.declared, !task.split);
+          parse_payload(payload, static_cast<size_t>(t.length), &plan, 0, false, &t.declared, !crc_apart(t));
           execute(plan, t.data.get());
         }
         continue;
@@ -360,7 +358,7 @@ void decode_all(Model* m, const uint8_t* sidecar, int threads) {
   for (std::thread& th : pool) th.join();
   for (size_t i : order) {
     Tensor& t = m->tensors[i];
-    if (decode_failed[i].code != L2C_OK && t.length >= kSplitCrcBytes && crc_failed[i].code == L2C_OK) {
+    if (decode_failed[i].code != L2C_OK && crc_apart(t) && crc_failed[i].code == L2C_OK) {
       try {  // its CRC task may not have run: the CRC's verdict comes first
         verify_payload_crc(sidecar + t.offset, static_cast<size_t>(t.length));
       } catch (const Error& e) {
